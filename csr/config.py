@@ -1,0 +1,241 @@
+"""The config schema: one dataclass per `conf/<group>/`, each field a knob with its default.
+
+Hydra composes the YAML files; `validate()` merges the result into this schema, so an unknown
+key or a wrong type fails at start with the key's full name, and then checks value ranges.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from csr.errors import CSRError
+
+
+class Stage(str, Enum):
+    all = "all"
+    search = "search"
+    reward = "reward"
+    pairs = "pairs"
+    dpo = "dpo"
+    merge = "merge"
+    eval = "eval"
+
+
+@dataclass
+class ModelConfig:
+    name: str = "tiny_random"
+    path: str = "???"  # local HF checkpoint directory or a model name already in the HF cache
+    dtype: str = "float32"  # float32 | bfloat16 | float16
+    attn_implementation: str | None = "sdpa"  # eager | sdpa | flash_attention_2 | null (library default)
+
+
+@dataclass
+class ClipConfig:
+    arch: str = "ViT-L-14-336"  # open_clip architecture name
+    weights: str | None = None  # local weights file (safetensors); null = random init (tests only)
+    config_json: str | None = None  # JSON of a custom architecture, registered before loading
+
+
+@dataclass
+class RewardConfig:
+    lam: float = 0.9  # weight of R_I (image relevance) against R_T (self-reward)
+    calibration: str = "rank"  # rank | zscore | raw
+    text_score: str = "mean_logprob"  # form of R_T: mean_logprob | sum_logprob | prob
+    clip: ClipConfig = field(default_factory=ClipConfig)
+    batch_size: int = 64  # sentences per CLIP text batch
+
+
+@dataclass
+class DecodingConfig:
+    # How the K candidates of one node are made distinct. `diverse_greedy` is the reference's group
+    # beam search with one beam per group (Hamming diversity penalty, deterministic); `sample` draws.
+    strategy: str = "diverse_greedy"  # diverse_greedy | sample
+    diversity_penalty: float = 3.0
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0  # 0 = off
+
+
+@dataclass
+class SearchConfig:
+    beam_width: int = 5  # prune only when a step has at least this many non-final children
+    candidates_per_step: int = 5  # K sentences proposed per live node
+    keep_top: int = 1
+    keep_bottom: int = 2
+    max_new_tokens_per_sentence: int = 70
+    max_sentences: int = 8
+    max_answer_tokens: int = 256  # answer tokens only, never prompt or image tokens
+    prune_by: str = "calibrated"  # calibrated | lm
+    delimiters: list[str] = field(default_factory=lambda: ["."])
+    decoding: DecodingConfig = field(default_factory=DecodingConfig)
+    prompts_per_batch: int = 4  # prompts searched together (their nodes decode in one batch)
+    max_batch_rows: int = 64  # cap on rows decoded at once, bounds memory on long answers
+    seed: int = 0
+
+
+@dataclass
+class DataConfig:
+    prompt_file: str = "???"  # JSON list of {"id", "image", "input"} (the reference format)
+    image_root: str = "???"
+    limit: int | None = None  # prompts per iteration
+    shuffle_seed: int | None = None  # null = file order
+    on_error: str = "raise"  # raise | skip (a bad record is counted and skipped)
+
+
+@dataclass
+class PairsConfig:
+    filters: list[str] = field(default_factory=lambda: ["empty", "repetition"])  # empty|repetition|non_latin
+    export_llava: bool = True  # pairs_llava.json, the reference code's conversation layout
+    export_trl: bool = True  # pairs_trl.jsonl, TRL DPOTrainer's prompt/chosen/rejected/images
+
+
+@dataclass
+class LoraConfig:
+    r: int = 128
+    alpha: int = 256
+    dropout: float = 0.05
+    # Every linear layer of the language model; lm_head, the vision tower and projector are excluded.
+    target_modules: str = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
+
+
+@dataclass
+class DPOConfig:
+    loss: str = "sigmoid"  # sigmoid | ipo | hinge | robust
+    beta: float = 0.1
+    label_smoothing: float = 0.0
+    lr: float = 1.0e-7
+    scheduler: str = "cosine"  # cosine | constant
+    warmup_ratio: float = 0.03
+    epochs: int = 1
+    batch_size: int = 1  # pairs per micro-batch
+    grad_accumulation: int = 1
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    train_projector: bool = False
+    reference: str = "precomputed"  # precomputed | adapter_disabled | frozen_copy
+    seed: int = 0
+
+
+@dataclass
+class TrainerConfig:
+    accelerator: str = "cpu"  # cpu | gpu | auto
+    devices: int = 1
+    num_nodes: int = 1
+    strategy: str = "auto"  # auto | ddp | deepspeed_stage_2 | deepspeed_stage_3 ...
+    precision: str = "32-true"  # 32-true | bf16-mixed | bf16-true | 16-mixed
+    deterministic: bool = True
+    log_every_n_steps: int = 1
+    deepspeed: dict | None = None  # DeepSpeed JSON config (completed by the scale-out work)
+
+
+@dataclass
+class EvalConfig:
+    evaluators: list[str] = field(default_factory=lambda: ["generate"])  # names in csr.eval.EVALUATORS
+    prompt_file: str | None = None  # null = the training prompt file
+    image_root: str | None = None  # null = data.image_root
+    limit: int | None = 16
+    max_new_tokens: int = 128
+    batch_size: int = 8
+    at_base: bool = True  # also evaluate the starting model (iteration 0)
+
+
+@dataclass
+class LoggerConfig:
+    enabled: bool = True
+    tracking_uri: str | None = None  # null = sqlite file mlflow.db in the run directory
+    experiment_name: str = "csr"
+    run_name: str | None = None
+
+
+@dataclass
+class RootConfig:
+    iterations: int = 3
+    stage: Stage = Stage.all  # run the whole loop, or one stage of one `iteration` on `run_dir`
+    iteration: int | None = None  # for a single stage; null = the first unfinished iteration
+    run_dir: str = "???"  # output directory of the run (Hydra's by default); reuse it to resume
+    seed: int = 0
+    model: ModelConfig = field(default_factory=ModelConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    pairs: PairsConfig = field(default_factory=PairsConfig)
+    dpo: DPOConfig = field(default_factory=DPOConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+
+
+_CHOICES = {
+    "model.dtype": ("float32", "bfloat16", "float16"),
+    "reward.calibration": ("rank", "zscore", "raw"),
+    "reward.text_score": ("mean_logprob", "sum_logprob", "prob"),
+    "search.prune_by": ("calibrated", "lm"),
+    "search.decoding.strategy": ("diverse_greedy", "sample"),
+    "data.on_error": ("raise", "skip"),
+    "dpo.loss": ("sigmoid", "ipo", "hinge", "robust"),
+    "dpo.scheduler": ("cosine", "constant"),
+    "dpo.reference": ("precomputed", "adapter_disabled", "frozen_copy"),
+}
+
+# key -> (predicate, what must hold)
+_RANGES = {
+    "iterations": (lambda v: v >= 1, ">= 1"),
+    "reward.lam": (lambda v: 0.0 <= v <= 1.0, "in [0, 1]"),
+    "reward.batch_size": (lambda v: v >= 1, ">= 1"),
+    "search.beam_width": (lambda v: v >= 1, ">= 1"),
+    "search.candidates_per_step": (lambda v: v >= 1, ">= 1"),
+    "search.keep_top": (lambda v: v >= 0, ">= 0"),
+    "search.keep_bottom": (lambda v: v >= 0, ">= 0"),
+    "search.max_new_tokens_per_sentence": (lambda v: v >= 1, ">= 1"),
+    "search.max_sentences": (lambda v: v >= 1, ">= 1"),
+    "search.max_answer_tokens": (lambda v: v >= 1, ">= 1"),
+    "search.prompts_per_batch": (lambda v: v >= 1, ">= 1"),
+    "search.max_batch_rows": (lambda v: v >= 1, ">= 1"),
+    "search.decoding.temperature": (lambda v: v > 0, "> 0"),
+    "search.decoding.top_p": (lambda v: 0 < v <= 1, "in (0, 1]"),
+    "dpo.beta": (lambda v: v > 0, "> 0"),
+    "dpo.lr": (lambda v: v > 0, "> 0"),
+    "dpo.warmup_ratio": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "dpo.label_smoothing": (lambda v: 0 <= v < 0.5, "in [0, 0.5)"),
+    "dpo.epochs": (lambda v: v >= 1, ">= 1"),
+    "dpo.batch_size": (lambda v: v >= 1, ">= 1"),
+    "dpo.grad_accumulation": (lambda v: v >= 1, ">= 1"),
+    "dpo.lora.r": (lambda v: v >= 1, ">= 1"),
+}
+
+
+def validate(cfg: DictConfig) -> DictConfig:
+    """Type-check `cfg` against the schema and check value ranges; return the typed config."""
+    try:
+        typed = OmegaConf.merge(OmegaConf.structured(RootConfig), cfg)
+    except OmegaConfBaseException as err:
+        key = getattr(err, "full_key", None) or "?"
+        raise CSRError(f"config key {key!r}: {err.msg if hasattr(err, 'msg') else err}") from None
+    for key, choices in _CHOICES.items():
+        value = OmegaConf.select(typed, key)
+        if value not in choices:
+            raise CSRError(f"config key {key!r}: {value!r} is not one of {list(choices)}")
+    for key, (ok, rule) in _RANGES.items():
+        value = OmegaConf.select(typed, key)
+        if not ok(value):
+            raise CSRError(f"config key {key!r}: {value!r} must be {rule}")
+    search = typed.search
+    if search.keep_top + search.keep_bottom > search.beam_width:
+        raise CSRError(
+            f"config keys 'search.keep_top' + 'search.keep_bottom' ({search.keep_top} + {search.keep_bottom})"
+            f" must not exceed 'search.beam_width' ({search.beam_width})"
+        )
+    if typed.dpo.train_projector and typed.dpo.reference == "adapter_disabled":
+        raise CSRError(
+            "config key 'dpo.reference': adapter_disabled cannot be the reference when"
+            " dpo.train_projector=true (the trained projector would move the reference too); use frozen_copy"
+        )
+    for name in typed.pairs.filters:
+        if name not in ("empty", "repetition", "non_latin"):
+            raise CSRError(f"config key 'pairs.filters': unknown filter {name!r}")
+    return typed

@@ -1,0 +1,83 @@
+"""Pairs -> token tensors for DPO: prompt (image tokens expanded) + answer + EOS, labels on the answer only."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch.utils.data import Dataset
+
+from csr.data.images import load_image
+from csr.errors import CSRError
+from csr.models.chat import generation_prompt
+
+IGNORE = -100
+
+
+@dataclass
+class Encoded:
+    prompt_ids: list[int]
+    chosen_ids: list[int]
+    rejected_ids: list[int]
+    pixel_values: torch.Tensor  # [3, H, W]
+
+
+class PairDataset(Dataset):
+    def __init__(self, pairs: list[dict], processor: Any, image_root: str, ref_logps: list[tuple[float, float]] | None = None):
+        self.pairs, self.processor, self.image_root, self.ref_logps = pairs, processor, image_root, ref_logps
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, i: int) -> dict:
+        pair = self.pairs[i]
+        try:
+            image = load_image(self.image_root, pair["image"])
+        except CSRError as err:
+            raise CSRError(f"pair id={pair['id']!r}: {err}") from None
+        inputs = self.processor(images=[image], text=[generation_prompt(self.processor, pair["prompt"])], return_tensors="pt")
+        tok = self.processor.tokenizer
+
+        def answer(text: str) -> list[int]:
+            return tok(text, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+
+        item = {
+            "id": pair["id"],
+            "prompt_ids": inputs["input_ids"][0].tolist(),
+            "chosen_ids": answer(pair["chosen"]),
+            "rejected_ids": answer(pair["rejected"]),
+            "pixel_values": inputs["pixel_values"][0],
+        }
+        if self.ref_logps is not None:
+            item["ref_chosen"], item["ref_rejected"] = self.ref_logps[i]
+        return item
+
+
+def collate(items: list[dict], pad_id: int) -> dict[str, Any]:
+    """Chosen rows first, then rejected rows (one concatenated forward), right-padded."""
+    sequences, labels = [], []
+    for side in ("chosen_ids", "rejected_ids"):
+        for item in items:
+            sequences.append(item["prompt_ids"] + item[side])
+            labels.append([IGNORE] * len(item["prompt_ids"]) + item[side])
+    width = max(len(s) for s in sequences)
+    batch = {
+        "ids": [item["id"] for item in items],
+        "input_ids": torch.tensor([s + [pad_id] * (width - len(s)) for s in sequences]),
+        "attention_mask": torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in sequences]),
+        "labels": torch.tensor([lab + [IGNORE] * (width - len(lab)) for lab in labels]),
+        "pixel_values": torch.stack([item["pixel_values"] for item in items] * 2),
+    }
+    if "ref_chosen" in items[0]:
+        batch["ref_chosen"] = torch.tensor([item["ref_chosen"] for item in items])
+        batch["ref_rejected"] = torch.tensor([item["ref_rejected"] for item in items])
+    return batch
+
+
+def sequence_logps(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Sum of log p(label) over the labelled (answer) positions of each row; logits predict the next token."""
+    logits, labels = logits[:, :-1].float(), labels[:, 1:]
+    mask = labels != IGNORE
+    token_logps = torch.gather(logits.log_softmax(-1), 2, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    return (token_logps * mask).sum(-1)

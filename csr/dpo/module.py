@@ -1,0 +1,76 @@
+"""DPO as a LightningModule: a LoRA policy against a frozen reference (one of three forms)."""
+
+from __future__ import annotations
+
+import math
+
+import pytorch_lightning as pl
+import torch
+from transformers import get_constant_schedule_with_warmup, get_cosine_schedule_with_warmup
+
+from csr.dpo.data import sequence_logps
+from csr.dpo.loss import dpo_loss, reward_metrics
+from csr.errors import CSRError
+
+
+def concatenated_logps(model: torch.nn.Module, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """Chosen and rejected answers' summed log-probs from one forward over both halves of the batch."""
+    out = model(
+        input_ids=batch["input_ids"],
+        attention_mask=batch["attention_mask"],
+        pixel_values=batch["pixel_values"].to(next(model.parameters()).dtype),
+        use_cache=False,
+    )
+    logps = sequence_logps(out.logits, batch["labels"])
+    half = logps.shape[0] // 2
+    return logps[:half], logps[half:]
+
+
+class DPOModule(pl.LightningModule):
+    def __init__(self, policy, reference: str, ref_model: torch.nn.Module | None, *, beta: float, loss: str,
+                 label_smoothing: float, lr: float, weight_decay: float, scheduler: str, warmup_ratio: float,
+                 total_steps: int):
+        super().__init__()
+        self.policy, self.reference, self.ref_model = policy, reference, ref_model
+        self.beta, self.loss_type, self.label_smoothing = beta, loss, label_smoothing
+        self.lr, self.weight_decay, self.scheduler = lr, weight_decay, scheduler
+        self.warmup_steps = math.ceil(warmup_ratio * total_steps)
+        self.total_steps = total_steps
+
+    def reference_logps(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.reference == "precomputed":
+            return batch["ref_chosen"], batch["ref_rejected"]
+        with torch.no_grad():
+            if self.reference == "adapter_disabled":
+                with self.policy.disable_adapter():
+                    return concatenated_logps(self.policy, batch)
+            return concatenated_logps(self.ref_model, batch)
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        policy_chosen, policy_rejected = concatenated_logps(self.policy, batch)
+        ref_chosen, ref_rejected = self.reference_logps(batch)
+        losses, chosen_rewards, rejected_rewards = dpo_loss(
+            policy_chosen, policy_rejected, ref_chosen.to(policy_chosen), ref_rejected.to(policy_chosen),
+            beta=self.beta, loss_type=self.loss_type, label_smoothing=self.label_smoothing,
+        )
+        loss = losses.mean()
+        if not torch.isfinite(loss):
+            # Stop before the optimizer writes NaN into the weights; the last saved adapter stays good.
+            raise CSRError(
+                f"DPO loss is {loss.item()} at global step {self.global_step}, batch {batch_idx} "
+                f"(pair ids {batch['ids']}); policy logps {policy_chosen.tolist()} / {policy_rejected.tolist()}"
+            )
+        metrics = {"loss": loss.detach(), **reward_metrics(chosen_rewards, rejected_rewards),
+                   "logps/chosen": policy_chosen.detach().mean(), "logps/rejected": policy_rejected.detach().mean()}
+        self.log_dict(metrics, on_step=True, on_epoch=False, batch_size=len(batch["ids"]))
+        self.log("lr", self.optimizers().param_groups[0]["lr"] if self._trainer else self.lr, on_step=True)
+        return loss
+
+    def configure_optimizers(self):
+        params = [p for p in self.policy.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
+        if self.scheduler == "cosine":
+            schedule = get_cosine_schedule_with_warmup(optimizer, self.warmup_steps, self.total_steps)
+        else:
+            schedule = get_constant_schedule_with_warmup(optimizer, self.warmup_steps)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}

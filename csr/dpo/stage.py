@@ -1,0 +1,78 @@
+"""DPO stage: pairs.jsonl + the iteration's starting model -> a LoRA adapter."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+from functools import partial
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader
+
+from csr.dpo.data import PairDataset, collate
+from csr.dpo.module import DPOModule, concatenated_logps
+from csr.io import atomic_write_json, read_json, read_jsonl
+from csr.models.llava import load_llava
+from csr.models.merge import save_adapter, wrap_lora
+
+log = logging.getLogger(__name__)
+
+
+def precompute_reference(model, dataset: PairDataset, pad_id: int, batch_size: int, cache_path: Path) -> list:
+    """Reference log-probs of every pair, once, before the policy changes (no second model in memory)."""
+    if cache_path.exists():
+        cached = read_json(cache_path)
+        if [c["id"] for c in cached] == [p["id"] for p in dataset.pairs]:
+            return [(c["chosen"], c["rejected"]) for c in cached]
+    out = []
+    loader = DataLoader(dataset, batch_size=batch_size, collate_fn=partial(collate, pad_id=pad_id))
+    model.eval()
+    with torch.inference_mode():
+        for batch in loader:
+            chosen, rejected = concatenated_logps(model, batch)
+            out += [{"id": i, "chosen": c, "rejected": r}
+                    for i, c, r in zip(batch["ids"], chosen.tolist(), rejected.tolist(), strict=True)]
+    atomic_write_json(cache_path, out)
+    return [(c["chosen"], c["rejected"]) for c in out]
+
+
+def run_dpo(*, model_path: str, pairs_path: Path, adapter_dir: Path, image_root: str, model_cfg, dpo_cfg,
+            trainer_kwargs: dict, logger) -> dict:
+    pairs = read_jsonl(pairs_path)
+    if not pairs:
+        log.warning("%s holds no pairs: this iteration trains nothing and keeps the model", pairs_path)
+        return {"pairs": 0, "steps": 0}
+    pl.seed_everything(dpo_cfg.seed, workers=True)
+    model, processor = load_llava(model_path, dtype=model_cfg.dtype, attn_implementation=model_cfg.attn_implementation)
+    pad_id = processor.tokenizer.pad_token_id
+    ref_model, ref_logps = None, None
+    if dpo_cfg.reference == "precomputed":
+        dataset = PairDataset(pairs, processor, image_root)
+        ref_logps = precompute_reference(model, dataset, pad_id, dpo_cfg.batch_size, adapter_dir.parent / "ref_logps.json")
+    elif dpo_cfg.reference == "frozen_copy":
+        ref_model = copy.deepcopy(model).eval().requires_grad_(False)
+    model.train()
+    lora = dpo_cfg.lora
+    policy = wrap_lora(model, lora.r, lora.alpha, lora.dropout, lora.target_modules, dpo_cfg.train_projector)
+    dataset = PairDataset(pairs, processor, image_root, ref_logps)
+    loader = DataLoader(dataset, batch_size=dpo_cfg.batch_size, shuffle=True,
+                        collate_fn=partial(collate, pad_id=pad_id), generator=torch.Generator().manual_seed(dpo_cfg.seed))
+    steps = math.ceil(len(loader) / dpo_cfg.grad_accumulation) * dpo_cfg.epochs
+    module = DPOModule(
+        policy, dpo_cfg.reference, ref_model, beta=dpo_cfg.beta, loss=dpo_cfg.loss,
+        label_smoothing=dpo_cfg.label_smoothing, lr=dpo_cfg.lr, weight_decay=dpo_cfg.weight_decay,
+        scheduler=dpo_cfg.scheduler, warmup_ratio=dpo_cfg.warmup_ratio, total_steps=steps,
+    )
+    trainer = pl.Trainer(
+        max_epochs=dpo_cfg.epochs, accumulate_grad_batches=dpo_cfg.grad_accumulation,
+        gradient_clip_val=dpo_cfg.max_grad_norm, logger=logger if logger is not None else False,
+        enable_checkpointing=False, enable_model_summary=False, **trainer_kwargs,
+    )
+    trainer.fit(module, loader)
+    save_adapter(policy, adapter_dir)
+    metrics = {k: float(v) for k, v in trainer.logged_metrics.items()}
+    trainable = sum(p.numel() for p in policy.parameters() if p.requires_grad)
+    return {"pairs": len(pairs), "steps": trainer.global_step, "trainable_params": trainable, **metrics}

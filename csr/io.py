@@ -1,0 +1,209 @@
+"""Safe, inspectable, crash-resumable stage outputs.
+
+Everything is plain text (JSON / JSON Lines) so a run directory can be read by
+eye and by other tools, and loading them never executes code.  Whole files are replaced
+atomically, and JSONL files grow one fsynced record at a time, so a crash
+leaves at most one torn final line, which `read_jsonl(repair=True)` removes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import tempfile
+from datetime import UTC, datetime
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from csr.errors import CSRError
+
+log = logging.getLogger(__name__)
+
+StrPath = str | os.PathLike[str]
+
+# Stage names become file names, so keep them to a boring, portable alphabet.
+_STAGE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Persist a rename: without this the new directory entry can be lost on power failure."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:  # some platforms/filesystems cannot open directories
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write_text(path: StrPath, text: str) -> None:
+    """Write `text` so readers see either the old file or the complete new one, never a half."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # The temp file must live in the same directory: os.replace is only atomic within a filesystem.
+    fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp_name, target)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+    _fsync_dir(target.parent)
+
+
+def atomic_write_json(path: StrPath, obj: Any) -> None:
+    """Atomically write `obj` as indented JSON (key order preserved for readability)."""
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, ensure_ascii=False) + "\n")
+
+
+def read_json(path: StrPath) -> Any:
+    """Read a JSON file; a missing or malformed file is a CSRError naming it."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise CSRError(f"{p}: file not found") from None
+    except UnicodeDecodeError as exc:
+        raise CSRError(f"{p}: not valid UTF-8 ({exc})") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise CSRError(f"{p}: invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
+
+
+class JsonlWriter:
+    """Append JSON records to a file, one line each, durable as soon as `write` returns."""
+
+    def __init__(self, path: StrPath) -> None:
+        self.path = Path(path)
+        self._fh: Any = None
+
+    def __enter__(self) -> JsonlWriter:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # Appending after a torn line would bury it mid-file, turning a repairable tail into
+        # permanent corruption; so refuse until read_jsonl(repair=True) / completed_ids has run.
+        try:
+            read_jsonl(self.path)
+        except CSRError as exc:
+            raise CSRError(f"{exc}; call read_jsonl(path, repair=True) before appending") from None
+        self._fh = self.path.open("a", encoding="utf-8", newline="")
+        return self
+
+    def write(self, record: dict[str, Any]) -> None:
+        if self._fh is None:
+            raise CSRError(f"{self.path}: JsonlWriter.write called outside its `with` block")
+        if not isinstance(record, dict):
+            raise CSRError(f"{self.path}: a JSONL record must be a dict, got {type(record).__name__}")
+        self._fh.write(json.dumps(record, ensure_ascii=False) + "\n")
+        self._fh.flush()
+        os.fsync(self._fh.fileno())
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+
+
+def _parse_line(raw: bytes) -> dict[str, Any] | None:
+    """Decode one JSONL line; None when it is not a JSON object."""
+    try:
+        value = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def read_jsonl(path: StrPath, repair: bool = False) -> list[dict[str, Any]]:
+    """Read all records; a missing file is empty.
+
+    A bad *final* line is a torn write from a crash: with `repair` the file is
+    truncated back to the last complete record (the torn one is lost and will
+    be redone), otherwise it is an error.  A bad line anywhere else is real
+    corruption and always an error.
+    """
+    p = Path(path)
+    try:
+        data = p.read_bytes()
+    except FileNotFoundError:
+        return []
+    lines = data.split(b"\n")
+    # After a final "\n" split yields one empty tail; anything else there is an unterminated line.
+    tail = lines.pop()
+    records: list[dict[str, Any]] = []
+    good_end = 0  # byte offset just past the last accepted line
+    for lineno, raw in enumerate(lines, start=1):
+        record = _parse_line(raw)
+        if record is None:
+            if lineno == len(lines) and not tail:
+                _torn(p, lineno, good_end, repair)
+                return records
+            raise CSRError(f"{p}: line {lineno} is not a valid JSON object (corrupt file)")
+        records.append(record)
+        good_end += len(raw) + 1
+    if tail:
+        _torn(p, len(lines) + 1, good_end, repair)
+    return records
+
+
+def _torn(path: Path, lineno: int, good_end: int, repair: bool) -> None:
+    if not repair:
+        raise CSRError(f"{path}: line {lineno} is incomplete or unparsable (torn write from a crash?)")
+    log.warning("%s: dropping torn final line %d (interrupted write); truncating file", path, lineno)
+    with path.open("r+b") as fh:
+        fh.truncate(good_end)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def completed_ids(path: StrPath, key: str = "id") -> set[str]:
+    """Ids already written to a resumable JSONL output (repairing a torn tail first)."""
+    seen: set[str] = set()
+    for lineno, record in enumerate(read_jsonl(path, repair=True), start=1):
+        if key not in record:
+            raise CSRError(f"{path}: record on line {lineno} has no {key!r} field")
+        value = str(record[key])
+        if value in seen:
+            raise CSRError(f"{path}: duplicate record {key}={value!r} (line {lineno})")
+        seen.add(value)
+    return seen
+
+
+def _marker(directory: StrPath, stage: str) -> Path:
+    if not _STAGE_NAME.match(stage):
+        raise CSRError(f"invalid stage name {stage!r}: use letters, digits, '_', '-', '.'")
+    return Path(directory) / f"{stage}.done.json"
+
+
+def mark_done(directory: StrPath, stage: str, stats: dict[str, Any]) -> None:
+    """Record that `stage` finished; written last, so its presence means the outputs are complete."""
+    finished_at = datetime.now(UTC).isoformat(timespec="seconds")
+    atomic_write_json(_marker(directory, stage), {"stage": stage, "stats": stats, "finished_at": finished_at})
+
+
+def done_stats(directory: StrPath, stage: str) -> dict[str, Any] | None:
+    """The stats saved by `mark_done`, or None if the stage has not finished."""
+    marker = _marker(directory, stage)
+    if not marker.exists():
+        return None
+    content = read_json(marker)
+    if not isinstance(content, dict) or not isinstance(content.get("stats"), dict):
+        raise CSRError(f"{marker}: not a valid stage marker (expected an object with a 'stats' object)")
+    return content["stats"]
+
+
+def is_done(directory: StrPath, stage: str) -> bool:
+    return done_stats(directory, stage) is not None

@@ -1,0 +1,77 @@
+"""Loading and saving LLaVA-style checkpoints in Hugging Face format, strictly offline."""
+
+from __future__ import annotations
+
+import torch
+from transformers import AutoProcessor, LlavaForConditionalGeneration, PreTrainedConfig
+from transformers.processing_utils import ProcessorMixin
+
+from csr.errors import CSRError
+
+DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+}
+
+
+def _model_type(path: str) -> str | None:
+    """Read model_type from the raw config.json, so unknown architectures still give a clear error."""
+    try:
+        config_dict, _ = PreTrainedConfig.get_config_dict(path, local_files_only=True)
+    except OSError as err:
+        raise CSRError(
+            f"model.path={path!r}: not a local checkpoint directory and not found in the "
+            "Hugging Face cache (offline)"
+        ) from err
+    return config_dict.get("model_type")
+
+
+def load_llava(
+    path: str,
+    dtype: str = "float32",
+    attn_implementation: str | None = "sdpa",
+    device: str = "cpu",
+) -> tuple[LlavaForConditionalGeneration, ProcessorMixin]:
+    """Load a LLaVA model (in eval mode) and its processor from a local dir or the HF cache."""
+    if dtype not in DTYPES:
+        raise CSRError(f"model.dtype={dtype!r}: expected one of {sorted(DTYPES)}")
+    model_type = _model_type(path)
+    if model_type != "llava":
+        raise CSRError(f"model.path={path!r}: expected a llava checkpoint, found model_type={model_type!r}")
+    try:
+        model = LlavaForConditionalGeneration.from_pretrained(
+            path,
+            dtype=DTYPES[dtype],
+            attn_implementation=attn_implementation,
+            local_files_only=True,
+            trust_remote_code=False,
+        )
+        processor = AutoProcessor.from_pretrained(path, local_files_only=True, trust_remote_code=False)
+    except OSError as err:  # config present but weights or processor files missing
+        raise CSRError(f"model.path={path!r}: incomplete checkpoint: {err}") from err
+    model.to(device)
+    model.eval()
+    # Batched generation appends new tokens on the right, so prompts must be padded on the left.
+    processor.tokenizer.padding_side = "left"
+    return model, processor
+
+
+def save_llava(model: LlavaForConditionalGeneration, processor: ProcessorMixin, out_dir: str) -> None:
+    """Save model and processor side by side; transformers 5 always writes safetensors."""
+    model.save_pretrained(out_dir)
+    processor.save_pretrained(out_dir)
+
+
+def special_token_ids(processor: ProcessorMixin) -> list[int]:
+    """Ids generation must never emit (pad, bos, unk, image, extra specials); eos is kept so it can stop."""
+    tokenizer = processor.tokenizer
+    ids = set(tokenizer.all_special_ids)
+    # Some checkpoints register <image> only as a special added token, not as a named special token.
+    ids.update(i for i, tok in tokenizer.added_tokens_decoder.items() if tok.special)
+    image_token_id = getattr(processor, "image_token_id", None)
+    if image_token_id is not None:
+        ids.add(image_token_id)
+    eos = tokenizer.eos_token_id
+    eos_ids = set(eos) if isinstance(eos, list) else {eos}
+    return sorted(ids - eos_ids)

@@ -1,0 +1,216 @@
+"""Tiny random-weight LLaVA and open_clip checkpoints, so the whole pipeline runs offline on a CPU.
+
+They are saved in the same formats as real checkpoints and must be loaded back through
+`load_llava` / `load_clip`, so tests exercise the real loading code path.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+from dataclasses import asdict, dataclass
+
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import (
+    CLIPImageProcessor,
+    CLIPVisionConfig,
+    LlamaConfig,
+    LlavaConfig,
+    LlavaForConditionalGeneration,
+    LlavaProcessor,
+    PreTrainedTokenizerFast,
+)
+
+from csr.data.tiny import write_tiny_prompts
+from csr.models.clip import load_clip, save_clip
+from csr.models.llava import save_llava
+
+# The LLaVA-1.5 template from llava-hf: images first, then text, "USER: " / "ASSISTANT:" roles.
+LLAVA_CHAT_TEMPLATE = (
+    "{% for message in messages %}{% if message['role'] != 'system' %}{{ message['role'].upper() + ': '}}"
+    "{% endif %}{% for content in message['content'] | selectattr('type', 'equalto', 'image') %}"
+    "{{ '<image>\n' }}{% endfor %}{% if message['role'] != 'assistant' %}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}"
+    "{{ content['text'] + ' '}}{% endfor %}{% else %}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}"
+    "{% generation %}{{ content['text'] + ' '}}{% endgeneration %}{% endfor %}{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}{{ 'ASSISTANT:' }}{% endif %}"
+)
+SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<pad>", "<image>"]
+IMAGE_SIZE = 32
+PATCH_SIZE = 8
+CLIP_ARCH = "tiny-clip"
+CLIP_CONFIG = {
+    "embed_dim": 32,
+    "vision_cfg": {"image_size": IMAGE_SIZE, "layers": 2, "width": 64, "patch_size": PATCH_SIZE},
+    "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},
+}
+MARKER = "tiny.json"  # written last, so its presence means every file is complete
+
+
+@dataclass
+class TinyPaths:
+    llava: str
+    clip_weights: str
+    clip_config: str
+    clip_arch: str
+
+
+def _corpus() -> list[str]:
+    """~200 simple image descriptions plus prompt words, so common text gets real BPE merges."""
+    colors = ["red", "blue", "green", "yellow", "black", "white", "orange", "purple"]
+    things = ["circle", "square", "triangle", "star", "line", "dog", "cat", "car", "tree", "house"]
+    places = ["top left", "top right", "bottom left", "bottom right", "center", "middle"]
+    rng = random.Random(0)  # fixed: the tokenizer must not depend on the weight seed
+    sentences = [
+        "USER: Describe the image. ASSISTANT: The image shows a picture.",
+        "What is in the picture? Describe it in detail.",
+    ]
+    for _ in range(200):
+        c1, c2 = rng.sample(colors, 2)
+        t1, t2 = rng.sample(things, 2)
+        place = rng.choice(places)
+        sentences.append(
+            rng.choice(
+                [
+                    f"There is a {c1} {t1} in the {place}.",
+                    f"A {c1} {t1} is next to a {c2} {t2}.",
+                    f"The image shows a {c1} {t1} and a {c2} {t2}.",
+                    f"In the {place}, there are two {c1} {t1}s.",
+                ]
+            )
+        )
+    return sentences
+
+
+def build_tokenizer() -> PreTrainedTokenizerFast:
+    """Byte-level BPE: decode(encode(text)) == text, and punctuation never merges into words."""
+    backend = Tokenizer(models.BPE(unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.Punctuation(), pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)]
+    )
+    backend.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=400,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    backend.train_from_iterator(_corpus(), trainer)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        pad_token="<pad>",
+        extra_special_tokens=["<image>"],  # transformers 5 name for additional_special_tokens
+        add_bos_token=True,  # like the Llama tokenizer of LLaVA-1.5
+        add_eos_token=False,
+    )
+    tokenizer.chat_template = LLAVA_CHAT_TEMPLATE
+    return tokenizer
+
+
+def _build_llava(out_dir: str, seed: int) -> None:
+    tokenizer = build_tokenizer()
+    image_token_id = tokenizer.convert_tokens_to_ids("<image>")
+    num_patches = (IMAGE_SIZE // PATCH_SIZE) ** 2
+    config = LlavaConfig(
+        vision_config=CLIPVisionConfig(
+            image_size=IMAGE_SIZE,
+            patch_size=PATCH_SIZE,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            projection_dim=32,
+        ),
+        text_config=LlamaConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=4,
+            max_position_embeddings=512,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        ),
+        image_token_id=image_token_id,  # alias of image_token_index in transformers 5
+        image_seq_length=num_patches,
+        vision_feature_select_strategy="default",
+        vision_feature_layer=-2,
+        projector_hidden_act="gelu",
+    )
+    torch.manual_seed(seed)
+    model = LlavaForConditionalGeneration(config)
+    model.generation_config.bos_token_id = tokenizer.bos_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    processor = LlavaProcessor(
+        image_processor=CLIPImageProcessor(
+            size={"shortest_edge": IMAGE_SIZE}, crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}
+        ),
+        tokenizer=tokenizer,
+        patch_size=PATCH_SIZE,
+        vision_feature_select_strategy="default",
+        image_token="<image>",
+        num_additional_image_tokens=1,  # the CLS token, dropped again by the "default" strategy
+        chat_template=LLAVA_CHAT_TEMPLATE,
+    )
+    save_llava(model, processor, out_dir)
+
+
+def _build_clip(clip_dir: str, seed: int) -> tuple[str, str]:
+    config_path = os.path.join(clip_dir, f"{CLIP_ARCH}.json")
+    weights_path = os.path.join(clip_dir, f"{CLIP_ARCH}.safetensors")
+    with open(config_path, "w") as f:
+        json.dump(CLIP_CONFIG, f, indent=2)
+    torch.manual_seed(seed)
+    bundle = load_clip(CLIP_ARCH, weights=None, config_json=config_path)
+    save_clip(bundle.model, weights_path)
+    return config_path, weights_path
+
+
+def build_tiny(out_dir: str, seed: int = 0) -> TinyPaths:
+    """Build (or reuse, if already complete for this seed) the tiny checkpoints under out_dir."""
+    out_dir = os.path.abspath(out_dir)  # recorded paths must not depend on the caller's cwd
+    marker = os.path.join(out_dir, MARKER)
+    if os.path.isfile(marker):
+        with open(marker) as f:
+            built = json.load(f)
+        if built.get("seed") == seed:
+            return TinyPaths(**built["paths"])
+    llava_dir = os.path.join(out_dir, "llava")
+    clip_dir = os.path.join(out_dir, "clip")
+    os.makedirs(llava_dir, exist_ok=True)
+    os.makedirs(clip_dir, exist_ok=True)
+    _build_llava(llava_dir, seed)
+    clip_config, clip_weights = _build_clip(clip_dir, seed)
+    paths = TinyPaths(
+        llava=llava_dir, clip_weights=clip_weights, clip_config=clip_config, clip_arch=CLIP_ARCH
+    )
+    with open(marker, "w") as f:
+        json.dump({"seed": seed, "paths": asdict(paths)}, f, indent=2)
+    return paths
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description="Build tiny random-weight LLaVA and CLIP checkpoints, plus a few prompts and images."
+    )
+    parser.add_argument("out_dir", nargs="?", default=".tiny")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--prompts", type=int, default=8, help="synthetic prompts written to OUT_DIR/data")
+    args = parser.parse_args(argv)
+    paths = asdict(build_tiny(args.out_dir, args.seed))
+    paths["prompts"] = str(write_tiny_prompts(os.path.join(args.out_dir, "data"), args.prompts, args.seed))
+    print(json.dumps(paths, indent=2))
+
+
+if __name__ == "__main__":
+    main()

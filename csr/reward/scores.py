@@ -1,0 +1,31 @@
+"""The two raw sentence scores: R_T from the policy's own token log-probs, R_I from CLIP."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+TEXT_SCORES = ("mean_logprob", "sum_logprob", "prob")
+
+
+def text_score(token_logprobs: Sequence[float], form: str = "mean_logprob") -> float:
+    """R_T of one sentence from the log-probs of its tokens (temperature 1, before any penalty).
+
+    `mean_logprob` (default, the reference code): length-normalised, so long sentences are not
+    punished for being long. `sum_logprob`: the log of the paper's product. `prob`: the product.
+    """
+    if not token_logprobs:
+        raise ValueError("a sentence needs at least one token to be scored")
+    total = float(sum(token_logprobs))
+    if form == "mean_logprob":
+        return total / len(token_logprobs)
+    if form == "sum_logprob":
+        return total
+    if form == "prob":
+        return math.exp(total)
+    raise ValueError(f"unknown text score {form!r}; expected one of {TEXT_SCORES}")
+
+
+def image_relevance(cosine: float) -> float:
+    """R_I = max(100 * cos(image, text), 0), as in the paper."""
+    return max(100.0 * cosine, 0.0)

@@ -1,0 +1,136 @@
+"""Decode one sentence per row, for many rows at once, from KV caches that hold their context.
+
+A row stops at EOS, at a sentence delimiter, after `max_new_tokens` tokens, or when its answer
+reaches its token budget. Rows that stop leave the batch, so they cost no more compute. After a
+delimiter a row is decoded for one more token only to learn whether the model would end its
+answer there (EOS): then the sentence is final; that token is never part of the text.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from csr.search import kv
+from csr.search.tree import FINISH_BUDGET, FINISH_DELIMITER, FINISH_EOS, FINISH_TOKENS
+
+
+@dataclass
+class DecodeSettings:
+    strategy: str  # diverse_greedy | sample
+    eos_id: int
+    delimiter_ids: frozenset[int]
+    suppress_ids: list[int]  # special tokens the model must never write (image, pad, bos, ...)
+    max_new_tokens: int
+    diversity_penalty: float = 3.0
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    generator: torch.Generator | None = None
+
+
+@dataclass
+class Rows:
+    """The state of the rows to decode: one row = one candidate sentence of one node."""
+
+    cache: kv.DynamicCache
+    attention_mask: torch.Tensor  # [R, L]
+    next_logits: torch.Tensor  # [R, V], logits for each row's first new token
+    next_position: torch.Tensor  # [R], position id of each row's first new token
+    budget: list[int]  # answer tokens each row may still write
+    group: list[int]  # candidate index within its node (diversity is across groups of a node)
+    node: list[int]  # which node the row expands
+
+
+@dataclass
+class Sentence:
+    token_ids: list[int] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)  # raw model log-probs (temperature 1)
+    finish: str | None = None
+
+
+def _sample(scores: torch.Tensor, s: DecodeSettings) -> torch.Tensor:
+    scores = scores / s.temperature
+    if s.top_k > 0:
+        kth = torch.topk(scores, min(s.top_k, scores.shape[-1])).values[:, -1:]
+        scores = scores.masked_fill(scores < kth, float("-inf"))
+    if s.top_p < 1.0:
+        sorted_scores, order = torch.sort(scores, descending=True)
+        cumulative = sorted_scores.softmax(-1).cumsum(-1)
+        drop = cumulative - sorted_scores.softmax(-1) > s.top_p  # keep the token that crosses top_p
+        scores = scores.masked_fill(drop.scatter(1, order, drop), float("-inf"))
+    return torch.multinomial(scores.softmax(-1), 1, generator=s.generator).squeeze(1)
+
+
+def _diverse_greedy(scores: torch.Tensor, groups: Sequence[int], nodes: Sequence[int], penalty: float) -> torch.Tensor:
+    """Group beam search with one beam per group: group g pays `penalty` for every token that groups
+    before it chose for the same node at this step (Hamming diversity, as the reference used)."""
+    chosen = torch.empty(len(groups), dtype=torch.long)
+    node_index = {n: i for i, n in enumerate(dict.fromkeys(nodes))}
+    counts = torch.zeros(len(node_index), scores.shape[-1])
+    rows_by_group: dict[int, list[int]] = {}
+    for r, g in enumerate(groups):
+        rows_by_group.setdefault(g, []).append(r)
+    for g in sorted(rows_by_group):
+        rows = torch.tensor(rows_by_group[g])
+        idx = torch.tensor([node_index[nodes[r]] for r in rows_by_group[g]])
+        picks = (scores[rows] - penalty * counts[idx]).argmax(-1)
+        chosen[rows] = picks
+        counts.index_put_((idx, picks), torch.ones(len(rows)), accumulate=True)
+    return chosen
+
+
+@torch.inference_mode()
+def decode_sentences(model: torch.nn.Module, rows: Rows, s: DecodeSettings) -> list[Sentence]:
+    n = len(rows.budget)
+    out = [Sentence() for _ in range(n)]
+    active = list(range(n))  # original row index of each row still in the batch
+    after_delimiter = [False] * n
+    cache, mask, logits, position = rows.cache, rows.attention_mask, rows.next_logits, rows.next_position
+    while active:
+        logprobs = torch.log_softmax(logits.float(), dim=-1)
+        scores = logprobs.clone() if s.strategy == "diverse_greedy" else logits.float().clone()
+        scores[:, s.suppress_ids] = float("-inf")
+        empty = torch.tensor([not out[r].token_ids for r in active])
+        scores[empty, s.eos_id] = float("-inf")  # a sentence has at least one token
+        if s.strategy == "diverse_greedy":
+            # Rows that only peek for EOS after a delimiter take no part in the diversity penalty.
+            groups = [-1 if after_delimiter[r] else rows.group[r] for r in active]
+            tokens = _diverse_greedy(scores, groups, [rows.node[r] for r in active], s.diversity_penalty)
+        else:
+            tokens = _sample(scores, s)
+        keep = []
+        for i, r in enumerate(active):
+            token, sentence = int(tokens[i]), out[r]
+            if after_delimiter[r]:
+                sentence.finish = FINISH_EOS if token == s.eos_id else FINISH_DELIMITER
+                continue
+            if token == s.eos_id:
+                sentence.finish = FINISH_EOS
+                continue
+            sentence.token_ids.append(token)
+            sentence.logprobs.append(float(logprobs[i, token]))
+            if len(sentence.token_ids) >= rows.budget[r]:
+                sentence.finish = FINISH_BUDGET
+            elif token in s.delimiter_ids:
+                after_delimiter[r] = True
+                keep.append(i)
+            elif len(sentence.token_ids) >= s.max_new_tokens:
+                sentence.finish = FINISH_TOKENS
+            else:
+                keep.append(i)
+        if not keep:
+            break
+        keep_t = torch.tensor(keep)
+        if len(keep) < len(active):  # finished rows leave the batch
+            cache = kv.select_rows(cache, keep_t)
+            mask, position = mask[keep_t], position[keep_t]
+        active = [active[i] for i in keep]
+        mask = torch.cat([mask, mask.new_ones(len(keep), 1)], dim=1)
+        step_logits, cache = kv.forward(
+            model, tokens[keep_t].unsqueeze(1), mask, position.unsqueeze(1), cache=cache
+        )
+        logits, position = step_logits[:, -1], position + 1
+    return out

@@ -1,0 +1,70 @@
+"""The search as a LightningModule predict step: a batch of prompts in, one JSONL record per prompt out."""
+
+from __future__ import annotations
+
+import logging
+import zlib
+from collections.abc import Sequence
+
+import pytorch_lightning as pl
+import torch
+
+from csr.data.images import load_image
+from csr.data.prompts import PromptRecord
+from csr.errors import CSRError
+from csr.search.decode import DecodeSettings
+from csr.search.engine import RelevanceFn, SearchSettings, TreeSearch
+from csr.search.tree import Node
+
+log = logging.getLogger(__name__)
+
+
+def tree_record(prompt: PromptRecord, nodes: Sequence[Node]) -> dict:
+    finals = [n for n in nodes if n.final]
+    return {
+        "id": prompt.id,
+        "image": prompt.image,
+        "prompt": prompt.prompt,
+        "input": prompt.raw,
+        "nodes": [n.to_json() for n in nodes],
+        "stats": {
+            "nodes_expanded": sum(1 for n in nodes if n.kept),
+            "sentences": len(nodes) - 1,
+            "answers": len(finals),
+        },
+    }
+
+
+def skip_record(prompt: PromptRecord, reason: str, message: str) -> dict:
+    return {"id": prompt.id, "image": prompt.image, "prompt": prompt.prompt, "input": prompt.raw, "skipped": reason, "error": message}
+
+
+class SearchModule(pl.LightningModule):
+    def __init__(
+        self, model, processor, settings: SearchSettings, decode: DecodeSettings,
+        relevance: RelevanceFn | None, image_root: str, on_error: str, seed: int,
+    ):
+        super().__init__()
+        self.policy = model
+        self.engine = TreeSearch(model, processor, settings, decode, relevance)
+        self.image_root, self.on_error, self.seed = image_root, on_error, seed
+
+    def predict_step(self, batch: list[PromptRecord], batch_idx: int = 0) -> list[dict]:
+        good, images, out = [], [], {}
+        for prompt in batch:
+            try:
+                images.append(load_image(self.image_root, prompt.image))
+                good.append(prompt)
+            except CSRError as err:
+                if self.on_error != "skip":
+                    raise CSRError(f"prompt id={prompt.id!r}: {err}") from None
+                log.warning("skipping prompt %s: %s", prompt.id, err)
+                out[prompt.id] = skip_record(prompt, "bad_image", str(err))
+        if good:
+            # Seeded by the prompts themselves, so a resumed run samples what the first run would have.
+            ids = ",".join(p.id for p in good).encode()
+            self.engine.decode.generator = torch.Generator().manual_seed(self.seed + zlib.crc32(ids))
+            trees = self.engine.search([p.prompt for p in good], images, [p.image for p in good])
+            for prompt, nodes in zip(good, trees, strict=True):
+                out[prompt.id] = tree_record(prompt, nodes)
+        return [out[p.id] for p in batch]
