@@ -7,7 +7,7 @@ key or a wrong type fails at start with the key's full name, and then checks val
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -15,7 +15,7 @@ from omegaconf.errors import OmegaConfBaseException
 from csr.errors import CSRError
 
 
-class Stage(str, Enum):
+class Stage(StrEnum):
     all = "all"
     search = "search"
     reward = "reward"

@@ -20,6 +20,14 @@ from csr.io import JsonlWriter, completed_ids
 log = logging.getLogger(__name__)
 
 
+class RecordPredictor(pl.LightningModule):
+    """Base of the predict-only modules: batches are lists of records (dataclasses or dicts) that
+    predict_step turns into tensors itself, so Lightning must not try to move them to a device."""
+
+    def transfer_batch_to_device(self, batch: Any, device: Any, dataloader_idx: int) -> Any:
+        return batch
+
+
 class JsonlPredictionWriter(BasePredictionWriter):
     """Appends each batch's records (a list of dicts) to one JSONL file, fsynced per record."""
 

@@ -7,11 +7,10 @@ from __future__ import annotations
 
 import logging
 
-import pytorch_lightning as pl
-
 from csr.data.images import load_image
 from csr.errors import CSRError
 from csr.pairs.select import answer_score
+from csr.predict import RecordPredictor
 from csr.search.tree import Node, path_to, score_siblings, siblings_by_parent
 
 log = logging.getLogger(__name__)
@@ -33,7 +32,7 @@ def scored_answers(nodes: list[Node]) -> list[dict]:
     return answers
 
 
-class RewardModule(pl.LightningModule):
+class RewardModule(RecordPredictor):
     def __init__(self, scorer, lam: float, calibration: str, image_root: str):
         super().__init__()
         self.scorer, self.lam, self.calibration, self.image_root = scorer, lam, calibration, image_root

@@ -73,7 +73,7 @@ class TreeSearch:
         prefix = prefill(self.model, self.processor, prompts, images)
         trees = [[new_root()] for _ in prompts]
         live = [(p, 0) for p in range(len(prompts))]
-        for depth in range(1, self.s.max_sentences + 1):
+        for _ in range(self.s.max_sentences):  # every step adds one sentence to each live answer
             if not live:
                 break
             children: list[list[int]] = [[] for _ in prompts]

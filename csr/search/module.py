@@ -6,12 +6,12 @@ import logging
 import zlib
 from collections.abc import Sequence
 
-import pytorch_lightning as pl
 import torch
 
 from csr.data.images import load_image
 from csr.data.prompts import PromptRecord
 from csr.errors import CSRError
+from csr.predict import RecordPredictor
 from csr.search.decode import DecodeSettings
 from csr.search.engine import RelevanceFn, SearchSettings, TreeSearch
 from csr.search.tree import Node
@@ -39,7 +39,7 @@ def skip_record(prompt: PromptRecord, reason: str, message: str) -> dict:
     return {"id": prompt.id, "image": prompt.image, "prompt": prompt.prompt, "input": prompt.raw, "skipped": reason, "error": message}
 
 
-class SearchModule(pl.LightningModule):
+class SearchModule(RecordPredictor):
     def __init__(
         self, model, processor, settings: SearchSettings, decode: DecodeSettings,
         relevance: RelevanceFn | None, image_root: str, on_error: str, seed: int,

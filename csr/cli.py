@@ -1,0 +1,38 @@
+"""The `csr` command: a Hydra app over conf/ that validates the config and runs the loop."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig
+
+from csr.config import validate
+from csr.errors import CSRError
+
+log = logging.getLogger("csr")
+
+# conf/ sits beside the package in the repository (installed with `pip install -e .`).
+CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+
+
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
+def app(cfg: DictConfig) -> float | None:
+    from csr.loop import Loop
+
+    try:
+        typed = validate(cfg)
+        result = Loop(typed).run()
+    except CSRError as err:
+        # A user-facing problem: the message names the file, record or key; no traceback needed.
+        log.error("%s", err)
+        sys.exit(2)
+    rows = result.get("rows") if isinstance(result, dict) else None
+    # Returned to Hydra sweepers (e.g. Optuna) as the objective: the last iteration's answer R_I.
+    return rows[-1].get("answer R_I") if rows else None
+
+
+def main() -> None:
+    app()

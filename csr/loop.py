@@ -1,0 +1,220 @@
+"""The iteration driver: the only place that knows the order of the stages.
+
+run_dir/
+  config.yaml              resolved config of the first start (later starts add config.<n>.yaml if changed)
+  iter_0/metrics.json      evaluation of the starting model
+  iter_k/search.jsonl -> rewards.jsonl -> pairs.jsonl (+ exports) -> adapter/ -> merged/ -> eval/, metrics.json
+Each finished stage leaves `<stage>.done.json`; rerunning the same command skips those and resumes
+the unfinished stage from its partial output.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import time
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from csr.config import Stage
+from csr.errors import CSRError
+from csr.eval import EVALUATORS
+from csr.io import atomic_write_json, atomic_write_text, done_stats, is_done, mark_done, read_json
+from csr.tracking import Tracker, flatten
+
+log = logging.getLogger(__name__)
+
+ITERATION_STAGES = ("search", "reward", "pairs", "dpo", "merge", "eval")
+
+
+class Loop:
+    def __init__(self, cfg: DictConfig):
+        self.cfg = cfg
+        self.run_dir = Path(cfg.run_dir).resolve()
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self._save_config()
+        lg = cfg.logger
+        self.tracker = Tracker(self.run_dir, lg.enabled, lg.tracking_uri, lg.experiment_name)
+        self.params = flatten(OmegaConf.to_container(cfg, resolve=True))
+        self._policy: tuple[str, object, object] | None = None
+        self._scorer = None
+
+    # -- config and paths ---------------------------------------------------------------------------
+
+    def _save_config(self) -> None:
+        text = OmegaConf.to_yaml(self.cfg, resolve=True)
+        path = self.run_dir / "config.yaml"
+        if not path.exists():
+            atomic_write_text(path, text)
+        elif path.read_text() != text:  # a resume with other overrides: keep both, never overwrite
+            n = len(list(self.run_dir.glob("config.*.yaml"))) + 1
+            atomic_write_text(self.run_dir / f"config.{n}.yaml", text)
+            log.warning("config differs from %s; saved this start's config as config.%d.yaml", path, n)
+
+    def iter_dir(self, k: int) -> Path:
+        return self.run_dir / f"iter_{k}"
+
+    def model_path(self, k: int) -> str:
+        """The policy iteration k starts from: the base model, then the previous merged model."""
+        return self.cfg.model.path if k <= 1 else str(self.iter_dir(k - 1) / "merged")
+
+    def trainer_kwargs(self) -> dict:
+        t = self.cfg.trainer
+        return {"accelerator": t.accelerator, "devices": t.devices, "num_nodes": t.num_nodes,
+                "precision": t.precision, "deterministic": t.deterministic}
+
+    # -- models, loaded lazily and shared between the stages of an iteration --------------------------
+
+    def policy(self, path: str):
+        from csr.models.llava import load_llava
+
+        if self._policy is None or self._policy[0] != path:
+            self._policy = None
+            gc.collect()
+            m = self.cfg.model
+            model, processor = load_llava(path, dtype=m.dtype, attn_implementation=m.attn_implementation)
+            self._policy = (path, model, processor)
+        return self._policy[1], self._policy[2]
+
+    def scorer(self):
+        from csr.models.clip import ClipScorer, load_clip
+
+        if self._scorer is None:
+            c = self.cfg.reward.clip
+            self._scorer = ClipScorer(load_clip(c.arch, c.weights, c.config_json))
+        return self._scorer
+
+    # -- stages ---------------------------------------------------------------------------------------
+
+    def run_stage(self, stage: str, k: int, run_id: str | None) -> dict:
+        d = self.iter_dir(k)
+        d.mkdir(parents=True, exist_ok=True)
+        start = time.time()
+        log.info("iteration %d: %s", k, stage)
+        stats = getattr(self, f"_{stage}")(k, d, run_id)
+        stats["seconds"] = round(time.time() - start, 3)
+        mark_done(d, stage, stats)
+        self.tracker.log_metrics(run_id, stats, prefix=f"{stage}/")
+        log.info("iteration %d: %s done in %.1fs", k, stage, stats["seconds"])
+        return stats
+
+    def _search(self, k: int, d: Path, run_id) -> dict:
+        from csr.search.stage import run_search
+
+        model, processor = self.policy(self.model_path(k))
+        stats = run_search(model=model, processor=processor, scorer=self.scorer(), cfg=self.cfg,
+                           out_path=d / "search.jsonl", trainer_kwargs=self.trainer_kwargs())
+        return {**stats, "model_path": self.model_path(k)}
+
+    def _reward(self, k: int, d: Path, run_id) -> dict:
+        from csr.reward.stage import run_reward
+
+        return run_reward(scorer=self.scorer(), cfg=self.cfg, search_path=self._require(d, "search.jsonl"),
+                          out_path=d / "rewards.jsonl", trainer_kwargs=self.trainer_kwargs())
+
+    def _pairs(self, k: int, d: Path, run_id) -> dict:
+        from csr.pairs.build import build_pairs
+
+        p = self.cfg.pairs
+        return build_pairs(self._require(d, "rewards.jsonl"), d, list(p.filters), self.cfg.data.image_root,
+                           p.export_llava, p.export_trl)
+
+    def _dpo(self, k: int, d: Path, run_id) -> dict:
+        from csr.dpo.stage import run_dpo
+
+        self._policy = None  # DPO loads its own trainable copy; free the inference one
+        gc.collect()
+        kwargs = {**self.trainer_kwargs(), "strategy": self.cfg.trainer.strategy,
+                  "log_every_n_steps": self.cfg.trainer.log_every_n_steps}
+        return run_dpo(model_path=self.model_path(k), pairs_path=self._require(d, "pairs.jsonl"),
+                       adapter_dir=d / "adapter", image_root=self.cfg.data.image_root, model_cfg=self.cfg.model,
+                       dpo_cfg=self.cfg.dpo, trainer_kwargs=kwargs, logger=self.tracker.lightning_logger(run_id))
+
+    def _merge(self, k: int, d: Path, run_id) -> dict:
+        from csr.models.merge import merge_adapter
+
+        m = self.cfg.model
+        merge_adapter(self.model_path(k), d / "adapter", d / "merged", m.dtype, m.attn_implementation)
+        return {"adapter_found": (d / "adapter").exists()}
+
+    def _eval(self, k: int, d: Path, run_id) -> dict:
+        path = self.model_path(k + 1)  # the model this iteration produced (k = 0: the base model)
+        model, processor = self.policy(path)
+        e = self.cfg.eval
+        metrics = {}
+        for name in e.evaluators:
+            if name not in EVALUATORS:
+                raise CSRError(f"config key 'eval.evaluators': unknown evaluator {name!r}; known: {sorted(EVALUATORS)}")
+            out = d / "eval" / name
+            out.mkdir(parents=True, exist_ok=True)
+            result = EVALUATORS[name](
+                model=model, processor=processor, scorer=self.scorer(), eval_cfg=e,
+                prompt_file=e.prompt_file or self.cfg.data.prompt_file, image_root=e.image_root or self.cfg.data.image_root,
+                out_dir=out, trainer_kwargs=self.trainer_kwargs(),
+            )
+            metrics.update({f"{name}/{key}": v for key, v in result.items()})
+        return metrics
+
+    def _require(self, d: Path, name: str) -> Path:
+        path = d / name
+        if not path.exists():
+            raise CSRError(f"{path} does not exist: run the stage that writes it first (or stage=all)")
+        return path
+
+    # -- iterations -----------------------------------------------------------------------------------
+
+    def iteration(self, k: int, stages=ITERATION_STAGES, force: bool = False) -> dict:
+        run_id = self.tracker.iteration(k, self.params)
+        d = self.iter_dir(k)
+        for stage in stages:
+            if force or not is_done(d, stage):
+                self.run_stage(stage, k, run_id)
+        metrics = {s: done_stats(d, s) for s in stages if is_done(d, s)}
+        atomic_write_json(d / "metrics.json", metrics)
+        self.tracker.log_artifact(run_id, d / "metrics.json")
+        if "eval" in metrics:
+            self.tracker.log_metrics(self.tracker.ids.get("parent"), metrics["eval"], step=k, prefix="eval/")
+        if all(is_done(d, s) for s in ITERATION_STAGES):
+            self.tracker.finish(run_id)
+        return metrics
+
+    def base_eval(self) -> dict:
+        return self.iteration(0, stages=("eval",))
+
+    def first_unfinished(self) -> int:
+        for k in range(1, self.cfg.iterations + 1):
+            if not all(is_done(self.iter_dir(k), s) for s in ITERATION_STAGES):
+                return k
+        return self.cfg.iterations
+
+    def run(self) -> dict:
+        parent = self.tracker.parent(self.cfg.logger.run_name or self.run_dir.name, self.params)
+        self.tracker.log_artifact(parent, self.run_dir / "config.yaml")
+        status = "FAILED"
+        try:
+            stage = Stage(self.cfg.stage)
+            if stage is Stage.all:
+                if self.cfg.eval.at_base:
+                    self.base_eval()
+                for k in range(1, self.cfg.iterations + 1):
+                    self.iteration(k)
+                result = self.summary()
+            else:
+                k = self.cfg.iteration if self.cfg.iteration is not None else self.first_unfinished()
+                result = self.iteration(k, stages=(stage.value,), force=True)
+            status = "FINISHED" if stage is Stage.all else "RUNNING"
+            return result
+        finally:
+            if status != "RUNNING":
+                self.tracker.finish(parent, status)
+
+    def summary(self) -> dict:
+        from csr.report import write_report
+
+        rows = {}
+        for k in range(0, self.cfg.iterations + 1):
+            path = self.iter_dir(k) / "metrics.json"
+            if path.exists():
+                rows[k] = read_json(path)
+        return write_report(rows, self.run_dir)

@@ -1,0 +1,78 @@
+"""The per-iteration table of a run (printed, Markdown, JSON) and its plot (PNG)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from csr.io import atomic_write_json, atomic_write_text
+
+log = logging.getLogger(__name__)
+
+# (column, stage, key in that stage's stats)
+COLUMNS = [
+    ("pairs", "pairs", "pairs"),
+    ("skipped", "pairs", "skipped"),
+    ("chosen R", "pairs", "chosen/score"),
+    ("rejected R", "pairs", "rejected/score"),
+    ("gap", "pairs", "margin"),
+    ("chosen R_I", "pairs", "chosen/r_i"),
+    ("rejected R_I", "pairs", "rejected/r_i"),
+    ("dpo acc", "dpo", "rewards/accuracies"),
+    ("answer R_I", "eval", "generate/mean_r_i"),
+    ("answer tokens", "eval", "generate/mean_answer_tokens"),
+]
+
+
+def _fmt(value) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.3f}" if isinstance(value, float) else str(value)
+
+
+def table_rows(metrics_by_iteration: dict[int, dict]) -> list[dict]:
+    rows = []
+    for k, metrics in sorted(metrics_by_iteration.items()):
+        row = {"iteration": k}
+        for column, stage, key in COLUMNS:
+            row[column] = (metrics.get(stage) or {}).get(key)
+        rows.append(row)
+    return rows
+
+
+def markdown(rows: list[dict]) -> str:
+    header = ["iteration"] + [c for c, _, _ in COLUMNS]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(_fmt(row[h]) for h in header) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [("answer R_I", "mean R_I of eval answers"), ("gap", "chosen - rejected score"),
+              ("answer tokens", "mean answer tokens")]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.2))
+    for ax, (column, title) in zip(axes, panels, strict=True):
+        points = [(r["iteration"], r[column]) for r in rows if r[column] is not None]
+        if points:
+            ax.plot(*zip(*points, strict=True), marker="o")
+        ax.set_title(title)
+        ax.set_xlabel("iteration")
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def write_report(metrics_by_iteration: dict[int, dict], run_dir: Path) -> dict:
+    rows = table_rows(metrics_by_iteration)
+    text = markdown(rows)
+    atomic_write_text(run_dir / "summary.md", text)
+    atomic_write_json(run_dir / "summary.json", rows)
+    plot(rows, run_dir / "summary.png")
+    print(text)  # the table is the run's result: show it even when logging is quiet
+    return {"rows": rows}

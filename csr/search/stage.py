@@ -1,0 +1,64 @@
+"""Search stage: prompts + the iteration's policy -> search.jsonl (one tree per prompt, resumable)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from csr.data.prompts import load_prompts
+from csr.io import read_jsonl
+from csr.models.llava import special_token_ids
+from csr.predict import predict_to_jsonl
+from csr.search.decode import DecodeSettings
+from csr.search.engine import SearchSettings
+from csr.search.module import SearchModule
+
+
+def delimiter_ids(tokenizer, delimiters: list[str]) -> frozenset[int]:
+    """Vocabulary entries that are exactly a delimiter (e.g. '.'), possibly with surrounding space."""
+    wanted = set(delimiters)
+    return frozenset(i for i in range(len(tokenizer)) if tokenizer.decode([i]).strip() in wanted)
+
+
+def build_module(model, processor, scorer, cfg) -> SearchModule:
+    s, tok = cfg.search, processor.tokenizer
+    settings = SearchSettings(
+        beam_width=s.beam_width, candidates_per_step=s.candidates_per_step, keep_top=s.keep_top,
+        keep_bottom=s.keep_bottom, max_sentences=s.max_sentences, max_answer_tokens=s.max_answer_tokens,
+        prune_by=s.prune_by, lam=cfg.reward.lam, calibration=cfg.reward.calibration,
+        text_score=cfg.reward.text_score, max_batch_rows=s.max_batch_rows,
+    )
+    d = s.decoding
+    decode = DecodeSettings(
+        strategy=d.strategy, eos_id=tok.eos_token_id, delimiter_ids=delimiter_ids(tok, list(s.delimiters)),
+        suppress_ids=special_token_ids(processor), max_new_tokens=s.max_new_tokens_per_sentence,
+        diversity_penalty=d.diversity_penalty, temperature=d.temperature, top_p=d.top_p, top_k=d.top_k,
+    )
+    relevance = scorer.relevance if s.prune_by == "calibrated" else None
+    return SearchModule(model, processor, settings, decode, relevance, cfg.data.image_root, cfg.data.on_error, s.seed)
+
+
+def run_search(*, model, processor, scorer, cfg, out_path: Path, trainer_kwargs: dict) -> dict:
+    prompts, load_skips = load_prompts(
+        cfg.data.prompt_file, cfg.data.image_root, limit=cfg.data.limit,
+        shuffle_seed=cfg.data.shuffle_seed, on_error=cfg.data.on_error,
+    )
+    module = build_module(model, processor, scorer, cfg)
+    predict_to_jsonl(module, prompts, out_path, batch_size=cfg.search.prompts_per_batch, trainer_kwargs=trainer_kwargs)
+    return search_stats(read_jsonl(out_path), load_skips)
+
+
+def search_stats(records: list[dict], load_skips: dict[str, int]) -> dict:
+    trees = [r for r in records if "skipped" not in r]
+    sentences = [n for r in trees for n in r["nodes"][1:]]
+    stats = {
+        "prompts": len(records),
+        "skipped": len(records) - len(trees) + sum(load_skips.values()),
+        "nodes_expanded": sum(r["stats"]["nodes_expanded"] for r in trees),
+        "sentences": len(sentences),
+        "answers": sum(r["stats"]["answers"] for r in trees),
+        "mean_r_t": sum(n["r_t"] for n in sentences) / len(sentences) if sentences else None,
+    }
+    scored = [n["r_i"] for n in sentences if n["r_i"] is not None]
+    stats["mean_r_i"] = sum(scored) / len(scored) if scored else None
+    stats.update({f"skipped/{k}": v for k, v in load_skips.items()})
+    return stats
