@@ -165,7 +165,8 @@ class Loop:
     # -- iterations -----------------------------------------------------------------------------------
 
     def iteration(self, k: int, stages=ITERATION_STAGES, force: bool = False) -> dict:
-        run_id = self.tracker.iteration(k, self.params)
+        # Iteration 0 (the base model's evaluation) has no nested run: its metrics go to the parent.
+        run_id = self.tracker.iteration(k, self.params) if k > 0 else self.tracker.ids.get("parent")
         d = self.iter_dir(k)
         for stage in stages:
             if force or not is_done(d, stage):
@@ -173,9 +174,9 @@ class Loop:
         metrics = {s: done_stats(d, s) for s in stages if is_done(d, s)}
         atomic_write_json(d / "metrics.json", metrics)
         self.tracker.log_artifact(run_id, d / "metrics.json")
-        if "eval" in metrics:
+        if "eval" in metrics and k > 0:  # iteration 0 already logged into the parent
             self.tracker.log_metrics(self.tracker.ids.get("parent"), metrics["eval"], step=k, prefix="eval/")
-        if all(is_done(d, s) for s in ITERATION_STAGES):
+        if k > 0 and all(is_done(d, s) for s in ITERATION_STAGES):
             self.tracker.finish(run_id)
         return metrics
 

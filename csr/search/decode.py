@@ -64,9 +64,13 @@ def _sample(scores: torch.Tensor, s: DecodeSettings) -> torch.Tensor:
     return torch.multinomial(scores.softmax(-1), 1, generator=s.generator).squeeze(1)
 
 
-def _diverse_greedy(scores: torch.Tensor, groups: Sequence[int], nodes: Sequence[int], penalty: float) -> torch.Tensor:
+def _diverse_greedy(scores: torch.Tensor, groups: Sequence[int], nodes: Sequence[int], penalty: float,
+                    exempt: list[int]) -> torch.Tensor:
     """Group beam search with one beam per group: group g pays `penalty` for every token that groups
-    before it chose for the same node at this step (Hamming diversity, as the reference used)."""
+    before it chose for the same node at this step (Hamming diversity, as the reference used).
+
+    Ending tokens (EOS, delimiters) are `exempt`: candidates should differ in what they say, and
+    penalising the end pushes later groups to ramble on past the point where they are done."""
     chosen = torch.empty(len(groups), dtype=torch.long)
     node_index = {n: i for i, n in enumerate(dict.fromkeys(nodes))}
     counts = torch.zeros(len(node_index), scores.shape[-1])
@@ -79,6 +83,7 @@ def _diverse_greedy(scores: torch.Tensor, groups: Sequence[int], nodes: Sequence
         picks = (scores[rows] - penalty * counts[idx]).argmax(-1)
         chosen[rows] = picks
         counts.index_put_((idx, picks), torch.ones(len(rows)), accumulate=True)
+        counts[:, exempt] = 0.0
     return chosen
 
 
@@ -98,7 +103,8 @@ def decode_sentences(model: torch.nn.Module, rows: Rows, s: DecodeSettings) -> l
         if s.strategy == "diverse_greedy":
             # Rows that only peek for EOS after a delimiter take no part in the diversity penalty.
             groups = [-1 if after_delimiter[r] else rows.group[r] for r in active]
-            tokens = _diverse_greedy(scores, groups, [rows.node[r] for r in active], s.diversity_penalty)
+            tokens = _diverse_greedy(scores, groups, [rows.node[r] for r in active], s.diversity_penalty,
+                                     [s.eos_id, *s.delimiter_ids])
         else:
             tokens = _sample(scores, s)
         keep = []
