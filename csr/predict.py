@@ -6,6 +6,7 @@ already in the output are not redone) and later shard across devices the same wa
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -15,7 +16,7 @@ import pytorch_lightning as pl
 from pytorch_lightning.callbacks import BasePredictionWriter
 from torch.utils.data import DataLoader
 
-from csr.io import JsonlWriter, completed_ids
+from csr.io import JsonlWriter, atomic_write_text, completed_ids, read_jsonl
 
 log = logging.getLogger(__name__)
 
@@ -43,8 +44,8 @@ class JsonlPredictionWriter(BasePredictionWriter):
         self.written += len(prediction)
 
 
-def _as_list(batch: list[Any]) -> list[Any]:
-    return batch
+def _key(item: Any, key: str) -> str:
+    return str(item[key] if isinstance(item, dict) else getattr(item, key))
 
 
 def predict_to_jsonl(
@@ -56,14 +57,23 @@ def predict_to_jsonl(
     trainer_kwargs: dict[str, Any],
     key: str = "id",
 ) -> int:
-    """Run `module.predict_step` on the items not yet in `out_path`; returns how many were new.
+    """Run `module.predict_step` on the batches not yet in `out_path`; returns how many records were new.
 
-    Items must have an attribute (or key) `key`, matched against the same field of the records.
+    Batches are cut from the full item list, always the same way, and a batch is redone whole if a
+    crash left only part of it: batched float arithmetic depends on the batch's composition, so this
+    is what makes a resumed run write exactly what an uninterrupted one would have.
     """
+    out_path = Path(out_path)
     done = completed_ids(out_path, key=key)  # also repairs a torn last line left by a crash
-    todo = [it for it in items if str(getattr(it, key, None) or it[key]) not in done]
+    batches = [list(items[i : i + batch_size]) for i in range(0, len(items), batch_size)]
+    partial = {_key(it, key) for b in batches for it in b if not all(_key(x, key) in done for x in b)} & done
+    if partial:  # drop the records of half-written batches; they are redone below
+        kept = [r for r in read_jsonl(out_path) if str(r[key]) not in partial]
+        atomic_write_text(out_path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in kept))
+        done -= partial
+    todo = [b for b in batches if not all(_key(it, key) in done for it in b)]
     if done:
-        log.info("%s: %d records already written, %d to go", out_path, len(done), len(todo))
+        log.info("%s: %d records already written, %d batches to go", out_path, len(done), len(todo))
     if not todo:
         return 0
     writer = JsonlPredictionWriter(out_path)
@@ -74,6 +84,6 @@ def predict_to_jsonl(
         callbacks=[writer],
         **trainer_kwargs,
     )
-    loader = DataLoader(todo, batch_size=batch_size, shuffle=False, collate_fn=_as_list)
-    trainer.predict(module, dataloaders=loader, return_predictions=False)
+    # batch_size=None: each element already is a batch (a list of records).
+    trainer.predict(module, dataloaders=DataLoader(todo, batch_size=None), return_predictions=False)
     return writer.written

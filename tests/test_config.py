@@ -1,0 +1,205 @@
+"""The real Hydra config in conf/: it composes, carries the paper's defaults, and validate() names bad keys."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from csr.cli import CONF_DIR
+from csr.config import Stage, validate
+from csr.errors import CSRError
+
+# run_dir and the tiny paths interpolate ${hydra:runtime...}, which compose() without the hydra config
+# cannot resolve; these stand in for them.
+PATHS = [
+    "run_dir=/tmp/x",
+    "model.path=/m",
+    "reward.clip.weights=/w",
+    "reward.clip.config_json=/c.json",
+    "data.prompt_file=/p.json",
+    "data.image_root=/i",
+]
+
+
+def _compose(*overrides: str, paths: list[str] = PATHS) -> DictConfig:
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        return compose("config", overrides=[*paths, *overrides], return_hydra_config=False)
+
+
+def _fully_resolved(cfg: DictConfig) -> dict:
+    """Every interpolation resolves and no ??? is left."""
+    return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+
+
+def _names(group: str) -> list[str]:
+    return sorted(p.stem for p in (Path(CONF_DIR) / group).glob("*.yaml"))
+
+
+def test_conf_dir_is_the_repository_conf() -> None:
+    assert (Path(CONF_DIR) / "config.yaml").is_file()
+
+
+def test_defaults_validate_with_paper_values() -> None:
+    typed = validate(_compose())
+    assert typed.stage == Stage.all
+    assert typed.iterations == 3
+    assert typed.reward.lam == 0.9
+    assert typed.reward.calibration == "rank"
+    assert typed.reward.text_score == "mean_logprob"
+    s = typed.search
+    assert (s.beam_width, s.candidates_per_step, s.keep_top, s.keep_bottom) == (5, 5, 1, 2)
+    assert s.max_new_tokens_per_sentence == 70
+    assert s.prune_by == "calibrated"
+    assert s.delimiters == ["."]
+    assert s.decoding.strategy == "diverse_greedy" and s.decoding.diversity_penalty == 3.0
+    d = typed.dpo
+    assert (d.loss, d.beta, d.lr, d.scheduler, d.warmup_ratio, d.epochs) == ("sigmoid", 0.1, 1e-7, "cosine", 0.03, 1)
+    assert (d.lora.r, d.lora.alpha, d.lora.dropout) == (128, 256, 0.05)
+    assert d.reference == "precomputed"
+    assert d.train_projector is False
+    assert list(typed.pairs.filters) == ["empty", "repetition"]
+    resolved = _fully_resolved(typed)
+    assert resolved["run_dir"] == "/tmp/x"
+    assert resolved["search"]["seed"] == resolved["dpo"]["seed"] == resolved["seed"] == 0
+
+
+def test_validate_resolves_overrides_to_typed_values() -> None:
+    typed = validate(_compose("reward.lam=0.5", "search.beam_width=7", "stage=pairs", "seed=3"))
+    assert typed.reward.lam == 0.5 and typed.search.beam_width == 7
+    assert typed.stage == Stage.pairs
+    assert _fully_resolved(typed)["dpo"]["seed"] == 3
+
+
+def test_unknown_key_in_a_group_is_named() -> None:
+    cfg = _compose()
+    with open_dict(cfg):
+        cfg.search.beam_widht = 3
+    with pytest.raises(CSRError, match=re.escape("'search.beam_widht'")):
+        validate(cfg)
+
+
+def test_unknown_top_level_key_is_named() -> None:
+    cfg = _compose()
+    with open_dict(cfg):
+        cfg.iteratoins = 2
+    with pytest.raises(CSRError, match=re.escape("'iteratoins'")):
+        validate(cfg)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "key"),
+    [
+        (["search.beam_width=five"], "search.beam_width"),  # wrong type
+        (["reward.lam=1.5"], "reward.lam"),
+        (["reward.lam=-0.1"], "reward.lam"),
+        (["stage=foo"], "stage"),
+        (["search.beam_width=0"], "search.beam_width"),
+        (["search.keep_top=3", "search.keep_bottom=3"], "search.keep_top"),  # 3 + 3 > beam_width 5
+        (["dpo.loss=foo"], "dpo.loss"),
+        (["reward.calibration=foo"], "reward.calibration"),
+        (["dpo.train_projector=true", "dpo.reference=adapter_disabled"], "dpo.reference"),
+        (["pairs.filters=[empty,profanity]"], "pairs.filters"),
+        (["dpo.label_smoothing=0.5"], "dpo.label_smoothing"),  # robust divides by 1 - 2 ls
+        (["search.prune_by=clip"], "search.prune_by"),
+        (["iterations=0"], "iterations"),
+    ],
+)
+def test_bad_values_name_their_key(overrides: list[str], key: str) -> None:
+    with pytest.raises(CSRError, match=re.escape(f"'{key}'")):
+        validate(_compose(*overrides))
+
+
+def test_keep_sum_message_names_all_three_keys() -> None:
+    with pytest.raises(CSRError) as info:
+        validate(_compose("search.keep_top=2", "search.keep_bottom=4"))
+    message = str(info.value)
+    assert "'search.keep_top'" in message and "'search.keep_bottom'" in message
+    assert "'search.beam_width'" in message and "(2 + 4)" in message and "(5)" in message
+
+
+def test_keep_sum_equal_to_beam_width_is_allowed() -> None:
+    typed = validate(_compose("search.beam_width=3", "search.keep_top=1", "search.keep_bottom=2"))
+    assert typed.search.beam_width == 3
+
+
+def test_train_projector_with_a_frozen_copy_is_allowed() -> None:
+    typed = validate(_compose("dpo.train_projector=true", "dpo.reference=frozen_copy"))
+    assert typed.dpo.train_projector is True
+
+
+@pytest.mark.parametrize("name", _names("experiment"))
+def test_every_experiment_composes_and_validates(name: str) -> None:
+    # The experiments leave the data and CLIP weights to the user (???); fill them.
+    paths = ["run_dir=/tmp/x", "reward.clip.weights=/w", "data.prompt_file=/p.json", "data.image_root=/i"]
+    typed = validate(_compose(f"experiment={name}", paths=paths))
+    resolved = _fully_resolved(typed)
+    assert resolved["iterations"] == 3
+    assert resolved["reward"]["lam"] == 0.9 and resolved["reward"]["clip"]["arch"] == "ViT-L-14-336"
+    assert resolved["dpo"]["beta"] == 0.1 and resolved["dpo"]["lr"] == 1e-7
+    assert resolved["trainer"]["strategy"] == "deepspeed_stage_2"
+    assert resolved["trainer"]["precision"] == "bf16-mixed"
+    assert resolved["model"]["dtype"] == "bfloat16"
+
+
+def test_experiment_names() -> None:
+    assert {"paper_llava15_7b", "paper_llava15_13b"} <= set(_names("experiment"))
+
+
+@pytest.mark.parametrize(("name", "model"), [("paper_llava15_7b", "llava15_7b"), ("paper_llava15_13b", "llava15_13b")])
+def test_experiment_picks_its_model(name: str, model: str) -> None:
+    paths = ["run_dir=/tmp/x", "reward.clip.weights=/w", "data.prompt_file=/p.json", "data.image_root=/i"]
+    typed = validate(_compose(f"experiment={name}", paths=paths))
+    assert typed.model.name == model
+
+
+@pytest.mark.parametrize("name", ["paper_llava15_7b", "paper_llava15_13b"])
+def test_experiment_leaves_data_to_the_user(name: str) -> None:
+    cfg = _compose(f"experiment={name}", paths=["run_dir=/tmp/x"])
+    assert OmegaConf.is_missing(cfg.data, "prompt_file") and OmegaConf.is_missing(cfg.data, "image_root")
+
+
+@pytest.mark.xfail(
+    reason="BUG: conf/experiment/paper_llava15_7b.yaml:16 `weights: ???` is a no-op (OmegaConf merge never lets"
+    " ??? replace a value), so the paper run silently keeps the tiny CLIP weights path of conf/reward/clip.yaml",
+    strict=True,
+)
+@pytest.mark.parametrize("name", ["paper_llava15_7b", "paper_llava15_13b"])
+def test_experiment_requires_clip_weights(name: str) -> None:
+    cfg = _compose(f"experiment={name}", paths=["run_dir=/tmp/x"])
+    assert cfg.reward.clip.arch == "ViT-L-14-336"
+    weights = OmegaConf.to_container(cfg.reward.clip)["weights"]  # unresolved text
+    assert "tiny" not in str(weights)
+    assert OmegaConf.is_missing(cfg.reward.clip, "weights")
+
+
+@pytest.mark.parametrize("name", _names("trainer"))
+def test_every_trainer_composes_and_validates(name: str) -> None:
+    typed = validate(_compose(f"trainer={name}"))
+    expected = {
+        "cpu": ("cpu", "auto", "32-true"),
+        "gpu": ("gpu", "auto", "bf16-mixed"),
+        "deepspeed_zero2": ("gpu", "deepspeed_stage_2", "bf16-mixed"),
+        "deepspeed_zero3": ("gpu", "deepspeed_stage_3", "bf16-mixed"),
+    }
+    if name in expected:
+        assert (typed.trainer.accelerator, typed.trainer.strategy, typed.trainer.precision) == expected[name]
+    _fully_resolved(typed)
+
+
+def test_trainer_names() -> None:
+    assert {"cpu", "gpu", "deepspeed_zero2", "deepspeed_zero3"} <= set(_names("trainer"))
+
+
+@pytest.mark.parametrize(
+    ("name", "path"),
+    [("llava15_7b", "llava-hf/llava-1.5-7b-hf"), ("llava15_13b", "llava-hf/llava-1.5-13b-hf")],
+)
+def test_llava_models_compose_and_validate(name: str, path: str) -> None:
+    paths = [p for p in PATHS if not p.startswith("model.path=")]
+    typed = validate(_compose(f"model={name}", paths=paths))
+    assert (typed.model.name, typed.model.path, typed.model.dtype) == (name, path, "bfloat16")
+    _fully_resolved(typed)
