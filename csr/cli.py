@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import warnings
 from pathlib import Path
 
 import hydra
@@ -18,10 +19,21 @@ log = logging.getLogger("csr")
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 
 
+def _quiet_libraries() -> None:
+    """Keep the console for csr's own progress: Lightning's banners and tips say nothing about the run."""
+    logging.getLogger("pytorch_lightning.utilities.rank_zero").setLevel(logging.WARNING)
+    logging.getLogger("lightning_fabric.utilities.seed").setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    warnings.filterwarnings("ignore", message=".*infer the batch indices.*")
+    warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
+
+
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
 def app(cfg: DictConfig) -> float | None:
     from csr.loop import Loop
 
+    _quiet_libraries()
     try:
         typed = validate(cfg)
         result = Loop(typed).run()

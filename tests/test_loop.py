@@ -19,6 +19,7 @@ pytestmark = pytest.mark.slow
 FAST = [
     "search.max_sentences=3", "search.max_new_tokens_per_sentence=6", "search.max_answer_tokens=16",
     "dpo.lr=1e-3", "dpo.lora.r=8", "dpo.lora.alpha=16", "eval.limit=4", "eval.max_new_tokens=12",
+    "logger.tracking_uri=null",  # the run's own store, inside run_dir
 ]
 
 
@@ -122,7 +123,7 @@ def test_rerunning_a_finished_run_redoes_nothing(run, env):
     ],
 )
 def test_bad_input_fails_with_a_clear_message(env, tmp_path, override, message):
-    proc = csr(f"run_dir={tmp_path}", "iterations=1", override, env=env, check=False)
+    proc = csr(f"run_dir={tmp_path}", "iterations=1", "logger.tracking_uri=null", override, env=env, check=False)
     assert proc.returncode != 0
     assert message in proc.stdout + proc.stderr
     assert "Traceback" not in proc.stdout + proc.stderr
