@@ -206,6 +206,10 @@ _RANGES = {
     "dpo.batch_size": (lambda v: v >= 1, ">= 1"),
     "dpo.grad_accumulation": (lambda v: v >= 1, ">= 1"),
     "dpo.lora.r": (lambda v: v >= 1, ">= 1"),
+    "dpo.lora.alpha": (lambda v: v >= 1, ">= 1"),
+    "dpo.lora.dropout": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "search.decoding.top_k": (lambda v: v >= 0, ">= 0 (0 = off)"),
+    "search.decoding.diversity_penalty": (lambda v: v >= 0, ">= 0"),
 }
 
 
@@ -216,6 +220,10 @@ def validate(cfg: DictConfig) -> DictConfig:
     except OmegaConfBaseException as err:
         key = getattr(err, "full_key", None) or "?"
         raise CSRError(f"config key {key!r}: {err.msg if hasattr(err, 'msg') else err}") from None
+    # Checked on the composed config too: merging never lets a ??? replace the schema's default.
+    missing = sorted((OmegaConf.missing_keys(cfg) | OmegaConf.missing_keys(typed)) - {"run_dir"})
+    if missing:
+        raise CSRError(f"config keys {missing} have no value (???): set them on the command line, e.g. {missing[0]}=...")
     for key, choices in _CHOICES.items():
         value = OmegaConf.select(typed, key)
         if value not in choices:

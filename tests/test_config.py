@@ -13,10 +13,11 @@ from csr.cli import CONF_DIR
 from csr.config import Stage, validate
 from csr.errors import CSRError
 
-# run_dir and the tiny paths interpolate ${hydra:runtime...}, which compose() without the hydra config
-# cannot resolve; these stand in for them.
+# run_dir, the MLflow store and the tiny paths interpolate ${hydra:runtime...}, which compose() without
+# the hydra config cannot resolve; these stand in for them.
+RUN = ["run_dir=/tmp/x", "logger.tracking_uri=sqlite:////tmp/x/mlflow.db"]
 PATHS = [
-    "run_dir=/tmp/x",
+    *RUN,
     "model.path=/m",
     "reward.clip.weights=/w",
     "reward.clip.config_json=/c.json",
@@ -134,7 +135,7 @@ def test_train_projector_with_a_frozen_copy_is_allowed() -> None:
 @pytest.mark.parametrize("name", _names("experiment"))
 def test_every_experiment_composes_and_validates(name: str) -> None:
     # The experiments leave the data and CLIP weights to the user (???); fill them.
-    paths = ["run_dir=/tmp/x", "reward.clip.weights=/w", "data.prompt_file=/p.json", "data.image_root=/i"]
+    paths = [*RUN, "reward.clip.weights=/w", "data.prompt_file=/p.json", "data.image_root=/i"]
     typed = validate(_compose(f"experiment={name}", paths=paths))
     resolved = _fully_resolved(typed)
     assert resolved["iterations"] == 3
@@ -151,29 +152,26 @@ def test_experiment_names() -> None:
 
 @pytest.mark.parametrize(("name", "model"), [("paper_llava15_7b", "llava15_7b"), ("paper_llava15_13b", "llava15_13b")])
 def test_experiment_picks_its_model(name: str, model: str) -> None:
-    paths = ["run_dir=/tmp/x", "reward.clip.weights=/w", "data.prompt_file=/p.json", "data.image_root=/i"]
+    paths = [*RUN, "reward.clip.weights=/w", "data.prompt_file=/p.json", "data.image_root=/i"]
     typed = validate(_compose(f"experiment={name}", paths=paths))
     assert typed.model.name == model
 
 
 @pytest.mark.parametrize("name", ["paper_llava15_7b", "paper_llava15_13b"])
 def test_experiment_leaves_data_to_the_user(name: str) -> None:
-    cfg = _compose(f"experiment={name}", paths=["run_dir=/tmp/x"])
+    cfg = _compose(f"experiment={name}", paths=RUN)
     assert OmegaConf.is_missing(cfg.data, "prompt_file") and OmegaConf.is_missing(cfg.data, "image_root")
 
 
-@pytest.mark.xfail(
-    reason="BUG: conf/experiment/paper_llava15_7b.yaml:16 `weights: ???` is a no-op (OmegaConf merge never lets"
-    " ??? replace a value), so the paper run silently keeps the tiny CLIP weights path of conf/reward/clip.yaml",
-    strict=True,
-)
 @pytest.mark.parametrize("name", ["paper_llava15_7b", "paper_llava15_13b"])
 def test_experiment_requires_clip_weights(name: str) -> None:
-    cfg = _compose(f"experiment={name}", paths=["run_dir=/tmp/x"])
+    cfg = _compose(f"experiment={name}", paths=RUN)
     assert cfg.reward.clip.arch == "ViT-L-14-336"
     weights = OmegaConf.to_container(cfg.reward.clip)["weights"]  # unresolved text
     assert "tiny" not in str(weights)
     assert OmegaConf.is_missing(cfg.reward.clip, "weights")
+    with pytest.raises(CSRError, match="reward.clip.weights"):
+        validate(_compose(f"experiment={name}", paths=[*RUN, "data.prompt_file=/p.json", "data.image_root=/i"]))
 
 
 @pytest.mark.parametrize("name", _names("trainer"))

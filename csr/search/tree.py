@@ -66,8 +66,9 @@ def prune(scores: Sequence[float], beam_width: int, keep_top: int, keep_bottom: 
     """Indices of the children that live on: the `keep_top` best and `keep_bottom` worst.
 
     With fewer than `beam_width` children everything is kept (reference behaviour). Keeping the
-    worst on purpose is what later yields informative rejected answers. Ties keep the earlier
-    child, so the result is deterministic.
+    worst on purpose is what later yields informative rejected answers. Ties are broken by position
+    (the earlier child ranks higher), so the result is deterministic and the best and worst slots
+    never take the same child.
     """
     n = len(scores)
     if n < beam_width:
