@@ -86,7 +86,7 @@ def _corpus() -> list[str]:
     return sentences
 
 
-def build_tokenizer() -> PreTrainedTokenizerFast:
+def build_tokenizer(corpus: list[str] | None = None, vocab_size: int = 400) -> PreTrainedTokenizerFast:
     """Byte-level BPE: decode(encode(text)) == text, and punctuation never merges into words."""
     backend = Tokenizer(models.BPE(unk_token="<unk>"))
     backend.pre_tokenizer = pre_tokenizers.Sequence(
@@ -94,12 +94,12 @@ def build_tokenizer() -> PreTrainedTokenizerFast:
     )
     backend.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=400,
+        vocab_size=vocab_size,
         special_tokens=SPECIAL_TOKENS,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    backend.train_from_iterator(_corpus(), trainer)
+    backend.train_from_iterator(corpus or _corpus(), trainer)
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=backend,
         bos_token="<s>",
@@ -151,18 +151,21 @@ def _build_llava(out_dir: str, seed: int) -> None:
     model.generation_config.bos_token_id = tokenizer.bos_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
-    processor = LlavaProcessor(
+    save_llava(model, make_processor(tokenizer, IMAGE_SIZE, PATCH_SIZE), out_dir)
+
+
+def make_processor(tokenizer: PreTrainedTokenizerFast, image_size: int, patch_size: int) -> LlavaProcessor:
+    return LlavaProcessor(
         image_processor=CLIPImageProcessor(
-            size={"shortest_edge": IMAGE_SIZE}, crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}
+            size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}
         ),
         tokenizer=tokenizer,
-        patch_size=PATCH_SIZE,
+        patch_size=patch_size,
         vision_feature_select_strategy="default",
         image_token="<image>",
         num_additional_image_tokens=1,  # the CLS token, dropped again by the "default" strategy
         chat_template=LLAVA_CHAT_TEMPLATE,
     )
-    save_llava(model, processor, out_dir)
 
 
 def _build_clip(clip_dir: str, seed: int) -> tuple[str, str]:

@@ -1,0 +1,201 @@
+"""POPE (Li et al. 2023): yes/no object-probing questions, half about present objects, half absent.
+
+Answers are read with POPE's own rule, scored as binary classification with "yes" as the positive
+class, and questions can be sampled with POPE's three negative-sampling strategies.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from collections import Counter
+from collections.abc import Sequence
+from itertools import zip_longest
+from typing import Any
+
+from csr.errors import CSRError
+from csr.eval.chair import StrPath, read_records
+
+STRATEGIES = ("random", "popular", "adversarial")
+QUESTION_TEMPLATE = "Is there a {} in the image?"
+
+# Apostrophes stay inside words, so "isn't" is its own word and (as in POPE) not a "no".
+_WORD = re.compile(r"[^\W\d_]+(?:'[^\W\d_]+)*")
+
+
+def yes_no(answer: str) -> bool:
+    """True for "yes", POPE's rule: keep the first sentence; if "no" or "not" is a word of it, "no".
+
+    So "No, there is not." and "There is no cat." are no, while "Yes", "There is a dog." and even
+    an unrelated answer are yes.  POPE only dropped commas and split on spaces (so "No!" read as
+    yes there); here all punctuation separates words, and case is ignored, including "Not".
+    """
+    first_sentence = answer.split(".")[0]
+    words = _WORD.findall(first_sentence.lower())
+    return not ("no" in words or "not" in words)
+
+
+def pope_metrics(predictions: Sequence[bool], labels: Sequence[bool]) -> dict:
+    """accuracy, precision, recall, f1 ("yes" is positive), yes_ratio (share answered yes), n.
+
+    A ratio whose denominator is zero (no yes predictions for precision, no yes labels for recall,
+    both zero for f1, no questions at all) is 0.0 rather than NaN, so results stay plain JSON.
+    """
+    if len(predictions) != len(labels):
+        raise ValueError(f"{len(predictions)} predictions but {len(labels)} labels")
+    pairs = list(zip(predictions, labels, strict=True))
+    tp = sum(p and t for p, t in pairs)
+    fp = sum(p and not t for p, t in pairs)
+    fn = sum(not p and t for p, t in pairs)
+    tn = sum(not p and not t for p, t in pairs)
+    n = len(pairs)
+    precision = tp / (tp + fp) if tp + fp else 0.0
+    recall = tp / (tp + fn) if tp + fn else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return {
+        "accuracy": (tp + tn) / n if n else 0.0,
+        "precision": precision,
+        "recall": recall,
+        "f1": f1,
+        "yes_ratio": (tp + fp) / n if n else 0.0,
+        "n": n,
+    }
+
+
+def cooccurrence_counts(objects_per_image: dict[str, set[str]]) -> dict[str, dict[str, int]]:
+    """a -> b -> number of images holding both a and b (a != b)."""
+    counts: dict[str, Counter[str]] = {}
+    for objects in objects_per_image.values():
+        for a in objects:
+            partners = counts.setdefault(a, Counter())
+            partners.update(b for b in objects if b != a)
+    return {a: dict(partners) for a, partners in counts.items()}
+
+
+def _negatives(
+    strategy: str,
+    absent: list[str],
+    k: int,
+    present: set[str],
+    frequency: Counter[str],
+    cooccurrence: dict[str, dict[str, int]],
+    rng: random.Random,
+) -> list[str]:
+    k = min(k, len(absent))
+    if strategy == "random":
+        return rng.sample(absent, k)
+    if strategy == "popular":
+        score = {c: frequency[c] for c in absent}
+    else:  # adversarial: how often each absent object keeps company with this image's objects
+        score = {c: sum(cooccurrence.get(p, {}).get(c, 0) for p in present) for c in absent}
+    # `absent` is in category order and sorted() is stable, so ties go to the earlier category.
+    return sorted(absent, key=lambda c: -score[c])[:k]
+
+
+def sample_pope_questions(
+    objects_per_image: dict[str, set[str]],
+    categories: list[str],
+    strategy: str,
+    n_per_image: int,
+    rng: random.Random,
+    cooccurrence: dict[str, dict[str, int]] | None = None,
+) -> list[dict[str, Any]]:
+    """POPE questions: per image, up to `n_per_image` present objects ("yes") and as many absent ones ("no").
+
+    Negatives come from `categories` minus the image's objects, by `strategy`: "random" (uniform),
+    "popular" (most images over the whole table hold them), "adversarial" (they co-occur most, summed
+    over the image's objects, with what is there; counts from `cooccurrence` or else from the table
+    itself).  An image with fewer objects than `n_per_image` gets all of them, and the same number of
+    negatives (fewer again if too few categories are absent); an image with no objects gets no
+    questions, keeping every image's yes/no balance at 50%.  Images go in sorted order and questions
+    alternate yes/no, so the output depends only on the inputs and the rng's state.
+    """
+    if strategy not in STRATEGIES:
+        raise ValueError(f"unknown POPE strategy {strategy!r}: use one of {', '.join(STRATEGIES)}")
+    if n_per_image < 1:
+        raise ValueError(f"n_per_image must be at least 1, got {n_per_image}")
+    frequency = Counter(obj for objects in objects_per_image.values() for obj in objects)
+    if strategy == "adversarial" and cooccurrence is None:
+        cooccurrence = cooccurrence_counts(objects_per_image)
+    questions: list[dict[str, Any]] = []
+    for image in sorted(objects_per_image):
+        present = set(objects_per_image[image])
+        # sorted(): set order varies between runs (string hashing), which would break seeding.
+        positives = rng.sample(sorted(present), min(n_per_image, len(present)))
+        absent = [c for c in dict.fromkeys(categories) if c not in present]
+        negatives = _negatives(strategy, absent, len(positives), present, frequency, cooccurrence or {}, rng)
+        for pair in zip_longest(positives, negatives):
+            for obj, label in zip(pair, ("yes", "no"), strict=True):
+                if obj is not None:
+                    questions.append({
+                        "question_id": len(questions) + 1,
+                        "image": image,
+                        "text": QUESTION_TEMPLATE.format(obj),
+                        "label": label,
+                        "object": obj,
+                    })
+    return questions
+
+
+def load_pope_questions(path: StrPath) -> list[dict[str, Any]]:
+    """A POPE question file: JSONL of {"question_id", "image", "text", "label": "yes" | "no"}.
+
+    Labels are returned lowercased; a missing field, a bad label or a repeated question_id is a
+    CSRError naming the file and line.
+    """
+    questions = []
+    seen: dict[Any, int] = {}
+    for lineno, record in read_records(path):
+        for key in ("question_id", "image", "text", "label"):
+            if key not in record:
+                raise CSRError(f"{path}: line {lineno}: missing {key!r}")
+        qid = record["question_id"]
+        if not isinstance(qid, int | str) or isinstance(qid, bool):
+            raise CSRError(f"{path}: line {lineno}: question_id should be an integer or string, got {qid!r}")
+        if qid in seen:
+            raise CSRError(f"{path}: line {lineno}: question_id {qid!r} repeats line {seen[qid]}")
+        seen[qid] = lineno
+        label = record["label"]
+        if not isinstance(label, str) or label.strip().lower() not in ("yes", "no"):
+            raise CSRError(f"{path}: line {lineno}: label should be 'yes' or 'no', got {label!r}")
+        questions.append({**record, "label": label.strip().lower()})
+    return questions
+
+
+def _load_answers(path: StrPath) -> dict[Any, str]:
+    answers: dict[Any, str] = {}
+    for lineno, record in read_records(path):
+        if "question_id" not in record:
+            raise CSRError(f"{path}: line {lineno}: missing 'question_id'")
+        qid = record["question_id"]
+        if not isinstance(qid, int | str) or isinstance(qid, bool):
+            raise CSRError(f"{path}: line {lineno}: question_id should be an integer or string, got {qid!r}")
+        text = record.get("text", record.get("answer"))
+        if not isinstance(text, str):
+            raise CSRError(f"{path}: line {lineno}: needs a string 'text' or 'answer', got {text!r}")
+        if qid in answers:
+            raise CSRError(f"{path}: line {lineno}: second answer to question_id {qid!r}")
+        answers[qid] = text
+    return answers
+
+
+def pope_from_files(questions_path: StrPath, answers_path: StrPath) -> dict:
+    """pope_metrics of an answers JSONL ({"question_id", "text" or "answer"}) against a question file.
+
+    Every question needs exactly one answer and every answer a question: a partial answer file would
+    silently score a different benchmark.
+    """
+    questions = load_pope_questions(questions_path)
+    answers = _load_answers(answers_path)
+    ids = [q["question_id"] for q in questions]
+    missing = [qid for qid in ids if qid not in answers]
+    if missing:
+        raise CSRError(f"{answers_path}: no answer to {len(missing)} question(s) of {questions_path}, "
+                       f"e.g. question_id {missing[0]!r}")
+    extra = set(answers) - set(ids)
+    if extra:
+        raise CSRError(f"{answers_path}: answers question_id {sorted(map(str, extra))[0]} "
+                       f"which is not in {questions_path}")
+    predictions = [yes_no(answers[qid]) for qid in ids]
+    labels = [q["label"] == "yes" for q in questions]
+    return pope_metrics(predictions, labels)
