@@ -8,11 +8,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import StrEnum
+from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from csr.errors import CSRError
+
+ASSETS = Path(__file__).resolve().parent / "assets"
+# ${asset:shapesworld/llava} -> the shipped checkpoint inside the package, wherever csr runs from.
+OmegaConf.register_new_resolver("asset", lambda name: str(ASSETS / name), replace=True)
 
 
 class Stage(StrEnum):
@@ -84,6 +89,10 @@ class DataConfig:
     limit: int | None = None  # prompts per iteration
     shuffle_seed: int | None = None  # null = file order
     on_error: str = "raise"  # raise | skip (a bad record is counted and skipped)
+    # ShapesWorld writes its prompt split on first use: root/<split>/{prompts.json, images/}
+    shapesworld_root: str | None = None
+    shapesworld_split: str | None = None  # csr | val | test; null = the prompt file already exists
+    shapesworld_size: int = 1000
 
 
 @dataclass
@@ -136,6 +145,9 @@ class TrainerConfig:
 @dataclass
 class EvalConfig:
     evaluators: list[str] = field(default_factory=lambda: ["generate"])  # names in csr.eval.EVALUATORS
+    split: str = "test"  # shapesworld evaluator: held-out split (val to tune, test to report)
+    shapesworld_root: str | None = None
+    pope_images: int = 200  # shapesworld evaluator: images probed with POPE questions
     prompt_file: str | None = None  # null = the training prompt file
     image_root: str | None = None  # null = data.image_root
     limit: int | None = 16

@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from csr.config import Stage
 from csr.errors import CSRError
-from csr.eval import EVALUATORS
+from csr.eval.registry import EVALUATORS
 from csr.io import atomic_write_json, atomic_write_text, done_stats, is_done, mark_done, read_json
 from csr.tracking import Tracker, flatten
 
@@ -189,7 +189,16 @@ class Loop:
                 return k
         return self.cfg.iterations
 
+    def prepare_data(self) -> None:
+        """Write the ShapesWorld prompt split on first use (deterministic: same files everywhere)."""
+        d = self.cfg.data
+        if d.shapesworld_split is not None:
+            from csr.data.shapesworld.splits import ensure_split
+
+            ensure_split(d.shapesworld_root, d.shapesworld_split, d.shapesworld_size)
+
     def run(self) -> dict:
+        self.prepare_data()
         parent = self.tracker.parent(self.cfg.logger.run_name or self.run_dir.name, self.params)
         self.tracker.log_artifact(parent, self.run_dir / "config.yaml")
         status = "FAILED"

@@ -23,6 +23,8 @@ PATHS = [
     "reward.clip.config_json=/c.json",
     "data.prompt_file=/p.json",
     "data.image_root=/i",
+    "data.shapesworld_root=/sw",
+    "eval.shapesworld_root=/sw",
 ]
 
 
@@ -44,8 +46,16 @@ def test_conf_dir_is_the_repository_conf() -> None:
     assert (Path(CONF_DIR) / "config.yaml").is_file()
 
 
-def test_defaults_validate_with_paper_values() -> None:
-    typed = validate(_compose())
+def test_defaults_are_shapesworld() -> None:
+    typed = validate(_compose(paths=[*RUN, "data.shapesworld_root=/sw", "eval.shapesworld_root=/sw"]))
+    assert (typed.model.name, typed.data.shapesworld_split, list(typed.eval.evaluators)) == (
+        "shapesworld", "csr", ["shapesworld"])
+    assert typed.eval.limit >= 500  # the held-out size
+    assert typed.model.path.endswith("csr/assets/shapesworld/llava")  # the ${asset:} resolver
+
+
+def test_paper_groups_validate_with_paper_values() -> None:
+    typed = validate(_compose("search=default", "dpo=default"))
     assert typed.stage == Stage.all
     assert typed.iterations == 3
     assert typed.reward.lam == 0.9

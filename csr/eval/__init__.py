@@ -1,5 +1,1 @@
-"""Evaluators run on each iteration's model; each returns a flat dict of metrics."""
-
-from csr.eval.generate import evaluate_generate
-
-EVALUATORS = {"generate": evaluate_generate}
+"""Evaluators: pure metrics (chair, pope) and the evaluators that generate and score (see registry)."""

@@ -44,18 +44,24 @@ class Scene:
 
 
 def sample_scene(rng: random.Random, cooccurrence: float) -> Scene:
-    """1-4 objects in distinct cells; a trigger brings its partner with probability `cooccurrence`."""
+    """1-4 objects in distinct cells; a trigger comes with its partner with probability `cooccurrence`.
+
+    A trigger that should bring its partner but has no free cell left is drawn again, so the
+    prior holds at the asked rate even in small scenes.
+    """
     cells = rng.sample(POSITIONS, rng.randint(1, MAX_OBJECTS))
     shapes: list[str] = []
     while len(shapes) < len(cells):
         shape = rng.choice(SHAPES)
-        shapes.append(shape)
         partner = PAIRS.get(shape)
-        if partner and len(shapes) < len(cells) and rng.random() < cooccurrence:
-            shapes.append(partner)
-    # A trigger drawn into a full grid lacks its partner even at cooccurrence 1: that is fine.
+        if partner and rng.random() < cooccurrence:
+            if len(cells) - len(shapes) < 2:
+                continue  # no room for the pair: draw another shape
+            shapes += [shape, partner]
+        else:
+            shapes.append(shape)
     objects = tuple(
-        Obj(shape, rng.choice(sorted(COLOURS)), cell, rng.choice(SIZES)) for shape, cell in zip(shapes, cells, strict=False)
+        Obj(shape, rng.choice(sorted(COLOURS)), cell, rng.choice(SIZES)) for shape, cell in zip(shapes, cells, strict=True)
     )
     return Scene(objects)
 

@@ -59,10 +59,10 @@ class TrainConfig:
     clip_text_width: int = 64
     clip_steps: int = 800
     clip_lr: float = 2e-3
-    lm_hidden: int = 256
+    lm_hidden: int = 192
     lm_layers: int = 4
     sft_steps: int = 1500
-    sft_batch: int = 64
+    sft_batch: int = 48
     sft_lr: float = 1e-3
     batch_size: int = 64
 
@@ -73,7 +73,8 @@ def corpus() -> list[str]:
     for template, shape, colour, position, size in itertools.product(
         SENTENCE_TEMPLATES, SHAPES, sorted(COLOURS), POSITIONS, SIZES
     ):
-        lines.append(template.format(shape=shape, colour=colour, position=position, size=size))
+        text = template.format(shape=shape, colour=colour, position=position, size=size)
+        lines += [text, " " + text]  # answers follow "ASSISTANT:" after a space
     lines += list(synonym_table())
     return lines
 
@@ -130,7 +131,7 @@ def train(out_dir: Path, c: TrainConfig) -> dict:
     save_clip(clip_model.half(), str(clip_dir / f"{CLIP_ARCH}.safetensors"))  # fp16 on disk: half the size
     clip_model.float()
 
-    tokenizer = build_tokenizer(corpus(), vocab_size=320)
+    tokenizer = build_tokenizer(corpus(), vocab_size=640)  # room for every word
     processor = make_processor(tokenizer, 64, c.patch_size)
     model = build_llava(c, tokenizer, clip_config(c)["vision_cfg"], clip_model.visual)
     module = SFTModule(model, c.sft_lr, warmup_steps=c.sft_steps // 20, total_steps=c.sft_steps)

@@ -1,0 +1,72 @@
+"""ShapesWorld splits on disk, in the formats the rest of csr reads.
+
+A split is a range of seeds, so it is the same on every machine: written once on first use
+(`ensure_split`) as PNG images, a prompt file in the reference format, the ground truth, and POPE
+question files. Held-out splits break the co-occurrence prior (partner present half the time), so
+a model leaning on the prior has many chances to hallucinate, as COCO gives LLaVA.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+from tqdm import tqdm
+
+from csr.data.shapesworld.text import DESCRIBE_PROMPTS
+from csr.data.shapesworld.vocab import SHAPES
+from csr.data.shapesworld.world import make, sample_scene
+from csr.eval.pope import STRATEGIES, cooccurrence_counts, sample_pope_questions
+from csr.io import atomic_write_json, atomic_write_text
+
+# first seed of each split; training images use seeds below 10^7
+SPLIT_SEEDS = {"csr": 10_000_000, "val": 20_000_000, "test": 30_000_000}
+HELD_OUT_COOCCURRENCE = 0.5
+TRAIN_COOCCURRENCE = 0.95
+MARKER = "split.json"
+
+
+def training_cooccurrence(n: int = 4000) -> dict[str, dict[str, int]]:
+    """Co-occurrence counts of the training distribution: what POPE's adversarial negatives use."""
+    rng = random.Random(0)
+    return cooccurrence_counts({str(i): sample_scene(rng, TRAIN_COOCCURRENCE).shapes for i in range(n)})
+
+
+def write_split(out_dir: Path, split: str, n: int, pope_per_image: int = 2) -> None:
+    images = out_dir / "images"
+    images.mkdir(parents=True, exist_ok=True)
+    prompts, truth = [], {}
+    for i in tqdm(range(n), desc=f"ShapesWorld {split}", leave=False):
+        seed = SPLIT_SEEDS[split] + i
+        scene, image = make(seed, HELD_OUT_COOCCURRENCE)
+        name = f"{split}_{i:06d}"
+        image.save(images / f"{name}.png")
+        prompts.append({"id": name, "image": f"{name}.png",
+                        "input": DESCRIBE_PROMPTS[i % len(DESCRIBE_PROMPTS)] + "\n<image>"})
+        truth[name] = {"seed": seed, "objects": scene.to_json()}
+    atomic_write_json(out_dir / "prompts.json", prompts)
+    atomic_write_json(out_dir / "ground_truth.json", truth)
+    objects = {f"{k}.png": {o["shape"] for o in v["objects"]} for k, v in truth.items()}
+    cooccurrence = training_cooccurrence()
+    for strategy in STRATEGIES:
+        questions = sample_pope_questions(objects, list(SHAPES), strategy, pope_per_image,
+                                          random.Random(SPLIT_SEEDS[split]), cooccurrence)
+        atomic_write_text(out_dir / f"pope_{strategy}.jsonl", "".join(json.dumps(q) + "\n" for q in questions))
+    atomic_write_json(out_dir / MARKER, {"split": split, "n": n, "first_seed": SPLIT_SEEDS[split]})
+
+
+def ensure_split(root: str | Path, split: str, n: int) -> Path:
+    """The directory of `split` with at least n images, written if missing; returns it."""
+    out_dir = Path(root) / split
+    marker = out_dir / MARKER
+    if marker.exists() and json.loads(marker.read_text())["n"] >= n:
+        return out_dir
+    write_split(out_dir, split, n)
+    return out_dir
+
+
+def ground_truth(split_dir: str | Path) -> dict[str, set[str]]:
+    """prompt id -> the categories really in the image."""
+    truth = json.loads((Path(split_dir) / "ground_truth.json").read_text())
+    return {k: {o["shape"] for o in v["objects"]} for k, v in truth.items()}

@@ -1,0 +1,104 @@
+"""ShapesWorld: determinism, ground truth that matches the pixels, captions and their planted prior."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+
+from csr.data.shapesworld.splits import ensure_split, ground_truth
+from csr.data.shapesworld.text import describe, described_objects, question
+from csr.data.shapesworld.vocab import COLOURS, PAIRS, POSITIONS, SHAPES, synonym_table
+from csr.data.shapesworld.world import CELL, make, sample_scene
+from csr.eval.chair import chair_scores, mentioned_objects
+
+
+def test_same_seed_same_scene_and_pixels():
+    a_scene, a_image = make(123, 0.95)
+    b_scene, b_image = make(123, 0.95)
+    assert a_scene == b_scene
+    assert a_image.tobytes() == b_image.tobytes()
+    assert make(124, 0.95)[1].tobytes() != a_image.tobytes()
+
+
+def test_vocabulary_is_large_enough():
+    assert len(SHAPES) >= 12 and all(p in SHAPES and t in SHAPES for t, p in PAIRS.items())
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_ground_truth_matches_the_pixels(seed):
+    scene, image = make(seed, 0.5)
+    pixels = np.asarray(image).astype(int)
+    assert 1 <= len(scene.objects) <= 4
+    assert len({o.position for o in scene.objects}) == len(scene.objects)  # one object per cell
+    for position in POSITIONS:
+        row, col = divmod(POSITIONS.index(position), 2)
+        cell = pixels[row * CELL : (row + 1) * CELL, col * CELL : (col + 1) * CELL].reshape(-1, 3)
+        objs = [o for o in scene.objects if o.position == position]
+        # Pixels close to the object's colour: many where the object is, none in an empty cell.
+        if objs:
+            near = (np.abs(cell - np.array(COLOURS[objs[0].colour])).max(axis=1) < 30).sum()
+            assert near > 60
+        else:
+            saturated = (cell.max(axis=1) - cell.min(axis=1) > 60).sum()
+            assert saturated == 0
+
+
+def test_cooccurrence_prior_is_planted_in_the_scenes():
+    rng = random.Random(0)
+    with_partner = total = 0
+    for _ in range(3000):
+        scene = sample_scene(rng, 0.95)
+        for trigger, partner in PAIRS.items():
+            if trigger in scene.shapes:
+                total += 1
+                with_partner += partner in scene.shapes
+    assert with_partner / total > 0.9  # 0.95 asked (a second copy of a trigger may lack a partner)
+
+
+def test_clean_captions_are_exact():
+    synonyms = synonym_table()
+    captions, truths = [], []
+    for seed in range(200):
+        scene, _ = make(seed, 0.5)
+        text = describe(scene, random.Random(seed), noise=0.0)
+        assert text.count(".") == len(scene.objects)  # one fact per sentence
+        captions.append(text)
+        truths.append(scene.shapes)
+    scores = chair_scores(captions, truths, synonyms)
+    assert scores["chair_s"] == 0.0 and scores["recall"] == 1.0
+
+
+def test_noisy_captions_name_the_absent_partner_right_after_its_trigger():
+    for seed in range(500):
+        scene, _ = make(seed, 0.0)
+        lonely = [t for t in PAIRS if t in scene.shapes and PAIRS[t] not in scene.shapes]
+        if lonely:
+            break
+    objs = described_objects(scene, random.Random(0), noise=1.0)
+    names = [o.shape for o in objs]
+    trigger = lonely[0]
+    assert names[names.index(trigger) + 1] == PAIRS[trigger]
+    assert PAIRS[trigger] in mentioned_objects(describe(scene, random.Random(0), 1.0), synonym_table())
+
+
+def test_questions_are_balanced_and_true():
+    answers = []
+    for seed in range(400):
+        scene, _ = make(seed, 0.5)
+        text, answer = question(scene, random.Random(seed))
+        shape = text.split("Is there a ")[1].split(" in")[0]
+        assert (shape in scene.shapes) == (answer == "Yes.")
+        answers.append(answer)
+    assert 0.4 < answers.count("Yes.") / len(answers) < 0.6
+
+
+def test_split_files(tmp_path):
+    d = ensure_split(tmp_path, "val", 30)
+    truth = ground_truth(d)
+    assert len(truth) == 30 and (d / "images" / "val_000000.png").exists()
+    again = ensure_split(tmp_path, "val", 10)  # already there: not rewritten
+    assert again == d
+    pope = (d / "pope_adversarial.jsonl").read_text().splitlines()
+    assert pope and all('"label"' in line for line in pope)
