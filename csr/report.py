@@ -9,19 +9,26 @@ from csr.io import atomic_write_json, atomic_write_text
 
 log = logging.getLogger(__name__)
 
-# (column, stage, key in that stage's stats)
+# (column, stage, key in that stage's stats); a column whose every value is missing is left out,
+# so a run shows the columns of the evaluators it used.
 COLUMNS = [
+    ("CHAIR_S", "eval", "shapesworld/chair_s"),
+    ("CHAIR_I", "eval", "shapesworld/chair_i"),
+    ("recall", "eval", "shapesworld/recall"),
+    ("POPE F1", "eval", "shapesworld/pope_f1"),
+    ("partner halluc.", "eval", "shapesworld/partner_hallucination"),
+    ("answer R_I", "eval", "shapesworld/mean_r_i"),
+    ("answer words", "eval", "shapesworld/mean_answer_words"),
+    ("generated R_I", "eval", "generate/mean_r_i"),
+    ("generated tokens", "eval", "generate/mean_answer_tokens"),
     ("pairs", "pairs", "pairs"),
     ("skipped", "pairs", "skipped"),
-    ("chosen R", "pairs", "chosen/score"),
-    ("rejected R", "pairs", "rejected/score"),
     ("gap", "pairs", "margin"),
     ("chosen R_I", "pairs", "chosen/r_i"),
     ("rejected R_I", "pairs", "rejected/r_i"),
     ("dpo acc", "dpo", "rewards/accuracies"),
-    ("answer R_I", "eval", "generate/mean_r_i"),
-    ("answer tokens", "eval", "generate/mean_answer_tokens"),
 ]
+PLOTTED = ["CHAIR_S", "recall", "POPE F1", "answer R_I", "generated R_I", "gap"]
 
 
 def _fmt(value) -> str:
@@ -37,11 +44,12 @@ def table_rows(metrics_by_iteration: dict[int, dict]) -> list[dict]:
         for column, stage, key in COLUMNS:
             row[column] = (metrics.get(stage) or {}).get(key)
         rows.append(row)
-    return rows
+    used = [c for c, _, _ in COLUMNS if any(r[c] is not None for r in rows)]
+    return [{"iteration": r["iteration"], **{c: r[c] for c in used}} for r in rows]
 
 
 def markdown(rows: list[dict]) -> str:
-    header = ["iteration"] + [c for c, _, _ in COLUMNS]
+    header = list(rows[0]) if rows else ["iteration"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(_fmt(row[h]) for h in header) + " |" for row in rows]
     return "\n".join(lines) + "\n"
@@ -53,14 +61,15 @@ def plot(rows: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = [("answer R_I", "mean R_I of eval answers"), ("gap", "chosen - rejected score"),
-              ("answer tokens", "mean answer tokens")]
-    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.2))
-    for ax, (column, title) in zip(axes, panels, strict=True):
+    panels = [c for c in PLOTTED if rows and c in rows[0]]
+    if not panels:
+        return
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 3.2), squeeze=False)
+    for ax, column in zip(axes[0], panels, strict=True):
         points = [(r["iteration"], r[column]) for r in rows if r[column] is not None]
         if points:
             ax.plot(*zip(*points, strict=True), marker="o")
-        ax.set_title(title)
+        ax.set_title(column)
         ax.set_xlabel("iteration")
         ax.grid(alpha=0.3)
     fig.tight_layout()
