@@ -24,6 +24,8 @@ COLUMNS = [
     ("pairs", "pairs", "pairs"),
     ("skipped", "pairs", "skipped"),
     ("gap", "pairs", "margin"),
+    ("chosen CHAIR_S", "pairs", "chosen/chair_s"),
+    ("rejected CHAIR_S", "pairs", "rejected/chair_s"),
     ("chosen R_I", "pairs", "chosen/r_i"),
     ("rejected R_I", "pairs", "rejected/r_i"),
     ("dpo acc", "dpo", "rewards/accuracies"),

@@ -64,3 +64,15 @@ def evaluate_shapesworld(*, model, processor, scorer, eval_cfg, prompt_file: str
         f1.append(result["f1"])
     metrics["pope_f1"] = sum(f1) / len(f1)
     return metrics
+
+
+def pair_hallucination(pairs: list[dict], truth: dict[str, set[str]]) -> dict:
+    """CHAIR_S and recall of the chosen and of the rejected answers: does the reward prefer the
+    answers that hallucinate less? (Checked against ground truth before any training.)"""
+    synonyms = synonym_table()
+    known = [p for p in pairs if p["id"] in truth]
+    out = {}
+    for side in ("chosen", "rejected"):
+        scores = chair_scores([p[side] for p in known], [truth[p["id"]] for p in known], synonyms)
+        out[f"{side}/chair_s"], out[f"{side}/recall"] = scores["chair_s"], scores["recall"]
+    return out
