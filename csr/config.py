@@ -79,6 +79,8 @@ class SearchConfig:
     decoding: DecodingConfig = field(default_factory=DecodingConfig)
     prompts_per_batch: int = 4  # prompts searched together (their nodes decode in one batch)
     max_batch_rows: int = 64  # cap on rows decoded at once, bounds memory on long answers
+    # cap on KV-cache tokens one decode batch holds: rows x (prompt + answer so far + one sentence)
+    max_batch_tokens: int = 65536
     seed: int = 0
 
 
@@ -208,6 +210,7 @@ _RANGES = {
     "search.max_answer_tokens": (lambda v: v >= 1, ">= 1"),
     "search.prompts_per_batch": (lambda v: v >= 1, ">= 1"),
     "search.max_batch_rows": (lambda v: v >= 1, ">= 1"),
+    "search.max_batch_tokens": (lambda v: v >= 1, ">= 1"),
     "search.decoding.temperature": (lambda v: v > 0, "> 0"),
     "search.decoding.top_p": (lambda v: 0 < v <= 1, "in (0, 1]"),
     "dpo.beta": (lambda v: v > 0, "> 0"),

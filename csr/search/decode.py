@@ -68,6 +68,8 @@ def _diverse_greedy(scores: torch.Tensor, groups: Sequence[int], nodes: Sequence
                     exempt: list[int]) -> torch.Tensor:
     """Group beam search with one beam per group: group g pays `penalty` for every token that groups
     before it chose for the same node at this step (Hamming diversity, as the reference used).
+    Group -1 (rows that only peek for EOS after their delimiter) picks first, unpenalised, and adds
+    nothing to the penalty.
 
     Ending tokens (EOS, delimiters) are `exempt`: candidates should differ in what they say, and
     penalising the end pushes later groups to ramble on past the point where they are done."""
@@ -82,6 +84,8 @@ def _diverse_greedy(scores: torch.Tensor, groups: Sequence[int], nodes: Sequence
         idx = torch.tensor([node_index[nodes[r]] for r in rows_by_group[g]])
         picks = (scores[rows] - penalty * counts[idx]).argmax(-1)
         chosen[rows] = picks
+        if g < 0:  # a finished candidate only peeks; like a done group in group beam search, it costs no one
+            continue
         counts.index_put_((idx, picks), torch.ones(len(rows)), accumulate=True)
         counts[:, exempt] = 0.0
     return chosen

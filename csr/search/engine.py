@@ -39,6 +39,7 @@ class SearchSettings:
     calibration: str
     text_score: str
     max_batch_rows: int
+    max_batch_tokens: int
 
 
 @dataclass
@@ -77,13 +78,13 @@ class TreeSearch:
             if not live:
                 break
             children: list[list[int]] = [[] for _ in prompts]
-            step = max(1, self.s.max_batch_rows // self.s.candidates_per_step)
-            for start in range(0, len(live), step):
-                chunk = live[start : start + step]
+            for chunk in self._chunks(prefix, trees, live):
                 sentences = self._expand(prefix, [trees[p][n] for p, n in chunk], [p for p, _ in chunk], trees)
                 k = self.s.candidates_per_step
                 for j, (p, n) in enumerate(chunk):
-                    children[p] += self._add_children(trees[p], trees[p][n], sentences[j * k : (j + 1) * k])
+                    new = add_children(self.tokenizer, trees[p], trees[p][n], sentences[j * k : (j + 1) * k],
+                                       self.s.text_score)
+                    children[p] += [node.id for node, _ in new]
             if self.relevance is not None and self.s.prune_by == "calibrated":
                 for p, ids in enumerate(children):
                     texts = [trees[p][i].text for i in ids]
@@ -99,8 +100,24 @@ class TreeSearch:
                 live += [(p, i) for i in kept]
         return trees
 
-    def _answer_ids(self, tree: list[Node], node: Node) -> list[int]:
-        return [t for n in path_to(tree, node.id) for t in n.token_ids]
+    def _chunks(self, prefix: Prefix, trees: list[list[Node]], live: list[tuple[int, int]]):
+        """Consecutive runs of live nodes whose decode batch stays within `max_batch_rows` rows and
+        `max_batch_tokens` cached tokens (rows x (prompt + longest answer + one sentence)); a node's K
+        candidates always decode together (the diversity penalty compares them), so a run has >= 1 node."""
+        k, prompt_width = self.s.candidates_per_step, prefix.mask.shape[1]
+        chunk: list[tuple[int, int]] = []
+        width = 0
+        for p, n in live:
+            wider = max(width, trees[p][n].answer_tokens)
+            rows = (len(chunk) + 1) * k
+            tokens = rows * (prompt_width + wider + self.decode.max_new_tokens)
+            if chunk and (rows > self.s.max_batch_rows or tokens > self.s.max_batch_tokens):
+                yield chunk
+                chunk, wider = [], trees[p][n].answer_tokens
+            chunk.append((p, n))
+            width = wider
+        if chunk:
+            yield chunk
 
     def _expand(self, prefix: Prefix, nodes: list[Node], prompt_idx: list[int], trees) -> list[Sentence]:
         """K candidate sentences for each node, decoded in one batch."""
@@ -108,7 +125,7 @@ class TreeSearch:
         rows_p = torch.tensor(prompt_idx)
         cache = kv.select_rows(prefix.cache, rows_p)
         mask = prefix.mask[rows_p]
-        answers = [self._answer_ids(trees[p], n) for p, n in zip(prompt_idx, nodes, strict=True)]
+        answers = [answer_ids(trees[p], n) for p, n in zip(prompt_idx, nodes, strict=True)]
         lengths = torch.tensor([len(a) for a in answers])
         if lengths.max() == 0:  # the roots: continue straight from the prompt
             logits = prefix.last_logits[rows_p]
@@ -134,27 +151,35 @@ class TreeSearch:
         )
         return decode_sentences(self.model, rows, self.decode)
 
-    def _add_children(self, tree: list[Node], parent: Node, sentences: list[Sentence]) -> list[int]:
-        """Append the distinct candidates of `parent` to its tree; returns their ids."""
-        before = self._answer_ids(tree, parent)
-        prev_text = self.tokenizer.decode(before, skip_special_tokens=True)
-        seen: set[str] = set()
-        ids = []
-        for sentence in sentences:
-            if not sentence.token_ids:
-                continue
-            full = self.tokenizer.decode(before + sentence.token_ids, skip_special_tokens=True)
-            # Slice the whole answer's text so that sentences concatenate to exactly the answer:
-            # decoding a sentence alone can drop or add a leading space.
-            text = full[len(prev_text) :] if full.startswith(prev_text) else self.tokenizer.decode(sentence.token_ids)
-            if text in seen or not text.strip():
-                continue
-            seen.add(text)
-            node = Node(
-                id=len(tree), parent=parent.id, depth=parent.depth + 1, text=text, token_ids=sentence.token_ids,
-                r_t=text_score(sentence.logprobs, self.s.text_score), finish=sentence.finish,
-                answer_tokens=parent.answer_tokens + len(sentence.token_ids),
-            )
-            tree.append(node)
-            ids.append(node.id)
-        return ids
+
+def answer_ids(tree: list[Node], node: Node) -> list[int]:
+    """The answer's token ids from the first sentence to `node` (never prompt or image tokens)."""
+    return [t for n in path_to(tree, node.id) for t in n.token_ids]
+
+
+def add_children(tokenizer, tree: list[Node], parent: Node, sentences: Sequence[Sentence],
+                 text_score_form: str) -> list[tuple[Node, Sentence]]:
+    """Append the distinct non-empty candidates of `parent` to its tree; returns each new node with the
+    sentence it came from."""
+    before = answer_ids(tree, parent)
+    prev_text = tokenizer.decode(before, skip_special_tokens=True)
+    seen: set[str] = set()
+    added = []
+    for sentence in sentences:
+        if not sentence.token_ids:
+            continue
+        full = tokenizer.decode(before + sentence.token_ids, skip_special_tokens=True)
+        # Slice the whole answer's text so that sentences concatenate to exactly the answer:
+        # decoding a sentence alone can drop or add a leading space.
+        text = full[len(prev_text) :] if full.startswith(prev_text) else tokenizer.decode(sentence.token_ids)
+        if text in seen or not text.strip():
+            continue
+        seen.add(text)
+        node = Node(
+            id=len(tree), parent=parent.id, depth=parent.depth + 1, text=text, token_ids=sentence.token_ids,
+            r_t=text_score(sentence.logprobs, text_score_form), finish=sentence.finish,
+            answer_tokens=parent.answer_tokens + len(sentence.token_ids),
+        )
+        tree.append(node)
+        added.append((node, sentence))
+    return added
