@@ -1,0 +1,156 @@
+"""Search benchmark: csr's engine against the reference algorithm, same process, same prompts.
+
+    .venv/bin/python experiments/bench_search/bench.py
+
+Writes results.json, speedup.png and scaling.png beside this file and the tables into README.md
+(between the results markers). Every run asserts both engines wrote the same trees first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+
+import matplotlib
+import torch
+from measure import assert_same_trees, run_engine, warm_up
+from workloads import Workload, mid, shapesworld
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+# Scaling sweeps on the mid workload (one knob at a time, the rest at its default shape).
+SWEEPS = {
+    "beam_width": [1, 2, 3, 4],
+    "candidates_per_step": [2, 3, 5, 8],
+    "max_sentences": [1, 2, 3, 4],
+    "prompts": [1, 2, 4],
+}
+
+
+def compare(w: Workload, repeats: int) -> dict:
+    fast = run_engine("csr", w, repeats=repeats)
+    ref = run_engine("reference", w)
+    d_t, d_i = assert_same_trees(fast.trees, ref.trees)
+    return {
+        "workload": w.name, "shape": vars(w.shape).copy(),
+        "nodes": sum(len(t) - 1 for t in fast.trees), "tokens": fast.tokens,
+        "csr_s": fast.seconds, "ref_s": ref.seconds, "speedup": ref.seconds / fast.seconds,
+        "csr_tok_s": fast.tokens_per_s, "ref_tok_s": ref.tokens_per_s,
+        "csr_peak_mb": fast.peak_mb, "ref_peak_mb": ref.peak_mb,
+        "max_diff_r_t": d_t, "max_diff_r_i": d_i,
+    }
+
+
+def workload_table(rows: list[dict], notes: dict[str, str]) -> str:
+    head = ("| workload | prompts x beam x K x sentences | sentences | tokens | csr s | reference s | **speed-up** "
+            "| csr tok/s | reference tok/s | csr peak MB | reference peak MB | max abs diff R_T / R_I |\n"
+            "|---|---|---|---|---|---|---|---|---|---|---|---|\n")
+    lines = []
+    for r in rows:
+        s = r["shape"]
+        lines.append(
+            f"| {r['workload']} | {s['prompts']} x {s['beam_width']} x {s['candidates_per_step']} x {s['max_sentences']} "
+            f"| {r['nodes']} | {r['tokens']} | {r['csr_s']:.2f} | {r['ref_s']:.2f} | **{r['speedup']:.1f}x** "
+            f"| {r['csr_tok_s']:.0f} | {r['ref_tok_s']:.0f} | {r['csr_peak_mb']:.0f} | {r['ref_peak_mb']:.0f} "
+            f"| {r['max_diff_r_t']:.1e} / {r['max_diff_r_i']:.1e} |")
+    return head + "\n".join(lines) + "\n\n" + "\n".join(f"- **{k}**: {v}" for k, v in notes.items()) + "\n"
+
+
+def scaling_table(sweeps: dict[str, list[dict]]) -> str:
+    out = ["| knob | value | sentences | csr s | reference s | speed-up |", "|---|---|---|---|---|---|"]
+    for knob, rows in sweeps.items():
+        for r in rows:
+            out.append(f"| {knob} | {r['shape'][knob]} | {r['nodes']} | {r['csr_s']:.2f} | {r['ref_s']:.2f} "
+                       f"| {r['speedup']:.1f}x |")
+    return "\n".join(out) + "\n"
+
+
+def plot_scaling(sweeps: dict[str, list[dict]], path: Path) -> None:
+    fig, axes = plt.subplots(1, len(sweeps), figsize=(4 * len(sweeps), 3.4))
+    for ax, (knob, rows) in zip(axes, sweeps.items(), strict=True):
+        xs = [r["shape"][knob] for r in rows]
+        ax.plot(xs, [r["ref_s"] for r in rows], "o-", label="reference")
+        ax.plot(xs, [r["csr_s"] for r in rows], "s-", label="csr")
+        ax.set_xlabel(knob)
+        ax.set_ylabel("search seconds")
+        ax.set_yscale("log")
+        ax.set_xticks(xs)
+        ax.grid(alpha=0.3)
+    axes[0].legend()
+    fig.suptitle("Search time vs one knob (mid workload, the rest at its default shape)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def plot_speedup(rows: list[dict], path: Path) -> None:
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    names = [r["workload"] for r in rows]
+    ax.bar(names, [r["speedup"] for r in rows], color="tab:green")
+    ax.axhline(10, color="grey", linestyle="--", linewidth=1, label="10x target (mid)")
+    for i, r in enumerate(rows):
+        ax.text(i, r["speedup"], f"{r['speedup']:.1f}x", ha="center", va="bottom")
+    ax.set_ylabel("reference time / csr time")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def write_readme(block: str) -> None:
+    readme = HERE / "README.md"
+    text = readme.read_text()
+    start, end = "<!-- results:start -->", "<!-- results:end -->"
+    head, rest = text.split(start)
+    _, tail = rest.split(end)
+    readme.write_text(f"{head}{start}\n{block}{end}{tail}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads (recorded)")
+    parser.add_argument("--repeats", type=int, default=3, help="csr runs per point (best kept)")
+    parser.add_argument("--no-scaling", action="store_true")
+    parser.add_argument("--csr-only", action="store_true",
+                        help="time csr's engine alone and print it (to compare two versions of the engine)")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    if args.csr_only:
+        for build in (shapesworld, mid):
+            w = build()
+            run_engine("csr", w.with_shape(max_sentences=1, prompts=1))
+            r = run_engine("csr", w, repeats=args.repeats)
+            print(json.dumps({"workload": w.name, "csr_s": r.seconds, "tok_s": r.tokens_per_s, "peak_mb": r.peak_mb}))
+        return
+    started = time.time()
+    rows, notes = [], {}
+    for build in (shapesworld, mid):
+        w = build()
+        warm_up(w)
+        rows.append(compare(w, args.repeats))
+        notes[w.name] = w.note
+        print(json.dumps(rows[-1]), flush=True)
+    sweeps: dict[str, list[dict]] = {}
+    if not args.no_scaling:
+        base = mid()
+        for knob, values in SWEEPS.items():
+            sweeps[knob] = []
+            for v in values:
+                sweeps[knob].append(compare(base.with_shape(**{knob: v}), args.repeats))
+                print(json.dumps(sweeps[knob][-1]), flush=True)
+    env = (f"torch {torch.__version__}, {args.threads} threads, {platform.processor() or platform.machine()}, "
+           f"float32, CPU; csr best of {args.repeats} runs, reference 1 run; total {time.time() - started:.0f} s")
+    (HERE / "results.json").write_text(json.dumps({"env": env, "workloads": rows, "scaling": sweeps}, indent=1))
+    plot_speedup(rows, HERE / "speedup.png")
+    block = f"Measured: {env}.\n\n" + workload_table(rows, notes) + "\n![speed-up](speedup.png)\n"
+    if sweeps:
+        plot_scaling(sweeps, HERE / "scaling.png")
+        block += "\n### Scaling\n\n" + scaling_table(sweeps) + "\n![scaling](scaling.png)\n"
+    write_readme(block)
+
+
+if __name__ == "__main__":
+    main()

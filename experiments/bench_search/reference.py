@@ -1,0 +1,150 @@
+"""The reference CSR search, re-implemented faithfully as the benchmark baseline (not part of `csr`).
+
+What the reference code did, and what this keeps:
+- every node is expanded alone: a full forward over image + prompt + the answer so far (the vision
+  tower included), then its K candidates are decoded together from that prefill's cache;
+- nodes, and prompts, are processed one at a time;
+- CLIP encodes the image again for every sentence it scores, one sentence per call.
+
+It is a conservative baseline: the prefill runs once per node and is shared by its K candidates (HF
+`generate` with K beams prefills K copies), and candidates that finish leave the batch.
+
+The decoding rules are csr's (`search.decoding.strategy=diverse_greedy`: one beam per group with the
+Hamming diversity penalty; EOS and delimiters exempt; after a delimiter, one peek for EOS), written
+out again here independently, so that equal trees show the fast engine's caching and batching change
+nothing. Pruning and scoring use csr's pure bookkeeping (`csr.search.tree`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from PIL import Image
+from transformers import DynamicCache
+
+from csr.models.chat import generation_prompt
+from csr.models.clip import ClipBundle
+from csr.search.decode import DecodeSettings, Sentence
+from csr.search.engine import SearchSettings, add_children, answer_ids
+from csr.search.tree import (
+    FINISH_BUDGET,
+    FINISH_DELIMITER,
+    FINISH_EOS,
+    FINISH_TOKENS,
+    Node,
+    new_root,
+    settle_step,
+)
+
+
+class ReferenceSearch:
+    def __init__(self, model, processor, settings: SearchSettings, decode: DecodeSettings, clip: ClipBundle | None):
+        if decode.strategy != "diverse_greedy":
+            raise ValueError("the reference baseline is deterministic: use search.decoding.strategy=diverse_greedy")
+        self.model, self.processor, self.s, self.d, self.clip = model, processor, settings, decode, clip
+        self.tokenizer = processor.tokenizer
+        self.image_encodes = 0
+
+    def search(self, prompts: Sequence[str], images: Sequence[Image.Image], image_keys: Sequence[str]) -> list[list[Node]]:
+        return [self._search_one(p, im) for p, im in zip(prompts, images, strict=True)]
+
+    def _search_one(self, prompt: str, image: Image.Image) -> list[Node]:
+        tree, live = [new_root()], [0]
+        for _ in range(self.s.max_sentences):
+            if not live:
+                break
+            children = []
+            for node_id in live:  # one node at a time
+                parent = tree[node_id]
+                sentences = self._candidates(prompt, image, answer_ids(tree, parent))
+                children += [n.id for n, _ in add_children(self.tokenizer, tree, parent, sentences, self.s.text_score)]
+            if self.clip is not None and self.s.prune_by == "calibrated":
+                for i in children:
+                    tree[i].r_i = self._relevance(image, tree[i].text)
+            live = settle_step(
+                tree, children, lam=self.s.lam, calibration=self.s.calibration, prune_by=self.s.prune_by,
+                beam_width=self.s.beam_width, keep_top=self.s.keep_top, keep_bottom=self.s.keep_bottom,
+                max_sentences=self.s.max_sentences,
+            )
+        return tree
+
+    @torch.no_grad()
+    def _relevance(self, image: Image.Image, text: str) -> float:
+        """R_I of one sentence, the image encoded again for it (the reference's cost)."""
+        pixels = self.clip.preprocess(image).unsqueeze(0)
+        image_emb = self.clip.model.encode_image(pixels, normalize=True)[0]
+        self.image_encodes += 1
+        text_emb = self.clip.model.encode_text(self.clip.tokenizer([text]), normalize=True)[0]
+        return max(100.0 * float(text_emb @ image_emb), 0.0)
+
+    def _forward(self, ids: torch.Tensor, cache: DynamicCache, pixel_values=None) -> torch.Tensor:
+        length = cache.get_seq_length()
+        position = torch.arange(length, length + ids.shape[1]).expand(ids.shape[0], -1)
+        mask = torch.ones(ids.shape[0], length + ids.shape[1], dtype=torch.long)
+        out = self.model(input_ids=ids, attention_mask=mask, position_ids=position, pixel_values=pixel_values,
+                         cache=cache, use_cache=True, logits_to_keep=1)
+        return out.logits[:, -1].float()
+
+    @torch.inference_mode()
+    def _candidates(self, prompt: str, image: Image.Image, answer: list[int]) -> list[Sentence]:
+        """K candidate next sentences of one node, decoded from a full prefill of image + prompt + answer."""
+        k, d = self.s.candidates_per_step, self.d
+        inputs = self.processor(images=[image], text=[generation_prompt(self.processor, prompt)], return_tensors="pt")
+        ids = torch.cat([inputs["input_ids"], torch.tensor([answer], dtype=torch.long)], dim=1)
+        cache = DynamicCache()
+        logits = self._forward(ids, cache, inputs["pixel_values"].to(self.model.dtype)).expand(k, -1)
+        cache.batch_repeat_interleave(k)
+        budget = self.s.max_answer_tokens - len(answer)
+        out = [Sentence() for _ in range(k)]
+        active, peeking = list(range(k)), [False] * k  # candidate index of each batch row
+        while active:
+            logprobs = torch.log_softmax(logits, dim=-1)
+            tokens = self._choose(logprobs, [out[g] for g in active], [peeking[g] for g in active], active)
+            stay = []
+            for row, g in enumerate(active):
+                token, sentence = tokens[row], out[g]
+                if peeking[g]:
+                    sentence.finish = FINISH_EOS if token == d.eos_id else FINISH_DELIMITER
+                elif token == d.eos_id:
+                    sentence.finish = FINISH_EOS
+                else:
+                    sentence.token_ids.append(token)
+                    sentence.logprobs.append(float(logprobs[row, token]))
+                    if len(sentence.token_ids) >= budget:
+                        sentence.finish = FINISH_BUDGET
+                    elif token in d.delimiter_ids:
+                        peeking[g] = True
+                        stay.append(row)
+                    elif len(sentence.token_ids) >= d.max_new_tokens:
+                        sentence.finish = FINISH_TOKENS
+                    else:
+                        stay.append(row)
+            if not stay:
+                break
+            if len(stay) < len(active):
+                cache.batch_select_indices(torch.tensor(stay))
+            active = [active[r] for r in stay]
+            logits = self._forward(torch.tensor([[tokens[r]] for r in stay]), cache)
+        return out
+
+    def _choose(self, logprobs: torch.Tensor, sentences: list[Sentence], peeking: list[bool], groups: list[int]) -> list[int]:
+        """One token per row: peeking rows take their argmax and cost no one; then group by group, each
+        pays the diversity penalty for the tokens earlier groups chose at this step."""
+        d = self.d
+        scores = logprobs.clone()
+        scores[:, d.suppress_ids] = float("-inf")
+        for row, sentence in enumerate(sentences):
+            if not sentence.token_ids:
+                scores[row, d.eos_id] = float("-inf")  # a sentence has at least one token
+        chosen = [0] * len(groups)
+        taken = torch.zeros(scores.shape[-1])
+        exempt = [d.eos_id, *d.delimiter_ids]
+        for row in sorted(range(len(groups)), key=lambda r: -1 if peeking[r] else groups[r]):
+            if peeking[row]:
+                chosen[row] = int(scores[row].argmax())
+                continue
+            chosen[row] = int((scores[row] - d.diversity_penalty * taken).argmax())
+            taken[chosen[row]] += 1.0
+            taken[exempt] = 0.0
+        return chosen

@@ -1,0 +1,140 @@
+"""The models, prompts and search shapes the search benchmark runs on (all seeded, all offline)."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import open_clip
+import torch
+from PIL import Image
+from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
+
+from csr.data.images import load_image
+from csr.data.prompts import load_prompts
+from csr.data.tiny import write_tiny_prompts
+from csr.models.clip import ClipBundle, load_clip
+from csr.models.llava import load_llava, special_token_ids
+from csr.models.tiny import build_tiny, build_tokenizer, make_processor
+from csr.search.decode import DecodeSettings
+from csr.search.engine import SearchSettings
+from csr.search.stage import delimiter_ids
+
+ASSETS = Path(__file__).resolve().parents[2] / "csr" / "assets" / "shapesworld"
+CACHE = Path(os.environ.get("CSR_BENCH_DIR", Path(__file__).resolve().parents[2] / ".bench"))
+
+
+@dataclass
+class Shape:
+    """The search's shape (CSR.md section 1); beam b keeps 1 best + (b - 1) worst, so b nodes live on."""
+
+    beam_width: int = 3
+    candidates_per_step: int = 5
+    max_sentences: int = 3
+    max_new_tokens: int = 12
+    max_answer_tokens: int = 64
+    prompts: int = 4
+
+
+@dataclass
+class Workload:
+    name: str
+    note: str
+    model: torch.nn.Module
+    processor: object
+    clip: ClipBundle
+    prompts: list[str]
+    images: list[Image.Image]
+    keys: list[str]
+    shape: Shape
+
+    def with_shape(self, **changes) -> Workload:
+        return replace(self, shape=replace(self.shape, **changes))
+
+    def settings(self, max_batch_rows: int = 1024, max_batch_tokens: int = 10**9) -> tuple[SearchSettings, DecodeSettings]:
+        s, tok = self.shape, self.processor.tokenizer
+        search = SearchSettings(
+            beam_width=s.beam_width, candidates_per_step=s.candidates_per_step, keep_top=1,
+            keep_bottom=s.beam_width - 1, max_sentences=s.max_sentences, max_answer_tokens=s.max_answer_tokens,
+            prune_by="calibrated", lam=0.9, calibration="rank", text_score="mean_logprob",
+            max_batch_rows=max_batch_rows, max_batch_tokens=max_batch_tokens,
+        )
+        decode = DecodeSettings(
+            strategy="diverse_greedy", eos_id=tok.eos_token_id, delimiter_ids=delimiter_ids(tok, ["."]),
+            suppress_ids=special_token_ids(self.processor), max_new_tokens=s.max_new_tokens, diversity_penalty=3.0,
+        )
+        return search, decode
+
+
+def _prompts(prompt_file: Path, image_root: Path, n: int) -> tuple[list[str], list[Image.Image], list[str]]:
+    records, _ = load_prompts(str(prompt_file), str(image_root), limit=n)
+    return [r.prompt for r in records], [load_image(str(image_root), r.image) for r in records], [r.image for r in records]
+
+
+def shapesworld(n_prompts: int = 16) -> Workload:
+    """(a) The shipped ShapesWorld model, or the `csr-make-tiny` model while the assets are not shipped."""
+    if (ASSETS / "llava" / "config.json").exists():
+        from csr.data.shapesworld.splits import ensure_split
+
+        model, processor = load_llava(str(ASSETS / "llava"))
+        clip_json = ASSETS / "clip" / "shapesworld-clip.json"
+        clip = load_clip("shapesworld-clip", str(ASSETS / "clip" / "shapesworld-clip.safetensors"), str(clip_json))
+        split = ensure_split(CACHE / "shapesworld", "csr", n_prompts)
+        prompts = _prompts(split / "prompts.json", split / "images", n_prompts)
+        name, note = "shapesworld", "shipped ShapesWorld LLaVA + CLIP (csr/assets/shapesworld)"
+        shape = Shape(beam_width=3, candidates_per_step=5, max_sentences=4, max_new_tokens=24, max_answer_tokens=96)
+    else:
+        paths = build_tiny(str(CACHE / "tiny"))
+        model, processor = load_llava(paths.llava)
+        clip = load_clip(paths.clip_arch, paths.clip_weights, paths.clip_config)
+        data = CACHE / "tiny_data"
+        prompt_file = write_tiny_prompts(data, n=n_prompts)
+        prompts = _prompts(prompt_file, data / "images", n_prompts)
+        name = "tiny"
+        note = "csr-make-tiny model (csr/assets/shapesworld not shipped yet): 2 layers, hidden 64, 16 image tokens"
+        shape = Shape(beam_width=3, candidates_per_step=5, max_sentences=4, max_new_tokens=8, max_answer_tokens=64)
+    return Workload(name, note, model, processor, clip, *prompts, shape=replace(shape, prompts=n_prompts))
+
+
+# (b) LLaVA-1.5's geometry scaled down: 336 px images, patch 14 -> 576 image tokens, 8 decoder layers.
+MID_LLAMA = dict(hidden_size=512, intermediate_size=1408, num_hidden_layers=8, num_attention_heads=8,
+                 num_key_value_heads=8, max_position_embeddings=2048)
+MID_VISION = dict(image_size=336, patch_size=14, hidden_size=256, intermediate_size=1024, num_hidden_layers=4,
+                  num_attention_heads=4, projection_dim=256)
+MID_CLIP = {"embed_dim": 256,
+            "vision_cfg": {"image_size": 336, "layers": 4, "width": 256, "patch_size": 14},
+            "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 256, "heads": 4, "layers": 4}}
+
+
+def mid(n_prompts: int = 4, seed: int = 0) -> Workload:
+    """(b) A random-weight LLaVA-shaped model with 576 image tokens, built in memory."""
+    tokenizer = build_tokenizer()
+    config = LlavaConfig(
+        vision_config=CLIPVisionConfig(**MID_VISION),
+        text_config=LlamaConfig(vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
+                                eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, **MID_LLAMA),
+        image_token_id=tokenizer.convert_tokens_to_ids("<image>"), image_seq_length=576,
+        vision_feature_select_strategy="default", vision_feature_layer=-2, projector_hidden_act="gelu",
+    )
+    torch.manual_seed(seed)
+    model = LlavaForConditionalGeneration(config).eval()
+    model.config._attn_implementation = "sdpa"
+    processor = make_processor(tokenizer, 336, 14)
+    processor.tokenizer.padding_side = "left"
+    clip_json = CACHE / "mid-clip.json"
+    clip_json.parent.mkdir(parents=True, exist_ok=True)
+    clip_json.write_text(json.dumps(MID_CLIP))
+    open_clip.add_model_config(str(clip_json))
+    torch.manual_seed(seed)
+    clip_model, _, preprocess = open_clip.create_model_and_transforms("mid-clip", pretrained=None)
+    clip = ClipBundle(model=clip_model.eval(), preprocess=preprocess, tokenizer=open_clip.get_tokenizer("mid-clip"))
+    data = CACHE / "tiny_data"
+    prompt_file = write_tiny_prompts(data, n=max(n_prompts, 8))
+    prompts = _prompts(prompt_file, data / "images", n_prompts)
+    note = ("random weights; LM 8 layers, hidden 512, vocab 400; CLIP-ViT tower 336 px / patch 14 "
+            "(576 image tokens, 4 layers, width 256); open_clip ViT of the same shape for R_I")
+    shape = Shape(beam_width=3, candidates_per_step=5, max_sentences=3, max_new_tokens=12, max_answer_tokens=64,
+                  prompts=n_prompts)
+    return Workload("mid", note, model, processor, clip, *prompts, shape=shape)
