@@ -137,11 +137,24 @@ class TrainerConfig:
     accelerator: str = "cpu"  # cpu | gpu | auto
     devices: int = 1
     num_nodes: int = 1
-    strategy: str = "auto"  # auto | ddp | deepspeed_stage_2 | deepspeed_stage_3 ...
+    strategy: str = "auto"  # auto | ddp | deepspeed (DPO's; search, reward and eval use ddp when devices > 1)
     precision: str = "32-true"  # 32-true | bf16-mixed | bf16-true | 16-mixed
     deterministic: bool = True
     log_every_n_steps: int = 1
-    deepspeed: dict | None = None  # DeepSpeed JSON config (completed by the scale-out work)
+    deepspeed: dict | None = None  # DeepSpeed JSON config for strategy=deepspeed (conf/trainer/deepspeed_*)
+
+
+@dataclass
+class CocoEvalConfig:
+    instances: str | None = None  # instances_val2014.json
+    captions: str | None = None  # captions_val2014.json
+    image_root: str | None = None  # val2014/
+
+
+@dataclass
+class PopeEvalConfig:
+    questions: str | None = None  # e.g. coco_pope_adversarial.json (JSONL: question_id, image, text, label)
+    image_root: str | None = None
 
 
 @dataclass
@@ -150,6 +163,8 @@ class EvalConfig:
     split: str = "test"  # shapesworld evaluator: held-out split (val to tune, test to report)
     shapesworld_root: str | None = None
     pope_images: int = 200  # shapesworld evaluator: images probed with POPE questions
+    coco: CocoEvalConfig = field(default_factory=CocoEvalConfig)  # coco_chair evaluator
+    pope: PopeEvalConfig = field(default_factory=PopeEvalConfig)  # pope evaluator
     prompt_file: str | None = None  # null = the training prompt file
     image_root: str | None = None  # null = data.image_root
     limit: int | None = 16
