@@ -8,9 +8,11 @@ import warnings
 from pathlib import Path
 
 import hydra
+from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from csr.config import validate
+from csr.distributed import check_trainer
 from csr.errors import CSRError
 
 log = logging.getLogger("csr")
@@ -36,6 +38,7 @@ def app(cfg: DictConfig) -> float | None:
     _quiet_libraries()
     try:
         typed = validate(cfg)
+        check_trainer(typed.trainer)
         result = Loop(typed).run()
     except CSRError as err:
         # A user-facing problem: the message names the file, record or key; no traceback needed.
@@ -48,3 +51,15 @@ def app(cfg: DictConfig) -> float | None:
 
 def main() -> None:
     app()
+
+
+class PrepareTrackingStore(Callback):
+    """Parallel sweeps share one MLflow store: create it and the experiment once, before the runs
+    start, or concurrent runs race to create the sqlite schema and the experiment."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        from csr.tracking import Tracker
+
+        lg = config.logger
+        if lg.enabled and lg.tracking_uri:  # null = a store per run: nothing shared
+            Tracker(Path(config.hydra.sweep.dir), True, lg.tracking_uri, lg.experiment_name)

@@ -11,6 +11,7 @@ the unfinished stage from its partial output.
 from __future__ import annotations
 
 import gc
+import json
 import logging
 import time
 from pathlib import Path
@@ -18,14 +19,18 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from csr.config import Stage
+from csr.distributed import barrier, fit_strategy, is_global_zero, predict_strategy
 from csr.errors import CSRError
 from csr.eval.registry import EVALUATORS
 from csr.io import atomic_write_json, atomic_write_text, done_stats, is_done, mark_done, read_json
+from csr.run_info import run_info, run_info_params
 from csr.tracking import Tracker, flatten
 
 log = logging.getLogger(__name__)
 
 ITERATION_STAGES = ("search", "reward", "pairs", "dpo", "merge", "eval")
+# Stages that only read and write files: under several devices rank 0 runs them alone.
+RANK_ZERO_STAGES = ("pairs", "merge")
 
 
 class Loop:
@@ -33,9 +38,11 @@ class Loop:
         self.cfg = cfg
         self.run_dir = Path(cfg.run_dir).resolve()
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        self._save_config()
+        self.info = run_info()
+        if is_global_zero():  # the other ranks of a multi-device run only read shared files
+            self._save_config()
         lg = cfg.logger
-        self.tracker = Tracker(self.run_dir, lg.enabled, lg.tracking_uri, lg.experiment_name)
+        self.tracker = Tracker(self.run_dir, lg.enabled and is_global_zero(), lg.tracking_uri, lg.experiment_name)
         self.params = flatten(OmegaConf.to_container(cfg, resolve=True))
         self._policy: tuple[str, object, object] | None = None
         self._scorer = None
@@ -43,14 +50,18 @@ class Loop:
     # -- config and paths ---------------------------------------------------------------------------
 
     def _save_config(self) -> None:
-        text = OmegaConf.to_yaml(self.cfg, resolve=True)
-        path = self.run_dir / "config.yaml"
+        self._save_once("config", ".yaml", OmegaConf.to_yaml(self.cfg, resolve=True))
+        # What `csr-reproduce` needs besides the config: overrides, package and library versions, commit.
+        self._save_once("run_info", ".json", json.dumps(self.info, indent=2) + "\n")
+
+    def _save_once(self, stem: str, suffix: str, text: str) -> None:
+        path = self.run_dir / f"{stem}{suffix}"
         if not path.exists():
             atomic_write_text(path, text)
         elif path.read_text() != text:  # a resume with other overrides: keep both, never overwrite
-            n = len(list(self.run_dir.glob("config.*.yaml"))) + 1
-            atomic_write_text(self.run_dir / f"config.{n}.yaml", text)
-            log.warning("config differs from %s; saved this start's config as config.%d.yaml", path, n)
+            n = len(list(self.run_dir.glob(f"{stem}.*{suffix}"))) + 1
+            atomic_write_text(self.run_dir / f"{stem}.{n}{suffix}", text)
+            log.warning("%s differs from %s; saved this start's as %s.%d%s", stem, path, stem, n, suffix)
 
     def iter_dir(self, k: int) -> Path:
         return self.run_dir / f"iter_{k}"
@@ -62,7 +73,7 @@ class Loop:
     def trainer_kwargs(self) -> dict:
         t = self.cfg.trainer
         return {"accelerator": t.accelerator, "devices": t.devices, "num_nodes": t.num_nodes,
-                "precision": t.precision, "deterministic": t.deterministic}
+                "precision": t.precision, "deterministic": t.deterministic, "strategy": predict_strategy(t)}
 
     # -- models, loaded lazily and shared between the stages of an iteration --------------------------
 
@@ -91,9 +102,13 @@ class Loop:
         d = self.iter_dir(k)
         d.mkdir(parents=True, exist_ok=True)
         start = time.time()
+        if stage in RANK_ZERO_STAGES and not is_global_zero():
+            return {}
         log.info("iteration %d: %s", k, stage)
         stats = getattr(self, f"_{stage}")(k, d, run_id)
         stats["seconds"] = round(time.time() - start, 3)
+        if not is_global_zero():
+            return stats
         mark_done(d, stage, stats)
         self.tracker.log_metrics(run_id, stats, prefix=f"{stage}/")
         log.info("iteration %d: %s done in %.1fs", k, stage, stats["seconds"])
@@ -125,7 +140,7 @@ class Loop:
 
         self._policy = None  # DPO loads its own trainable copy; free the inference one
         gc.collect()
-        kwargs = {**self.trainer_kwargs(), "strategy": self.cfg.trainer.strategy,
+        kwargs = {**self.trainer_kwargs(), "strategy": fit_strategy(self.cfg.trainer),
                   "log_every_n_steps": self.cfg.trainer.log_every_n_steps}
         return run_dpo(model_path=self.model_path(k), pairs_path=self._require(d, "pairs.jsonl"),
                        adapter_dir=d / "adapter", image_root=self.cfg.data.image_root, model_cfg=self.cfg.model,
@@ -169,9 +184,16 @@ class Loop:
         run_id = self.tracker.iteration(k, self.params) if k > 0 else self.tracker.ids.get("parent")
         d = self.iter_dir(k)
         for stage in stages:
-            if force or not is_done(d, stage):
+            barrier()  # every rank sees the files of the stage before
+            todo = force or not is_done(d, stage)
+            barrier()  # every rank has decided before rank 0 can mark this stage done
+            if todo:
                 self.run_stage(stage, k, run_id)
-        metrics = {s: done_stats(d, s) for s in stages if is_done(d, s)}
+        barrier()
+        # Every finished stage, not only those run now: a single-stage run must not drop the others.
+        metrics = {s: done_stats(d, s) for s in ITERATION_STAGES if is_done(d, s)}
+        if not is_global_zero():
+            return metrics
         atomic_write_json(d / "metrics.json", metrics)
         self.tracker.log_artifact(run_id, d / "metrics.json")
         if "eval" in metrics and k > 0:  # iteration 0 already logged into the parent
@@ -199,8 +221,10 @@ class Loop:
 
     def run(self) -> dict:
         self.prepare_data()
-        parent = self.tracker.parent(self.cfg.logger.run_name or self.run_dir.name, self.params)
+        parent = self.tracker.parent(self.cfg.logger.run_name or self.run_dir.name,
+                                     {**self.params, **run_info_params(self.info)})
         self.tracker.log_artifact(parent, self.run_dir / "config.yaml")
+        self.tracker.log_artifact(parent, self.run_dir / "run_info.json")
         status = "FAILED"
         try:
             stage = Stage(self.cfg.stage)
@@ -209,7 +233,7 @@ class Loop:
                     self.base_eval()
                 for k in range(1, self.cfg.iterations + 1):
                     self.iteration(k)
-                result = self.summary()
+                result = self.summary() if is_global_zero() else {}
             else:
                 k = self.cfg.iteration if self.cfg.iteration is not None else self.first_unfinished()
                 result = self.iteration(k, stages=(stage.value,), force=True)

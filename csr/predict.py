@@ -1,7 +1,10 @@
 """Running a LightningModule's predict_step over records, appending its output to JSONL as it goes.
 
-Search, reward scoring and evaluation all go through here, so they resume the same way (records
-already in the output are not redone) and later shard across devices the same way.
+Search, reward scoring and evaluation all go through here, so they resume and shard the same way:
+the items are cut into fixed batches; under several devices Lightning's distributed sampler deals
+the batches out to the ranks, each rank appends its records to its own part file
+(`<out>.part<rank>`), and rank 0 merges the parts into `<out>` in item order, so the file is the
+one a single process writes. Records already in the output (or in parts a crash left) are not redone.
 """
 
 from __future__ import annotations
@@ -16,7 +19,8 @@ import pytorch_lightning as pl
 from pytorch_lightning.callbacks import BasePredictionWriter
 from torch.utils.data import DataLoader
 
-from csr.io import JsonlWriter, atomic_write_text, completed_ids, read_jsonl
+from csr.distributed import barrier, is_global_zero
+from csr.io import JsonlWriter, atomic_write_text, read_jsonl
 
 log = logging.getLogger(__name__)
 
@@ -29,16 +33,20 @@ class RecordPredictor(pl.LightningModule):
         return batch
 
 
-class JsonlPredictionWriter(BasePredictionWriter):
-    """Appends each batch's records (a list of dicts) to one JSONL file, fsynced per record."""
+def part_path(out_path: Path, rank: int) -> Path:
+    return out_path.with_name(f"{out_path.name}.part{rank}")
 
-    def __init__(self, path: str | Path) -> None:
+
+class JsonlPredictionWriter(BasePredictionWriter):
+    """Appends each batch's records (a list of dicts) to this rank's part file, fsynced per record."""
+
+    def __init__(self, out_path: Path) -> None:
         super().__init__(write_interval="batch")
-        self.path = Path(path)
+        self.out_path = out_path
         self.written = 0
 
     def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx=0):
-        with JsonlWriter(self.path) as writer:
+        with JsonlWriter(part_path(self.out_path, trainer.global_rank)) as writer:
             for record in prediction:
                 writer.write(record)
         self.written += len(prediction)
@@ -46,6 +54,28 @@ class JsonlPredictionWriter(BasePredictionWriter):
 
 def _key(item: Any, key: str) -> str:
     return str(item[key] if isinstance(item, dict) else getattr(item, key))
+
+
+def consolidate(out_path: Path, batch_keys: list[list[str]], key: str) -> None:
+    """Fold the part files into `out_path`: the records of whole batches, in item order.
+
+    A batch is redone whole if a crash left only part of it: batched float arithmetic depends on the
+    batch's composition, so this is what makes a resumed run write exactly what an uninterrupted one
+    would have. Records of items no longer asked for (e.g. a lower data.limit) are kept, after.
+    """
+    parts = sorted(out_path.parent.glob(f"{out_path.name}.part*"))
+    by_key: dict[str, dict] = {}
+    for path in [out_path, *parts]:  # repair=True drops a torn last line left by a crash
+        for record in read_jsonl(path, repair=True):
+            by_key.setdefault(str(record[key]), record)
+    wanted = {k for keys in batch_keys for k in keys}
+    whole = [k for keys in batch_keys if all(k in by_key for k in keys) for k in keys]
+    kept = whole + [k for k in by_key if k not in wanted]
+    text = "".join(json.dumps(by_key[k], ensure_ascii=False) + "\n" for k in kept)
+    if not out_path.exists() or out_path.read_text(encoding="utf-8") != text:
+        atomic_write_text(out_path, text)
+    for path in parts:  # only once their records are safely in out_path
+        path.unlink()
 
 
 def predict_to_jsonl(
@@ -57,21 +87,16 @@ def predict_to_jsonl(
     trainer_kwargs: dict[str, Any],
     key: str = "id",
 ) -> int:
-    """Run `module.predict_step` on the batches not yet in `out_path`; returns how many records were new.
-
-    Batches are cut from the full item list, always the same way, and a batch is redone whole if a
-    crash left only part of it: batched float arithmetic depends on the batch's composition, so this
-    is what makes a resumed run write exactly what an uninterrupted one would have.
-    """
+    """Run `module.predict_step` on the batches not yet in `out_path`; returns how many records this
+    rank wrote. Every rank must call it (each computes the same batches from the same files)."""
     out_path = Path(out_path)
-    done = completed_ids(out_path, key=key)  # also repairs a torn last line left by a crash
     batches = [list(items[i : i + batch_size]) for i in range(0, len(items), batch_size)]
-    partial = {_key(it, key) for b in batches for it in b if not all(_key(x, key) in done for x in b)} & done
-    if partial:  # drop the records of half-written batches; they are redone below
-        kept = [r for r in read_jsonl(out_path) if str(r[key]) not in partial]
-        atomic_write_text(out_path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in kept))
-        done -= partial
-    todo = [b for b in batches if not all(_key(it, key) in done for it in b)]
+    batch_keys = [[_key(it, key) for it in b] for b in batches]
+    if is_global_zero():
+        consolidate(out_path, batch_keys, key)
+    barrier()
+    done = {str(r[key]) for r in read_jsonl(out_path)}
+    todo = [b for b, keys in zip(batches, batch_keys, strict=True) if not all(k in done for k in keys)]
     if done:
         log.info("%s: %d records already written, %d batches to go", out_path, len(done), len(todo))
     if not todo:
@@ -84,6 +109,11 @@ def predict_to_jsonl(
         callbacks=[writer],
         **trainer_kwargs,
     )
-    # batch_size=None: each element already is a batch (a list of records).
+    # batch_size=None: each element already is a batch (a list of records); under DDP Lightning
+    # deals these batches out to the ranks with its (unrepeated) distributed sampler.
     trainer.predict(module, dataloaders=DataLoader(todo, batch_size=None), return_predictions=False)
+    barrier()  # every rank's part file is complete
+    if trainer.is_global_zero:
+        consolidate(out_path, batch_keys, key)
+    barrier()  # every rank reads the merged file next
     return writer.written

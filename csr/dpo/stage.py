@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, DistributedSampler
 
+from csr.distributed import barrier, gathered_parameters
 from csr.dpo.data import PairDataset, collate
 from csr.dpo.module import DPOModule, concatenated_logps
 from csr.io import atomic_write_json, read_json, read_jsonl
@@ -58,21 +59,31 @@ def run_dpo(*, model_path: str, pairs_path: Path, adapter_dir: Path, image_root:
     lora = dpo_cfg.lora
     policy = wrap_lora(model, lora.r, lora.alpha, lora.dropout, lora.target_modules, dpo_cfg.train_projector)
     dataset = PairDataset(pairs, processor, image_root, ref_logps)
-    loader = DataLoader(dataset, batch_size=dpo_cfg.batch_size, shuffle=True,
-                        collate_fn=partial(collate, pad_id=pad_id), generator=torch.Generator().manual_seed(dpo_cfg.seed))
-    steps = math.ceil(len(loader) / dpo_cfg.grad_accumulation) * dpo_cfg.epochs
-    module = DPOModule(
-        policy, dpo_cfg.reference, ref_model, beta=dpo_cfg.beta, loss=dpo_cfg.loss,
-        label_smoothing=dpo_cfg.label_smoothing, lr=dpo_cfg.lr, weight_decay=dpo_cfg.weight_decay,
-        scheduler=dpo_cfg.scheduler, warmup_ratio=dpo_cfg.warmup_ratio, total_steps=steps,
-    )
     trainer = pl.Trainer(
         max_epochs=dpo_cfg.epochs, accumulate_grad_batches=dpo_cfg.grad_accumulation,
         gradient_clip_val=dpo_cfg.max_grad_norm, logger=logger if logger is not None else False,
         enable_checkpointing=False, enable_model_summary=False, **trainer_kwargs,
     )
+    world_size = trainer.num_devices * trainer.num_nodes  # trainer.world_size is only set once fit starts
+    # One pair order for every world size: under DDP Lightning deals out a DistributedSampler seeded
+    # with PL_GLOBAL_SEED (= dpo.seed, from seed_everything), rank r taking every world_size-th pair
+    # (padded to equal length); one process uses the same sampler with one replica. So N devices at
+    # batch b train on the pairs one device sees at batch b * N (or with N-fold accumulation).
+    sampler = None if world_size > 1 else DistributedSampler(dataset, num_replicas=1, rank=0, seed=dpo_cfg.seed)
+    loader = DataLoader(dataset, batch_size=dpo_cfg.batch_size, shuffle=sampler is None, sampler=sampler,
+                        collate_fn=partial(collate, pad_id=pad_id))
+    per_rank = math.ceil(math.ceil(len(dataset) / world_size) / dpo_cfg.batch_size)
+    steps = math.ceil(per_rank / dpo_cfg.grad_accumulation) * dpo_cfg.epochs
+    module = DPOModule(
+        policy, dpo_cfg.reference, ref_model, beta=dpo_cfg.beta, loss=dpo_cfg.loss,
+        label_smoothing=dpo_cfg.label_smoothing, lr=dpo_cfg.lr, weight_decay=dpo_cfg.weight_decay,
+        scheduler=dpo_cfg.scheduler, warmup_ratio=dpo_cfg.warmup_ratio, total_steps=steps,
+    )
     trainer.fit(module, loader)
-    save_adapter(policy, adapter_dir)
+    with gathered_parameters(trainer.strategy, [p for p in policy.parameters() if p.requires_grad]):
+        if trainer.is_global_zero:  # every rank holds the same weights after the step's all-reduce
+            save_adapter(policy, adapter_dir)
+    barrier()
     metrics = {k: float(v) for k, v in trainer.logged_metrics.items()}
     trainable = sum(p.numel() for p in policy.parameters() if p.requires_grad)
     return {"pairs": len(pairs), "steps": trainer.global_step, "trainable_params": trainable, **metrics}

@@ -1,0 +1,210 @@
+"""`csr-compare`: runs side by side, from run directories, a sweep directory or the MLflow store.
+
+    csr-compare multirun/2026-11-26/10-00-00                       # a sweep directory (or run dirs)
+    csr-compare --tracking-uri sqlite:///$PWD/mlflow.db --experiment csr
+    csr-compare --tracking-uri sqlite:///$PWD/mlflow.db --runs <run id> <run id>
+
+Prints one row per run and iteration (the swept config keys, then the metrics), writes it as
+comparison.csv / comparison.md, and the plots of csr.compare_plots, into --out. MLflow is read
+through its client straight from the store: no server needed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import math
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from csr.errors import CSRError
+from csr.io import atomic_write_text, read_json
+from csr.tracking import flatten
+
+# Metrics shown unless --metrics says otherwise; every eval/* metric a run has is added.
+DEFAULT_METRICS = ["pairs/pairs", "pairs/margin", "pairs/chosen/score", "pairs/rejected/score",
+                   "pairs/chosen/r_i", "pairs/rejected/r_i", "dpo/loss", "dpo/rewards/accuracies"]
+# Config keys that differ between any two runs without being an experimental choice.
+NOT_SWEPT = re.compile(r"^(run_dir|logger\..*|run\..*|iteration|stage)$")
+
+
+@dataclass
+class Run:
+    name: str
+    params: dict[str, str]  # the flattened resolved config, values as strings (as MLflow keeps them)
+    metrics: dict[int, dict[str, float]]  # iteration -> "stage/key" -> value (MLflow's metric names)
+    run_dir: Path | None  # where the per-answer files are, when it is on this machine
+
+
+def _numeric(stats: dict) -> dict[str, float]:
+    return {k: float(v) for k, v in stats.items()
+            if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)}
+
+
+# -- loading ----------------------------------------------------------------------------------------
+
+
+def run_from_dir(run_dir: Path, name: str | None = None) -> Run:
+    config = OmegaConf.to_container(OmegaConf.load(run_dir / "config.yaml"), resolve=False)
+    metrics = {}
+    for path in run_dir.glob("iter_*/metrics.json"):
+        k = int(path.parent.name.removeprefix("iter_"))
+        stages = read_json(path)
+        metrics[k] = {f"{stage}/{key}": v for stage, stats in stages.items() for key, v in _numeric(stats or {}).items()}
+    params = {k: str(v) for k, v in flatten(config).items()}
+    return Run(name or run_dir.name, params, metrics, run_dir)
+
+
+def _natural(path: Path) -> list:
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", str(path))]
+
+
+def runs_from_dirs(paths: list[Path]) -> list[Run]:
+    """Each path is a run directory or a directory holding runs (a sweep), found by their iter_* folders."""
+    runs = []
+    for root in paths:
+        if not root.is_dir():
+            raise CSRError(f"{root}: not a directory")
+        found = sorted({p.parent for p in root.rglob("config.yaml") if any(p.parent.glob("iter_*"))}, key=_natural)
+        if not found:
+            raise CSRError(f"{root}: no csr run (a directory with config.yaml and iter_*/) under it")
+        runs += [run_from_dir(d, str(d.relative_to(root)) if d != root else d.name) for d in found]
+    return runs
+
+
+def runs_from_mlflow(tracking_uri: str, experiment: str | None, run_ids: list[str]) -> list[Run]:
+    """The loops' parent runs (of an experiment, or the parents of the given runs) with their nested
+    iteration runs. Iteration 0 (the base model's evaluation) lives in the parent at step 0."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri)
+    if run_ids:
+        parents = []
+        for run_id in run_ids:
+            run = client.get_run(run_id)
+            parent_id = run.data.tags.get("mlflow.parentRunId")
+            parents.append(client.get_run(parent_id) if parent_id else run)
+        experiment_ids = sorted({p.info.experiment_id for p in parents})
+    else:
+        found = client.get_experiment_by_name(experiment or "csr")
+        if found is None:
+            raise CSRError(f"{tracking_uri}: no experiment named {experiment or 'csr'!r}")
+        experiment_ids = [found.experiment_id]
+        parents = None
+    every = client.search_runs(experiment_ids, max_results=50000, order_by=["attributes.start_time ASC"])
+    if parents is None:
+        parents = [r for r in every if "mlflow.parentRunId" not in r.data.tags]
+    unique = list({p.info.run_id: p for p in parents}.values())
+    runs = []
+    for parent in unique:
+        pid = parent.info.run_id
+        metrics: dict[int, dict[str, float]] = {}
+        for child in every:
+            if child.data.tags.get("mlflow.parentRunId") == pid and "csr.iteration" in child.data.tags:
+                metrics[int(child.data.tags["csr.iteration"])] = dict(child.data.metrics)
+        base = {key: m.value for key in parent.data.metrics if key.startswith("eval/")
+                for m in client.get_metric_history(pid, key) if m.step == 0}
+        if base:
+            metrics[0] = base
+        run_dir = parent.data.tags.get("csr.run_dir")
+        local = Path(run_dir) if run_dir and Path(run_dir).is_dir() else None
+        runs.append(Run(parent.info.run_name or pid, dict(parent.data.params), metrics, local))
+    return runs
+
+
+# -- the table --------------------------------------------------------------------------------------
+
+
+def swept_keys(runs: list[Run]) -> list[str]:
+    keys = sorted({k for r in runs for k in r.params if not NOT_SWEPT.match(k)})
+    return [k for k in keys if len({r.params.get(k) for r in runs}) > 1]
+
+
+def metric_columns(runs: list[Run], wanted: list[str] | None) -> list[str]:
+    if wanted:
+        return wanted
+    present = {k for r in runs for m in r.metrics.values() for k in m}
+    evals = sorted(k for k in present if k.startswith("eval/") and k != "eval/seconds")
+    return [k for k in DEFAULT_METRICS if k in present] + evals
+
+
+def table(runs: list[Run], swept: list[str], metrics: list[str]) -> list[dict]:
+    rows = []
+    for run in runs:
+        for k in sorted(run.metrics):
+            row = {"run": run.name, **{key: run.params.get(key) for key in swept}, "iteration": k}
+            row.update({m: run.metrics[k].get(m) for m in metrics})
+            rows.append(row)
+    return rows
+
+
+def _fmt(value) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def to_markdown(rows: list[dict]) -> str:
+    if not rows:
+        return "(no runs)\n"
+    header = list(rows[0])
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(_fmt(row[h]) for h in header) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def to_csv(rows: list[dict]) -> str:
+    buffer = io.StringIO()
+    if rows:
+        writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def compare(runs: list[Run], out_dir: Path, metrics: list[str] | None = None) -> list[dict]:
+    from csr.compare_plots import plot_metrics, plot_r_i_before_after, plot_score_gap
+
+    if not runs:
+        raise CSRError("nothing to compare: no runs found")
+    swept = swept_keys(runs)
+    columns = metric_columns(runs, metrics)
+    rows = table(runs, swept, columns)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out_dir / "comparison.md", to_markdown(rows))
+    atomic_write_text(out_dir / "comparison.csv", to_csv(rows))
+    labels = {r.name: ", ".join(f"{k}={r.params.get(k)}" for k in swept) or r.name for r in runs}
+    plot_metrics(runs, labels, [c for c in columns if c.startswith("eval/")], out_dir / "metric_vs_iteration.png")
+    plot_score_gap(runs, labels, out_dir / "score_gap.png")
+    plot_r_i_before_after(runs, labels, out_dir / "r_i_before_after.png")
+    return rows
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="csr-compare", description=__doc__.split("\n\n")[0])
+    parser.add_argument("dirs", nargs="*", type=Path, help="run directories or sweep directories")
+    parser.add_argument("--tracking-uri", help="MLflow store, e.g. sqlite:///$PWD/mlflow.db")
+    parser.add_argument("--experiment", help="MLflow experiment name (default csr)")
+    parser.add_argument("--runs", nargs="+", default=[], help="MLflow run ids (parent or iteration runs)")
+    parser.add_argument("--metrics", nargs="+", help="metric columns (default: pairs, DPO and every eval metric)")
+    parser.add_argument("--out", type=Path, default=Path("compare"), help="output directory (default ./compare)")
+    args = parser.parse_args(argv)
+    try:
+        if bool(args.dirs) == bool(args.tracking_uri):
+            raise CSRError("give run/sweep directories, or --tracking-uri with --experiment or --runs")
+        if args.tracking_uri:
+            runs = runs_from_mlflow(args.tracking_uri, args.experiment, args.runs)
+        else:
+            runs = runs_from_dirs(args.dirs)
+        rows = compare(runs, args.out, args.metrics)
+    except CSRError as err:
+        print(f"csr-compare: {err}", file=sys.stderr)
+        sys.exit(2)
+    print(to_markdown(rows), end="")
+    print(f"wrote {args.out}/comparison.csv, comparison.md and the plots metric_vs_iteration.png, "
+          "score_gap.png, r_i_before_after.png")

@@ -1,0 +1,67 @@
+"""What a run needs to be reproduced besides its resolved config: the command-line overrides, the
+csr version and git commit, and the versions of the libraries that decide its numbers."""
+
+from __future__ import annotations
+
+import json
+import platform
+import subprocess
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+LIBRARIES = ("torch", "torchvision", "transformers", "tokenizers", "peft", "pytorch-lightning",
+             "open_clip_torch", "hydra-core", "omegaconf", "mlflow", "deepspeed")
+SOURCE = Path(__file__).resolve().parent.parent
+
+
+def _version(name: str) -> str | None:
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return None
+
+
+def _git(*args: str) -> str | None:
+    try:
+        proc = subprocess.run(["git", "-C", str(SOURCE), *args], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return proc.stdout.strip() if proc.returncode == 0 else None
+
+
+def hydra_overrides() -> list[str]:
+    """The task overrides of the running Hydra job (`reward.lam=0.5 ...`); [] outside Hydra."""
+    from hydra.core.hydra_config import HydraConfig
+
+    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+
+
+def run_info() -> dict[str, Any]:
+    commit = _git("rev-parse", "HEAD")
+    status = _git("status", "--porcelain", "--untracked-files=no") if commit else None
+    return {
+        "overrides": hydra_overrides(),
+        "csr_version": _version("csr"),
+        "git_commit": commit,
+        "git_dirty": bool(status) if status is not None else None,  # uncommitted changes to tracked files
+        "python": platform.python_version(),
+        "libraries": {name: _version(name) for name in LIBRARIES},
+    }
+
+
+def run_info_params(info: dict[str, Any]) -> dict[str, str]:
+    """The same as MLflow params (`run.*`) of the loop's parent run."""
+    params = {f"run.{k}": str(v) for k, v in info.items() if k not in ("overrides", "libraries")}
+    params["run.overrides"] = json.dumps(info["overrides"])
+    params.update({f"run.lib.{k}": str(v) for k, v in info["libraries"].items()})
+    return params
+
+
+def version_differences(recorded: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """Human-readable lines for every version or commit that differs between two run_info dicts."""
+    old = {"csr": recorded.get("csr_version"), "git commit": recorded.get("git_commit"),
+           "python": recorded.get("python"), **recorded.get("libraries", {})}
+    new = {"csr": current.get("csr_version"), "git commit": current.get("git_commit"),
+           "python": current.get("python"), **current.get("libraries", {})}
+    return [f"{k}: recorded {old[k]}, now {new.get(k)}" for k in old if old[k] != new.get(k)]
