@@ -56,6 +56,10 @@ def run_dpo(*, model_path: str, pairs_path: Path, adapter_dir: Path, image_root:
     elif dpo_cfg.reference == "frozen_copy":
         ref_model = copy.deepcopy(model).eval().requires_grad_(False)
     model.train()
+    # Seeded again here: the reference pass's DataLoader draws from the global RNG only when the
+    # log-probs were not cached, and LoRA's random init must not depend on that (a resumed or
+    # multi-process DPO would otherwise start from other weights).
+    pl.seed_everything(dpo_cfg.seed, workers=True, verbose=False)
     lora = dpo_cfg.lora
     policy = wrap_lora(model, lora.r, lora.alpha, lora.dropout, lora.target_modules, dpo_cfg.train_projector)
     dataset = PairDataset(pairs, processor, image_root, ref_logps)
