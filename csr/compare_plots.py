@@ -20,10 +20,19 @@ def _pyplot():
     return plt
 
 
-def _save(fig, path: Path) -> None:
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
+def _save(fig, path: Path, tight: bool = True) -> None:
+    if tight:
+        fig.tight_layout()
+    fig.savefig(path, dpi=100, bbox_inches="tight")
     _pyplot().close(fig)
+
+
+def _iteration_axis(ax) -> None:
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("iteration")
+    ax.grid(alpha=0.3)
 
 
 def _series(run: Run, metric: str) -> list[tuple[int, float]]:
@@ -34,18 +43,23 @@ def plot_metrics(runs: list[Run], labels: dict[str, str], metrics: list[str], pa
     """One panel per evaluation metric, one line per run (labelled by its swept values)."""
     plt = _pyplot()
     metrics = metrics or ["pairs/margin"]
-    fig, axes = plt.subplots(1, len(metrics), figsize=(4 * len(metrics), 3.4), squeeze=False)
-    for ax, metric in zip(axes[0], metrics, strict=True):
+    cols = min(3, len(metrics))
+    rows = -(-len(metrics) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False)
+    for ax in axes.flat[len(metrics):]:
+        ax.set_visible(False)
+    for ax, metric in zip(axes.flat, metrics, strict=False):
         for run in runs:
             points = _series(run, metric)
             if points:
                 ax.plot(*zip(*points, strict=True), marker="o", label=labels[run.name])
         ax.set_title(metric.removeprefix("eval/"), fontsize=9)
-        ax.set_xlabel("iteration")
-        ax.grid(alpha=0.3)
-    if any(ax.get_legend_handles_labels()[0] for ax in axes[0]):
-        axes[0][0].legend(fontsize=7)
-    _save(fig, path)
+        _iteration_axis(ax)
+    fig.tight_layout(rect=(0, 0.06, 1, 1))  # room for the legend below the panels
+    handles, names = axes.flat[0].get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, names, loc="lower center", ncol=min(4, len(names)), fontsize=8)
+    _save(fig, path, tight=False)
 
 
 def plot_score_gap(runs: list[Run], labels: dict[str, str], path: Path) -> None:
@@ -64,8 +78,7 @@ def plot_score_gap(runs: list[Run], labels: dict[str, str], path: Path) -> None:
     scores.set_title("chosen (solid) vs rejected (dashed) score", fontsize=9)
     gap.set_title("gap: chosen - rejected", fontsize=9)
     for ax in (scores, gap):
-        ax.set_xlabel("iteration")
-        ax.grid(alpha=0.3)
+        _iteration_axis(ax)
     if gap.get_legend_handles_labels()[0]:
         gap.legend(fontsize=7)
     _save(fig, path)
