@@ -79,7 +79,8 @@ class SearchConfig:
     decoding: DecodingConfig = field(default_factory=DecodingConfig)
     prompts_per_batch: int = 4  # prompts searched together (their nodes decode in one batch)
     max_batch_rows: int = 64  # cap on rows decoded at once, bounds memory on long answers
-    # cap on KV-cache tokens one decode batch holds: rows x (prompt + answer so far + one sentence)
+    # cap on the KV-cache tokens a decode batch holds besides the shared prompt prefixes (one per
+    # prompt): rows x (answer so far + one sentence); bounds memory on long answers
     max_batch_tokens: int = 65536
     seed: int = 0
 

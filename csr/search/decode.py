@@ -4,6 +4,10 @@ A row stops at EOS, at a sentence delimiter, after `max_new_tokens` tokens, or w
 reaches its token budget. Rows that stop leave the batch, so they cost no more compute. After a
 delimiter a row is decoded for one more token only to learn whether the model would end its
 answer there (EOS): then the sentence is final; that token is never part of the text.
+
+A row marked `keep` (its sentence may be continued) leaves with a `Continuation`: its sentence's
+own KV and the logits of the next token, so the next step starts from there without re-reading the
+sentence. A kept row cut at `max_new_tokens` stays one step longer to feed its last token.
 """
 
 from __future__ import annotations
@@ -42,6 +46,15 @@ class Rows:
     budget: list[int]  # answer tokens each row may still write
     group: list[int]  # candidate index within its node (diversity is across groups of a node)
     node: list[int]  # which node the row expands
+    keep: list[bool] | None = None  # rows whose sentence may be continued (None: no row)
+
+
+@dataclass
+class Continuation:
+    """What continuing a sentence needs: its own keys/values and the logits of the token after it."""
+
+    segment: kv.Segment
+    next_logits: torch.Tensor  # [V]
 
 
 @dataclass
@@ -49,6 +62,7 @@ class Sentence:
     token_ids: list[int] = field(default_factory=list)
     logprobs: list[float] = field(default_factory=list)  # raw model log-probs (temperature 1)
     finish: str | None = None
+    state: Continuation | None = None  # set for kept rows that did not end the answer
 
 
 def _sample(scores: torch.Tensor, s: DecodeSettings) -> torch.Tensor:
@@ -91,31 +105,47 @@ def _diverse_greedy(scores: torch.Tensor, groups: Sequence[int], nodes: Sequence
     return chosen
 
 
+def _choose(logits: torch.Tensor, logprobs: torch.Tensor, rows: Rows, active: list[int], out: list[Sentence],
+            peeking: list[bool], s: DecodeSettings) -> torch.Tensor:
+    """The next token of each of the `active` rows."""
+    scores = logprobs.clone() if s.strategy == "diverse_greedy" else logits.clone()
+    scores[:, s.suppress_ids] = float("-inf")
+    empty = torch.tensor([not out[r].token_ids for r in active])
+    scores[empty, s.eos_id] = float("-inf")  # a sentence has at least one token
+    if s.strategy != "diverse_greedy":
+        return _sample(scores, s)
+    # Rows that only peek for EOS after a delimiter take no part in the diversity penalty.
+    groups = [-1 if peeking[r] else rows.group[r] for r in active]
+    return _diverse_greedy(scores, groups, [rows.node[r] for r in active], s.diversity_penalty,
+                           [s.eos_id, *s.delimiter_ids])
+
+
 @torch.inference_mode()
 def decode_sentences(model: torch.nn.Module, rows: Rows, s: DecodeSettings) -> list[Sentence]:
     n = len(rows.budget)
+    keep = rows.keep or [False] * n
     out = [Sentence() for _ in range(n)]
     active = list(range(n))  # original row index of each row still in the batch
-    after_delimiter = [False] * n
-    cache, mask, logits, position = rows.cache, rows.attention_mask, rows.next_logits, rows.next_position
+    peeking = [False] * n  # wrote a delimiter: the next token only tells whether the answer ends
+    feeding = [False] * n  # kept row cut at max_new_tokens: in the batch only to feed its last token
+    start = rows.attention_mask.shape[1]  # the cache column of each row's first new token
+    cache, mask, logits, position = rows.cache, rows.attention_mask, rows.next_logits.float(), rows.next_position
     while active:
-        logprobs = torch.log_softmax(logits.float(), dim=-1)
-        scores = logprobs.clone() if s.strategy == "diverse_greedy" else logits.float().clone()
-        scores[:, s.suppress_ids] = float("-inf")
-        empty = torch.tensor([not out[r].token_ids for r in active])
-        scores[empty, s.eos_id] = float("-inf")  # a sentence has at least one token
-        if s.strategy == "diverse_greedy":
-            # Rows that only peek for EOS after a delimiter take no part in the diversity penalty.
-            groups = [-1 if after_delimiter[r] else rows.group[r] for r in active]
-            tokens = _diverse_greedy(scores, groups, [rows.node[r] for r in active], s.diversity_penalty,
-                                     [s.eos_id, *s.delimiter_ids])
-        else:
-            tokens = _sample(scores, s)
-        keep = []
+        logprobs = torch.log_softmax(logits, dim=-1)
+        # Rows that only feed choose nothing, so the others choose (and sample) exactly as without them.
+        choosing = [i for i, r in enumerate(active) if not feeding[r]]
+        tokens = torch.zeros(len(active), dtype=torch.long)
+        if choosing:
+            pick = torch.tensor(choosing)
+            tokens[pick] = _choose(logits[pick], logprobs[pick], rows, [active[i] for i in choosing], out, peeking, s)
+        stay = []
         for i, r in enumerate(active):
             token, sentence = int(tokens[i]), out[r]
-            if after_delimiter[r]:
-                sentence.finish = FINISH_EOS if token == s.eos_id else FINISH_DELIMITER
+            if peeking[r] or feeding[r]:
+                sentence.finish = FINISH_TOKENS if feeding[r] else FINISH_EOS if token == s.eos_id else FINISH_DELIMITER
+                if keep[r] and sentence.finish != FINISH_EOS:
+                    end = start + len(sentence.token_ids)
+                    sentence.state = Continuation(kv.segment(cache, i, start, end), logits[i].clone())
                 continue
             if token == s.eos_id:
                 sentence.finish = FINISH_EOS
@@ -125,22 +155,24 @@ def decode_sentences(model: torch.nn.Module, rows: Rows, s: DecodeSettings) -> l
             if len(sentence.token_ids) >= rows.budget[r]:
                 sentence.finish = FINISH_BUDGET
             elif token in s.delimiter_ids:
-                after_delimiter[r] = True
-                keep.append(i)
+                peeking[r] = True
+                stay.append(i)
             elif len(sentence.token_ids) >= s.max_new_tokens:
-                sentence.finish = FINISH_TOKENS
+                if keep[r]:
+                    feeding[r] = True
+                    stay.append(i)
+                else:
+                    sentence.finish = FINISH_TOKENS
             else:
-                keep.append(i)
-        if not keep:
+                stay.append(i)
+        if not stay:
             break
-        keep_t = torch.tensor(keep)
-        if len(keep) < len(active):  # finished rows leave the batch
-            cache = kv.select_rows(cache, keep_t)
-            mask, position = mask[keep_t], position[keep_t]
-        active = [active[i] for i in keep]
-        mask = torch.cat([mask, mask.new_ones(len(keep), 1)], dim=1)
-        step_logits, cache = kv.forward(
-            model, tokens[keep_t].unsqueeze(1), mask, position.unsqueeze(1), cache=cache
-        )
-        logits, position = step_logits[:, -1], position + 1
+        stay_t = torch.tensor(stay)
+        if len(stay) < len(active):  # finished rows leave the batch
+            kv.keep_rows(cache, stay_t)
+            mask, position = mask[stay_t], position[stay_t]
+        active = [active[i] for i in stay]
+        mask = torch.cat([mask, mask.new_ones(len(stay), 1)], dim=1)
+        logits, cache = kv.forward(model, tokens[stay_t].unsqueeze(1), mask, position.unsqueeze(1), cache=cache)
+        position = position + 1
     return out

@@ -1,8 +1,10 @@
 """Sentence-level tree search for a batch of prompts on a LLaVA-style policy.
 
-One prefill per (image, prompt); at each depth every live node re-feeds only its answer tokens on
-top of its prompt's cached prefix (never the prompt or the image), and the K candidates of all
-live nodes of all prompts decode together in batches of at most `max_batch_rows` rows.
+One prefill per (image, prompt). Every sentence the decoder writes leaves with its own keys/values
+and the logits of the token after it, so a node continues from its parent's cache: its decode rows
+are assembled from the prompt's prefix and the sentences on its path, and nothing is read twice.
+The K candidates of all live nodes of all prompts decode together, in batches capped by
+`max_batch_rows` rows and `max_batch_tokens` cached tokens.
 """
 
 from __future__ import annotations
@@ -17,8 +19,8 @@ from PIL import Image
 from csr.models.chat import generation_prompt
 from csr.reward.scores import text_score
 from csr.search import kv
-from csr.search.decode import DecodeSettings, Rows, Sentence, decode_sentences
-from csr.search.tree import Node, new_root, path_to, settle_step
+from csr.search.decode import Continuation, DecodeSettings, Rows, Sentence, decode_sentences
+from csr.search.tree import ROOT, Node, new_root, path_to, settle_step
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +62,7 @@ def prefill(model: torch.nn.Module, processor, prompts: Sequence[str], images: S
     pixel_values = inputs["pixel_values"].to(model.dtype)
     with torch.inference_mode():
         logits, cache = kv.forward(model, inputs["input_ids"], mask, position, pixel_values=pixel_values)
-    return Prefix(cache=cache, mask=mask, last_logits=logits[:, -1], length=mask.sum(-1))
+    return Prefix(cache=cache, mask=mask, last_logits=logits, length=mask.sum(-1))
 
 
 class TreeSearch:
@@ -73,18 +75,21 @@ class TreeSearch:
         """The full tree of every prompt (nodes[i].id == i)."""
         prefix = prefill(self.model, self.processor, prompts, images)
         trees = [[new_root()] for _ in prompts]
-        live = [(p, 0) for p in range(len(prompts))]
+        # (prompt, node id) -> the node's continuation, kept while the node or a descendant is live
+        states: dict[tuple[int, int], Continuation] = {}
+        live = [(p, ROOT) for p in range(len(prompts))]
         for _ in range(self.s.max_sentences):  # every step adds one sentence to each live answer
             if not live:
                 break
             children: list[list[int]] = [[] for _ in prompts]
-            for chunk in self._chunks(prefix, trees, live):
-                sentences = self._expand(prefix, [trees[p][n] for p, n in chunk], [p for p, _ in chunk], trees)
+            for chunk in self._chunks(trees, live):
+                sentences = self._expand(prefix, trees, states, chunk)
                 k = self.s.candidates_per_step
                 for j, (p, n) in enumerate(chunk):
                     new = add_children(self.tokenizer, trees[p], trees[p][n], sentences[j * k : (j + 1) * k],
                                        self.s.text_score)
                     children[p] += [node.id for node, _ in new]
+                    states.update({(p, node.id): sentence.state for node, sentence in new if sentence.state})
             if self.relevance is not None and self.s.prune_by == "calibrated":
                 for p, ids in enumerate(children):
                     texts = [trees[p][i].text for i in ids]
@@ -98,19 +103,22 @@ class TreeSearch:
                     max_sentences=self.s.max_sentences,
                 )
                 live += [(p, i) for i in kept]
+            on_paths = {(p, a.id) for p, n in live for a in path_to(trees[p], n)}
+            states = {key: state for key, state in states.items() if key in on_paths}  # free pruned branches
         return trees
 
-    def _chunks(self, prefix: Prefix, trees: list[list[Node]], live: list[tuple[int, int]]):
+    def _chunks(self, trees: list[list[Node]], live: list[tuple[int, int]]):
         """Consecutive runs of live nodes whose decode batch stays within `max_batch_rows` rows and
-        `max_batch_tokens` cached tokens (rows x (prompt + longest answer + one sentence)); a node's K
-        candidates always decode together (the diversity penalty compares them), so a run has >= 1 node."""
-        k, prompt_width = self.s.candidates_per_step, prefix.mask.shape[1]
+        `max_batch_tokens` cached tokens of its own (rows x (longest answer + one sentence); the prompts'
+        prefixes are shared, one copy per prompt); a node's K candidates always decode together (the
+        diversity penalty compares them), so a run has >= 1 node."""
+        k = self.s.candidates_per_step
         chunk: list[tuple[int, int]] = []
         width = 0
         for p, n in live:
             wider = max(width, trees[p][n].answer_tokens)
             rows = (len(chunk) + 1) * k
-            tokens = rows * (prompt_width + wider + self.decode.max_new_tokens)
+            tokens = rows * (wider + self.decode.max_new_tokens)
             if chunk and (rows > self.s.max_batch_rows or tokens > self.s.max_batch_tokens):
                 yield chunk
                 chunk, wider = [], trees[p][n].answer_tokens
@@ -119,35 +127,31 @@ class TreeSearch:
         if chunk:
             yield chunk
 
-    def _expand(self, prefix: Prefix, nodes: list[Node], prompt_idx: list[int], trees) -> list[Sentence]:
-        """K candidate sentences for each node, decoded in one batch."""
+    def _expand(self, prefix: Prefix, trees: list[list[Node]], states: dict[tuple[int, int], Continuation],
+                chunk: list[tuple[int, int]]) -> list[Sentence]:
+        """K candidate sentences for each node of `chunk`, decoded in one batch from their parents' caches."""
         k = self.s.candidates_per_step
-        rows_p = torch.tensor(prompt_idx)
-        cache = kv.select_rows(prefix.cache, rows_p)
-        mask = prefix.mask[rows_p]
-        answers = [answer_ids(trees[p], n) for p, n in zip(prompt_idx, nodes, strict=True)]
-        lengths = torch.tensor([len(a) for a in answers])
-        if lengths.max() == 0:  # the roots: continue straight from the prompt
-            logits = prefix.last_logits[rows_p]
-        else:  # feed the answers so far, right-padded; pads are masked out and take no position
-            width = int(lengths.max())
-            pad = self.tokenizer.pad_token_id
-            ids = torch.tensor([a + [pad] * (width - len(a)) for a in answers])
-            answer_mask = (torch.arange(width)[None, :] < lengths[:, None]).long()
-            mask = torch.cat([mask, answer_mask], dim=1)
-            position = prefix.length[rows_p, None] + torch.arange(width)[None, :]
-            with torch.inference_mode():
-                step_logits, cache = kv.forward(self.model, ids, mask, position, cache=cache)
-            logits = step_logits[torch.arange(len(nodes)), lengths - 1]
-        expand = torch.arange(len(nodes)).repeat_interleave(k)
+        nodes = [trees[p][n] for p, n in chunk]
+        prompt_rows = [p for p, _ in chunk]
+        paths = [[states[(p, a.id)].segment for a in path_to(trees[p], n)] for p, n in chunk]
+        lengths = torch.tensor([node.answer_tokens for node in nodes])
+        width = int(lengths.max())
+        cache = kv.assemble(prefix.cache, prompt_rows, paths, k, width, spare=self.decode.max_new_tokens)
+        # The answers are right-padded to `width`: the holes are masked out and take no position.
+        answer_mask = (torch.arange(width)[None, :] < lengths[:, None]).long()
+        mask = torch.cat([prefix.mask[prompt_rows], answer_mask], dim=1)
+        logits = torch.stack([prefix.last_logits[p] if n == ROOT else states[(p, n)].next_logits for p, n in chunk])
+        expand = torch.arange(len(chunk)).repeat_interleave(k)
         rows = Rows(
-            cache=kv.select_rows(cache, expand),
+            cache=cache,
             attention_mask=mask[expand],
             next_logits=logits[expand],
-            next_position=(prefix.length[rows_p] + lengths)[expand],
+            next_position=(prefix.length[prompt_rows] + lengths)[expand],
             budget=[self.s.max_answer_tokens - int(lengths[i]) for i in expand],
-            group=[g for _ in nodes for g in range(k)],
+            group=[g for _ in chunk for g in range(k)],
             node=expand.tolist(),
+            # a child at the last depth is final whatever it writes: nothing will continue it
+            keep=[nodes[i].depth + 1 < self.s.max_sentences for i in expand],
         )
         return decode_sentences(self.model, rows, self.decode)
 
