@@ -16,13 +16,14 @@ from pathlib import Path
 
 import matplotlib
 import torch
-from measure import assert_same_trees, run_engine, warm_up
-from workloads import Workload, mid, shapesworld
+from measure import assert_same_trees, run_engine, same_prompts, warm_up
+from workloads import Workload, llava7b, mid, shapesworld
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
+BUILDERS = {"shapesworld": shapesworld, "mid": mid, "llava7b": llava7b}
 # Scaling sweeps on the mid workload (one knob at a time, the rest at its default shape).
 SWEEPS = {
     "beam_width": [1, 2, 3, 4],
@@ -35,7 +36,11 @@ SWEEPS = {
 def compare(w: Workload, repeats: int) -> dict:
     fast = run_engine("csr", w, repeats=repeats)
     ref = run_engine("reference", w)
-    d_t, d_i = assert_same_trees(fast.trees, ref.trees)
+    if w.model.dtype == torch.float32:
+        d_t, d_i = assert_same_trees(fast.trees, ref.trees)
+    else:  # bfloat16 rounds differently with padding and batch shape: ties break apart; report, do not assert
+        d_t = d_i = float("nan")
+        print(f"{w.name}: identical trees for {same_prompts(fast.trees, ref.trees):.0%} of prompts", flush=True)
     return {
         "workload": w.name, "shape": vars(w.shape).copy(),
         "nodes": sum(len(t) - 1 for t in fast.trees), "tokens": fast.tokens,
@@ -100,10 +105,10 @@ def plot_speedup(rows: list[dict], path: Path) -> None:
     fig.savefig(path, dpi=120)
 
 
-def write_readme(block: str) -> None:
+def write_readme(block: str, marker: str) -> None:
     readme = HERE / "README.md"
     text = readme.read_text()
-    start, end = "<!-- results:start -->", "<!-- results:end -->"
+    start, end = f"<!-- {marker}:start -->", f"<!-- {marker}:end -->"
     head, rest = text.split(start)
     _, tail = rest.split(end)
     readme.write_text(f"{head}{start}\n{block}{end}{tail}")
@@ -114,21 +119,23 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads (recorded)")
     parser.add_argument("--repeats", type=int, default=3, help="csr runs per point (best kept)")
     parser.add_argument("--no-scaling", action="store_true")
+    parser.add_argument("--workloads", default="shapesworld,mid",
+                        help="comma-separated: shapesworld, mid (CPU), llava7b (needs a GPU: --no-scaling)")
     parser.add_argument("--csr-only", action="store_true",
                         help="time csr's engine alone and print it (to compare two versions of the engine)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.csr_only:
-        for build in (shapesworld, mid):
-            w = build()
+        for name in args.workloads.split(","):
+            w = BUILDERS[name]()
             run_engine("csr", w.with_shape(max_sentences=1, prompts=1))
             r = run_engine("csr", w, repeats=args.repeats)
             print(json.dumps({"workload": w.name, "csr_s": r.seconds, "tok_s": r.tokens_per_s, "peak_mb": r.peak_mb}))
         return
     started = time.time()
     rows, notes = [], {}
-    for build in (shapesworld, mid):
-        w = build()
+    for name in args.workloads.split(","):
+        w = BUILDERS[name]()
         warm_up(w)
         rows.append(compare(w, args.repeats))
         notes[w.name] = w.note
@@ -141,15 +148,18 @@ def main() -> None:
             for v in values:
                 sweeps[knob].append(compare(base.with_shape(**{knob: v}), args.repeats))
                 print(json.dumps(sweeps[knob][-1]), flush=True)
-    env = (f"torch {torch.__version__}, {args.threads} threads, {platform.processor() or platform.machine()}, "
-           f"float32, CPU; csr best of {args.repeats} runs, reference 1 run; total {time.time() - started:.0f} s")
-    (HERE / "results.json").write_text(json.dumps({"env": env, "workloads": rows, "scaling": sweeps}, indent=1))
-    plot_speedup(rows, HERE / "speedup.png")
-    block = f"Measured: {env}.\n\n" + workload_table(rows, notes) + "\n![speed-up](speedup.png)\n"
+    gpu = "llava7b" in args.workloads
+    device = f"{torch.cuda.get_device_name()}, bfloat16" if gpu else f"{platform.machine()} CPU, float32"
+    env = (f"torch {torch.__version__}, {args.threads} threads, {device}; csr best of {args.repeats} runs, "
+           f"reference 1 run; total {time.time() - started:.0f} s")
+    suffix = "_gpu" if gpu else ""
+    (HERE / f"results{suffix}.json").write_text(json.dumps({"env": env, "workloads": rows, "scaling": sweeps}, indent=1))
+    plot_speedup(rows, HERE / f"speedup{suffix}.png")
+    block = f"Measured: {env}.\n\n" + workload_table(rows, notes) + f"\n![speed-up](speedup{suffix}.png)\n"
     if sweeps:
         plot_scaling(sweeps, HERE / "scaling.png")
         block += "\n### Scaling\n\n" + scaling_table(sweeps) + "\n![scaling](scaling.png)\n"
-    write_readme(block)
+    write_readme(block, "results-gpu" if gpu else "results")
 
 
 if __name__ == "__main__":

@@ -72,19 +72,22 @@ class ReferenceSearch:
     @torch.no_grad()
     def _relevance(self, image: Image.Image, text: str) -> float:
         """R_I of one sentence, the image encoded again for it (the reference's cost)."""
-        pixels = self.clip.preprocess(image).unsqueeze(0)
+        device = next(self.clip.model.parameters()).device
+        pixels = self.clip.preprocess(image).unsqueeze(0).to(device)
         image_emb = self.clip.model.encode_image(pixels, normalize=True)[0]
         self.image_encodes += 1
-        text_emb = self.clip.model.encode_text(self.clip.tokenizer([text]), normalize=True)[0]
+        text_emb = self.clip.model.encode_text(self.clip.tokenizer([text]).to(device), normalize=True)[0]
         return max(100.0 * float(text_emb @ image_emb), 0.0)
 
     def _forward(self, ids: torch.Tensor, cache: DynamicCache, pixel_values=None) -> torch.Tensor:
         length = cache.get_seq_length()
         position = torch.arange(length, length + ids.shape[1]).expand(ids.shape[0], -1)
         mask = torch.ones(ids.shape[0], length + ids.shape[1], dtype=torch.long)
-        out = self.model(input_ids=ids, attention_mask=mask, position_ids=position, pixel_values=pixel_values,
+        device = self.model.device
+        out = self.model(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=position.to(device),
+                         pixel_values=None if pixel_values is None else pixel_values.to(device),
                          cache=cache, use_cache=True, logits_to_keep=1)
-        return out.logits[:, -1].float()
+        return out.logits[:, -1].float().cpu()
 
     @torch.inference_mode()
     def _candidates(self, prompt: str, image: Image.Image, answer: list[int]) -> list[Sentence]:

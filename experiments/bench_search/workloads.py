@@ -106,35 +106,64 @@ MID_VISION = dict(image_size=336, patch_size=14, hidden_size=256, intermediate_s
 MID_CLIP = {"embed_dim": 256,
             "vision_cfg": {"image_size": 336, "layers": 4, "width": 256, "patch_size": 14},
             "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 256, "heads": 4, "layers": 4}}
+# (c) LLaVA-1.5-7B's shapes: Vicuna-7B decoder, CLIP ViT-L/14-336 tower (and the same CLIP for R_I).
+L7B_LLAMA = dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
+                 num_key_value_heads=32, max_position_embeddings=4096)
+L7B_VISION = dict(image_size=336, patch_size=14, hidden_size=1024, intermediate_size=4096, num_hidden_layers=24,
+                  num_attention_heads=16, projection_dim=768)
 
 
-def mid(n_prompts: int = 4, seed: int = 0) -> Workload:
-    """(b) A random-weight LLaVA-shaped model with 576 image tokens, built in memory."""
+def _random_llava(llama: dict, vision: dict, seed: int, device: str, dtype: torch.dtype):
     tokenizer = build_tokenizer()
     config = LlavaConfig(
-        vision_config=CLIPVisionConfig(**MID_VISION),
+        vision_config=CLIPVisionConfig(**vision),
         text_config=LlamaConfig(vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
-                                eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, **MID_LLAMA),
+                                eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, **llama),
         image_token_id=tokenizer.convert_tokens_to_ids("<image>"), image_seq_length=576,
         vision_feature_select_strategy="default", vision_feature_layer=-2, projector_hidden_act="gelu",
     )
+    config.text_config._attn_implementation = config.vision_config._attn_implementation = "sdpa"
     torch.manual_seed(seed)
-    model = LlavaForConditionalGeneration(config).eval()
-    model.config._attn_implementation = "sdpa"
+    with torch.device(device):
+        model = LlavaForConditionalGeneration(config).to(dtype).eval()
     processor = make_processor(tokenizer, 336, 14)
     processor.tokenizer.padding_side = "left"
-    clip_json = CACHE / "mid-clip.json"
-    clip_json.parent.mkdir(parents=True, exist_ok=True)
-    clip_json.write_text(json.dumps(MID_CLIP))
-    open_clip.add_model_config(str(clip_json))
+    return model, processor
+
+
+def _random_clip(name: str, config: dict | None, seed: int, device: str) -> ClipBundle:
+    if config is not None:
+        path = CACHE / f"{name}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(config))
+        open_clip.add_model_config(str(path))
     torch.manual_seed(seed)
-    clip_model, _, preprocess = open_clip.create_model_and_transforms("mid-clip", pretrained=None)
-    clip = ClipBundle(model=clip_model.eval(), preprocess=preprocess, tokenizer=open_clip.get_tokenizer("mid-clip"))
+    model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=None, device=device)
+    return ClipBundle(model=model.eval(), preprocess=preprocess, tokenizer=open_clip.get_tokenizer(name))
+
+
+def _tiny_images(n_prompts: int) -> tuple[list[str], list[Image.Image], list[str]]:
     data = CACHE / "tiny_data"
     prompt_file = write_tiny_prompts(data, n=max(n_prompts, 8))
-    prompts = _prompts(prompt_file, data / "images", n_prompts)
+    return _prompts(prompt_file, data / "images", n_prompts)
+
+
+def mid(n_prompts: int = 4, seed: int = 0) -> Workload:
+    """(b) A random-weight LLaVA-shaped model with 576 image tokens, built in memory, float32 on the CPU."""
+    model, processor = _random_llava(MID_LLAMA, MID_VISION, seed, "cpu", torch.float32)
+    clip = _random_clip("mid-clip", MID_CLIP, seed, "cpu")
     note = ("random weights; LM 8 layers, hidden 512, vocab 400; CLIP-ViT tower 336 px / patch 14 "
             "(576 image tokens, 4 layers, width 256); open_clip ViT of the same shape for R_I")
     shape = Shape(beam_width=3, candidates_per_step=5, max_sentences=3, max_new_tokens=12, max_answer_tokens=64,
                   prompts=n_prompts)
-    return Workload("mid", note, model, processor, clip, *prompts, shape=shape)
+    return Workload("mid", note, model, processor, clip, *_tiny_images(n_prompts), shape=shape)
+
+
+def llava7b(n_prompts: int = 4, seed: int = 0, device: str = "cuda") -> Workload:
+    """(c) LLaVA-1.5-7B's shapes with random weights in bfloat16, for a GPU."""
+    model, processor = _random_llava(L7B_LLAMA, L7B_VISION, seed, device, torch.bfloat16)
+    clip = _random_clip("ViT-L-14-336", None, seed, device)
+    note = f"random weights, LLaVA-1.5-7B shapes (Vicuna-7B + ViT-L/14-336, vocab 400), bfloat16 on {device}"
+    shape = Shape(beam_width=3, candidates_per_step=5, max_sentences=4, max_new_tokens=24, max_answer_tokens=128,
+                  prompts=n_prompts)
+    return Workload("llava7b", note, model, processor, clip, *_tiny_images(n_prompts), shape=shape)
