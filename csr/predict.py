@@ -20,6 +20,7 @@ from pytorch_lightning.callbacks import BasePredictionWriter
 from torch.utils.data import DataLoader
 
 from csr.distributed import barrier, is_global_zero
+from csr.errors import CSRError
 from csr.io import JsonlWriter, atomic_write_text, read_jsonl
 
 log = logging.getLogger(__name__)
@@ -66,7 +67,9 @@ def consolidate(out_path: Path, batch_keys: list[list[str]], key: str) -> None:
     parts = sorted(out_path.parent.glob(f"{out_path.name}.part*"))
     by_key: dict[str, dict] = {}
     for path in [out_path, *parts]:  # repair=True drops a torn last line left by a crash
-        for record in read_jsonl(path, repair=True):
+        for lineno, record in enumerate(read_jsonl(path, repair=True), start=1):
+            if key not in record:
+                raise CSRError(f"{path}: record on line {lineno} has no {key!r} field")
             by_key.setdefault(str(record[key]), record)
     wanted = {k for keys in batch_keys for k in keys}
     whole = [k for keys in batch_keys if all(k in by_key for k in keys) for k in keys]
