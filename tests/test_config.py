@@ -151,7 +151,8 @@ def test_every_experiment_composes_and_validates(name: str) -> None:
     assert resolved["iterations"] == 3
     assert resolved["reward"]["lam"] == 0.9 and resolved["reward"]["clip"]["arch"] == "ViT-L-14-336"
     assert resolved["dpo"]["beta"] == 0.1 and resolved["dpo"]["lr"] == 1e-7
-    assert resolved["trainer"]["strategy"] == "deepspeed_stage_2"
+    assert resolved["trainer"]["strategy"] == "deepspeed"
+    assert resolved["trainer"]["deepspeed"]["zero_optimization"]["stage"] == 2
     assert resolved["trainer"]["precision"] == "bf16-mixed"
     assert resolved["model"]["dtype"] == "bfloat16"
 
@@ -190,8 +191,10 @@ def test_every_trainer_composes_and_validates(name: str) -> None:
     expected = {
         "cpu": ("cpu", "auto", "32-true"),
         "gpu": ("gpu", "auto", "bf16-mixed"),
-        "deepspeed_zero2": ("gpu", "deepspeed_stage_2", "bf16-mixed"),
-        "deepspeed_zero3": ("gpu", "deepspeed_stage_3", "bf16-mixed"),
+        "ddp": ("gpu", "ddp", "bf16-mixed"),
+        "deepspeed_zero2": ("gpu", "deepspeed", "bf16-mixed"),
+        "deepspeed_zero3": ("gpu", "deepspeed", "bf16-mixed"),
+        "deepspeed_zero3_offload": ("gpu", "deepspeed", "bf16-mixed"),
     }
     if name in expected:
         assert (typed.trainer.accelerator, typed.trainer.strategy, typed.trainer.precision) == expected[name]
@@ -199,7 +202,7 @@ def test_every_trainer_composes_and_validates(name: str) -> None:
 
 
 def test_trainer_names() -> None:
-    assert {"cpu", "gpu", "deepspeed_zero2", "deepspeed_zero3"} <= set(_names("trainer"))
+    assert {"cpu", "gpu", "ddp", "deepspeed_zero2", "deepspeed_zero3", "deepspeed_zero3_offload"} <= set(_names("trainer"))
 
 
 @pytest.mark.parametrize(
