@@ -39,11 +39,14 @@ class _SharedPrefixLayer(DynamicLayer):
         self.prefix_k, self.prefix_v, self.owner = prefix_k, prefix_v, owner  # owner[r]: row r's prompt
         self._k, self._v, self._n = keys, values, length
         self._views()
+        self._runs()
 
     def _views(self) -> None:
         self.keys, self.values = self._k[:, :, : self._n], self._v[:, :, : self._n]
-        # (prompt, first row, end row) of each run of rows of one prompt: nodes come prompt by prompt, so a
-        # prompt's rows are usually one run, and a run is a slice (a view, no copy).
+
+    def _runs(self) -> None:
+        """(prompt, first row, end row) of each run of rows of one prompt: nodes come prompt by prompt, so
+        a prompt's rows are usually one run, and a run is a slice (a view, no copy)."""
         self.runs: list[tuple[int, int, int]] = []
         for r, p in enumerate(self.owner.tolist()):
             if self.runs and self.runs[-1][0] == p:
@@ -78,6 +81,7 @@ class _SharedPrefixLayer(DynamicLayer):
         self._k, self._v = self._k.index_select(0, indices), self._v.index_select(0, indices)
         self.owner = self.owner.index_select(0, indices)
         self._views()
+        self._runs()
 
 
 def _shared_prefix_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
