@@ -62,9 +62,15 @@ def reproduce(source: str, overrides: list[str], run_dir: Path | None, tracking_
         stamp = datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
         run_dir = Path("outputs") / "reproduce" / f"{Path(source).name}-{stamp}"
     run_dir = run_dir.resolve()
+    created = not run_dir.exists()
     into = run_dir / SOURCE_DIR
     into.mkdir(parents=True, exist_ok=True)
-    where = _from_run_dir(Path(source), into) if Path(source).is_dir() else _from_mlflow(source, tracking_uri, into)
+    try:
+        where = _from_run_dir(Path(source), into) if Path(source).is_dir() else _from_mlflow(source, tracking_uri, into)
+    except CSRError:
+        if created:  # leave no empty run directory behind
+            shutil.rmtree(run_dir)
+        raise
     atomic_write_json(into / "source.json", {**where, "extra_overrides": overrides})
     if (into / "run_info.json").exists():
         recorded = read_json(into / "run_info.json")
