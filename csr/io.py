@@ -42,6 +42,10 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
 def atomic_write_text(path: StrPath, text: str) -> None:
     """Write `text` so readers see either the old file or the complete new one, never a half."""
     target = Path(path)
@@ -49,6 +53,8 @@ def atomic_write_text(path: StrPath, text: str) -> None:
     # The temp file must live in the same directory: os.replace is only atomic within a filesystem.
     fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
     try:
+        # mkstemp creates the file 0600; give it the mode an ordinary open() would (umask applied).
+        os.fchmod(fd, 0o666 & ~_UMASK)
         with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
             fh.write(text)
             fh.flush()

@@ -46,8 +46,13 @@ class Tracker:
 
             self.client = MlflowClient(tracking_uri=self.uri)
             experiment = self.client.get_experiment_by_name(experiment_name)
+            # Artifacts beside a local sqlite store (MLflow's default is ./mlruns of the current directory).
+            artifacts = None
+            if self.uri.startswith("sqlite:///"):
+                artifacts = (Path(self.uri.removeprefix("sqlite:///")).parent / "mlartifacts").resolve().as_uri()
             self.experiment_id = (
-                experiment.experiment_id if experiment else self.client.create_experiment(experiment_name)
+                experiment.experiment_id if experiment
+                else self.client.create_experiment(experiment_name, artifact_location=artifacts)
             )
             self.experiment_name = experiment_name
 
