@@ -14,6 +14,7 @@ import gc
 import json
 import logging
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -23,6 +24,7 @@ from csr.distributed import barrier, fit_strategy, is_global_zero, predict_strat
 from csr.errors import CSRError
 from csr.eval.registry import EVALUATORS
 from csr.io import atomic_write_json, atomic_write_text, done_stats, is_done, mark_done, read_json
+from csr.lock import run_lock
 from csr.run_info import run_info, run_info_params
 from csr.tracking import Tracker, flatten
 
@@ -132,8 +134,16 @@ class Loop:
         from csr.pairs.build import build_pairs
 
         p = self.cfg.pairs
-        return build_pairs(self._require(d, "rewards.jsonl"), d, list(p.filters), self.cfg.data.image_root,
-                           p.export_llava, p.export_trl)
+        stats = build_pairs(self._require(d, "rewards.jsonl"), d, list(p.filters), self.cfg.data.image_root,
+                            p.export_llava, p.export_trl)
+        if self.cfg.data.shapesworld_split is not None:  # ground truth known: is the reward right?
+            from csr.data.shapesworld.splits import ground_truth
+            from csr.eval.shapesworld import pair_hallucination
+            from csr.io import read_jsonl
+
+            truth = ground_truth(Path(self.cfg.data.shapesworld_root) / self.cfg.data.shapesworld_split)
+            stats.update(pair_hallucination(read_jsonl(d / "pairs.jsonl"), truth))
+        return stats
 
     def _dpo(self, k: int, d: Path, run_id) -> dict:
         from csr.dpo.stage import run_dpo
@@ -220,6 +230,11 @@ class Loop:
             ensure_split(d.shapesworld_root, d.shapesworld_split, d.shapesworld_size)
 
     def run(self) -> dict:
+        # Only the first process of a multi-device run owns the directory.
+        with run_lock(self.run_dir) if is_global_zero() else nullcontext():
+            return self._run()
+
+    def _run(self) -> dict:
         self.prepare_data()
         parent = self.tracker.parent(self.cfg.logger.run_name or self.run_dir.name,
                                      {**self.params, **run_info_params(self.info)})
