@@ -1,6 +1,9 @@
 """Aggregate a ShapesWorld lambda x seed sweep: results table (mean +- 95% CI) and plots.
 
-    python experiments/shapesworld_csr/aggregate.py multirun/shapesworld_csr
+    python experiments/shapesworld_csr/aggregate.py multirun/shapesworld_csr --base multirun/shapesworld_csr/base
+
+The sweep runs with eval.at_base=false: the base model's greedy evaluation is the same for every
+lambda and seed, so it is computed once (`--base`, a run of `csr stage=eval iteration=0`).
 """
 
 from __future__ import annotations
@@ -30,12 +33,24 @@ def mean_ci(values: list[float]) -> tuple[float, float]:
     return m, T95.get(len(values) - 1, 1.96) * statistics.stdev(values) / math.sqrt(len(values))
 
 
-def load_runs(sweep: Path) -> list[dict]:
-    runs = []
+def base_row(base: Path | None) -> dict | None:
+    """Iteration 0 from a base-only run, in the summary's column names."""
+    if base is None:
+        return None
+    from csr.report import table_rows
+
+    return table_rows({0: json.loads((base / "iter_0" / "metrics.json").read_text())})[0]
+
+
+def load_runs(sweep: Path, base: Path | None) -> list[dict]:
+    runs, row0 = [], base_row(base)
     for summary in sorted(sweep.glob("*/summary.json")):
         cfg = yaml.safe_load((summary.parent / "config.yaml").read_text())
-        runs.append({"dir": summary.parent, "lam": cfg["reward"]["lam"], "seed": cfg["seed"],
-                     "rows": json.loads(summary.read_text())})
+        rows = json.loads(summary.read_text())
+        if row0 and all(r["iteration"] != 0 for r in rows):
+            rows = [row0, *rows]
+        runs.append({"dir": summary.parent, "lam": cfg["reward"]["lam"], "seed": cfg["seed"], "rows": rows,
+                     "base_dir": base})
     return runs
 
 
@@ -85,7 +100,7 @@ def answer_r_i(run_dir: Path, k: int) -> list[float]:
 def plot_r_i(runs: list[dict], lam: float, path: Path) -> None:
     """The paper's right-hand figure: R_I of the model's answers before and after CSR."""
     last = max(r["iteration"] for run in runs for r in run["rows"])
-    before = [x for run in runs if run["lam"] == lam for x in answer_r_i(run["dir"], 0)]
+    before = [x for run in runs if run["lam"] == lam for x in answer_r_i(run["base_dir"] or run["dir"], 0)]
     after = [x for run in runs if run["lam"] == lam for x in answer_r_i(run["dir"], last)]
     fig, ax = plt.subplots(figsize=(5, 3.5))
     bins = 30
@@ -103,9 +118,10 @@ def plot_r_i(runs: list[dict], lam: float, path: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("sweep", type=Path)
+    parser.add_argument("--base", type=Path, default=None, help="run dir holding iter_0 (base model eval)")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent)
     args = parser.parse_args()
-    runs = load_runs(args.sweep)
+    runs = load_runs(args.sweep, args.base)
     text, cells = table(runs)
     (args.out / "results.md").write_text(text)
     plot_metric(cells, "CHAIR_S", args.out / "chair_s_by_iteration.png")
