@@ -23,7 +23,8 @@ from csr.search.engine import SearchSettings
 from csr.search.stage import delimiter_ids
 
 ASSETS = Path(__file__).resolve().parents[2] / "csr" / "assets" / "shapesworld"
-CACHE = Path(os.environ.get("CSR_BENCH_DIR", Path(__file__).resolve().parents[2] / ".bench"))
+# Built models, prompts and pairs: under .data/ (git-ignored), like the ShapesWorld splits.
+CACHE = Path(os.environ.get("CSR_BENCH_DIR", Path(__file__).resolve().parents[2] / ".data" / "bench"))
 
 
 @dataclass
@@ -154,7 +155,9 @@ def mid(n_prompts: int = 4, seed: int = 0) -> Workload:
     clip = _random_clip("mid-clip", MID_CLIP, seed, "cpu")
     note = ("random weights; LM 8 layers, hidden 512, vocab 400; CLIP-ViT tower 336 px / patch 14 "
             "(576 image tokens, 4 layers, width 256); open_clip ViT of the same shape for R_I")
-    shape = Shape(beam_width=3, candidates_per_step=5, max_sentences=3, max_new_tokens=12, max_answer_tokens=64,
+    # LLaVA-1.5's detailed descriptions run ~100 tokens, ~6 sentences (random weights never write '.', so
+    # every sentence runs to its 16-token cap).
+    shape = Shape(beam_width=3, candidates_per_step=5, max_sentences=6, max_new_tokens=16, max_answer_tokens=128,
                   prompts=n_prompts)
     return Workload("mid", note, model, processor, clip, *_tiny_images(n_prompts), shape=shape)
 
