@@ -1,0 +1,234 @@
+"""DPO benchmark: csr's DPO stage against TRL's DPOTrainer, same model, pairs, LoRA and batch size.
+
+    .venv/bin/pip install -e '.[bench]' && .venv/bin/python experiments/bench_dpo/bench.py
+
+Each trainer runs in its own process (so each peak RSS is its own), one after the other, on the
+same saved checkpoint and pairs. TRL refuses to precompute reference log-probs for vision datasets, so
+the like-for-like comparison is csr with `dpo.reference=adapter_disabled` (TRL's way with a LoRA
+policy): a step is a no-grad reference forward, a forward + backward over chosen and rejected, and
+an optimizer step. csr's default, `precomputed`, is timed too. Writes results.json and step_time.png
+beside this file and the table into README.md (between the results markers).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import random
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "bench_search"))  # the benchmark models are the search benchmark's
+from workloads import CACHE, mid, shapesworld  # noqa: E402
+
+from csr.data.tiny import write_tiny_prompts  # noqa: E402
+from csr.io import atomic_write_text  # noqa: E402
+from csr.models.llava import save_llava  # noqa: E402
+
+PAIRS_PER_STEP, WARMUP_STEPS, STEPS = 2, 2, 8
+TRAINERS = ("csr_adapter_disabled", "trl", "csr_precomputed")
+LORA = {"r": 16, "alpha": 32, "dropout": 0.0}  # TRL turns dropout off by default; so does the csr side here
+WORDS = ["red", "blue", "green", "circle", "square", "triangle", "left", "right", "top", "bottom", "small", "large"]
+
+
+def prepare(name: str) -> dict:
+    """Save the workload's model and write the pairs (answers of ~equal length, so padding is alike)."""
+    out = CACHE / f"dpo_{name}"
+    w = shapesworld() if name == "small" else mid()
+    model_dir = out / f"llava_{w.name}"  # "small" is the shipped ShapesWorld model once it exists, else tiny
+    if not (model_dir / "config.json").exists():
+        save_llava(w.model, w.processor, str(model_dir))
+    data = out / "data"
+    prompts = json.loads(write_tiny_prompts(data, n=8).read_text())
+    rng = random.Random(0)
+
+    def answer() -> str:
+        return " ".join(f"There is a {rng.choice(WORDS)} {rng.choice(WORDS)} at the {rng.choice(WORDS)}." for _ in range(4))
+
+    n = PAIRS_PER_STEP * (WARMUP_STEPS + STEPS)
+    pairs = [{"id": str(i), "image": prompts[i % 8]["image"], "prompt": prompts[i % 8]["input"].replace("<image>", "").strip(),
+              "chosen": answer(), "rejected": answer()} for i in range(n)]
+    atomic_write_text(out / "pairs.jsonl", "".join(json.dumps(p) + "\n" for p in pairs))
+    paths = {"model": str(model_dir), "pairs": str(out / "pairs.jsonl"), "images": str(data / "images"), "out": str(out),
+             "name": w.name, "note": w.note}
+    atomic_write_text(out / "paths.json", json.dumps(paths))
+    return paths
+
+
+def sequence_tokens(paths: dict) -> float:
+    """Real (unpadded) tokens per optimizer step: prompt with image tokens + answer + EOS, chosen and rejected."""
+    from csr.dpo.data import PairDataset
+    from csr.io import read_jsonl
+    from csr.models.llava import load_llava
+
+    _, processor = load_llava(paths["model"])
+    ds = PairDataset(read_jsonl(Path(paths["pairs"])), processor, paths["images"])
+    per_pair = [2 * len(ds[i]["prompt_ids"]) + len(ds[i]["chosen_ids"]) + len(ds[i]["rejected_ids"]) for i in range(len(ds))]
+    return statistics.mean(per_pair) * PAIRS_PER_STEP
+
+
+def run_csr(paths: dict, reference: str) -> list[float]:
+    import pytorch_lightning as pl
+    from omegaconf import OmegaConf
+
+    from csr.config import DPOConfig, ModelConfig
+    from csr.dpo.stage import run_dpo
+
+    class Timer(pl.Callback):
+        def __init__(self):
+            self.times: list[float] = []
+
+        def on_train_batch_start(self, *args):
+            self.t0 = time.perf_counter()
+
+        def on_train_batch_end(self, *args):  # after backward and the optimizer step
+            self.times.append(time.perf_counter() - self.t0)
+
+    dpo = OmegaConf.structured(DPOConfig)
+    dpo.batch_size, dpo.lr, dpo.reference = PAIRS_PER_STEP, 1e-5, reference
+    dpo.lora.r, dpo.lora.alpha, dpo.lora.dropout = LORA["r"], LORA["alpha"], LORA["dropout"]
+    timer = Timer()
+    run_dpo(model_path=paths["model"], pairs_path=Path(paths["pairs"]), adapter_dir=Path(paths["out"]) / "csr_adapter",
+            image_root=paths["images"], model_cfg=OmegaConf.structured(ModelConfig), dpo_cfg=dpo, logger=None,
+            trainer_kwargs={"accelerator": "cpu", "devices": 1, "callbacks": [timer], "enable_progress_bar": False})
+    return timer.times
+
+
+def run_trl(paths: dict) -> list[float]:
+    from datasets import Dataset
+    from peft import LoraConfig
+    from PIL import Image
+    from transformers import TrainerCallback
+    from trl import DPOConfig, DPOTrainer
+
+    from csr.config import LoraConfig as CsrLora
+    from csr.io import read_jsonl
+    from csr.models.chat import generation_prompt
+    from csr.models.llava import load_llava
+
+    class Timer(TrainerCallback):
+        def __init__(self):
+            self.times: list[float] = []
+
+        def on_step_begin(self, *args, **kwargs):
+            self.t0 = time.perf_counter()
+
+        def on_step_end(self, *args, **kwargs):  # after backward and the optimizer step
+            self.times.append(time.perf_counter() - self.t0)
+
+    model, processor = load_llava(paths["model"])
+    pairs = read_jsonl(Path(paths["pairs"]))
+    rows = {"prompt": [generation_prompt(processor, p["prompt"]) for p in pairs],
+            "chosen": [p["chosen"] for p in pairs], "rejected": [p["rejected"] for p in pairs],
+            "images": [[Image.open(Path(paths["images"]) / p["image"]).convert("RGB")] for p in pairs]}
+    args = DPOConfig(
+        output_dir=str(Path(paths["out"]) / "trl"), per_device_train_batch_size=PAIRS_PER_STEP, learning_rate=1e-5,
+        num_train_epochs=1, lr_scheduler_type="cosine", warmup_steps=0.03, max_grad_norm=1.0, beta=0.1,
+        precompute_ref_log_probs=False, max_length=None, report_to=[], save_strategy="no", logging_steps=1,
+        use_cpu=True, dataloader_num_workers=0, seed=0, disable_tqdm=True,
+        # TRL defaults to bf16 autocast (even on a CPU) and gradient checkpointing; csr's run here is float32
+        # without checkpointing, so both are switched off for the same arithmetic.
+        bf16=False, gradient_checkpointing=False,
+    )
+    timer = Timer()
+    peft = LoraConfig(r=LORA["r"], lora_alpha=LORA["alpha"], lora_dropout=LORA["dropout"],
+                      target_modules=CsrLora.target_modules)
+    trainer = DPOTrainer(model=model, args=args, train_dataset=Dataset.from_dict(rows), processing_class=processor,
+                         peft_config=peft, callbacks=[timer])
+    trainer.train()
+    return timer.times
+
+
+def child(trainer: str, workload: str, threads: int, out: Path) -> None:
+    torch.set_num_threads(threads)
+    paths = json.loads((CACHE / f"dpo_{workload}" / "paths.json").read_text())
+    times = run_trl(paths) if trainer == "trl" else run_csr(paths, trainer.removeprefix("csr_"))
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    out.write_text(json.dumps({"times": times, "peak_mb": peak_mb}))
+
+
+def measure(workload: str, threads: int) -> dict:
+    paths = prepare(workload)
+    row = {"workload": paths["name"], "note": paths["note"], "tokens_per_step": sequence_tokens(paths)}
+    (Path(paths["out"]) / "ref_logps.json").unlink(missing_ok=True)  # csr reuses it: start every run without
+    for trainer in TRAINERS:
+        out = Path(paths["out"]) / f"{trainer}.json"
+        subprocess.run([sys.executable, __file__, "--child", trainer, "--workload", workload, "--threads", str(threads),
+                        "--out", str(out)], check=True)
+        result = json.loads(out.read_text())
+        steps = result["times"][WARMUP_STEPS:]
+        row[trainer] = {"step_s": statistics.median(steps), "steps": len(steps), "peak_mb": result["peak_mb"],
+                        "tok_s": row["tokens_per_step"] / statistics.median(steps)}
+    row["ratio"] = row["csr_adapter_disabled"]["step_s"] / row["trl"]["step_s"]
+    return row
+
+
+def table(rows: list[dict]) -> str:
+    out = ["| workload | tokens / step | csr s / step | TRL s / step | **csr / TRL** | csr tok/s | TRL tok/s "
+           "| csr peak MB | TRL peak MB | csr precomputed s / step | its peak MB |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        c, t, p = r["csr_adapter_disabled"], r["trl"], r["csr_precomputed"]
+        out.append(f"| {r['workload']} | {r['tokens_per_step']:.0f} | {c['step_s']:.3f} | {t['step_s']:.3f} "
+                   f"| **{r['ratio']:.2f}** | {c['tok_s']:.0f} | {t['tok_s']:.0f} | {c['peak_mb']:.0f} | {t['peak_mb']:.0f} "
+                   f"| {p['step_s']:.3f} | {p['peak_mb']:.0f} |")
+    return "\n".join(out) + "\n\n" + "\n".join(f"- **{r['workload']}**: {r['note']}" for r in rows) + "\n"
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 3.4))
+    xs = range(len(rows))
+    for shift, key, label in ((-0.2, "csr_adapter_disabled", "csr, reference = adapter disabled (as TRL)"),
+                              (0.2, "csr_precomputed", "csr, precomputed reference (default)")):
+        ratios = [r[key]["step_s"] / r["trl"]["step_s"] for r in rows]
+        ax.bar([x + shift for x in xs], ratios, 0.4, label=label)
+        for x, v in zip(xs, ratios, strict=True):
+            ax.text(x + shift, v, f"{v:.2f}", ha="center", va="bottom")
+    ax.axhline(1.0, color="black", linewidth=1, label="TRL DPOTrainer = 1")
+    ax.axhline(1.1, color="grey", linestyle="--", linewidth=1, label="target 1.1")
+    ax.set_xticks(list(xs), [r["workload"] for r in rows])
+    ax.set_ylabel("seconds per step / TRL's")
+    ax.set_ylim(0, 1.6)
+    ax.legend(fontsize=8, loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads (recorded)")
+    parser.add_argument("--child", choices=TRAINERS, help=argparse.SUPPRESS)
+    parser.add_argument("--workload", default="mid", help=argparse.SUPPRESS)
+    parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        child(args.child, args.workload, args.threads, args.out)
+        return
+    started = time.time()
+    rows = [measure(w, args.threads) for w in ("small", "mid")]
+    env = (f"torch {torch.__version__}, {args.threads} threads, {platform.machine()}, float32, CPU; "
+           f"{PAIRS_PER_STEP} pairs per step, median of {STEPS} steps after {WARMUP_STEPS} warm-up; LoRA r={LORA['r']}; "
+           f"total {time.time() - started:.0f} s")
+    (HERE / "results.json").write_text(json.dumps({"env": env, "rows": rows}, indent=1))
+    plot(rows, HERE / "step_time.png")
+    readme = HERE / "README.md"
+    head, rest = readme.read_text().split("<!-- results:start -->")
+    _, tail = rest.split("<!-- results:end -->")
+    block = f"Measured: {env}.\n\n{table(rows)}\n![step time](step_time.png)\n"
+    readme.write_text(f"{head}<!-- results:start -->\n{block}<!-- results:end -->{tail}")
+
+
+if __name__ == "__main__":
+    main()
