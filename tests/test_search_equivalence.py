@@ -31,14 +31,14 @@ from reference import ReferenceSearch  # noqa: E402
 @pytest.fixture(scope="module")
 def setup(tiny_models, tmp_path_factory):
     data = tmp_path_factory.mktemp("data")
-    write_tiny_prompts(data, n=4)
+    write_tiny_prompts(data, n=3)  # the three prompt templates: three prompt lengths
     model, processor = load_llava(tiny_models.llava)
     clip = load_clip(tiny_models.clip_arch, tiny_models.clip_weights, tiny_models.clip_config)
     records, _ = load_prompts(str(data / "prompts.json"), str(data / "images"))
     images = [load_image(str(data / "images"), r.image) for r in records]
     tok = processor.tokenizer
     search = SearchSettings(
-        beam_width=3, candidates_per_step=4, keep_top=1, keep_bottom=2, max_sentences=4, max_answer_tokens=14,
+        beam_width=3, candidates_per_step=4, keep_top=1, keep_bottom=2, max_sentences=3, max_answer_tokens=12,
         prune_by="calibrated", lam=0.9, calibration="rank", text_score="mean_logprob",
         max_batch_rows=1024, max_batch_tokens=10**9,
     )
