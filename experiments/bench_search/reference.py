@@ -6,8 +6,9 @@ What the reference code did, and what this keeps:
 - nodes, and prompts, are processed one at a time;
 - CLIP encodes the image again for every sentence it scores, one sentence per call.
 
-It is a conservative baseline: the prefill runs once per node and is shared by its K candidates (HF
-`generate` with K beams prefills K copies), and candidates that finish leave the batch.
+It is a conservative baseline: the prefill runs once per node and is shared by its K candidates, and
+candidates that finish leave the batch. HF `generate` with K beams, which the reference code called,
+prefills K copies of the input (vision tower included): `prefill_copies=True` does that too.
 
 The decoding rules are csr's (`search.decoding.strategy=diverse_greedy`: one beam per group with the
 Hamming diversity penalty; EOS and delimiters exempt; after a delimiter, one peek for EOS), written
@@ -39,12 +40,14 @@ from csr.search.tree import (
 
 
 class ReferenceSearch:
-    def __init__(self, model, processor, settings: SearchSettings, decode: DecodeSettings, clip: ClipBundle | None):
+    def __init__(self, model, processor, settings: SearchSettings, decode: DecodeSettings, clip: ClipBundle | None,
+                 prefill_copies: bool = False):
         if decode.strategy != "diverse_greedy":
             raise ValueError("the reference baseline is deterministic: use search.decoding.strategy=diverse_greedy")
         self.model, self.processor, self.s, self.d, self.clip = model, processor, settings, decode, clip
         self.tokenizer = processor.tokenizer
         self.image_encodes = 0
+        self.prefill_copies = prefill_copies
 
     def search(self, prompts: Sequence[str], images: Sequence[Image.Image], image_keys: Sequence[str]) -> list[list[Node]]:
         return [self._search_one(p, im) for p, im in zip(prompts, images, strict=True)]
@@ -95,9 +98,12 @@ class ReferenceSearch:
         k, d = self.s.candidates_per_step, self.d
         inputs = self.processor(images=[image], text=[generation_prompt(self.processor, prompt)], return_tensors="pt")
         ids = torch.cat([inputs["input_ids"], torch.tensor([answer], dtype=torch.long)], dim=1)
-        cache = DynamicCache()
-        logits = self._forward(ids, cache, inputs["pixel_values"].to(self.model.dtype)).expand(k, -1)
-        cache.batch_repeat_interleave(k)
+        cache, pixels = DynamicCache(), inputs["pixel_values"].to(self.model.dtype)
+        if self.prefill_copies:  # as `generate(num_beams=K)`: K identical rows through the whole model
+            logits = self._forward(ids.expand(k, -1), cache, pixels.expand(k, -1, -1, -1))
+        else:
+            logits = self._forward(ids, cache, pixels).expand(k, -1)
+            cache.batch_repeat_interleave(k)
         budget = self.s.max_answer_tokens - len(answer)
         out = [Sentence() for _ in range(k)]
         active, peeking = list(range(k)), [False] * k  # candidate index of each batch row
