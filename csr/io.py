@@ -71,15 +71,21 @@ def atomic_write_json(path: StrPath, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, ensure_ascii=False) + "\n")
 
 
-def read_json(path: StrPath) -> Any:
-    """Read a JSON file; a missing or malformed file is a CSRError naming it."""
+def read_text_file(path: StrPath, what: str = "file") -> str:
+    """A UTF-8 text file; missing or undecodable is a CSRError naming it (`what` says what it is)."""
     p = Path(path)
     try:
-        text = p.read_text(encoding="utf-8")
+        return p.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise CSRError(f"{p}: file not found") from None
+        raise CSRError(f"{p}: {what} not found") from None
     except UnicodeDecodeError as exc:
-        raise CSRError(f"{p}: not valid UTF-8 ({exc})") from None
+        raise CSRError(f"{p}: {what} is not valid UTF-8 ({exc})") from None
+
+
+def read_json(path: StrPath, what: str = "file") -> Any:
+    """Read a JSON file; a missing or malformed file is a CSRError naming it."""
+    p = Path(path)
+    text = read_text_file(p, what)
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:

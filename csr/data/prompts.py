@@ -8,7 +8,6 @@ to the model wrapper, and a templated string here would get templated twice.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import random
@@ -18,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from csr.errors import CSRError
+from csr.io import read_json
 
 log = logging.getLogger(__name__)
 
@@ -99,16 +99,7 @@ def _parse_record(item: Any, image_root: str, check_images: bool, seen: set[str]
 
 def _read_list(path: Path) -> list[Any]:
     """File-level checks: these always raise, whatever on_error says."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise CSRError(f"{path}: prompt file not found") from None
-    except UnicodeDecodeError as exc:
-        raise CSRError(f"{path}: prompt file is not valid UTF-8 ({exc})") from None
-    try:
-        items = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise CSRError(f"{path}: invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
+    items = read_json(path, what="prompt file")
     if not isinstance(items, list):
         raise CSRError(f"{path}: top level must be a JSON list of records, got {type(items).__name__}")
     if not items:

@@ -35,7 +35,7 @@ from csr.eval.coco_synonyms import (
     PHRASE_REWRITES,
     VEHICLE_WORDS,
 )
-from csr.io import read_json
+from csr.io import read_json, read_text_file
 
 StrPath = str | os.PathLike[str]
 
@@ -188,12 +188,7 @@ def read_records(path: StrPath) -> list[tuple[int, dict[str, Any]]]:
     missing file or any bad line is an error: these are inputs someone handed us.
     """
     p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise CSRError(f"{p}: file not found") from None
-    except UnicodeDecodeError as exc:
-        raise CSRError(f"{p}: not valid UTF-8 ({exc})") from None
+    text = read_text_file(p)
     records = []
     # split("\n"), not splitlines(): JSON strings may hold U+2028 and friends unescaped.
     for lineno, line in enumerate(text.split("\n"), start=1):
