@@ -12,18 +12,11 @@ from pathlib import Path
 
 from csr.data.prompts import PromptRecord
 from csr.eval.chair import coco_chair
-from csr.eval.generate import GenerateModule
+from csr.eval.generate import generate_answers
 from csr.eval.pope import load_pope_questions, pope_metrics, yes_no
-from csr.io import atomic_write_text, read_json, read_jsonl
-from csr.predict import predict_to_jsonl
+from csr.io import atomic_write_text, read_json
 
 CHAIR_PROMPT = "Please describe this image in detail."  # the prompt CSR and LLaVA report CHAIR with
-
-
-def _answers(model, processor, scorer, records, image_root, out_path, eval_cfg, trainer_kwargs, max_new_tokens):
-    module = GenerateModule(model, processor, image_root, max_new_tokens, scorer)
-    predict_to_jsonl(module, records, out_path, batch_size=eval_cfg.batch_size, trainer_kwargs=trainer_kwargs)
-    return read_jsonl(out_path)
 
 
 def evaluate_coco_chair(*, model, processor, scorer, eval_cfg, prompt_file: str, image_root: str,
@@ -31,8 +24,9 @@ def evaluate_coco_chair(*, model, processor, scorer, eval_cfg, prompt_file: str,
     c = eval_cfg.coco
     images = read_json(c.instances)["images"][: eval_cfg.limit]
     records = [PromptRecord(id=str(im["id"]), image=im["file_name"], prompt=CHAIR_PROMPT, raw="") for im in images]
-    answers = _answers(model, processor, scorer, records, c.image_root, out_dir / "answers.jsonl", eval_cfg,
-                       trainer_kwargs, eval_cfg.max_new_tokens)
+    answers = generate_answers(model, processor, scorer, records, c.image_root, out_dir / "answers.jsonl",
+                               max_new_tokens=eval_cfg.max_new_tokens, batch_size=eval_cfg.batch_size,
+                               trainer_kwargs=trainer_kwargs)
     generated = out_dir / "captions.jsonl"
     atomic_write_text(generated, "".join(json.dumps({"image_id": int(a["id"]), "caption": a["answer"]}) + "\n"
                                          for a in answers))
@@ -44,7 +38,7 @@ def evaluate_pope(*, model, processor, scorer, eval_cfg, prompt_file: str, image
     p = eval_cfg.pope
     questions = load_pope_questions(p.questions)[: eval_cfg.limit]
     records = [PromptRecord(id=str(q["question_id"]), image=q["image"], prompt=q["text"], raw="") for q in questions]
-    replies = _answers(model, processor, None, records, p.image_root, out_dir / "answers.jsonl", eval_cfg,
-                       trainer_kwargs, max_new_tokens=8)
+    replies = generate_answers(model, processor, None, records, p.image_root, out_dir / "answers.jsonl",
+                               max_new_tokens=8, batch_size=eval_cfg.batch_size, trainer_kwargs=trainer_kwargs)
     said = {r["id"]: yes_no(r["answer"]) for r in replies}
     return pope_metrics([said[r.id] for r in records], [q["label"] == "yes" for q in questions])

@@ -65,10 +65,20 @@ def answer_metrics(records: list[dict]) -> dict:
     return metrics
 
 
+def generate_answers(model, processor, scorer, records: list[PromptRecord], image_root, out_path: Path, *,
+                     max_new_tokens: int, batch_size: int, trainer_kwargs: dict) -> list[dict]:
+    """Greedy answers to `records`, appended to `out_path` (resumable); returns every answer written there.
+
+    With `scorer` each answer also gets its R_I; the evaluators all answer through here."""
+    module = GenerateModule(model, processor, str(image_root), max_new_tokens, scorer)
+    predict_to_jsonl(module, records, out_path, batch_size=batch_size, trainer_kwargs=trainer_kwargs)
+    return read_jsonl(out_path)
+
+
 def evaluate_generate(*, model, processor, scorer, eval_cfg, prompt_file: str, image_root: str,
                       out_dir: Path, trainer_kwargs: dict) -> dict:
     prompts, _ = load_prompts(prompt_file, image_root, limit=eval_cfg.limit)
-    module = GenerateModule(model, processor, image_root, eval_cfg.max_new_tokens, scorer)
-    path = out_dir / "answers.jsonl"
-    predict_to_jsonl(module, prompts, path, batch_size=eval_cfg.batch_size, trainer_kwargs=trainer_kwargs)
-    return answer_metrics(read_jsonl(path))
+    return answer_metrics(generate_answers(
+        model, processor, scorer, prompts, image_root, out_dir / "answers.jsonl",
+        max_new_tokens=eval_cfg.max_new_tokens, batch_size=eval_cfg.batch_size, trainer_kwargs=trainer_kwargs,
+    ))

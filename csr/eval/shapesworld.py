@@ -12,16 +12,8 @@ from csr.data.prompts import PromptRecord
 from csr.data.shapesworld.splits import ensure_split, ground_truth
 from csr.data.shapesworld.vocab import PAIRS, synonym_table
 from csr.eval.chair import caption_report, chair_scores
-from csr.eval.generate import GenerateModule, answer_metrics
+from csr.eval.generate import answer_metrics, generate_answers
 from csr.eval.pope import STRATEGIES, load_pope_questions, pope_metrics, yes_no
-from csr.io import read_jsonl
-from csr.predict import predict_to_jsonl
-
-
-def _generate(model, processor, scorer, records, image_root, out_path, max_new_tokens, batch_size, trainer_kwargs):
-    module = GenerateModule(model, processor, str(image_root), max_new_tokens, scorer)
-    predict_to_jsonl(module, records, out_path, batch_size=batch_size, trainer_kwargs=trainer_kwargs)
-    return read_jsonl(out_path)
 
 
 def partner_hallucination_rate(answers: list[dict], truth: dict[str, set[str]]) -> float:
@@ -44,8 +36,9 @@ def evaluate_shapesworld(*, model, processor, scorer, eval_cfg, prompt_file: str
     truth = ground_truth(split_dir)
     ids = sorted(truth)[: eval_cfg.limit]
     describe = [PromptRecord(id=i, image=f"{i}.png", prompt="Describe this image in detail.", raw="") for i in ids]
-    answers = _generate(model, processor, scorer, describe, split_dir / "images", out_dir / "answers.jsonl",
-                        eval_cfg.max_new_tokens, eval_cfg.batch_size, trainer_kwargs)
+    answers = generate_answers(model, processor, scorer, describe, split_dir / "images", out_dir / "answers.jsonl",
+                               max_new_tokens=eval_cfg.max_new_tokens, batch_size=eval_cfg.batch_size,
+                               trainer_kwargs=trainer_kwargs)
     answers = [a for a in answers if a["id"] in truth]
     metrics = chair_scores([a["answer"] for a in answers], [truth[a["id"]] for a in answers], synonym_table())
     metrics.update(answer_metrics(answers))
@@ -56,8 +49,9 @@ def evaluate_shapesworld(*, model, processor, scorer, eval_cfg, prompt_file: str
         questions = [q for q in load_pope_questions(split_dir / f"pope_{strategy}.jsonl") if q["image"] in images]
         records = [PromptRecord(id=f"{strategy}_{q['question_id']}", image=q["image"], prompt=q["text"], raw="")
                    for q in questions]
-        replies = _generate(model, processor, None, records, split_dir / "images", out_dir / f"pope_{strategy}.jsonl",
-                            4, eval_cfg.batch_size, trainer_kwargs)  # "Yes." / "No." need a few tokens
+        replies = generate_answers(model, processor, None, records, split_dir / "images",
+                                   out_dir / f"pope_{strategy}.jsonl", max_new_tokens=4,  # "Yes." / "No."
+                                   batch_size=eval_cfg.batch_size, trainer_kwargs=trainer_kwargs)
         said = {r["id"]: yes_no(r["answer"]) for r in replies}
         result = pope_metrics([said[r.id] for r in records], [q["label"] == "yes" for q in questions])
         metrics.update({f"pope_{strategy}/{k}": v for k, v in result.items()})
