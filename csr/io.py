@@ -66,6 +66,19 @@ def atomic_write_text(path: StrPath, text: str) -> None:
     _fsync_dir(target.parent)
 
 
+def remove_stale_temp_files(root: StrPath) -> list[Path]:
+    """Delete the temp files of atomic writes that a killed process never renamed; returns them.
+
+    Only call it while holding the run lock: a live writer's temp file looks the same.
+    """
+    stale = [p for p in Path(root).rglob(".*.tmp") if p.is_file()]
+    for path in stale:
+        path.unlink()
+    if stale:
+        log.info("removed %d temp file(s) left by an interrupted write under %s", len(stale), root)
+    return stale
+
+
 def atomic_write_json(path: StrPath, obj: Any) -> None:
     """Atomically write `obj` as indented JSON (key order preserved for readability)."""
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, ensure_ascii=False) + "\n")

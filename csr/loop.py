@@ -23,7 +23,15 @@ from csr.config import Stage
 from csr.distributed import barrier, fit_strategy, is_global_zero, predict_strategy
 from csr.errors import CSRError
 from csr.eval.registry import EVALUATORS
-from csr.io import atomic_write_json, atomic_write_text, done_stats, is_done, mark_done, read_json
+from csr.io import (
+    atomic_write_json,
+    atomic_write_text,
+    done_stats,
+    is_done,
+    mark_done,
+    read_json,
+    remove_stale_temp_files,
+)
 from csr.lock import run_lock
 from csr.run_info import run_info, run_info_params
 from csr.tracking import Tracker, flatten
@@ -235,6 +243,7 @@ class Loop:
             return self._run()
 
     def _run(self) -> dict:
+        remove_stale_temp_files(self.run_dir)
         self.prepare_data()
         parent = self.tracker.parent(self.cfg.logger.run_name or self.run_dir.name,
                                      {**self.params, **run_info_params(self.info)})

@@ -15,6 +15,7 @@ from csr.io import (
     mark_done,
     read_json,
     read_jsonl,
+    remove_stale_temp_files,
 )
 
 
@@ -149,3 +150,14 @@ def test_stage_markers(tmp_path: Path) -> None:
     (tmp_path / "bad.done.json").write_text("[]")
     with pytest.raises(CSRError, match=r"bad\.done\.json"):
         is_done(tmp_path, "bad")
+
+
+def test_stale_temp_files_of_a_killed_write_are_removed(tmp_path: Path) -> None:
+    atomic_write_text(tmp_path / "iter_1" / "pairs.jsonl", "{}\n")
+    stale = tmp_path / "iter_1" / ".pairs.jsonl.abc123.tmp"  # what a kill before the rename leaves
+    stale.write_text("{")
+    keep = tmp_path / "iter_1" / "notes.tmp"  # not a temp name atomic_write_text makes
+    keep.write_text("mine")
+    assert remove_stale_temp_files(tmp_path) == [stale]
+    assert not stale.exists() and keep.exists()
+    assert (tmp_path / "iter_1" / "pairs.jsonl").read_text() == "{}\n"

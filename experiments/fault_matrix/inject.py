@@ -1,0 +1,132 @@
+"""Run `csr` with one fault planted: the process SIGKILLs itself at a chosen point.
+
+    python experiments/fault_matrix/inject.py FAULT [csr overrides ...]
+
+FAULT is `hook:target:n`: kill at the n-th time `hook` fires for `target` (a path fragment such
+as `iter_1/search.jsonl`, or `iter_2/dpo` for a stage marker). Hooks:
+
+  record       before a JSONL record is appended (search / reward / eval part files)
+  torn         after writing the first half of a JSONL record (a torn line on disk)
+  replace      after a whole-file write reached its temp file, before the rename into place
+  before_done  after a stage finished its outputs, before its `<stage>.done.json` is written
+  after_done   right after the stage marker (the next stage has not started)
+  dpo_step     at the start of DPO training step n (target: the iteration dir, e.g. `iter_1`)
+  save_dir     after a model / adapter directory was saved to its temp dir, before the swap
+  iteration    after an iteration's metrics.json (between iterations; target: `iter_k`)
+
+The patches sit outside the package, so `csr` itself carries no test hooks. SIGKILL gives the
+process no chance to clean up, as an OOM kill or a lost node would not.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from pathlib import Path
+
+HOOKS = ("record", "torn", "replace", "before_done", "after_done", "dpo_step", "save_dir", "iteration")
+
+
+def die() -> None:
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+class Fault:
+    def __init__(self, spec: str):
+        hook, target, n = spec.rsplit(":", 2) if spec.count(":") >= 2 else (spec, "", "1")
+        if hook not in HOOKS:
+            raise SystemExit(f"unknown fault hook {hook!r}; known: {HOOKS}")
+        self.hook, self.target, self.n, self.seen = hook, target, int(n), 0
+        self.iteration = ""  # the iteration running now, for hooks that see no path
+
+    def fires(self, hook: str, where: str) -> bool:
+        """Count an occurrence of `hook` at `where`; True on the n-th matching one."""
+        if hook != self.hook or self.target not in where:
+            return False
+        self.seen += 1
+        return self.seen == self.n
+
+
+def install(fault: Fault) -> None:
+    import csr.io
+    import csr.loop
+    import csr.models.merge
+    from csr.dpo.module import DPOModule
+
+    write = csr.io.JsonlWriter.write
+
+    def write_record(self, record):
+        where = str(self.path)
+        if fault.fires("record", where):
+            die()
+        if fault.fires("torn", where):
+            import json
+
+            line = json.dumps(record) + "\n"
+            self._fh.write(line[: len(line) // 2])
+            self._fh.flush()
+            os.fsync(self._fh.fileno())
+            die()
+        write(self, record)
+
+    csr.io.JsonlWriter.write = write_record
+
+    replace = os.replace
+
+    def replace_file(src, dst, *args, **kwargs):
+        if fault.fires("replace", str(dst)):
+            die()
+        return replace(src, dst, *args, **kwargs)
+
+    os.replace = replace_file  # every whole-file write and directory swap in csr goes through it
+    mark_done = csr.loop.mark_done
+
+    def mark_stage_done(directory, stage, stats):
+        where = f"{directory}/{stage}"
+        if fault.fires("before_done", where):
+            die()
+        mark_done(directory, stage, stats)
+        if fault.fires("after_done", where):
+            die()
+
+    csr.loop.mark_done = mark_stage_done
+    training_step = DPOModule.training_step
+
+    def step(self, batch, batch_idx):
+        if fault.fires("dpo_step", fault.iteration):
+            die()
+        return training_step(self, batch, batch_idx)
+
+    DPOModule.training_step = step
+    replace_dir = csr.models.merge.replace_dir
+
+    def swap_dir(tmp: Path, final: Path):
+        if fault.fires("save_dir", str(final)):
+            die()
+        replace_dir(tmp, final)
+
+    csr.models.merge.replace_dir = swap_dir
+    iteration = csr.loop.Loop.iteration
+
+    def run_iteration(self, k, *args, **kwargs):
+        fault.iteration = f"iter_{k}"  # what dpo_step's target matches
+        metrics = iteration(self, k, *args, **kwargs)
+        if fault.fires("iteration", f"iter_{k}"):
+            die()
+        return metrics
+
+    csr.loop.Loop.iteration = run_iteration
+
+
+def main() -> None:
+    fault = Fault(sys.argv[1])
+    install(fault)
+    from csr.cli import main as csr_main
+
+    sys.argv = ["csr", *sys.argv[2:]]
+    csr_main()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,246 @@
+"""The crash-resume fault matrix: kill `csr` at many points, rerun it, compare with a clean run.
+
+    python experiments/fault_matrix/matrix.py [--out DIR] [--random N] [--seed S] [--quick]
+
+One uninterrupted reference run (tiny models, 2 iterations, deterministic) is made first. Then
+for each fault a fresh run is started under `inject.py`, which SIGKILLs it at the planted point;
+the same `csr` command is rerun to completion, and its run directory is compared with the
+reference's: every JSONL / JSON output byte for byte (stage markers and metrics without their
+timings), every safetensors file tensor for tensor, and the ids of every JSONL file for lost or
+duplicated records. Faults: each stage boundary (before / after the `.done` marker), points
+inside each stage (a record append, a torn half-record, a whole-file write cut before its rename,
+a DPO step, a model directory swap), between iterations, and random wall-clock kills.
+Writes DIR/matrix.json and DIR/matrix.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from safetensors.torch import load_file
+
+BIN = Path(sys.executable).parent
+INJECT = Path(__file__).resolve().parent / "inject.py"
+SETTINGS = [
+    "model=tiny_random", "reward=clip", "data=tiny", "search=default", "dpo=default", "eval=default",
+    "search.max_sentences=3", "search.max_new_tokens_per_sentence=6", "search.max_answer_tokens=16",
+    "search.prompts_per_batch=2", "dpo.lr=1e-3", "dpo.lora.r=8", "dpo.lora.alpha=16", "dpo.batch_size=2",
+    "eval.limit=4", "eval.max_new_tokens=12", "eval.batch_size=2", "iterations=2",
+    "trainer.deterministic=true", "logger.tracking_uri=null",
+]
+# Written anew by every start, or holding wall-clock times / MLflow run ids: not outputs to compare.
+VOLATILE = {".lock", "mlflow.db", "mlflow_runs.json", "summary.png", "summary.md", "summary.json"}
+TIMING_KEYS = {"seconds", "finished_at"}
+JSONL_OUTPUTS = ("search.jsonl", "rewards.jsonl", "pairs.jsonl", "answers.jsonl")
+STAGES = ("search", "reward", "pairs", "dpo", "merge", "eval")
+
+
+@dataclass
+class Outcome:
+    stage: str
+    fault: str
+    killed: bool = False
+    resumed: bool = False
+    identical: bool = False
+    lost: int = 0
+    duplicated: int = 0
+    differences: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def _strip_timings(value):
+    if isinstance(value, dict):
+        return {k: _strip_timings(v) for k, v in value.items() if k not in TIMING_KEYS}
+    if isinstance(value, list):
+        return [_strip_timings(v) for v in value]
+    return value
+
+
+def _ids(path: Path) -> list[str]:
+    return [str(json.loads(line)["id"]) for line in path.read_text().splitlines()]
+
+
+def compare(reference: Path, run: Path) -> tuple[list[str], int, int]:
+    """Differences between two run directories, and records lost / duplicated in the JSONL outputs."""
+    def files(root: Path) -> set[str]:
+        return {str(p.relative_to(root)) for p in root.rglob("*")
+                if p.is_file() and p.name not in VOLATILE and "mlartifacts" not in p.parts}
+
+    ref_files, run_files = files(reference), files(run)
+    differences = [f"missing {f}" for f in sorted(ref_files - run_files)]
+    differences += [f"extra {f}" for f in sorted(run_files - ref_files)]
+    lost = duplicated = 0
+    for name in sorted(ref_files & run_files):
+        a, b = reference / name, run / name
+        if name.endswith(".safetensors"):
+            ta, tb = load_file(a), load_file(b)
+            if ta.keys() != tb.keys() or any(not ta[k].equal(tb[k]) for k in ta):
+                differences.append(f"tensors differ in {name}")
+            continue
+        # Configs, adapter configs and stage stats name paths inside their own run directory.
+        text_a, text_b = a.read_text().replace(str(reference), "RUN"), b.read_text().replace(str(run), "RUN")
+        if name.endswith(".done.json") or Path(name).name == "metrics.json":
+            text_a, text_b = (json.dumps(_strip_timings(json.loads(t))) for t in (text_a, text_b))
+        if text_a != text_b:
+            differences.append(f"content differs in {name}")
+        if Path(name).name in JSONL_OUTPUTS:
+            want, got = _ids(a), _ids(b)
+            lost += len(set(want) - set(got))
+            duplicated += len(got) - len(set(got))
+    return differences, lost, duplicated
+
+
+def csr_command(run_dir: Path, fault: str | None) -> list[str]:
+    head = [sys.executable, str(INJECT), fault] if fault else [str(BIN / "csr")]
+    return [*head, f"run_dir={run_dir}", *SETTINGS]
+
+
+def run_fault(reference: Path, run_dir: Path, stage: str, fault: str, env: dict, log_dir: Path) -> Outcome:
+    """Start a run that dies at `fault` (a hook spec, or `time:<seconds>`), rerun it, compare."""
+    outcome = Outcome(stage, fault)
+    start = time.time()
+    shutil.rmtree(run_dir, ignore_errors=True)
+    log = (log_dir / f"{run_dir.name}.log").open("w")
+    if fault.startswith("time:"):
+        proc = subprocess.Popen(csr_command(run_dir, None), env=env, stdout=log, stderr=log)
+        try:
+            proc.wait(timeout=float(fault.split(":")[1]))
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+        outcome.killed = proc.returncode == -signal.SIGKILL
+        outcome.stage = f"random: {landed_in(run_dir)}"
+    else:
+        proc = subprocess.run(csr_command(run_dir, fault), env=env, stdout=log, stderr=log)
+        outcome.killed = proc.returncode == -signal.SIGKILL
+    resumed = subprocess.run(csr_command(run_dir, None), env=env, stdout=log, stderr=log)
+    outcome.resumed = resumed.returncode == 0
+    if outcome.resumed:
+        outcome.differences, outcome.lost, outcome.duplicated = compare(reference, run_dir)
+        outcome.identical = not outcome.differences
+    outcome.seconds = round(time.time() - start, 1)
+    return outcome
+
+
+def boundary_faults() -> list[tuple[str, str]]:
+    """Every stage boundary of iteration 1, the ones a resume must get right by construction."""
+    faults = []
+    for stage in STAGES:
+        faults += [(stage, f"before_done:iter_1/{stage}:1"), (stage, f"after_done:iter_1/{stage}:1")]
+    faults += [("between iterations", "iteration:iter_1:1"), ("eval", "before_done:iter_0/eval:1")]
+    return faults
+
+
+# Stages that append records through JsonlWriter, and the file (under iter_k/) they append to.
+APPENDING = {"search": "search.jsonl", "reward": "rewards.jsonl", "eval": "eval/generate/answers.jsonl"}
+
+
+def inside_faults(reference: Path, rng: random.Random) -> list[tuple[str, str]]:
+    """Points inside each stage, the iteration, record and step chosen at random from the reference."""
+    faults = []
+    for stage, file in APPENDING.items():
+        k = rng.choice((1, 2))
+        n = len((reference / f"iter_{k}" / file).read_text().splitlines())
+        faults += [(stage, f"record:iter_{k}/{file}.part0:{rng.randint(2, n)}"),
+                   (stage, f"torn:iter_{k}/{file}.part0:{rng.randint(1, n)}"),
+                   (stage, f"replace:iter_{k}/{file}:1")]  # the merge of the part files into place
+    steps = json.loads((reference / "iter_1" / "dpo.done.json").read_text())["stats"]["steps"]
+    faults += [
+        ("pairs", "replace:iter_2/pairs.jsonl:1"),
+        ("pairs", "replace:iter_1/pairs_trl.jsonl:1"),
+        ("dpo", "replace:iter_1/ref_logps.json:1"),
+        ("dpo", f"dpo_step:iter_1:{rng.randint(2, steps)}"),
+        ("dpo", f"dpo_step:iter_2:{rng.randint(2, steps)}"),
+        ("dpo", "save_dir:iter_2/adapter:1"),
+        ("merge", "save_dir:iter_1/merged:1"),
+        ("merge", "replace:iter_2/merged:1"),
+        ("between iterations", "iteration:iter_2:1"),
+    ]
+    return faults
+
+
+def landed_in(run_dir: Path) -> str:
+    """Where a wall-clock kill fell: the first stage without its marker."""
+    for k in range(0, 3):
+        for stage in ("eval",) if k == 0 else STAGES:
+            if not (run_dir / f"iter_{k}" / f"{stage}.done.json").exists():
+                return f"{stage} (iteration {k})"
+    return "after the last stage"
+
+
+def to_markdown(outcomes: list[Outcome]) -> str:
+    lines = ["| stage | fault | killed | resumed | identical output | records lost | records duplicated |",
+             "|---|---|---|---|---|---|---|"]
+    for o in outcomes:
+        lines.append(f"| {o.stage} | `{o.fault}` | {'yes' if o.killed else 'NO'} | {'yes' if o.resumed else 'NO'} | "
+                     f"{'yes' if o.identical else 'NO: ' + '; '.join(o.differences[:3])} | {o.lost} | {o.duplicated} |")
+    ok = sum(o.killed and o.resumed and o.identical and not o.lost and not o.duplicated for o in outcomes)
+    lines.append(f"\n{ok} of {len(outcomes)} kills resumed to output identical to the uninterrupted run.")
+    return "\n".join(lines) + "\n"
+
+
+def setup(out: Path) -> tuple[dict, Path]:
+    """Tiny models and prompts, and the uninterrupted reference run."""
+    from csr.data.tiny import write_tiny_prompts
+    from csr.models.tiny import build_tiny
+
+    tiny = out / "tiny"
+    if not (tiny / "llava").exists():
+        build_tiny(str(tiny))
+        write_tiny_prompts(tiny / "data", n=8)
+    env = {**os.environ, "CSR_TINY_DIR": str(tiny), "HF_HUB_OFFLINE": "1"}
+    reference = out / "reference"
+    if not (reference / "iter_2" / "metrics.json").exists():
+        shutil.rmtree(reference, ignore_errors=True)
+        subprocess.run(csr_command(reference, None), env=env, check=True, capture_output=True)
+    return env, reference
+
+
+def run_matrix(out: Path, faults: list[tuple[str, str]], env: dict, reference: Path) -> list[Outcome]:
+    logs = out / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    outcomes = []
+    for i, (stage, fault) in enumerate(faults):
+        outcome = run_fault(reference, out / "runs" / f"{i:02d}", stage, fault, env, logs)
+        print(f"[{i + 1}/{len(faults)}] {stage:18s} {fault:45s} killed={outcome.killed} resumed={outcome.resumed} "
+              f"identical={outcome.identical} lost={outcome.lost} dup={outcome.duplicated} ({outcome.seconds}s)",
+              flush=True)
+        outcomes.append(outcome)
+        shutil.rmtree(out / "runs" / f"{i:02d}")  # keep the disk flat; the log stays
+    return outcomes
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default="multirun/fault_matrix")
+    parser.add_argument("--random", type=int, default=6, help="random wall-clock kills")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    out = Path(args.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    env, reference = setup(out)
+    rng = random.Random(args.seed)
+    start = time.time()
+    subprocess.run(csr_command(out / "timing", None), env=env, check=True, capture_output=True)
+    whole = time.time() - start
+    shutil.rmtree(out / "timing")
+    faults = boundary_faults() + inside_faults(reference, rng)
+    faults += [("random", f"time:{rng.uniform(3, whole):.1f}") for _ in range(args.random)]
+    outcomes = run_matrix(out, faults, env, reference)
+    (out / "matrix.json").write_text(json.dumps([asdict(o) for o in outcomes], indent=2) + "\n")
+    (out / "matrix.md").write_text(to_markdown(outcomes))
+    print(to_markdown(outcomes))
+
+
+if __name__ == "__main__":
+    main()
