@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import sys
 import warnings
@@ -16,6 +17,8 @@ from csr.distributed import check_trainer
 from csr.errors import CSRError
 
 log = logging.getLogger("csr")
+# Out of space, over quota, file too large, no permission, read-only file system.
+WRITE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EACCES, errno.EPERM, errno.EROFS}
 
 # conf/ sits beside the package in the repository (installed with `pip install -e .`).
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
@@ -43,6 +46,13 @@ def app(cfg: DictConfig) -> float | None:
     except CSRError as err:
         # A user-facing problem: the message names the file, record or key; no traceback needed.
         log.error("%s", err)
+        sys.exit(2)
+    except OSError as err:
+        if err.errno not in WRITE_ERRORS:
+            raise
+        log.error("cannot write %s: %s. Finished stages are kept and no partial file is read as complete: "
+                  "free space or fix the permissions, then rerun the same command to resume.",
+                  err.filename or cfg.run_dir, err.strerror)
         sys.exit(2)
     rows = result.get("rows") if isinstance(result, dict) else None
     # Returned to Hydra sweepers (e.g. Optuna) as the objective: the last iteration's answer R_I.

@@ -13,6 +13,8 @@ import logging
 import os
 import re
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
@@ -44,6 +46,21 @@ def _fsync_dir(directory: Path) -> None:
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
+
+
+@contextmanager
+def safetensors_write_errors(path: StrPath) -> Iterator[None]:
+    """safetensors reports a failed write (disk full, ...) as SafetensorError("... (os error 28)");
+    raise it as the OSError it is, naming the path, so it is handled like any other failed write."""
+    from safetensors import SafetensorError
+
+    try:
+        yield
+    except SafetensorError as err:
+        code = re.search(r"os error (\d+)", str(err))
+        if code is None:
+            raise
+        raise OSError(int(code.group(1)), os.strerror(int(code.group(1))), str(path)) from err
 
 
 def atomic_write_text(path: StrPath, text: str) -> None:

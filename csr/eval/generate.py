@@ -12,7 +12,7 @@ import torch
 from csr.data.images import load_image
 from csr.data.prompts import PromptRecord, load_prompts
 from csr.io import read_jsonl
-from csr.models.chat import generation_prompt
+from csr.models.chat import drop_overlong, generation_prompt
 from csr.models.llava import special_token_ids
 from csr.predict import RecordPredictor, predict_to_jsonl
 
@@ -70,6 +70,8 @@ def generate_answers(model, processor, scorer, records: list[PromptRecord], imag
     """Greedy answers to `records`, appended to `out_path` (resumable); returns every answer written there.
 
     With `scorer` each answer also gets its R_I; the evaluators all answer through here."""
+    # Evaluation has no skip mode: a prompt that cannot fit would be scored on garbage.
+    records, _ = drop_overlong(records, processor, model, max_new_tokens, "raise", f"{out_path.parent.name} eval prompts")
     module = GenerateModule(model, processor, str(image_root), max_new_tokens, scorer)
     predict_to_jsonl(module, records, out_path, batch_size=batch_size, trainer_kwargs=trainer_kwargs)
     return read_jsonl(out_path)

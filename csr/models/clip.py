@@ -13,6 +13,7 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from csr.errors import CSRError
+from csr.io import safetensors_write_errors
 
 
 @dataclass
@@ -60,7 +61,8 @@ def load_clip(
 def save_clip(model: torch.nn.Module, out_path: str) -> None:
     """Write the state dict as safetensors; open_clip loads `pretrained=<file>.safetensors` directly."""
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-    save_file(state, out_path)
+    with safetensors_write_errors(out_path):
+        save_file(state, out_path)
 
 
 class ClipScorer:

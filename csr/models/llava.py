@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import torch
+from PIL import Image
 from transformers import AutoProcessor, LlavaForConditionalGeneration, PreTrainedConfig
 from transformers.processing_utils import ProcessorMixin
 
 from csr.errors import CSRError
+from csr.io import safetensors_write_errors
 
 DTYPES: dict[str, torch.dtype] = {
     "float32": torch.float32,
@@ -50,6 +52,7 @@ def load_llava(
         processor = AutoProcessor.from_pretrained(path, local_files_only=True, trust_remote_code=False)
     except OSError as err:  # config present but weights or processor files missing
         raise CSRError(f"model.path={path!r}: incomplete checkpoint: {err}") from err
+    check_processor(model, processor, path)
     model.to(device)
     model.eval()
     # Batched generation appends new tokens on the right, so prompts must be padded on the left.
@@ -57,9 +60,36 @@ def load_llava(
     return model, processor
 
 
+def check_processor(model: LlavaForConditionalGeneration, processor: ProcessorMixin, path: str) -> None:
+    """A processor from another checkpoint fails late and obscurely (index errors, "image features
+    and image tokens do not match") or, worse, runs on wrong token ids: refuse it at load."""
+    problems = []
+    embeddings = model.get_input_embeddings().num_embeddings
+    if len(processor.tokenizer) > embeddings:
+        problems.append(f"the tokenizer has {len(processor.tokenizer)} tokens but the model embeds only {embeddings}")
+    image_token_id = getattr(processor, "image_token_id", None)
+    if image_token_id != model.config.image_token_id:
+        problems.append(f"the processor's image token id is {image_token_id}, the model's {model.config.image_token_id}")
+    vision = model.config.vision_config
+    probe = processor(images=Image.new("RGB", (vision.image_size, vision.image_size)), text=processor.image_token,
+                      return_tensors="pt")
+    if probe["pixel_values"].shape[-1] != vision.image_size:
+        problems.append(f"the processor makes {probe['pixel_values'].shape[-1]}px images, the vision tower "
+                        f"expects {vision.image_size}px")
+    elif image_token_id == model.config.image_token_id:
+        written = int((probe["input_ids"] == image_token_id).sum())
+        expected = (vision.image_size // vision.patch_size) ** 2
+        expected += model.config.vision_feature_select_strategy == "full"  # the CLS feature is kept too
+        if written != expected:
+            problems.append(f"the processor writes {written} image tokens per image, the model makes {expected} features")
+    if problems:
+        raise CSRError(f"model.path={path!r}: processor does not match the model: {'; '.join(problems)}")
+
+
 def save_llava(model: LlavaForConditionalGeneration, processor: ProcessorMixin, out_dir: str) -> None:
     """Save model and processor side by side; transformers 5 always writes safetensors."""
-    model.save_pretrained(out_dir)
+    with safetensors_write_errors(out_dir):
+        model.save_pretrained(out_dir)
     processor.save_pretrained(out_dir)
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from peft import LoraConfig, PeftModel, get_peft_model
 
+from csr.io import safetensors_write_errors
 from csr.models.llava import load_llava, save_llava
 
 PROJECTOR = "multi_modal_projector"
@@ -36,7 +37,8 @@ def save_adapter(policy, out_dir: str | Path) -> None:
     out_dir = Path(out_dir)
     tmp = out_dir.with_name(out_dir.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    policy.save_pretrained(str(tmp))
+    with safetensors_write_errors(tmp):
+        policy.save_pretrained(str(tmp))
     replace_dir(tmp, out_dir)
 
 

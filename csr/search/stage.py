@@ -6,6 +6,7 @@ from pathlib import Path
 
 from csr.data.prompts import load_prompts
 from csr.io import read_jsonl
+from csr.models.chat import drop_overlong
 from csr.models.llava import special_token_ids
 from csr.predict import predict_to_jsonl
 from csr.search.decode import DecodeSettings
@@ -43,6 +44,10 @@ def run_search(*, model, processor, scorer, cfg, out_path: Path, trainer_kwargs:
         cfg.data.prompt_file, cfg.data.image_root, limit=cfg.data.limit,
         shuffle_seed=cfg.data.shuffle_seed, on_error=cfg.data.on_error,
     )
+    prompts, too_long = drop_overlong(prompts, processor, model, cfg.search.max_answer_tokens, cfg.data.on_error,
+                                      cfg.data.prompt_file)
+    if too_long:
+        load_skips = {**load_skips, "too_long": too_long}
     module = build_module(model, processor, scorer, cfg)
     predict_to_jsonl(module, prompts, out_path, batch_size=cfg.search.prompts_per_batch, trainer_kwargs=trainer_kwargs)
     return search_stats(read_jsonl(out_path), load_skips)

@@ -189,8 +189,8 @@ def to_markdown(outcomes: list[Outcome]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def setup(out: Path) -> tuple[dict, Path]:
-    """Tiny models and prompts, and the uninterrupted reference run."""
+def setup(out: Path, reference: bool = True) -> tuple[dict, Path]:
+    """Tiny models and prompts, and (with `reference`) the uninterrupted reference run."""
     from csr.data.tiny import write_tiny_prompts
     from csr.models.tiny import build_tiny
 
@@ -199,11 +199,11 @@ def setup(out: Path) -> tuple[dict, Path]:
         build_tiny(str(tiny))
         write_tiny_prompts(tiny / "data", n=8)
     env = {**os.environ, "CSR_TINY_DIR": str(tiny), "HF_HUB_OFFLINE": "1"}
-    reference = out / "reference"
-    if not (reference / "iter_2" / "metrics.json").exists():
-        shutil.rmtree(reference, ignore_errors=True)
-        subprocess.run(csr_command(reference, None), env=env, check=True, capture_output=True)
-    return env, reference
+    run = out / "reference"
+    if reference and not (run / "iter_2" / "metrics.json").exists():
+        shutil.rmtree(run, ignore_errors=True)
+        subprocess.run(csr_command(run, None), env=env, check=True, capture_output=True)
+    return env, run
 
 
 def run_matrix(out: Path, faults: list[tuple[str, str]], env: dict, reference: Path) -> list[Outcome]:

@@ -1,0 +1,93 @@
+"""Disk full and a read-only output directory: a clear error, earlier results intact, then resume.
+
+The small disk is a real tmpfs mounted in a private mount namespace (`unshare`), so nothing on
+the host is touched; inside it the run directory of a finished first iteration is copied onto a
+file system too small (or read-only) for the second.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "experiments" / "fault_matrix"))
+import matrix  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+
+def _namespace_prefix() -> list[str]:
+    for prefix in (["unshare", "-Urm"], ["unshare", "-m"]):
+        if shutil.which(prefix[0]) and subprocess.run([*prefix, "true"], capture_output=True).returncode == 0:
+            return prefix
+    pytest.fail("this test needs `unshare` (mount namespaces) to mount a small tmpfs without touching the host")
+
+
+def _digests(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file() and p.name not in matrix.VOLATILE}
+
+
+@pytest.fixture(scope="module")
+def first_iteration(tmp_path_factory):
+    """A run directory whose iteration 1 is finished (iterations=1 of the fault-matrix settings)."""
+    out = tmp_path_factory.mktemp("write_failures")
+    env, _ = matrix.setup(out, reference=False)
+    run = out / "iter1_run"
+    command = matrix.csr_command(run, None)
+    subprocess.run([*command, "iterations=1"], env=env, check=True, capture_output=True)
+    return env, run
+
+
+def _run_on_small_fs(tmp_path: Path, env: dict, run: Path, mount_options: str, remount_ro: bool) -> tuple[int, str]:
+    """Copy `run` onto a fresh tmpfs, run iteration 2 there, copy the result to tmp_path/after."""
+    mnt, log = tmp_path / "mnt", tmp_path / "csr.log"
+    mnt.mkdir()
+    inside = mnt / "run"
+    csr = shlex.join(matrix.csr_command(inside, None))
+    script = "\n".join([
+        "set -e",
+        f"mount -t tmpfs -o {mount_options} tmpfs {mnt}",
+        f"cp -a {run} {inside}",
+        f"mount -o remount,ro {mnt}" if remount_ro else "true",
+        "set +e",
+        f"{csr} > {log} 2>&1",
+        "rc=$?",
+        f"cp -a {inside} {tmp_path / 'after'}",
+        "exit $rc",
+    ])
+    proc = subprocess.run([*_namespace_prefix(), "sh", "-c", script], env=env, capture_output=True, text=True)
+    return proc.returncode, log.read_text() + proc.stderr
+
+
+def test_disk_full_is_a_clear_error_and_resumes(first_iteration, tmp_path):
+    env, run = first_iteration
+    before = _digests(run)
+    used_kib = sum(p.stat().st_size for p in run.rglob("*") if p.is_file()) // 1024
+    # Room for iteration 2's search, reward, pairs and adapter, but not for its merged model (~0.9 MB).
+    rc, out = _run_on_small_fs(tmp_path, env, run, f"size={used_kib + 600}k", remount_ro=False)
+    assert rc == 2, out
+    assert "No space left on device" in out and "iter_2/merged.tmp" in out and "rerun the same command" in out
+    assert "Traceback" not in out
+    after = tmp_path / "after"
+    assert {k: v for k, v in _digests(after).items() if k in before} == before  # iteration 1 untouched
+    assert (after / "iter_2" / "dpo.done.json").exists()  # what finished before the disk filled is kept
+    assert not (after / "iter_2" / "merge.done.json").exists()
+    # Space again (the copy on the host disk): the same command finishes the run.
+    subprocess.run(matrix.csr_command(after, None), env=env, check=True, capture_output=True)
+    assert (after / "iter_2" / "eval.done.json").exists() and not (after / "iter_2" / "merged.tmp").exists()
+
+
+def test_read_only_run_dir_is_a_clear_error(first_iteration, tmp_path):
+    env, run = first_iteration
+    before = _digests(run)
+    rc, out = _run_on_small_fs(tmp_path, env, run, "size=64m", remount_ro=True)
+    assert rc == 2, out
+    assert "Read-only file system" in out and "Traceback" not in out
+    assert _digests(tmp_path / "after") == before
