@@ -1,0 +1,227 @@
+"""The README's troubleshooting table, row by row: each bad input gives the message the table shows
+(naming the file, record or key), or the counted skip, or the conversion it promises.
+
+The rows are read from README.md, so the table and this test cannot drift apart: a row without a
+case here fails, and so does a case whose row is gone.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from PIL import Image
+from test_config import _compose
+
+from csr.config import validate
+from csr.data.images import load_image
+from csr.data.prompts import load_prompts
+from csr.errors import CSRError
+from csr.models.chat import drop_overlong
+from csr.models.clip import load_clip
+from csr.models.llava import load_llava
+from csr.pairs.select import select_pair
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+SHAPESWORLD = Path(__file__).resolve().parent.parent / "csr" / "assets" / "shapesworld"
+
+
+def table_rows() -> list[tuple[str, str, str]]:
+    text = README.read_text(encoding="utf-8").split("## Troubleshooting", 1)[1].split("\n## ", 1)[0]
+    rows = []
+    for line in text.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 3 and line.startswith("|") and cells[0] not in ("input", "---"):
+            rows.append((cells[0], cells[1].replace("`", ""), cells[2]))
+    return rows
+
+
+class Ctx:
+    """A scratch directory with a good image and a prompt-file writer; `on_error` as data.on_error."""
+
+    def __init__(self, tmp_path: Path, tiny_models, on_error: str):
+        self.tmp, self.tiny, self.on_error = tmp_path, tiny_models, on_error
+        self.images = tmp_path / "images"
+        self.images.mkdir(parents=True)
+        Image.new("RGB", (8, 8), (10, 20, 30)).save(self.images / "good.png")
+
+    def prompts(self, records, raw: bytes | None = None) -> dict[str, int]:
+        """Load a prompt file holding `records` (or the bytes `raw`); returns the skip counts."""
+        path = self.tmp / "prompts.json"
+        path.write_bytes(raw if raw is not None else json.dumps(records).encode())
+        good = [{"id": "ok", "image": "good.png", "input": "Describe.\n<image>"}]
+        if raw is None and isinstance(records, list) and records:
+            path.write_text(json.dumps(good + records))
+        return load_prompts(str(path), str(self.images), on_error=self.on_error)[1]
+
+    def image(self, name: str) -> Image.Image:
+        return load_image(str(self.images), name)
+
+
+def record(rid: str = "r1", image: str = "good.png", text: str = "Describe the image.\n<image>") -> dict:
+    return {"id": rid, "image": image, "input": text}
+
+
+def _overlong(ctx: Ctx) -> dict[str, int]:
+    model, processor = load_llava(ctx.tiny.llava)
+    records, _ = load_prompts(_write(ctx, [record("long", text="word " * 600 + "<image>")]), str(ctx.images))
+    _, skipped = drop_overlong(records, processor, model, 16, ctx.on_error, str(ctx.tmp / "prompts.json"))
+    return {"too_long": skipped}
+
+
+def _write(ctx: Ctx, records: list[dict]) -> str:
+    path = ctx.tmp / "prompts.json"
+    path.write_text(json.dumps(records))
+    return str(path)
+
+
+def _bad_file(ctx: Ctx, data: bytes) -> Image.Image:
+    (ctx.images / "bad.png").write_bytes(data)
+    return ctx.image("bad.png")
+
+
+def _truncated(ctx: Ctx) -> Image.Image:
+    Image.effect_noise((64, 64), 50).convert("RGB").save(ctx.images / "noise.png")  # a header, then much data
+    data = (ctx.images / "noise.png").read_bytes()
+    return _bad_file(ctx, data[: len(data) // 2])
+
+
+def _symlink_out(ctx: Ctx) -> dict[str, int]:
+    outside = ctx.tmp / "secret.png"
+    shutil.copy(ctx.images / "good.png", outside)
+    os.symlink(outside, ctx.images / "link.png")
+    return ctx.prompts([record(image="link.png")])
+
+
+def _grayscale(ctx: Ctx) -> str:
+    Image.new("L", (2, 2), 77).save(ctx.images / "g.png")
+    out = ctx.image("g.png")
+    assert out.getpixel((0, 0)) == (77, 77, 77)
+    return out.mode
+
+
+def _rgba(ctx: Ctx) -> str:
+    img = Image.new("RGBA", (1, 1), (255, 0, 0, 0))
+    img.save(ctx.images / "a.png")
+    out = ctx.image("a.png")
+    assert out.getpixel((0, 0)) == (255, 255, 255)
+    return out.mode
+
+
+def _cmyk(ctx: Ctx) -> str:
+    Image.new("CMYK", (1, 1), (255, 0, 0, 0)).save(ctx.images / "c.tif")
+    out = ctx.image("c.tif")
+    assert out.getpixel((0, 0)) == (0, 255, 255)
+    return out.mode
+
+
+def _sixteen_bit(ctx: Ctx) -> str:
+    img = Image.new("I;16", (1, 1))
+    img.putpixel((0, 0), 256 * 128)
+    img.save(ctx.images / "s.png")
+    out = ctx.image("s.png")
+    assert out.getpixel((0, 0)) == (128, 128, 128)
+    return out.mode
+
+
+def _bomb(ctx: Ctx) -> Image.Image:
+    Image.new("L", (200, 200)).save(ctx.images / "big.png")
+    return load_image(str(ctx.images), "big.png", max_pixels=10_000)
+
+
+def _config(*overrides: str) -> Callable[[Ctx], object]:
+    return lambda ctx: validate(_compose(*overrides))
+
+
+def _unknown_key(ctx: Ctx) -> object:
+    from omegaconf import open_dict
+
+    cfg = _compose()
+    with open_dict(cfg):
+        cfg.search.beam_widht = 3
+    return validate(cfg)
+
+
+def _processor_mismatch(ctx: Ctx) -> object:
+    model = ctx.tmp / "model"
+    shutil.copytree(ctx.tiny.llava, model)
+    for f in ("tokenizer.json", "tokenizer_config.json", "processor_config.json", "chat_template.jinja"):
+        shutil.copy(SHAPESWORLD / "llava" / f, model / f)  # another checkpoint's processor
+    return load_llava(str(model))
+
+
+def _clip_mismatch(ctx: Ctx) -> object:
+    weights = SHAPESWORLD / "clip" / "shapesworld-clip.safetensors"
+    return load_clip(ctx.tiny.clip_arch, str(weights), ctx.tiny.clip_config)
+
+
+def _pairs(scores: list[float], texts: list[str]) -> Callable[[Ctx], dict[str, int]]:
+    return lambda ctx: {select_pair(scores, texts).skip: 1}
+
+
+CASES: dict[tuple[str, str], Callable[[Ctx], object]] = {
+    ("prompt file", "missing"): lambda ctx: load_prompts(str(ctx.tmp / "prompts.json"), str(ctx.images)),
+    ("prompt file", "not JSON"): lambda ctx: ctx.prompts(None, raw=b"[{not json"),
+    ("prompt file", "not UTF-8"): lambda ctx: ctx.prompts(None, raw=b'[{"id": "\xff\xfe"}]'),
+    ("prompt file", "not a list of records"): lambda ctx: ctx.prompts({"id": "1"}),
+    ("prompt file", "empty list"): lambda ctx: ctx.prompts([]),
+    ("prompt file", "record without id / image / input"): lambda ctx: ctx.prompts([{"id": "r1", "image": "good.png"}]),
+    ("prompt file", "duplicate id"): lambda ctx: ctx.prompts([record("ok")]),
+    ("prompt file", "no <image> placeholder"): lambda ctx: ctx.prompts([record(text="Describe the image.")]),
+    ("prompt file", "two <image> placeholders"): lambda ctx: ctx.prompts([record(text="<image> and <image>")]),
+    ("prompt file", "prompt longer than the model context"): _overlong,
+    ("image", "missing"): lambda ctx: ctx.prompts([record(image="absent.png")]),
+    ("image", "zero bytes"): lambda ctx: _bad_file(ctx, b""),
+    ("image", "truncated"): _truncated,
+    ("image", "not an image"): lambda ctx: _bad_file(ctx, b"plain text, not a PNG"),
+    ("image", "enormous dimensions"): _bomb,
+    ("image", "path with .."): lambda ctx: ctx.prompts([record(image="../images/good.png/../../x.png")]),
+    ("image", "absolute path"): lambda ctx: ctx.prompts([record(image=str(ctx.images / "good.png"))]),
+    ("image", "symlink out of the image root"): _symlink_out,
+    ("image", "grayscale"): _grayscale,
+    ("image", "RGBA"): _rgba,
+    ("image", "CMYK"): _cmyk,
+    ("image", "16-bit"): _sixteen_bit,
+    ("config", "unknown key"): _unknown_key,
+    ("config", "wrong type"): _config("search.beam_width=five"),
+    ("config", "reward.lam outside [0, 1]"): _config("reward.lam=1.5"),
+    ("config", "beam width 0 or negative"): _config("search.beam_width=-1"),
+    ("config", "keep_top + keep_bottom > beam width"): _config("search.keep_top=3", "search.keep_bottom=3"),
+    ("config", "model path missing"): lambda ctx: load_llava(str(ctx.tmp / "no_model")),
+    ("config", "processor that does not match the model"): _processor_mismatch,
+    ("config", "CLIP weights that do not match the architecture"): _clip_mismatch,
+    ("pairs", "chosen == rejected"): _pairs([0.9, 0.1], [" A cat.", "A cat. "]),
+    ("pairs", "NaN score"): _pairs([0.9, float("nan")], [" A cat.", " A dog."]),
+}
+# What each error must name besides the problem, so a user can find it.
+NAMES = {"prompt file": "prompts.json", "image": ".png", "config": "'"}
+
+
+def test_every_row_has_a_case_and_every_case_a_row():
+    rows = {(i, p) for i, p, _ in table_rows()}
+    assert rows == set(CASES)
+
+
+@pytest.mark.parametrize(("input_", "problem", "says"), table_rows(), ids=lambda v: v if len(v) < 30 else v[:30])
+def test_row(input_: str, problem: str, says: str, tmp_path: Path, tiny_models) -> None:
+    fragments = re.findall(r"`([^`]*)`", says)
+    case = CASES[(input_, problem)]
+    if says.startswith("error"):
+        with pytest.raises(CSRError) as info:
+            case(Ctx(tmp_path / "raise", tiny_models, "raise"))
+        message = str(info.value)
+        assert fragments[0] in message
+        if input_ in NAMES and problem != "model path missing":
+            assert NAMES[input_] in message, f"the message does not say which {input_}: {message}"
+        if "(skip:" in says:  # the same record with data.on_error=skip: dropped and counted
+            assert case(Ctx(tmp_path / "skip", tiny_models, "skip")) == {fragments[1]: 1}
+    elif says.startswith("converted"):
+        assert case(Ctx(tmp_path, tiny_models, "raise")) == fragments[0]
+    else:
+        assert says.startswith("skipped, counted")
+        assert case(Ctx(tmp_path, tiny_models, "raise")) == {fragments[0]: 1}
