@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import torch
@@ -55,3 +56,14 @@ def test_no_unsafe_loading_in_the_package():
                 if name.endswith("torch.load"):
                     assert kwargs.get("weights_only") == "True", f"{path}: {ast.unparse(node)}"
                 assert kwargs.get("trust_remote_code") not in ("True",), f"{path}: {ast.unparse(node)}"
+
+
+def test_every_mlflow_server_the_docs_suggest_listens_on_localhost_only():
+    """MLflow's UI/server has no authentication: a command in the docs must not expose it."""
+    root = Path(__file__).resolve().parent.parent
+    commands = []
+    for doc in [root / "README.md", *root.glob("experiments/*/README.md")]:
+        commands += re.findall(r"mlflow (?:ui|server)\b[^`\n]*", doc.read_text())
+    assert commands, "the docs should say how to look at the runs"
+    for command in commands:
+        assert "--host 127.0.0.1" in command, command
