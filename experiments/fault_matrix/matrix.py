@@ -38,8 +38,9 @@ SETTINGS = [
     "eval.limit=4", "eval.max_new_tokens=12", "eval.batch_size=2", "iterations=2",
     "trainer.deterministic=true", "logger.tracking_uri=null",
 ]
-# Written anew by every start, or holding wall-clock times / MLflow run ids: not outputs to compare.
-VOLATILE = {".lock", "mlflow.db", "mlflow_runs.json", "summary.png", "summary.md", "summary.json"}
+# Written anew by every start (run_info: the commit and versions of this start), or holding wall-clock
+# times / MLflow run ids: not outputs to compare.
+VOLATILE = {".lock", "mlflow.db", "mlflow_runs.json", "run_info.json", "summary.png", "summary.md", "summary.json"}
 TIMING_KEYS = {"seconds", "finished_at"}
 JSONL_OUTPUTS = ("search.jsonl", "rewards.jsonl", "pairs.jsonl", "answers.jsonl")
 STAGES = ("search", "reward", "pairs", "dpo", "merge", "eval")
