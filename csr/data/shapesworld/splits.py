@@ -2,8 +2,10 @@
 
 A split is a range of seeds, so it is the same on every machine: written once on first use
 (`ensure_split`) as PNG images, a prompt file in the reference format, the ground truth, and POPE
-question files. Held-out splits break the co-occurrence prior (partner present half the time), so
-a model leaning on the prior has many chances to hallucinate, as COCO gives LLaVA.
+question files. Held-out splits are where the co-occurrence prior misleads, as COCO is for LLaVA-1.5
+(CHAIR_S 48.8): half of their scenes are probe scenes (a trigger without its partner), the other
+half break the prior at random (partner present half the time). The CSR prompt pool (`csr`) is
+drawn the same way, so most preference pairs are about what the prior gets wrong.
 """
 
 from __future__ import annotations
@@ -23,6 +25,9 @@ from csr.io import atomic_write_json, atomic_write_text
 # first seed of each split; training images use seeds below 10^7
 SPLIT_SEEDS = {"csr": 10_000_000, "val": 20_000_000, "test": 30_000_000}
 HELD_OUT_COOCCURRENCE = 0.5
+PROBE_FRACTION = 0.5
+# Bumped whenever the scenes of a split change, so splits cached on disk are written again.
+SPLIT_VERSION = 2
 TRAIN_COOCCURRENCE = 0.95
 MARKER = "split.json"
 
@@ -39,7 +44,7 @@ def write_split(out_dir: Path, split: str, n: int, pope_per_image: int = 2) -> N
     prompts, truth = [], {}
     for i in tqdm(range(n), desc=f"ShapesWorld {split}", leave=False):
         seed = SPLIT_SEEDS[split] + i
-        scene, image = make(seed, HELD_OUT_COOCCURRENCE)
+        scene, image = make(seed, HELD_OUT_COOCCURRENCE, PROBE_FRACTION)
         name = f"{split}_{i:06d}"
         image.save(images / f"{name}.png")
         prompts.append({"id": name, "image": f"{name}.png",
@@ -53,15 +58,18 @@ def write_split(out_dir: Path, split: str, n: int, pope_per_image: int = 2) -> N
         questions = sample_pope_questions(objects, list(SHAPES), strategy, pope_per_image,
                                           random.Random(SPLIT_SEEDS[split]), cooccurrence)
         atomic_write_text(out_dir / f"pope_{strategy}.jsonl", "".join(json.dumps(q) + "\n" for q in questions))
-    atomic_write_json(out_dir / MARKER, {"split": split, "n": n, "first_seed": SPLIT_SEEDS[split]})
+    atomic_write_json(out_dir / MARKER, {"split": split, "n": n, "first_seed": SPLIT_SEEDS[split],
+                                         "version": SPLIT_VERSION})
 
 
 def ensure_split(root: str | Path, split: str, n: int) -> Path:
     """The directory of `split` with at least n images, written if missing; returns it."""
     out_dir = Path(root) / split
     marker = out_dir / MARKER
-    if marker.exists() and json.loads(marker.read_text())["n"] >= n:
-        return out_dir
+    if marker.exists():
+        written = json.loads(marker.read_text())
+        if written["n"] >= n and written.get("version") == SPLIT_VERSION:
+            return out_dir
     write_split(out_dir, split, n)
     return out_dir
 

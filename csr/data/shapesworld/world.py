@@ -155,8 +155,20 @@ def render(scene: Scene, rng: random.Random) -> Image.Image:
     return Image.fromarray(np.uint8(np.clip(pixels, 0, 255)))
 
 
-def make(seed: int, cooccurrence: float) -> tuple[Scene, Image.Image]:
-    """The scene and image of one seed (the same seed always gives the same pair)."""
+def sample_probe_scene(rng: random.Random) -> Scene:
+    """1-4 objects, one a trigger whose partner is absent: the scene where the language prior misleads."""
+    cells = rng.sample(POSITIONS, rng.randint(1, MAX_OBJECTS))
+    trigger = rng.choice(sorted(PAIRS))
+    others = [s for s in SHAPES if s != PAIRS[trigger]]
+    shapes = [trigger] + [rng.choice(others) for _ in cells[1:]]
+    rng.shuffle(shapes)  # the trigger may sit anywhere in reading order
+    return Scene(tuple(Obj(shape, rng.choice(sorted(COLOURS)), cell, rng.choice(SIZES))
+                       for shape, cell in zip(shapes, cells, strict=True)))
+
+
+def make(seed: int, cooccurrence: float, probe: float = 0.0) -> tuple[Scene, Image.Image]:
+    """The scene and image of one seed (the same seed always gives the same pair); with probability
+    `probe` the scene is a probe scene (a trigger without its partner)."""
     rng = random.Random(seed)
-    scene = sample_scene(rng, cooccurrence)
+    scene = sample_probe_scene(rng) if probe and rng.random() < probe else sample_scene(rng, cooccurrence)
     return scene, render(scene, rng)
