@@ -31,7 +31,7 @@ def _namespace_prefix() -> list[str]:
 
 def _digests(root: Path) -> dict[str, str]:
     return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file() and p.name not in matrix.VOLATILE}
+            for p in sorted(root.rglob("*")) if p.is_file() and not matrix.is_volatile(p)}
 
 
 @pytest.fixture(scope="module")

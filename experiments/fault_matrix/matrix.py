@@ -38,9 +38,13 @@ SETTINGS = [
     "eval.limit=4", "eval.max_new_tokens=12", "eval.batch_size=2", "iterations=2",
     "trainer.deterministic=true", "logger.tracking_uri=null",
 ]
-# Written anew by every start (run_info: the commit and versions of this start), or holding wall-clock
-# times / MLflow run ids: not outputs to compare.
-VOLATILE = {".lock", "mlflow.db", "mlflow_runs.json", "run_info.json", "summary.png", "summary.md", "summary.json"}
+# Written anew by every start (run_info: the commit and versions of this start; a start on other code
+# adds run_info.<n>.json), or holding wall-clock times / MLflow run ids: not outputs to compare.
+VOLATILE = {".lock", "mlflow.db", "mlflow_runs.json", "summary.png", "summary.md", "summary.json"}
+
+
+def is_volatile(path: Path) -> bool:
+    return path.name in VOLATILE or path.name.startswith("run_info.") or "mlartifacts" in path.parts
 TIMING_KEYS = {"seconds", "finished_at"}
 JSONL_OUTPUTS = ("search.jsonl", "rewards.jsonl", "pairs.jsonl", "answers.jsonl")
 STAGES = ("search", "reward", "pairs", "dpo", "merge", "eval")
@@ -74,8 +78,7 @@ def _ids(path: Path) -> list[str]:
 def compare(reference: Path, run: Path) -> tuple[list[str], int, int]:
     """Differences between two run directories, and records lost / duplicated in the JSONL outputs."""
     def files(root: Path) -> set[str]:
-        return {str(p.relative_to(root)) for p in root.rglob("*")
-                if p.is_file() and p.name not in VOLATILE and "mlartifacts" not in p.parts}
+        return {str(p.relative_to(root)) for p in root.rglob("*") if p.is_file() and not is_volatile(p)}
 
     ref_files, run_files = files(reference), files(run)
     differences = [f"missing {f}" for f in sorted(ref_files - run_files)]
@@ -236,7 +239,8 @@ def main() -> None:
     whole = time.time() - start
     shutil.rmtree(out / "timing")
     faults = boundary_faults() + inside_faults(reference, rng)
-    faults += [("random", f"time:{rng.uniform(3, whole):.1f}") for _ in range(args.random)]
+    # After the first ~30% (imports, model loading), so that the kills land inside the stages.
+    faults += [("random", f"time:{rng.uniform(0.3 * whole, whole):.1f}") for _ in range(args.random)]
     outcomes = run_matrix(out, faults, env, reference)
     (out / "matrix.json").write_text(json.dumps([asdict(o) for o in outcomes], indent=2) + "\n")
     (out / "matrix.md").write_text(to_markdown(outcomes))
