@@ -9,7 +9,8 @@ reference's: every JSONL / JSON output byte for byte (stage markers and metrics 
 timings), every safetensors file tensor for tensor, and the ids of every JSONL file for lost or
 duplicated records. Faults: each stage boundary (before / after the `.done` marker), points
 inside each stage (a record append, a torn half-record, a whole-file write cut before its rename,
-a DPO step, a model directory swap), between iterations, and random wall-clock kills.
+a DPO step, a model directory swap), between iterations, and kills at a random point of a random
+stage.
 Writes DIR/matrix.json and DIR/matrix.md.
 """
 
@@ -109,26 +110,35 @@ def csr_command(run_dir: Path, fault: str | None) -> list[str]:
     return [*head, f"run_dir={run_dir}", *SETTINGS]
 
 
+def kill_during(proc: subprocess.Popen, run_dir: Path, reference: Path, fault: str) -> None:
+    """`time:iter_k/<stage>:<fraction>`: SIGKILL once that stage has run for `fraction` of the time
+    it took in the reference run. Stage-relative, so the kill lands where asked however busy the
+    machine is (a stage that finishes sooner lets it land in the next one)."""
+    _, where, fraction = fault.split(":")
+    iteration, stage = where.split("/")
+    k = int(iteration.removeprefix("iter_"))
+    before = STAGES[STAGES.index(stage) - 1] if stage != STAGES[0] else "eval"
+    started = run_dir / f"iter_{k if stage != STAGES[0] else k - 1}" / f"{before}.done.json"
+    took = json.loads((reference / where).with_suffix(".done.json").read_text())["stats"]["seconds"]
+    while not started.exists() and proc.poll() is None:
+        time.sleep(0.02)
+    try:
+        proc.wait(timeout=float(fraction) * took)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+
+
 def run_fault(reference: Path, run_dir: Path, stage: str, fault: str, env: dict, log_dir: Path) -> Outcome:
-    """Start a run that dies at `fault` (a hook spec, or `time:<seconds>`), rerun it, compare."""
+    """Start a run that dies at `fault` (a hook spec, or `time:iter_k/<stage>:<fraction>`), rerun it,
+    compare."""
     outcome = Outcome(stage, fault)
     start = time.time()
     shutil.rmtree(run_dir, ignore_errors=True)
     log = (log_dir / f"{run_dir.name}.log").open("w")
     if fault.startswith("time:"):
-        delay = float(fault.split(":")[1])
-        for _ in range(4):  # a run faster than the timing run ends first: kill it earlier, afresh
-            shutil.rmtree(run_dir, ignore_errors=True)
-            proc = subprocess.Popen(csr_command(run_dir, None), env=env, stdout=log, stderr=log)
-            try:
-                proc.wait(timeout=delay)
-            except subprocess.TimeoutExpired:
-                proc.send_signal(signal.SIGKILL)
-                proc.wait()
-            if proc.returncode == -signal.SIGKILL:
-                break
-            delay *= 0.7
-        outcome.fault = f"time:{delay:.1f}"
+        proc = subprocess.Popen(csr_command(run_dir, None), env=env, stdout=log, stderr=log)
+        kill_during(proc, run_dir, reference, fault)
         outcome.killed = proc.returncode == -signal.SIGKILL
         outcome.stage = f"random: {landed_in(run_dir)}"
     else:
@@ -234,20 +244,16 @@ def run_matrix(out: Path, faults: list[tuple[str, str]], env: dict, reference: P
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="multirun/fault_matrix")
-    parser.add_argument("--random", type=int, default=6, help="random wall-clock kills")
+    parser.add_argument("--random", type=int, default=6, help="kills at a random point of a random stage")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     env, reference = setup(out)
     rng = random.Random(args.seed)
-    start = time.time()
-    subprocess.run(csr_command(out / "timing", None), env=env, check=True, capture_output=True)
-    whole = time.time() - start
-    shutil.rmtree(out / "timing")
     faults = boundary_faults() + inside_faults(reference, rng)
-    # After the first ~30% (imports, model loading), so that the kills land inside the stages.
-    faults += [("random", f"time:{rng.uniform(0.3 * whole, whole):.1f}") for _ in range(args.random)]
+    faults += [("random", f"time:iter_{rng.choice((1, 2))}/{rng.choice(STAGES)}:{rng.random():.2f}")
+               for _ in range(args.random)]
     outcomes = run_matrix(out, faults, env, reference)
     (out / "matrix.json").write_text(json.dumps([asdict(o) for o in outcomes], indent=2) + "\n")
     (out / "matrix.md").write_text(to_markdown(outcomes))
