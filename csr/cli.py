@@ -17,8 +17,10 @@ from csr.distributed import check_trainer
 from csr.errors import CSRError
 
 log = logging.getLogger("csr")
-# Out of space, over quota, file too large, no permission, read-only file system.
-WRITE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EACCES, errno.EPERM, errno.EROFS}
+# Out of space, over quota, file too large, read-only file system: only a write fails this way.
+WRITE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS}
+# No permission: a write or a read (a prompt file, a checkpoint) may fail so.
+ACCESS_ERRORS = {errno.EACCES, errno.EPERM}
 
 # conf/ sits beside the package in the repository (installed with `pip install -e .`).
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
@@ -48,11 +50,11 @@ def app(cfg: DictConfig) -> float | None:
         log.error("%s", err)
         sys.exit(2)
     except OSError as err:
-        if err.errno not in WRITE_ERRORS:
+        if err.errno not in WRITE_ERRORS | ACCESS_ERRORS:
             raise
-        log.error("cannot write %s: %s. Finished stages are kept and no partial file is read as complete: "
+        log.error("cannot %s %s: %s. Finished stages are kept and no partial file is read as complete: "
                   "free space or fix the permissions, then rerun the same command to resume.",
-                  err.filename or cfg.run_dir, err.strerror)
+                  "write" if err.errno in WRITE_ERRORS else "access", err.filename or cfg.run_dir, err.strerror)
         sys.exit(2)
     rows = result.get("rows") if isinstance(result, dict) else None
     # Returned to Hydra sweepers (e.g. Optuna) as the objective: the last iteration's answer R_I.

@@ -30,6 +30,7 @@ from csr.io import (
     is_done,
     mark_done,
     read_json,
+    read_jsonl,
     remove_stale_temp_files,
 )
 from csr.lock import run_lock
@@ -147,7 +148,6 @@ class Loop:
         if self.cfg.data.shapesworld_split is not None:  # ground truth known: is the reward right?
             from csr.data.shapesworld.splits import ground_truth
             from csr.eval.shapesworld import pair_hallucination
-            from csr.io import read_jsonl
 
             truth = ground_truth(Path(self.cfg.data.shapesworld_root) / self.cfg.data.shapesworld_split)
             stats.update(pair_hallucination(read_jsonl(d / "pairs.jsonl"), truth))

@@ -50,14 +50,19 @@ class Ctx:
         self.images.mkdir(parents=True)
         Image.new("RGB", (8, 8), (10, 20, 30)).save(self.images / "good.png")
 
+    def write(self, records, raw: bytes | None = None) -> str:
+        """Write the prompt file: `raw` bytes, or `records` after one good record (so a bad record
+        is found mid-file and a skip leaves something usable); returns its path."""
+        path = self.tmp / "prompts.json"
+        if raw is None:
+            good = [{"id": "ok", "image": "good.png", "input": "Describe.\n<image>"}]
+            raw = json.dumps(good + records if isinstance(records, list) and records else records).encode()
+        path.write_bytes(raw)
+        return str(path)
+
     def prompts(self, records, raw: bytes | None = None) -> dict[str, int]:
         """Load a prompt file holding `records` (or the bytes `raw`); returns the skip counts."""
-        path = self.tmp / "prompts.json"
-        path.write_bytes(raw if raw is not None else json.dumps(records).encode())
-        good = [{"id": "ok", "image": "good.png", "input": "Describe.\n<image>"}]
-        if raw is None and isinstance(records, list) and records:
-            path.write_text(json.dumps(good + records))
-        return load_prompts(str(path), str(self.images), on_error=self.on_error)[1]
+        return load_prompts(self.write(records, raw), str(self.images), on_error=self.on_error)[1]
 
     def image(self, name: str) -> Image.Image:
         return load_image(str(self.images), name)
@@ -69,15 +74,10 @@ def record(rid: str = "r1", image: str = "good.png", text: str = "Describe the i
 
 def _overlong(ctx: Ctx) -> dict[str, int]:
     model, processor = load_llava(ctx.tiny.llava)
-    records, _ = load_prompts(_write(ctx, [record("long", text="word " * 600 + "<image>")]), str(ctx.images))
-    _, skipped = drop_overlong(records, processor, model, 16, ctx.on_error, str(ctx.tmp / "prompts.json"))
+    path = ctx.write([record("long", text="word " * 600 + "<image>")])
+    records, _ = load_prompts(path, str(ctx.images))
+    _, skipped = drop_overlong(records, processor, model, 16, ctx.on_error, path)
     return {"too_long": skipped}
-
-
-def _write(ctx: Ctx, records: list[dict]) -> str:
-    path = ctx.tmp / "prompts.json"
-    path.write_text(json.dumps(records))
-    return str(path)
 
 
 def _bad_file(ctx: Ctx, data: bytes) -> Image.Image:

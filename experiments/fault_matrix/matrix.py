@@ -1,6 +1,6 @@
 """The crash-resume fault matrix: kill `csr` at many points, rerun it, compare with a clean run.
 
-    python experiments/fault_matrix/matrix.py [--out DIR] [--random N] [--seed S] [--quick]
+    python experiments/fault_matrix/matrix.py [--out DIR] [--random N] [--seed S]
 
 One uninterrupted reference run (tiny models, 2 iterations, deterministic) is made first. Then
 for each fault a fresh run is started under `inject.py`, which SIGKILLs it at the planted point;
@@ -43,12 +43,13 @@ SETTINGS = [
 # adds run_info.<n>.json), or holding wall-clock times / MLflow run ids: not outputs to compare.
 VOLATILE = {".lock", "mlflow.db", "mlflow_runs.json", "summary.png", "summary.md", "summary.json"}
 
-
-def is_volatile(path: Path) -> bool:
-    return path.name in VOLATILE or path.name.startswith("run_info.") or "mlartifacts" in path.parts
 TIMING_KEYS = {"seconds", "finished_at"}
 JSONL_OUTPUTS = ("search.jsonl", "rewards.jsonl", "pairs.jsonl", "answers.jsonl")
 STAGES = ("search", "reward", "pairs", "dpo", "merge", "eval")
+
+
+def is_volatile(path: Path) -> bool:
+    return path.name in VOLATILE or path.name.startswith("run_info.") or "mlartifacts" in path.parts
 
 
 @dataclass
@@ -135,16 +136,15 @@ def run_fault(reference: Path, run_dir: Path, stage: str, fault: str, env: dict,
     outcome = Outcome(stage, fault)
     start = time.time()
     shutil.rmtree(run_dir, ignore_errors=True)
-    log = (log_dir / f"{run_dir.name}.log").open("w")
-    if fault.startswith("time:"):
-        proc = subprocess.Popen(csr_command(run_dir, None), env=env, stdout=log, stderr=log)
-        kill_during(proc, run_dir, reference, fault)
+    with (log_dir / f"{run_dir.name}.log").open("w") as log:
+        if fault.startswith("time:"):
+            proc = subprocess.Popen(csr_command(run_dir, None), env=env, stdout=log, stderr=log)
+            kill_during(proc, run_dir, reference, fault)
+            outcome.stage = f"random: {landed_in(run_dir)}"
+        else:
+            proc = subprocess.run(csr_command(run_dir, fault), env=env, stdout=log, stderr=log)
         outcome.killed = proc.returncode == -signal.SIGKILL
-        outcome.stage = f"random: {landed_in(run_dir)}"
-    else:
-        proc = subprocess.run(csr_command(run_dir, fault), env=env, stdout=log, stderr=log)
-        outcome.killed = proc.returncode == -signal.SIGKILL
-    resumed = subprocess.run(csr_command(run_dir, None), env=env, stdout=log, stderr=log)
+        resumed = subprocess.run(csr_command(run_dir, None), env=env, stdout=log, stderr=log)
     outcome.resumed = resumed.returncode == 0
     if outcome.resumed:
         outcome.differences, outcome.lost, outcome.duplicated = compare(reference, run_dir)
