@@ -100,6 +100,9 @@ class DataConfig:
 
 @dataclass
 class PairsConfig:
+    # How an answer is scored: `mean` = mean calibrated R over its sentences (csr's rule);
+    # `reference` = the authors' construct.py (ranks per sibling set, lower is better, / (sentences + 1)).
+    rule: str = "mean"  # mean | reference
     filters: list[str] = field(default_factory=lambda: ["empty", "repetition"])  # empty|repetition|non_latin
     export_llava: bool = True  # pairs_llava.json, the reference code's conversation layout
     export_trl: bool = True  # pairs_trl.jsonl, TRL DPOTrainer's prompt/chosen/rejected/images
@@ -118,6 +121,7 @@ class LoraConfig:
 class DPOConfig:
     loss: str = "sigmoid"  # sigmoid | ipo | hinge | robust
     beta: float = 0.1
+    ipo_form: str = "mean"  # ipo only: mean = log-ratios / completion length (TRL 1.16) | sum
     label_smoothing: float = 0.0
     lr: float = 1.0e-7
     scheduler: str = "cosine"  # cosine | constant
@@ -153,9 +157,19 @@ class CocoEvalConfig:
 
 
 @dataclass
+class ChairEvalConfig:
+    # original = LisaAnne/Hallucination chair.py as the literature runs it (quirks included);
+    # fixed = csr's corrections (README table). COCO only: ShapesWorld has its own exact vocabulary.
+    variant: str = "original"  # original | fixed
+
+
+@dataclass
 class PopeEvalConfig:
     questions: str | None = None  # e.g. coco_pope_adversarial.json (JSONL: question_id, image, text, label)
     image_root: str | None = None
+    # official = POPE's evaluate.py rule (first sentence, commas dropped, split on spaces, No/no/not);
+    # robust = any punctuation separates words, case ignored. Applies to every POPE answer.
+    parser: str = "official"  # official | robust
 
 
 @dataclass
@@ -165,6 +179,7 @@ class EvalConfig:
     shapesworld_root: str | None = None
     pope_images: int = 200  # shapesworld evaluator: images probed with POPE questions
     coco: CocoEvalConfig = field(default_factory=CocoEvalConfig)  # coco_chair evaluator
+    chair: ChairEvalConfig = field(default_factory=ChairEvalConfig)  # coco_chair evaluator
     pope: PopeEvalConfig = field(default_factory=PopeEvalConfig)  # pope evaluator
     prompt_file: str | None = None  # null = the training prompt file
     image_root: str | None = None  # null = data.image_root
@@ -207,6 +222,10 @@ _CHOICES = {
     "search.prune_by": ("calibrated", "lm"),
     "search.decoding.strategy": ("diverse_greedy", "sample"),
     "data.on_error": ("raise", "skip"),
+    "pairs.rule": ("mean", "reference"),
+    "dpo.ipo_form": ("mean", "sum"),
+    "eval.chair.variant": ("original", "fixed"),
+    "eval.pope.parser": ("official", "robust"),
     "dpo.loss": ("sigmoid", "ipo", "hinge", "robust"),
     "dpo.scheduler": ("cosine", "constant"),
     "dpo.reference": ("precomputed", "adapter_disabled", "frozen_copy"),
