@@ -14,14 +14,9 @@ import pytest
 from csr.data.tiny import write_tiny_prompts
 
 BIN = Path(sys.executable).parent
-# The smoke setup of test_loop.py, one iteration, two prompts per batch so that two ranks get work,
+# conf/experiment/smoke.yaml, one iteration, two prompts per batch so that two ranks get work,
 # and no LoRA dropout: its random masks depend on how the pairs are spread over processes.
-SMOKE = [
-    "model=tiny_random", "reward=clip", "data=tiny", "search=default", "dpo=default", "eval=default",
-    "search.max_sentences=3", "search.max_new_tokens_per_sentence=6", "search.max_answer_tokens=16",
-    "dpo.lr=1e-3", "dpo.lora.r=8", "dpo.lora.alpha=16", "dpo.lora.dropout=0", "eval.limit=4",
-    "eval.max_new_tokens=12", "iterations=1", "search.prompts_per_batch=2", "eval.batch_size=2",
-]
+SMOKE = ["experiment=smoke", "dpo.lora.dropout=0", "iterations=1", "search.prompts_per_batch=2", "eval.batch_size=2"]
 LAMS = ("0.5", "0.9")
 
 
