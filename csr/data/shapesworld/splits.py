@@ -1,8 +1,11 @@
 """ShapesWorld splits on disk, in the formats the rest of csr reads.
 
-A split is a range of seeds, so it is the same on every machine: written once on first use
+A split is a range of seeds, so it is the same on every machine: written on first use
 (`ensure_split`) as PNG images, a prompt file in the reference format, the ground truth, and POPE
-question files. Held-out splits are where the co-occurrence prior misleads, as COCO is for LLaVA-1.5
+question files. What is written is a pure function of (split, size): a split is always written whole
+at the size asked for (the held-out splits at the fixed HELD_OUT_SIZE, of which an evaluation takes a
+prefix), never grown from an earlier smaller write, because POPE's "popular" negatives are ranked over
+the whole split and a shuffled prompt pool is drawn from all of it. Held-out splits are where the co-occurrence prior misleads, as COCO is for LLaVA-1.5
 (CHAIR_S 48.8): half of their scenes are probe scenes (a trigger without its partner), the other
 half break the prior at random (partner present half the time). The CSR prompt pool (`csr`) is
 drawn the same way, so most preference pairs are about what the prior gets wrong.
@@ -10,6 +13,7 @@ drawn the same way, so most preference pairs are about what the prior gets wrong
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 from pathlib import Path
@@ -26,10 +30,15 @@ from csr.io import atomic_write_json, atomic_write_text
 SPLIT_SEEDS = {"csr": 10_000_000, "val": 20_000_000, "test": 30_000_000}
 HELD_OUT_COOCCURRENCE = 0.5
 PROBE_FRACTION = 0.5
-# Bumped whenever the scenes of a split change, so splits cached on disk are written again.
-SPLIT_VERSION = 2
+# Bumped whenever the files of a split change, so splits cached on disk are written again
+# (3: the marker carries the content hash; the scenes are those of version 2).
+SPLIT_VERSION = 3
 TRAIN_COOCCURRENCE = 0.95
 MARKER = "split.json"
+# val and test are always this size; an evaluation of `eval.limit` images takes the first ones.
+HELD_OUT_SIZE = 500
+# What defines a split's content (images follow from the seeds in ground_truth.json).
+IDENTITY_FILES = ("prompts.json", "ground_truth.json", *(f"pope_{s}.jsonl" for s in STRATEGIES))
 
 
 def training_cooccurrence(n: int = 4000) -> dict[str, dict[str, int]]:
@@ -59,19 +68,34 @@ def write_split(out_dir: Path, split: str, n: int, pope_per_image: int = 2) -> N
                                           random.Random(SPLIT_SEEDS[split]), cooccurrence)
         atomic_write_text(out_dir / f"pope_{strategy}.jsonl", "".join(json.dumps(q) + "\n" for q in questions))
     atomic_write_json(out_dir / MARKER, {"split": split, "n": n, "first_seed": SPLIT_SEEDS[split],
-                                         "version": SPLIT_VERSION})
+                                         "version": SPLIT_VERSION, "sha256": content_hash(out_dir)})
+
+
+def content_hash(split_dir: Path) -> str:
+    """sha256 over the files that define a split (prompts, ground truth, POPE questions)."""
+    digest = hashlib.sha256()
+    for name in IDENTITY_FILES:
+        digest.update(name.encode() + b"\0" + (split_dir / name).read_bytes())
+    return digest.hexdigest()
 
 
 def ensure_split(root: str | Path, split: str, n: int) -> Path:
-    """The directory of `split` with at least n images, written if missing; returns it."""
+    """The directory of `split` written with exactly n images (rewritten if it holds another size or
+    version); returns it."""
     out_dir = Path(root) / split
     marker = out_dir / MARKER
     if marker.exists():
         written = json.loads(marker.read_text())
-        if written["n"] >= n and written.get("version") == SPLIT_VERSION:
+        if written["n"] == n and written.get("version") == SPLIT_VERSION:
             return out_dir
     write_split(out_dir, split, n)
     return out_dir
+
+
+def split_identity(split_dir: str | Path) -> dict:
+    """What an evaluation records to say which data it ran on: split, version, size and content hash."""
+    written = json.loads((Path(split_dir) / MARKER).read_text())
+    return {k: written[k] for k in ("split", "version", "n", "sha256")}
 
 
 def ground_truth(split_dir: str | Path) -> dict[str, set[str]]:
