@@ -17,11 +17,40 @@ from csr.eval.pope import (
     load_pope_questions,
     pope_from_files,
     pope_metrics,
+    read_pope_questions,
     sample_pope_questions,
     yes_no,
 )
 
 FIXTURES = Path(__file__).parent / "fixtures" / "coco"
+
+
+# The official rule's verdicts (True = yes), obtained by running POPE's evaluate.py (AoiDragon/POPE,
+# commit 08d957b) unchanged but for its two input paths on these answers in a scratch directory
+# (/tmp/scratch_pope/run_official.py): each answer as {"answer": ...} in the JSONL it reads, its
+# `answers` list read back after the run. JSON escapes, so \n, \t and non-ASCII are exact.
+OFFICIAL = [
+    ("Yes", True), ("yes", True), ("Yes.", True), ("Yes, there is a dog in the image.", True),
+    ("There is a dog.", True), ("", True), ("No", False), ("no", False), ("No.", False), ("no.", False),
+    ("No, there is not.", False), ("There is no cat in the image.", False), ("not", False),
+    ("There is not a cat.", False), ("Yes. There is no cat, but there is a dog.", True), ("No. Yes.", False),
+    ("There isn't one.", True), ("Nothing like that; I see a knot.", True), ("None", True), ("Nope.", True),
+    ("I don't see any.", True), ("NO", True), ("NO.", True), ("No!", True), ("NO!", True), ("Not sure.", True),
+    ("Not", True), ("NOT", True), ("nO", True), ("No;", True), ("No:", True), ("(no)", True), ("\"No\"", True),
+    ("No\n", True), ("No\nThere is no dog", False), ("No\tthere is", True), ("No,there is none.", True),
+    ("Answer:No", True), ("Answer: No", False), ("No\u2026", True), ("No\u00a0dog", True), ("no-one", True),
+    ("No_way", True), ("No2", True), ("Definitely not!", True), ("Certainly not.", False), ("   No", False),
+    ("No , there is not", False), ("Yes, not", False), ("no, no, no", False), ("There's not one", False),
+    ("There is no. Dog", False), ("Yes.No", True), ("Noo", True), ("No's", True), ("Is there? No.", False),
+    ("It is not clear", False), ("It is unclear, no", False), ("\uff2e\uff2f", True), ("Nein", True),
+    ("The answer is NO", True), ("No\u3002", True), ("Not at all", True),
+]
+
+
+@pytest.mark.parametrize(("answer", "expected"), OFFICIAL)
+def test_official_parser_matches_pope_evaluate_py(answer: str, expected: bool) -> None:
+    assert yes_no(answer, "official") is expected
+    assert yes_no(answer) is expected  # the default, as eval.pope.parser's
 
 
 @pytest.mark.parametrize(
@@ -42,8 +71,25 @@ FIXTURES = Path(__file__).parent / "fixtures" / "coco"
         ("", True),
     ],
 )
-def test_yes_no(answer: str, expected: bool) -> None:
-    assert yes_no(answer) is expected
+def test_robust_parser(answer: str, expected: bool) -> None:
+    assert yes_no(answer, "robust") is expected
+
+
+# Where the two parsers disagree among OFFICIAL: the README's table (in /work/notes/pope.md) lists these.
+DIFFER = ["NO", "NO.", "No!", "NO!", "Not sure.", "Not", "NOT", "nO", "No;", "No:", "(no)", '"No"', "No\n",
+          "No\tthere is", "No,there is none.", "Answer:No", "No\u2026", "No\u00a0dog", "no-one", "No_way", "No2",
+          "Definitely not!", "The answer is NO", "No\u3002", "Not at all"]
+
+
+def test_the_parsers_differ_exactly_on_the_listed_answers() -> None:
+    differ = [a for a, _ in OFFICIAL if yes_no(a, "official") != yes_no(a, "robust")]
+    assert differ == DIFFER
+    assert all(yes_no(a, "official") and not yes_no(a, "robust") for a in differ)  # always official yes
+
+
+def test_unknown_parser() -> None:
+    with pytest.raises(ValueError, match="unknown POPE parser 'lenient': use one of official, robust"):
+        yes_no("yes", "lenient")
 
 
 def test_pope_metrics_hand_example() -> None:
@@ -228,3 +274,21 @@ def test_pope_from_files_errors(tmp_path: Path, answers: list, message: str) -> 
     questions = _write(tmp_path / "q.jsonl", [Q])
     with pytest.raises(CSRError, match=message):
         pope_from_files(questions, _write(tmp_path / "a.jsonl", answers))
+
+
+def test_pope_from_files_parser(tmp_path: Path) -> None:
+    # "NO!" is yes to the official rule, no to the robust one: one false positive more or less.
+    q = _write(tmp_path / "q.jsonl", [Q, {**Q, "question_id": 2, "label": "no"}])
+    a = _write(tmp_path / "a.jsonl", [{"question_id": 1, "text": "Yes."}, {"question_id": 2, "text": "NO!"}])
+    assert pope_from_files(q, a)["yes_ratio"] == 1.0
+    assert pope_from_files(q, a, parser="robust") == pytest.approx(
+        {"accuracy": 1.0, "precision": 1.0, "recall": 1.0, "f1": 1.0, "yes_ratio": 0.5, "n": 2})
+
+
+def test_read_pope_questions_skip_counts_bad_lines(tmp_path: Path) -> None:
+    lines = [Q, {**Q, "question_id": 3, "label": "maybe"}, {**Q, "question_id": 2}, Q, {k: v for k, v in Q.items() if k != "text"}]
+    questions, skipped = read_pope_questions(_write(tmp_path / "q.jsonl", lines), "skip")
+    assert [q["question_id"] for q in questions] == [1, 2]
+    assert skipped == {"bad_record": 2, "duplicate_id": 1}
+    with pytest.raises(CSRError, match=r"q\.jsonl: line 2: label should be 'yes' or 'no'"):
+        read_pope_questions(tmp_path / "q.jsonl", "raise")

@@ -1,20 +1,24 @@
 """POPE (Li et al. 2023): yes/no object-probing questions, half about present objects, half absent.
 
-Answers are read with POPE's own rule, scored as binary classification with "yes" as the positive
-class, and questions can be sampled with POPE's three negative-sampling strategies.
+Answers are read as yes or no by one of two parsers (`PARSERS`), scored as binary classification
+with "yes" as the positive class, and questions can be sampled with POPE's three negative-sampling
+strategies.
 """
 
 from __future__ import annotations
 
+import logging
 import random
 import re
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from itertools import zip_longest
 from typing import Any
 
 from csr.errors import CSRError
 from csr.eval.chair import StrPath, read_records
+
+log = logging.getLogger(__name__)
 
 STRATEGIES = ("random", "popular", "adversarial")
 QUESTION_TEMPLATE = "Is there a {} in the image?"
@@ -23,16 +27,32 @@ QUESTION_TEMPLATE = "Is there a {} in the image?"
 _WORD = re.compile(r"[^\W\d_]+(?:'[^\W\d_]+)*")
 
 
-def yes_no(answer: str) -> bool:
-    """True for "yes", POPE's rule: keep the first sentence; if "no" or "not" is a word of it, "no".
+def official_says_yes(answer: str) -> bool:
+    """POPE's own rule (AoiDragon/POPE evaluate.py), which every published POPE number used.
 
-    So "No, there is not." and "There is no cat." are no, while "Yes", "There is a dog." and even
-    an unrelated answer are yes.  POPE only dropped commas and split on spaces (so "No!" read as
-    yes there); here all punctuation separates words, and case is ignored, including "Not".
+    Keep the text before the first "."; drop commas; split on single spaces; the answer is "no" if
+    one piece is exactly "No", "no" or "not", else "yes".  So "NO", "No!", "Not sure", "No\\n" and
+    "No,there" are yes, while "No, there is not." and "There is no cat." are no.
     """
-    first_sentence = answer.split(".")[0]
-    words = _WORD.findall(first_sentence.lower())
+    words = answer.split(".")[0].replace(",", "").split(" ")
+    return not ("No" in words or "no" in words or "not" in words)
+
+
+def robust_says_yes(answer: str) -> bool:
+    """POPE's rule with words read as words: any punctuation or white space separates them and case
+    is ignored, so "NO", "No!" and "Not sure" are no.  "isn't" stays yes, as in POPE."""
+    words = _WORD.findall(answer.split(".")[0].lower())
     return not ("no" in words or "not" in words)
+
+
+PARSERS: dict[str, Callable[[str], bool]] = {"official": official_says_yes, "robust": robust_says_yes}
+
+
+def yes_no(answer: str, parser: str = "official") -> bool:
+    """True for "yes" as `parser` (a key of PARSERS; eval.pope.parser) reads `answer`."""
+    if parser not in PARSERS:
+        raise ValueError(f"unknown POPE parser {parser!r}: use one of {', '.join(PARSERS)}")
+    return PARSERS[parser](answer)
 
 
 def pope_metrics(predictions: Sequence[bool], labels: Sequence[bool]) -> dict:
@@ -137,29 +157,55 @@ def sample_pope_questions(
     return questions
 
 
-def load_pope_questions(path: StrPath) -> list[dict[str, Any]]:
+class _BadQuestion(Exception):
+    """One bad line of a question file; `reason` is its skip-count key under on_error="skip"."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+def _question(record: dict, seen: dict[Any, int], lineno: int) -> dict[str, Any]:
+    for key in ("question_id", "image", "text", "label"):
+        if key not in record:
+            raise _BadQuestion("bad_record", f"missing {key!r}")
+    qid = record["question_id"]
+    if not isinstance(qid, int | str) or isinstance(qid, bool):
+        raise _BadQuestion("bad_record", f"question_id should be an integer or string, got {qid!r}")
+    if qid in seen:
+        raise _BadQuestion("duplicate_id", f"question_id {qid!r} repeats line {seen[qid]}")
+    label = record["label"]
+    if not isinstance(label, str) or label.strip().lower() not in ("yes", "no"):
+        raise _BadQuestion("bad_record", f"label should be 'yes' or 'no', got {label!r}")
+    seen[qid] = lineno
+    return {**record, "label": label.strip().lower()}
+
+
+def read_pope_questions(path: StrPath, on_error: str = "raise") -> tuple[list[dict[str, Any]], dict[str, int]]:
     """A POPE question file: JSONL of {"question_id", "image", "text", "label": "yes" | "no"}.
 
-    Labels are returned lowercased; a missing field, a bad label or a repeated question_id is a
-    CSRError naming the file and line.
+    Returns (questions, skip counts by reason). Labels are returned lowercased. A missing field, a
+    bad label or a repeated question_id is a CSRError naming the file and line, or with
+    on_error="skip" (data.on_error) a skipped, counted line; a line that is not a JSON object
+    always raises, as a file that is not JSONL is no question file.
     """
     questions = []
+    skipped: Counter[str] = Counter()
     seen: dict[Any, int] = {}
     for lineno, record in read_records(path):
-        for key in ("question_id", "image", "text", "label"):
-            if key not in record:
-                raise CSRError(f"{path}: line {lineno}: missing {key!r}")
-        qid = record["question_id"]
-        if not isinstance(qid, int | str) or isinstance(qid, bool):
-            raise CSRError(f"{path}: line {lineno}: question_id should be an integer or string, got {qid!r}")
-        if qid in seen:
-            raise CSRError(f"{path}: line {lineno}: question_id {qid!r} repeats line {seen[qid]}")
-        seen[qid] = lineno
-        label = record["label"]
-        if not isinstance(label, str) or label.strip().lower() not in ("yes", "no"):
-            raise CSRError(f"{path}: line {lineno}: label should be 'yes' or 'no', got {label!r}")
-        questions.append({**record, "label": label.strip().lower()})
-    return questions
+        try:
+            questions.append(_question(record, seen, lineno))
+        except _BadQuestion as problem:
+            if on_error != "skip":
+                raise CSRError(f"{path}: line {lineno}: {problem}") from None
+            skipped[problem.reason] += 1
+            log.warning("skipping %s: line %d: %s", path, lineno, problem)
+    return questions, dict(skipped)
+
+
+def load_pope_questions(path: StrPath) -> list[dict[str, Any]]:
+    """The questions of a POPE question file; any bad line raises (see read_pope_questions)."""
+    return read_pope_questions(path)[0]
 
 
 def _load_answers(path: StrPath) -> dict[Any, str]:
@@ -179,8 +225,9 @@ def _load_answers(path: StrPath) -> dict[Any, str]:
     return answers
 
 
-def pope_from_files(questions_path: StrPath, answers_path: StrPath) -> dict:
-    """pope_metrics of an answers JSONL ({"question_id", "text" or "answer"}) against a question file.
+def pope_from_files(questions_path: StrPath, answers_path: StrPath, parser: str = "official") -> dict:
+    """pope_metrics of an answers JSONL ({"question_id", "text" or "answer"}) against a question file,
+    answers read by `parser`.
 
     Every question needs exactly one answer and every answer a question: a partial answer file would
     silently score a different benchmark.
@@ -196,6 +243,6 @@ def pope_from_files(questions_path: StrPath, answers_path: StrPath) -> dict:
     if extra:
         raise CSRError(f"{answers_path}: answers question_id {sorted(map(str, extra))[0]} "
                        f"which is not in {questions_path}")
-    predictions = [yes_no(answers[qid]) for qid in ids]
+    predictions = [yes_no(answers[qid], parser) for qid in ids]
     labels = [q["label"] == "yes" for q in questions]
     return pope_metrics(predictions, labels)
