@@ -19,6 +19,11 @@ POLICY_CHOSEN = [-1.0, -5.0]
 POLICY_REJECTED = [-3.0, -4.0]
 REF_CHOSEN = [-2.0, -4.0]
 REF_REJECTED = [-2.0, -4.0]
+# Completion lengths (answer tokens + EOS): read by ipo's per-token form only.
+#   pair 0: log-ratios chosen -1 - -2 = 1 over 4 tokens, rejected -3 - -2 = -1 over 2: 1/4 + 1/2 = 0.75
+#   pair 1: chosen -5 - -4 = -1 over 5, rejected 0 over 10: -0.2
+CHOSEN_LEN = [4, 5]
+REJECTED_LEN = [2, 10]
 BETA = 0.1
 
 A = math.log1p(math.exp(-0.2))  # -log sigmoid(0.2) = 0.5981388693815918
@@ -55,17 +60,80 @@ def test_sigmoid_example_from_the_paper_formula() -> None:
         # hinge: relu(1 - b x) = [1 - 0.2, 1 + 0.1]; label smoothing is ignored
         ("hinge", 0.0, [0.8, 1.1]),
         ("hinge", 0.1, [0.8, 1.1]),
-        # ipo: (x - 1 / (2 b))^2 = (2 - 5)^2, (-1 - 5)^2
+        # ipo, ipo_form=sum: (x - 1 / (2 b))^2 = (2 - 5)^2, (-1 - 5)^2
         ("ipo", 0.0, [9.0, 36.0]),
         ("ipo", 0.1, [9.0, 36.0]),
     ],
 )
 def test_loss_values(loss_type: str, label_smoothing: float, expected: list[float]) -> None:
-    losses, chosen, rejected = dpo_loss(*_inputs(), beta=BETA, loss_type=loss_type, label_smoothing=label_smoothing)
+    losses, chosen, rejected = dpo_loss(*_inputs(), beta=BETA, loss_type=loss_type, label_smoothing=label_smoothing,
+                                        ipo_form="sum")
     assert_close(losses, torch.tensor(expected, dtype=torch.float64))
     # Implicit rewards do not depend on the loss form: beta * (pi - ref)
     assert_close(chosen, torch.tensor([0.1 * (-1 + 2), 0.1 * (-5 + 4)], dtype=torch.float64))  # [0.1, -0.1]
     assert_close(rejected, torch.tensor([0.1 * (-3 + 2), 0.1 * (-4 + 4)], dtype=torch.float64))  # [-0.1, 0]
+
+
+def _lengths() -> dict[str, torch.Tensor]:
+    return {"chosen_lengths": torch.tensor(CHOSEN_LEN), "rejected_lengths": torch.tensor(REJECTED_LEN)}
+
+
+# Per-pair losses from TRL 1.16.0 itself: DPOTrainer._compute_loss (f_divergence_type="reverse_kl",
+# precompute_ref_logps=True) called on the inputs above, one pair per call, with a stand-in model whose
+# per-token log-probs sum to POLICY_* over completion masks of CHOSEN_LEN / REJECTED_LEN tokens
+# (/tmp/scratch_dpo/trl_values.py, trl 1.16.0 from its wheel, float64). TRL ignores label smoothing
+# for sigmoid and hinge; csr's sigmoid with label_smoothing > 0 is cDPO instead (test below).
+TRL_1_16 = [
+    ("sigmoid", 0.1, 0.0, [0.5981388693815918, 0.7443966600735709]),
+    ("sigmoid", 0.5, 0.0, [0.31326168751822286, 0.9740769841801067]),
+    ("hinge", 0.1, 0.0, [0.8, 1.1]),
+    ("hinge", 0.1, 0.1, [0.8, 1.1]),
+    ("ipo", 0.1, 0.0, [18.0625, 27.040000000000003]),  # (0.75 - 5)^2, (-0.2 - 5)^2
+    ("ipo", 0.5, 0.0, [0.0625, 1.44]),  # (0.75 - 1)^2, (-0.2 - 1)^2
+    ("robust", 0.1, 0.0, [0.5981388693815918, 0.7443966600735709]),
+    ("robust", 0.1, 0.1, [0.5731388693815918, 0.7568966600735708]),
+    ("robust", 0.1, 0.2, [0.5314722027149251, 0.7777299934069042]),
+]
+
+
+@pytest.mark.parametrize(("loss_type", "beta", "label_smoothing", "expected"), TRL_1_16)
+def test_losses_equal_trl_1_16(loss_type: str, beta: float, label_smoothing: float, expected: list[float]) -> None:
+    losses, _, _ = dpo_loss(*_inputs(), beta=beta, loss_type=loss_type, label_smoothing=label_smoothing, **_lengths())
+    assert_close(losses, torch.tensor(expected, dtype=torch.float64))
+
+
+def test_ipo_default_form_is_trls_per_token_form() -> None:
+    default, _, _ = dpo_loss(*_inputs(), loss_type="ipo", **_lengths())
+    mean, _, _ = dpo_loss(*_inputs(), loss_type="ipo", ipo_form="mean", **_lengths())
+    summed, _, _ = dpo_loss(*_inputs(), loss_type="ipo", ipo_form="sum", **_lengths())
+    assert_close(default, mean)
+    assert_close(mean, torch.tensor([18.0625, 27.04], dtype=torch.float64))
+    assert_close(summed, torch.tensor([9.0, 36.0], dtype=torch.float64))  # lengths not read
+
+
+def test_ipo_length_is_clamped_to_one_and_required() -> None:
+    # An empty completion counts as one token, as TRL's clamp(min=1): pair 0 = (1 / 1 + 1 / 2 - 5)^2
+    losses, _, _ = dpo_loss(*_inputs(), loss_type="ipo", chosen_lengths=torch.tensor([0, 5]),
+                            rejected_lengths=torch.tensor(REJECTED_LEN))
+    assert losses[0].item() == pytest.approx((1.5 - 5) ** 2)  # 12.25
+    with pytest.raises(ValueError, match="needs the completion lengths"):
+        dpo_loss(*_inputs(), loss_type="ipo")
+    with pytest.raises(ValueError, match="unknown ipo_form 'median'"):
+        dpo_loss(*_inputs(), loss_type="ipo", ipo_form="median", **_lengths())
+
+
+def test_sigmoid_label_smoothing_is_cdpo_not_trl() -> None:
+    # TRL 1.16 gives [0.5981388693815918, 0.7443966600735709] at label_smoothing 0.1 (it ignores it);
+    # csr's sigmoid is cDPO there: 0.9 * -log s(0.2) + 0.1 * -log s(-0.2).
+    losses, _, _ = dpo_loss(*_inputs(), loss_type="sigmoid", label_smoothing=0.1, **_lengths())
+    assert_close(losses, torch.tensor([0.6181388693815918, 0.7343966600735709], dtype=torch.float64))
+
+
+def test_lengths_change_nothing_but_ipo_mean() -> None:
+    for loss_type in ("sigmoid", "robust", "hinge"):
+        with_lengths, _, _ = dpo_loss(*_inputs(), loss_type=loss_type, label_smoothing=0.1, **_lengths())
+        without, _, _ = dpo_loss(*_inputs(), loss_type=loss_type, label_smoothing=0.1)
+        assert_close(with_lengths, without)
 
 
 def test_robust_closed_forms() -> None:
@@ -198,6 +266,8 @@ def test_collate_layout() -> None:
     ]
     assert batch["pixel_values"].shape == (4, 3, 2, 2)
     assert batch["pixel_values"][:, 0, 0, 0].tolist() == [1.0, 2.0, 1.0, 2.0]  # same image for both halves
+    assert batch["chosen_lengths"].tolist() == [2, 4]  # answer tokens per completion, prompt not counted
+    assert batch["rejected_lengths"].tolist() == [1, 2]
     assert "ref_chosen" not in batch and "ref_rejected" not in batch
 
 

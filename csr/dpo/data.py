@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch.utils.data import Dataset
 
+from csr.data.image_hash import file_sha256
 from csr.data.images import load_image
+from csr.data.prompts import resolve_image_path
 from csr.errors import CSRError
 from csr.models.chat import generation_prompt
 
 IGNORE = -100
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -21,6 +25,36 @@ class Encoded:
     chosen_ids: list[int]
     rejected_ids: list[int]
     pixel_values: torch.Tensor  # [3, H, W]
+
+
+def check_images(pairs: list[dict], image_root: str) -> list[str]:
+    """The sha256 of every pair's image now; a pair whose image differs from the search's is refused.
+
+    Pairs from runs before search hashed its images carry no hash: they are counted and said once.
+    """
+    digests, unhashed = [], 0
+    for pair in pairs:
+        try:
+            path = resolve_image_path(image_root, pair["image"])
+            if not path.is_file():
+                raise CSRError(f"image {path}: file not found")
+            digest = file_sha256(path)
+        except (CSRError, OSError) as err:
+            raise CSRError(f"pair id={pair['id']!r}: {err}") from None
+        expected = pair.get("image_sha256")
+        if expected is None:
+            unhashed += 1
+        elif digest != expected:
+            raise CSRError(
+                f"pair id={pair['id']!r}: image {path} changed on disk since the search read it "
+                f"(sha256 {expected[:12]}..., now {digest[:12]}...); restore the file, or run the "
+                "iteration again from stage=search"
+            )
+        digests.append(digest)
+    if unhashed:
+        log.warning("%d of %d pairs carry no image hash (written before csr hashed images): their images are "
+                    "not checked against the search's", unhashed, len(pairs))
+    return digests
 
 
 class PairDataset(Dataset):
@@ -69,6 +103,9 @@ def collate(items: list[dict], pad_id: int) -> dict[str, Any]:
         "labels": torch.tensor([lab + [IGNORE] * (width - len(lab)) for lab in labels]),
         "pixel_values": torch.stack([item["pixel_values"] for item in items] * 2),
     }
+    # Answer tokens (+ EOS) per completion: what IPO's per-token form divides by (TRL's completion mask).
+    batch["chosen_lengths"] = torch.tensor([len(item["chosen_ids"]) for item in items])
+    batch["rejected_lengths"] = torch.tensor([len(item["rejected_ids"]) for item in items])
     if "ref_chosen" in items[0]:
         batch["ref_chosen"] = torch.tensor([item["ref_chosen"] for item in items])
         batch["ref_rejected"] = torch.tensor([item["ref_rejected"] for item in items])

@@ -28,11 +28,11 @@ def concatenated_logps(model: torch.nn.Module, batch: dict) -> tuple[torch.Tenso
 
 class DPOModule(pl.LightningModule):
     def __init__(self, policy, reference: str, ref_model: torch.nn.Module | None, *, beta: float, loss: str,
-                 label_smoothing: float, lr: float, weight_decay: float, scheduler: str, warmup_ratio: float,
+                 label_smoothing: float, ipo_form: str, lr: float, weight_decay: float, scheduler: str, warmup_ratio: float,
                  total_steps: int):
         super().__init__()
         self.policy, self.reference, self.ref_model = policy, reference, ref_model
-        self.beta, self.loss_type, self.label_smoothing = beta, loss, label_smoothing
+        self.beta, self.loss_type, self.label_smoothing, self.ipo_form = beta, loss, label_smoothing, ipo_form
         self.lr, self.weight_decay, self.scheduler = lr, weight_decay, scheduler
         self.warmup_steps = math.ceil(warmup_ratio * total_steps)
         self.total_steps = total_steps
@@ -51,7 +51,8 @@ class DPOModule(pl.LightningModule):
         ref_chosen, ref_rejected = self.reference_logps(batch)
         losses, chosen_rewards, rejected_rewards = dpo_loss(
             policy_chosen, policy_rejected, ref_chosen.to(policy_chosen), ref_rejected.to(policy_chosen),
-            beta=self.beta, loss_type=self.loss_type, label_smoothing=self.label_smoothing,
+            beta=self.beta, loss_type=self.loss_type, label_smoothing=self.label_smoothing, ipo_form=self.ipo_form,
+            chosen_lengths=batch["chosen_lengths"], rejected_lengths=batch["rejected_lengths"],
         )
         loss = losses.mean()
         if not torch.isfinite(loss):

@@ -9,35 +9,18 @@ from functools import partial
 from pathlib import Path
 
 import pytorch_lightning as pl
-import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
 from csr.distributed import barrier, gathered_parameters
-from csr.dpo.data import PairDataset, collate
-from csr.dpo.module import DPOModule, concatenated_logps
-from csr.io import atomic_write_json, read_json, read_jsonl
+from csr.dpo.data import PairDataset, check_images, collate
+from csr.dpo.module import DPOModule
+from csr.dpo.reference import pair_key, precompute_reference, reference_settings
+from csr.io import read_jsonl
 from csr.models.llava import load_llava
 from csr.models.merge import save_adapter, wrap_lora
+from csr.signals import StopOnSignal
 
 log = logging.getLogger(__name__)
-
-
-def precompute_reference(model, dataset: PairDataset, pad_id: int, batch_size: int, cache_path: Path) -> list:
-    """Reference log-probs of every pair, once, before the policy changes (no second model in memory)."""
-    if cache_path.exists():
-        cached = read_json(cache_path)
-        if [c["id"] for c in cached] == [p["id"] for p in dataset.pairs]:
-            return [(c["chosen"], c["rejected"]) for c in cached]
-    out = []
-    loader = DataLoader(dataset, batch_size=batch_size, collate_fn=partial(collate, pad_id=pad_id))
-    model.eval()
-    with torch.inference_mode():
-        for batch in loader:
-            chosen, rejected = concatenated_logps(model, batch)
-            out += [{"id": i, "chosen": c, "rejected": r}
-                    for i, c, r in zip(batch["ids"], chosen.tolist(), rejected.tolist(), strict=True)]
-    atomic_write_json(cache_path, out)
-    return [(c["chosen"], c["rejected"]) for c in out]
 
 
 def run_dpo(*, model_path: str, pairs_path: Path, adapter_dir: Path, image_root: str, model_cfg, dpo_cfg,
@@ -46,13 +29,17 @@ def run_dpo(*, model_path: str, pairs_path: Path, adapter_dir: Path, image_root:
     if not pairs:
         log.warning("%s holds no pairs: this iteration trains nothing and keeps the model", pairs_path)
         return {"pairs": 0, "steps": 0}
+    digests = check_images(pairs, image_root)  # before any model loads: a changed image stops here
     pl.seed_everything(dpo_cfg.seed, workers=True)
     model, processor = load_llava(model_path, dtype=model_cfg.dtype, attn_implementation=model_cfg.attn_implementation)
     pad_id = processor.tokenizer.pad_token_id
     ref_model, ref_logps = None, None
     if dpo_cfg.reference == "precomputed":
         dataset = PairDataset(pairs, processor, image_root)
-        ref_logps = precompute_reference(model, dataset, pad_id, dpo_cfg.batch_size, adapter_dir.parent / "ref_logps.json")
+        keys = [pair_key(p, d) for p, d in zip(pairs, digests, strict=True)]
+        settings = reference_settings(model_path, model_cfg.dtype, model_cfg.attn_implementation)
+        ref_logps = precompute_reference(model, dataset, keys, settings, pad_id, dpo_cfg.batch_size,
+                                         adapter_dir.parent / "ref_logps.json")
     elif dpo_cfg.reference == "frozen_copy":
         ref_model = copy.deepcopy(model).eval().requires_grad_(False)
     model.train()
@@ -66,7 +53,7 @@ def run_dpo(*, model_path: str, pairs_path: Path, adapter_dir: Path, image_root:
     trainer = pl.Trainer(
         max_epochs=dpo_cfg.epochs, accumulate_grad_batches=dpo_cfg.grad_accumulation,
         gradient_clip_val=dpo_cfg.max_grad_norm, logger=logger if logger is not None else False,
-        enable_checkpointing=False, enable_model_summary=False, **trainer_kwargs,
+        enable_checkpointing=False, enable_model_summary=False, callbacks=[StopOnSignal()], **trainer_kwargs,
     )
     world_size = trainer.num_devices * trainer.num_nodes  # trainer.world_size is only set once fit starts
     # One pair order for every world size: under DDP Lightning deals out a DistributedSampler seeded
@@ -80,8 +67,8 @@ def run_dpo(*, model_path: str, pairs_path: Path, adapter_dir: Path, image_root:
     steps = math.ceil(per_rank / dpo_cfg.grad_accumulation) * dpo_cfg.epochs
     module = DPOModule(
         policy, dpo_cfg.reference, ref_model, beta=dpo_cfg.beta, loss=dpo_cfg.loss,
-        label_smoothing=dpo_cfg.label_smoothing, lr=dpo_cfg.lr, weight_decay=dpo_cfg.weight_decay,
-        scheduler=dpo_cfg.scheduler, warmup_ratio=dpo_cfg.warmup_ratio, total_steps=steps,
+        label_smoothing=dpo_cfg.label_smoothing, ipo_form=dpo_cfg.ipo_form, lr=dpo_cfg.lr,
+        weight_decay=dpo_cfg.weight_decay, scheduler=dpo_cfg.scheduler, warmup_ratio=dpo_cfg.warmup_ratio, total_steps=steps,
     )
     trainer.fit(module, loader)
     with gathered_parameters(trainer.strategy, [p for p in policy.parameters() if p.requires_grad]):

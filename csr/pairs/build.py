@@ -13,28 +13,34 @@ from pathlib import Path
 
 from csr.data.prompts import resolve_image_path
 from csr.io import atomic_write_json, atomic_write_text, read_jsonl
-from csr.pairs.select import failed_filter, select_pair
+from csr.pairs.rules import margin, select_by_rule
+from csr.pairs.select import failed_filter
 
 
 def make_pair(record: dict, filters: Sequence[str]) -> tuple[dict | None, str | None]:
     """(pair, None) or (None, skip reason) for one reward record."""
     if "skipped" in record:
         return None, record["skipped"]
-    answers = [a for a in record["answers"] if failed_filter(a["text"], filters) is None]
-    choice = select_pair([a["score"] for a in answers], [a["text"] for a in answers])
+    rule = record.get("rule", "mean")  # the pair rule the reward stage scored these answers under
+    # A None score is an answer the reference rule dropped (a sentence under 4 characters).
+    answers = [a for a in record["answers"] if a["score"] is not None and failed_filter(a["text"], filters) is None]
+    choice = select_by_rule(rule, [a["score"] for a in answers], [a["text"] for a in answers])
     if choice.skip:
         return None, choice.skip
     chosen, rejected = answers[choice.chosen], answers[choice.rejected]
     return {
         "id": record["id"],
         "image": record["image"],
+        # The search's sha256 of the image file it read, carried by the reward record (None in runs
+        # written before search hashed images); DPO refuses the pair if the file has changed since.
+        "image_sha256": record.get("image_sha256"),
         "prompt": record["prompt"],
         "input": record["input"],
         "chosen": chosen["text"],
         "rejected": rejected["text"],
         "chosen_score": chosen["score"],
         "rejected_score": rejected["score"],
-        "margin": chosen["score"] - rejected["score"],
+        "margin": margin(rule, chosen["score"], rejected["score"]),
         "chosen_sentences": chosen["sentences"],
         "rejected_sentences": rejected["sentences"],
         "n_answers": len(record["answers"]),

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 
 import torch
 
+from csr.data.image_hash import image_sha256
 from csr.data.images import load_image
 from csr.data.prompts import PromptRecord
 from csr.errors import CSRError
@@ -19,11 +20,12 @@ from csr.search.tree import Node
 log = logging.getLogger(__name__)
 
 
-def tree_record(prompt: PromptRecord, nodes: Sequence[Node]) -> dict:
+def tree_record(prompt: PromptRecord, nodes: Sequence[Node], image_digest: str) -> dict:
     finals = [n for n in nodes if n.final]
     return {
         "id": prompt.id,
         "image": prompt.image,
+        "image_sha256": image_digest,  # of the file this search read: DPO refuses it once it changes
         "prompt": prompt.prompt,
         "input": prompt.raw,
         "nodes": [n.to_json() for n in nodes],
@@ -50,10 +52,11 @@ class SearchModule(RecordPredictor):
         self.image_root, self.on_error, self.seed = image_root, on_error, seed
 
     def predict_step(self, batch: list[PromptRecord], batch_idx: int = 0) -> list[dict]:
-        good, images, out = [], [], {}
+        good, images, digests, out = [], [], [], {}
         for prompt in batch:
             try:
                 images.append(load_image(self.image_root, prompt.image))
+                digests.append(image_sha256(self.image_root, prompt.image))
                 good.append(prompt)
             except CSRError as err:
                 if self.on_error != "skip":
@@ -65,6 +68,6 @@ class SearchModule(RecordPredictor):
             ids = ",".join(p.id for p in good).encode()
             self.engine.decode.generator = torch.Generator().manual_seed(self.seed + zlib.crc32(ids))
             trees = self.engine.search([p.prompt for p in good], images, [p.image for p in good])
-            for prompt, nodes in zip(good, trees, strict=True):
-                out[prompt.id] = tree_record(prompt, nodes)
+            for prompt, nodes, digest in zip(good, trees, digests, strict=True):
+                out[prompt.id] = tree_record(prompt, nodes, digest)
         return [out[p.id] for p in batch]
