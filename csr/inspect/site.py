@@ -1,0 +1,213 @@
+"""`csr-inspect <run_dir> [--out DIR]`: a static site to look at what a CSR run did.
+
+Layout of the site (default `<run_dir>/inspect/`), opened from the file system or any static server:
+  index.html, prompt.html, eval.html, inspect.css, *.js    pages and code (package data, no CDN)
+  data/run.js                 summary table, config, per-iteration statistics
+  data/iter_<k>.js            the prompt list of iteration k (loaded when its tab opens)
+  data/p/<key>.js             one prompt: its tree, pair and evaluation answers at every iteration
+  data/eval_<evaluator>.js    every evaluation answer of one evaluator at every iteration
+  img/                        the images shown (copied; larger than 512 px: a JPEG thumbnail)
+Data files are scripts that call `CSR.put(name, data)`, not JSON: a page opened from file:// may load
+scripts but not fetch() JSON. Each page loads only the files it shows, so a run with thousands of
+prompts per iteration opens as fast as a small one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shutil
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+
+from csr.data.prompts import resolve_image_path
+from csr.errors import CSRError
+from csr.eval.chair import caption_report
+from csr.inspect import data
+from csr.io import read_json
+
+log = logging.getLogger(__name__)
+
+STATIC = ("index.html", "prompt.html", "eval.html", "inspect.css", "common.js", "index.js", "prompt.js", "eval.js")
+THUMBNAIL = 512  # longest side of a copied image; larger ones are shrunk
+DPO_NOTE = ("DPO logs batch means only (rewards/margins per step), not a reward margin per pair: "
+            "the margin shown per pair is the pair rule's score margin (chosen score - rejected score).")
+
+
+def _iterations(run_dir: Path) -> list[int]:
+    ks = [int(p.name.removeprefix("iter_")) for p in run_dir.glob("iter_*") if p.name[5:].isdigit()]
+    return sorted(ks)
+
+
+def _config(run_dir: Path) -> Any:
+    path = run_dir / "config.yaml"
+    return OmegaConf.load(path) if path.exists() else OmegaConf.create({})
+
+
+def _truth(root: str | None, split: str | None) -> dict[str, set[str]] | None:
+    """ShapesWorld ground truth of a split, when the run used one and its files are still there."""
+    if root is None or split is None or not (Path(root) / split / "ground_truth.json").exists():
+        return None
+    from csr.data.shapesworld.splits import ground_truth
+
+    return ground_truth(Path(root) / split)
+
+
+def eval_image_root(cfg: Any, evaluator: str) -> str | None:
+    """Where an evaluator read its images (as csr.eval's evaluators resolve them)."""
+    e = cfg.get("eval", {})
+    if evaluator == "shapesworld":
+        root = e.get("shapesworld_root")
+        return str(Path(root) / e.get("split", "test") / "images") if root else None
+    if evaluator == "coco_chair":
+        return e.get("coco", {}).get("image_root")
+    if evaluator == "pope":
+        return e.get("pope", {}).get("image_root")
+    return e.get("image_root") or cfg.get("data", {}).get("image_root")
+
+
+class _Images:
+    """Copies each source image once into img/ and returns its path relative to the site."""
+
+    def __init__(self, out: Path):
+        self.dir, self.done = out / "img", {}
+        self.dir.mkdir(parents=True, exist_ok=True)
+
+    def add(self, root: str | None, rel: str) -> str | None:
+        if root is None:
+            return None
+        try:
+            src = resolve_image_path(root, rel)
+        except CSRError:
+            return None
+        if src in self.done or not src.is_file():
+            return self.done.get(src)
+        from PIL import Image
+
+        key = data.prompt_key(rel)
+        with Image.open(src) as im:
+            if max(im.size) <= THUMBNAIL and src.suffix.lower() in (".png", ".jpg", ".jpeg"):
+                name = f"{key}{src.suffix.lower()}"
+                shutil.copyfile(src, self.dir / name)
+            else:
+                name = f"{key}.jpg"
+                im.thumbnail((THUMBNAIL, THUMBNAIL))
+                im.convert("RGB").save(self.dir / name, quality=85)
+        self.done[src] = f"img/{name}"
+        return self.done[src]
+
+
+def _write_js(path: Path, name: str, obj: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    body = json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
+    path.write_text(f"CSR.put({json.dumps(name)},{body});\n", encoding="utf-8")
+
+
+def _iteration_stats(iter_dir: Path) -> dict:
+    metrics = read_json(iter_dir / "metrics.json") if (iter_dir / "metrics.json").exists() else {}
+    pairs, dpo = metrics.get("pairs") or {}, metrics.get("dpo") or {}
+    return {"pairs": {k: v for k, v in pairs.items() if k != "seconds"},
+            "dpo": {k: v for k, v in dpo.items() if k.startswith(("rewards/", "loss", "steps"))},
+            "search": {k: v for k, v in (metrics.get("search") or {}).items() if k != "seconds"}}
+
+
+def _eval_item(record: dict, truth: dict[str, set[str]] | None, synonyms) -> dict:
+    item = {"answer": record["answer"], "r_i": record.get("r_i"), "finish": record.get("finish")}
+    if truth is not None and record["id"] in truth:
+        item["halluc"] = caption_report(record["answer"], truth[record["id"]], synonyms)["hallucinated"]
+    return item
+
+
+def build(run_dir: Path, out: Path) -> dict:
+    """Write the site's data and images into `out` (an empty directory); returns run.js's content."""
+    cfg = _config(run_dir)
+    reward, pairs_cfg, d, e = (cfg.get(k, {}) for k in ("reward", "pairs", "data", "eval"))
+    settings = {"lam": reward.get("lam", 0.9), "calibration": reward.get("calibration", "rank"),
+                "prune_by": cfg.get("search", {}).get("prune_by", "calibrated")}
+    filters = list(pairs_cfg.get("filters", ["empty", "repetition"]))
+    truth = _truth(d.get("shapesworld_root"), d.get("shapesworld_split"))
+    eval_truth = _truth(e.get("shapesworld_root"), e.get("split"))
+    synonyms = None
+    if truth is not None or eval_truth is not None:
+        from csr.data.shapesworld.vocab import synonym_table
+
+        synonyms = synonym_table()
+    images = _Images(out)
+    prompts: dict[str, dict] = {}  # prompt id -> its page's data
+    evals: dict[str, dict[str, dict]] = {}  # evaluator -> id -> {image, prompt, answers: {k: item}}
+    iterations = []
+    for k in _iterations(run_dir):
+        iter_dir = run_dir / f"iter_{k}"
+        rows, details = data.iteration(iter_dir, settings, filters, truth, synonyms)
+        if rows:
+            _write_js(out / "data" / f"iter_{k}.js", f"iter_{k}", rows)
+        for s in rows:
+            page = prompts.setdefault(s["id"], {
+                "id": s["id"], "key": data.prompt_key(s["id"]), "prompt": s["prompt"],
+                "image": images.add(d.get("image_root"), s["image"]), "image_name": s["image"],
+                "truth": sorted(truth[s["id"]]) if truth and s["id"] in truth else None,
+                "iterations": {}, "evals": {}})
+            page["iterations"][k] = details[s["id"]]
+        for name, answers in data.eval_answers(iter_dir).items():
+            gt = eval_truth if name == "shapesworld" else None
+            root = eval_image_root(cfg, name)
+            for a in answers:
+                entry = evals.setdefault(name, {}).setdefault(a["id"], {
+                    "id": a["id"], "prompt": a.get("prompt"), "image": images.add(root, a["image"]),
+                    "truth": sorted(gt[a["id"]]) if gt and a["id"] in gt else None, "answers": {}})
+                entry["answers"][k] = _eval_item(a, gt, synonyms)
+        iterations.append({"k": k, "prompts": len(rows), **_iteration_stats(iter_dir)})
+    for page in prompts.values():
+        for name, items in evals.items():
+            if page["id"] in items:
+                page["evals"][name] = items[page["id"]]["answers"]
+        _write_js(out / "data" / "p" / f"{page['key']}.js", f"p/{page['key']}", page)
+    for name, items in evals.items():
+        _write_js(out / "data" / f"eval_{name}.js", f"eval_{name}", list(items.values()))
+    summary = read_json(run_dir / "summary.json") if (run_dir / "summary.json").exists() else []
+    if (run_dir / "summary.png").exists():
+        shutil.copyfile(run_dir / "summary.png", out / "img" / "summary.png")
+    run = {
+        "run_dir": str(run_dir), "summary": summary, "summary_png": (run_dir / "summary.png").exists(),
+        "iterations": iterations, "evaluators": sorted(evals), "ground_truth": truth is not None,
+        "eval_ground_truth": eval_truth is not None, "dpo_note": DPO_NOTE,
+        "config": {**settings, "model": cfg.get("model", {}).get("path"), "filters": filters},
+    }
+    _write_js(out / "data" / "run.js", "run", run)
+    return run
+
+
+def write_site(run_dir: str | Path, out: str | Path | None = None) -> Path:
+    """Write the inspector site of `run_dir` into `out` (default `<run_dir>/inspect`), replacing it whole."""
+    run_dir = Path(run_dir).resolve()
+    out = Path(out).resolve() if out is not None else run_dir / "inspect"
+    if not (run_dir / "iter_1").is_dir() and not (run_dir / "iter_0").is_dir():
+        raise CSRError(f"{run_dir} holds no iter_<k>/ directory: not a csr run directory")
+    # Built beside its final place and renamed, so a killed build never leaves half a site.
+    tmp = out.with_name(f".{out.name}.building")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    static = resources.files("csr.inspect") / "static"
+    for name in STATIC:
+        (tmp / name).write_bytes((static / name).read_bytes())
+    build(run_dir, tmp)
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+    log.info("inspector site written to %s (open %s)", out, out / "index.html")
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="csr-inspect", description=__doc__.splitlines()[0])
+    parser.add_argument("run_dir", help="a csr run directory (holds config.yaml and iter_<k>/)")
+    parser.add_argument("--out", default=None, help="where to write the site (default: <run_dir>/inspect)")
+    args = parser.parse_args(argv)
+    try:
+        out = write_site(args.run_dir, args.out)
+    except CSRError as err:
+        raise SystemExit(f"csr-inspect: {err}") from None
+    print(f"{out / 'index.html'}")
