@@ -198,6 +198,13 @@ class LoggerConfig:
 
 
 @dataclass
+class ReportConfig:
+    # Write the inspector site (`csr-inspect`: trees, pairs, answers) to <run_dir>/inspect at the end
+    # of a run and log it to the MLflow parent run. On in conf/config.yaml (the ShapesWorld default).
+    inspect: bool = False
+
+
+@dataclass
 class RootConfig:
     iterations: int = 3
     stage: Stage = Stage.all  # run the whole loop, or one stage of one `iteration` on `run_dir`
@@ -213,6 +220,7 @@ class RootConfig:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)
 
 
 _CHOICES = {

@@ -275,4 +275,9 @@ class Loop:
             path = self.iter_dir(k) / "metrics.json"
             if path.exists():
                 rows[k] = read_json(path)
-        return write_report(rows, self.run_dir)
+        result = write_report(rows, self.run_dir)
+        if OmegaConf.select(self.cfg, "report.inspect", default=False):  # the browsable site, also in MLflow
+            from csr.inspect import write_site
+
+            self.tracker.log_artifact(self.tracker.ids.get("parent"), write_site(self.run_dir))
+        return result
