@@ -102,3 +102,46 @@ def test_split_files(tmp_path):
     assert again == d
     pope = (d / "pope_adversarial.jsonl").read_text().splitlines()
     assert pope and all('"label"' in line for line in pope)
+
+
+def test_shapesworld_evaluator_scores_its_answers_and_records_its_settings(tmp_path):
+    from omegaconf import OmegaConf
+
+    from csr.config import ASSETS, EvalConfig
+    from csr.eval.generate import image_set
+    from csr.eval.pope import QUESTION_TEMPLATE, STRATEGIES, pope_metrics, read_pope_questions, yes_no
+    from csr.eval.shapesworld import evaluate_shapesworld
+    from csr.io import read_jsonl
+    from csr.models.llava import load_llava
+
+    model, processor = load_llava(str(ASSETS / "shapesworld" / "llava"))
+    cfg = OmegaConf.structured(EvalConfig)
+    cfg.shapesworld_root, cfg.limit, cfg.pope_images, cfg.max_new_tokens, cfg.batch_size = str(tmp_path), 24, 8, 96, 24
+    out = tmp_path / "out"
+    out.mkdir()
+    metrics = evaluate_shapesworld(model=model, processor=processor, scorer=None, eval_cfg=cfg, prompt_file="",
+                                   image_root="", out_dir=out, trainer_kwargs={"accelerator": "cpu", "devices": 1})
+    split = tmp_path / "test"
+    truth = ground_truth(split)
+    answers = read_jsonl(out / "answers.jsonl")
+    assert metrics["chair_s"] == chair_scores([a["answer"] for a in answers], [truth[a["id"]] for a in answers],
+                                              synonym_table())["chair_s"]
+    probed = sorted(truth)[:8]
+    differ = []
+    for strategy in STRATEGIES:
+        questions = [q for q in read_pope_questions(split / f"pope_{strategy}.jsonl")[0]
+                     if q["image"] in {f"{i}.png" for i in probed}]
+        said = {r["id"]: r["answer"] for r in read_jsonl(out / f"pope_{strategy}.jsonl")}
+        replies = [said[f"{strategy}_{q['question_id']}"] for q in questions]
+        want = pope_metrics([yes_no(r) for r in replies], [q["label"] == "yes" for q in questions])
+        assert {k: metrics[f"pope_{strategy}/{k}"] for k in want} == want
+        differ += [r for r in replies if yes_no(r, "official") != yes_no(r, "robust")]
+    # The model answers "Yes." or "No.": the default parser's switch to POPE's rule moves no number.
+    assert differ == []
+    assert metrics["skipped"] == 0
+    assert metrics["settings"] == {
+        "split": "test", "prompt": "Describe this image in detail.", "decoding": "greedy", "max_new_tokens": 96,
+        **image_set(f"{i}.png" for i in sorted(truth)),
+        "pope": {"prompt": QUESTION_TEMPLATE, "decoding": "greedy", "max_new_tokens": 4, "parser": "official",
+                 **image_set(f"{i}.png" for i in probed)},
+    }

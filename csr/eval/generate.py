@@ -1,32 +1,61 @@
 """The generic evaluator: answer an eval prompt file with the iteration's model, greedy, and measure.
 
 Generation is a LightningModule predict step (so it shards later) that appends to answers.jsonl.
+Every evaluator answers through `generate_answers`, honours data.on_error (a bad prompt or image is
+skipped and counted, or raises naming it) and records with its metrics the `settings` it ran with.
 """
 
 from __future__ import annotations
 
+import hashlib
+import logging
+from collections import Counter
+from collections.abc import Iterable
 from pathlib import Path
 
 import torch
 
 from csr.data.images import load_image
 from csr.data.prompts import PromptRecord, load_prompts
+from csr.errors import CSRError
 from csr.io import read_jsonl
 from csr.models.chat import drop_overlong, generation_prompt
 from csr.models.llava import special_token_ids
 from csr.predict import RecordPredictor, predict_to_jsonl
 
+log = logging.getLogger(__name__)
+
+DECODING = "greedy"  # GenerateModule: do_sample=False, special tokens suppressed, stops at eos
+
 
 class GenerateModule(RecordPredictor):
-    def __init__(self, model, processor, image_root: str, max_new_tokens: int, scorer=None):
+    def __init__(self, model, processor, image_root: str, max_new_tokens: int, scorer=None, on_error: str = "raise",
+                 source: str = "eval prompts"):
         super().__init__()
         self.policy, self.processor, self.image_root = model, processor, image_root
         self.max_new_tokens, self.scorer = max_new_tokens, scorer
+        self.on_error, self.source = on_error, source  # source: the input file, named in errors
         self.suppress = special_token_ids(processor)
 
-    @torch.inference_mode()
     def predict_step(self, batch: list[PromptRecord], batch_idx: int = 0) -> list[dict]:
-        images = [load_image(self.image_root, p.image) for p in batch]
+        good, images, out = [], [], {}
+        for prompt in batch:
+            try:
+                images.append(load_image(self.image_root, prompt.image))
+                good.append(prompt)
+            except CSRError as err:
+                where = f"{self.source}: record id={prompt.id!r}"
+                if self.on_error != "skip":
+                    raise CSRError(f"{where}: {err}") from None
+                log.warning("skipping %s: %s", where, err)
+                out[prompt.id] = {"id": prompt.id, "image": prompt.image, "prompt": prompt.prompt,
+                                  "skipped": "bad_image", "error": str(err)}
+        if good:
+            out.update((r["id"], r) for r in self.answer(good, images))
+        return [out[p.id] for p in batch]
+
+    @torch.inference_mode()
+    def answer(self, batch: list[PromptRecord], images: list) -> list[dict]:
         texts = [generation_prompt(self.processor, p.prompt) for p in batch]
         inputs = self.processor(images=images, text=texts, return_tensors="pt", padding=True)
         inputs["pixel_values"] = inputs["pixel_values"].to(self.policy.dtype)
@@ -65,22 +94,60 @@ def answer_metrics(records: list[dict]) -> dict:
     return metrics
 
 
-def generate_answers(model, processor, scorer, records: list[PromptRecord], image_root, out_path: Path, *,
-                     max_new_tokens: int, batch_size: int, trainer_kwargs: dict) -> list[dict]:
-    """Greedy answers to `records`, appended to `out_path` (resumable); returns every answer written there.
+def set_digest(items: Iterable[str]) -> str:
+    """sha256 of the sorted distinct items, one per line: the same set gives the same hash in any order."""
+    return hashlib.sha256("".join(f"{i}\n" for i in sorted(set(items))).encode()).hexdigest()
 
+
+def image_set(images: Iterable[str]) -> dict:
+    """n_images and image_ids_sha256 (set_digest of the image paths under the image root), so two
+    runs show at a glance whether they scored the same images."""
+    distinct = set(images)
+    return {"n_images": len(distinct), "image_ids_sha256": set_digest(distinct)}
+
+
+def skip_counts(skips: dict[str, int]) -> dict:
+    """`skipped` (total) and `skipped/<reason>`, the names the search stage reports its skips under."""
+    return {"skipped": sum(skips.values()), **{f"skipped/{k}": v for k, v in sorted(skips.items()) if v}}
+
+
+def generate_answers(model, processor, scorer, records: list[PromptRecord], image_root, out_path: Path, *,
+                     max_new_tokens: int, batch_size: int, trainer_kwargs: dict, on_error: str = "raise",
+                     source: str | None = None) -> tuple[list[dict], dict[str, int]]:
+    """Greedy answers to `records`, appended to `out_path` (resumable); returns (the answers to
+    `records`, in their order, skip counts by reason).
+
+    A prompt too long for the model (`too_long`) or an unreadable image (`bad_image`) raises naming
+    `source` (the input file) and the record, or with on_error="skip" is left out and counted.
     With `scorer` each answer also gets its R_I; the evaluators all answer through here."""
-    # Evaluation has no skip mode: a prompt that cannot fit would be scored on garbage.
-    records, _ = drop_overlong(records, processor, model, max_new_tokens, "raise", f"{out_path.parent.name} eval prompts")
-    module = GenerateModule(model, processor, str(image_root), max_new_tokens, scorer)
+    source = source or f"{out_path.parent.name} eval prompts"
+    records, too_long = drop_overlong(records, processor, model, max_new_tokens, on_error, source)
+    module = GenerateModule(model, processor, str(image_root), max_new_tokens, scorer, on_error, str(source))
     predict_to_jsonl(module, records, out_path, batch_size=batch_size, trainer_kwargs=trainer_kwargs)
-    return read_jsonl(out_path)
+    # Only this call's records: the file may also hold answers to records no longer asked for.
+    written = {str(r["id"]): r for r in read_jsonl(out_path)}
+    mine = [written[r.id] for r in records]
+    skips = Counter(r["skipped"] for r in mine if "skipped" in r)
+    if too_long:
+        skips["too_long"] = too_long
+    return [r for r in mine if "skipped" not in r], dict(skips)
 
 
 def evaluate_generate(*, model, processor, scorer, eval_cfg, prompt_file: str, image_root: str,
-                      out_dir: Path, trainer_kwargs: dict) -> dict:
-    prompts, _ = load_prompts(prompt_file, image_root, limit=eval_cfg.limit)
-    return answer_metrics(generate_answers(
+                      out_dir: Path, trainer_kwargs: dict, on_error: str = "raise") -> dict:
+    prompts, skips = load_prompts(prompt_file, image_root, limit=eval_cfg.limit, on_error=on_error)
+    answers, more = generate_answers(
         model, processor, scorer, prompts, image_root, out_dir / "answers.jsonl",
         max_new_tokens=eval_cfg.max_new_tokens, batch_size=eval_cfg.batch_size, trainer_kwargs=trainer_kwargs,
-    ))
+        on_error=on_error, source=prompt_file,
+    )
+    texts = {a["prompt"] for a in answers}
+    settings = {
+        # The prompts come from the file, one per record: named when they are all the same.
+        "prompt": texts.pop() if len(texts) == 1 else "per record (prompt_file)",
+        "prompt_file": str(prompt_file),
+        "prompts_sha256": set_digest(f"{a['id']}\t{a['prompt']}" for a in answers),
+        "decoding": DECODING, "max_new_tokens": eval_cfg.max_new_tokens,
+        **image_set(a["image"] for a in answers),
+    }
+    return {**answer_metrics(answers), **skip_counts(Counter(skips) + Counter(more)), "settings": settings}

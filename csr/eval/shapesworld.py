@@ -6,14 +6,15 @@ estimated. Answers go through the same generation module as every evaluator.
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
 from csr.data.prompts import PromptRecord
 from csr.data.shapesworld.splits import ensure_split, ground_truth
 from csr.data.shapesworld.vocab import PAIRS, synonym_table
 from csr.eval.chair import caption_report, chair_scores
-from csr.eval.generate import answer_metrics, generate_answers
-from csr.eval.pope import STRATEGIES, load_pope_questions, pope_metrics, yes_no
+from csr.eval.generate import DECODING, answer_metrics, generate_answers, image_set, skip_counts
+from csr.eval.pope import QUESTION_TEMPLATE, STRATEGIES, pope_metrics, read_pope_questions, yes_no
 
 
 def partner_hallucination_rate(answers: list[dict], truth: dict[str, set[str]]) -> float:
@@ -30,33 +31,61 @@ def partner_hallucination_rate(answers: list[dict], truth: dict[str, set[str]]) 
     return hits / total if total else 0.0
 
 
+DESCRIBE_PROMPT = "Describe this image in detail."
+POPE_MAX_NEW_TOKENS = 4  # "Yes." / "No."
+
+
+def _pope(model, processor, eval_cfg, split_dir: Path, images: set[str], out_dir: Path, trainer_kwargs: dict,
+          on_error: str) -> tuple[dict, Counter[str], list[str]]:
+    """POPE of each strategy on `images`: (metrics, skip counts, the images its scored questions showed)."""
+    metrics: dict = {}
+    skips: Counter[str] = Counter()
+    shown: list[str] = []
+    f1 = []
+    for strategy in STRATEGIES:
+        questions, bad = read_pope_questions(split_dir / f"pope_{strategy}.jsonl", on_error)
+        questions = [q for q in questions if q["image"] in images]
+        records = [PromptRecord(id=f"{strategy}_{q['question_id']}", image=q["image"], prompt=q["text"], raw="")
+                   for q in questions]
+        replies, more = generate_answers(model, processor, None, records, split_dir / "images",
+                                         out_dir / f"pope_{strategy}.jsonl", max_new_tokens=POPE_MAX_NEW_TOKENS,
+                                         batch_size=eval_cfg.batch_size, trainer_kwargs=trainer_kwargs,
+                                         on_error=on_error, source=str(split_dir / f"pope_{strategy}.jsonl"))
+        said = {r["id"]: yes_no(r["answer"], eval_cfg.pope.parser) for r in replies}
+        scored = [(said[r.id], q) for r, q in zip(records, questions, strict=True) if r.id in said]
+        result = pope_metrics([s for s, _ in scored], [q["label"] == "yes" for _, q in scored])
+        metrics.update({f"pope_{strategy}/{k}": v for k, v in result.items()})
+        f1.append(result["f1"])
+        skips += Counter(bad) + Counter(more)
+        shown += [q["image"] for _, q in scored]
+    metrics["pope_f1"] = sum(f1) / len(f1)
+    return metrics, skips, shown
+
+
 def evaluate_shapesworld(*, model, processor, scorer, eval_cfg, prompt_file: str, image_root: str,
-                         out_dir: Path, trainer_kwargs: dict) -> dict:
+                         out_dir: Path, trainer_kwargs: dict, on_error: str = "raise") -> dict:
     split_dir = ensure_split(eval_cfg.shapesworld_root, eval_cfg.split, eval_cfg.limit)
     truth = ground_truth(split_dir)
     ids = sorted(truth)[: eval_cfg.limit]
-    describe = [PromptRecord(id=i, image=f"{i}.png", prompt="Describe this image in detail.", raw="") for i in ids]
-    answers = generate_answers(model, processor, scorer, describe, split_dir / "images", out_dir / "answers.jsonl",
-                               max_new_tokens=eval_cfg.max_new_tokens, batch_size=eval_cfg.batch_size,
-                               trainer_kwargs=trainer_kwargs)
+    describe = [PromptRecord(id=i, image=f"{i}.png", prompt=DESCRIBE_PROMPT, raw="") for i in ids]
+    answers, skips = generate_answers(model, processor, scorer, describe, split_dir / "images",
+                                      out_dir / "answers.jsonl", max_new_tokens=eval_cfg.max_new_tokens,
+                                      batch_size=eval_cfg.batch_size, trainer_kwargs=trainer_kwargs,
+                                      on_error=on_error, source=str(split_dir))
     answers = [a for a in answers if a["id"] in truth]
     metrics = chair_scores([a["answer"] for a in answers], [truth[a["id"]] for a in answers], synonym_table())
     metrics.update(answer_metrics(answers))
     metrics["partner_hallucination"] = partner_hallucination_rate(answers, truth)
-    images = {f"{i}.png" for i in ids[: eval_cfg.pope_images]}
-    f1 = []
-    for strategy in STRATEGIES:
-        questions = [q for q in load_pope_questions(split_dir / f"pope_{strategy}.jsonl") if q["image"] in images]
-        records = [PromptRecord(id=f"{strategy}_{q['question_id']}", image=q["image"], prompt=q["text"], raw="")
-                   for q in questions]
-        replies = generate_answers(model, processor, None, records, split_dir / "images",
-                                   out_dir / f"pope_{strategy}.jsonl", max_new_tokens=4,  # "Yes." / "No."
-                                   batch_size=eval_cfg.batch_size, trainer_kwargs=trainer_kwargs)
-        said = {r["id"]: yes_no(r["answer"]) for r in replies}
-        result = pope_metrics([said[r.id] for r in records], [q["label"] == "yes" for q in questions])
-        metrics.update({f"pope_{strategy}/{k}": v for k, v in result.items()})
-        f1.append(result["f1"])
-    metrics["pope_f1"] = sum(f1) / len(f1)
+    pope, pope_skips, shown = _pope(model, processor, eval_cfg, split_dir, {f"{i}.png" for i in ids[: eval_cfg.pope_images]},
+                                    out_dir, trainer_kwargs, on_error)
+    metrics.update(pope)
+    metrics.update(skip_counts(Counter(skips) + pope_skips))
+    metrics["settings"] = {
+        "split": eval_cfg.split, "prompt": DESCRIBE_PROMPT, "decoding": DECODING,
+        "max_new_tokens": eval_cfg.max_new_tokens, **image_set(a["image"] for a in answers),
+        "pope": {"prompt": QUESTION_TEMPLATE, "decoding": DECODING, "max_new_tokens": POPE_MAX_NEW_TOKENS,
+                 "parser": eval_cfg.pope.parser, **image_set(shown)},
+    }
     return metrics
 
 
