@@ -122,7 +122,7 @@ class DPOConfig:
     loss: str = "sigmoid"  # sigmoid | ipo | hinge | robust
     beta: float = 0.1
     ipo_form: str = "mean"  # ipo only: mean = log-ratios / completion length (TRL 1.16) | sum
-    label_smoothing: float = 0.0
+    label_smoothing: float = 0.0  # sigmoid: cDPO (TRL 1.16's sigmoid ignores it); robust: label noise rate
     lr: float = 1.0e-7
     scheduler: str = "cosine"  # cosine | constant
     warmup_ratio: float = 0.03
