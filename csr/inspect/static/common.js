@@ -24,9 +24,10 @@ const CSR = {
   },
 
   // A sentence as the model wrote it: leading spaces kept visible, newlines marked.
+  // (the markers are CSS ::before content, so an element's textContent is exactly the text)
   text(s) {
-    if (!s) return '<span class="muted">(empty)</span>';
-    return CSR.esc(s).replace(/\n/g, '<span class="muted">⏎</span>');
+    if (!s) return '<span class="empty"></span>';
+    return CSR.esc(s).replace(/\n/g, '<span class="nl">\n</span>');
   },
 
   num(v, digits = 3) {
