@@ -109,7 +109,7 @@ def test_reference_model_files_are_fingerprinted(ctx: Ctx, monkeypatch) -> None:
     assert settings["model_dir"] == str(model.resolve())
     assert set(settings) == {"format", "model_dir", "dtype", "attn_implementation", "model_files"}
     assert settings["model_files"]["config.json"] == [os.path.getsize(model / "config.json"), file_sha256(model / "config.json")]
-    # Files up to 1 MiB (all of the tiny model's) by content: one flipped byte of the weights shows.
+    # Files up to 256 MiB (all of the tiny model's) by content: one flipped byte of the weights shows.
     before = model_fingerprint(str(model))
     data = bytearray(weights.read_bytes())
     data[-1] ^= 1

@@ -1,8 +1,9 @@
 """Reference log-probs, computed once per pair and cached in ref_logps.json keyed by what they depend on.
 
 A cached value is reused only for a pair with the same content (prompt, image path, image bytes,
-chosen and rejected text) under the same reference model (its resolved directory and every file's
-size and mtime, small files by content) and the same settings (dtype, attention implementation).
+chosen and rejected text) under the same reference model (its resolved directory and every file:
+by content up to 256 MiB, by size and mtime above) and the same settings (dtype, attention
+implementation).
 Anything else is recomputed and the log says how many and why. Batch composition can move a value
 in its last float digits (padding); that is rounding, not a change of content, and is not keyed.
 """
@@ -25,7 +26,9 @@ from csr.io import atomic_write_json, read_json
 log = logging.getLogger(__name__)
 
 CACHE_FORMAT = 2  # 1: a bare list checked by pair id only
-SMALL_FILE = 1 << 20  # config, tokenizer, chat template, safetensors index: hashed by content
+# Files up to this size are hashed (config, tokenizer, chat template, index, and the weights of the
+# tiny and ShapesWorld models, so equal runs write equal caches); larger weights by size and mtime.
+SMALL_FILE = 256 << 20
 
 
 def _sha256_text(text: str) -> str:
@@ -42,11 +45,11 @@ def model_directory(model_path: str) -> Path:
 
 
 def model_fingerprint(model_path: str) -> dict[str, list]:
-    """Every file of the checkpoint: [size, mtime_ns] for weights, [size, sha256] for small files.
+    """Every file of the checkpoint: [size, sha256] up to SMALL_FILE, [size, mtime_ns] above.
 
-    Hashing gigabytes of weights per DPO is not affordable; a rewritten weight file changes its size or
+    Hashing a 7B model's shards on every DPO would cost minutes; a rewritten weight file changes its
     mtime (a merge rewrites the next iteration's reference), and a copy with new mtimes only costs a
-    recomputation.
+    recomputation. A large file replaced by another of the same size and mtime goes unnoticed.
     """
     root = model_directory(model_path)
     files = {}
