@@ -7,6 +7,7 @@ import math
 
 import pytest
 
+from csr.pairs.rules import reference_ranks
 from csr.reward.calibration import CALIBRATIONS, calibrate, rank_normalise, zscore_normalise
 from csr.reward.scores import TEXT_SCORES, image_relevance, text_score
 
@@ -52,6 +53,43 @@ def test_rank_normalise_does_not_depend_on_candidate_order() -> None:
         names = [["a", "b", "c", "d"][i] for i in perm]
         ranks = rank_normalise([values[i] for i in perm])
         assert dict(zip(names, ranks, strict=True)) == pytest.approx(expected)
+
+
+# --------------------------------------------------------------------------- reference_ranks (the authors')
+
+
+# Expected values: the authors' Rank_Node.calculate_ranks (YiyangZhou/CSR inference_csr/utils.py,
+# unmodified, run in a scratch directory outside this repository) on the same values.
+@pytest.mark.parametrize(
+    ("values", "expected"),
+    [
+        # descending: 3.0 (1st), 2.0 (2nd), 1.0 (3rd) -> (i + 1) / 3, best = 1/3
+        ([3.0, 1.0, 2.0], [1 / 3, 1.0, 2 / 3]),
+        # the two 2.0 tie: the earlier one takes 1st (1/4), the later 2nd (2/4); ties are not shared
+        ([1.0, 2.0, 2.0, 0.0], [0.75, 0.25, 0.5, 1.0]),
+        ([5.0, 5.0, 5.0], [1 / 3, 2 / 3, 1.0]),
+        ([-1.0, 4.0, -1.0], [2 / 3, 1 / 3, 1.0]),
+        ([7.0], [1.0]),
+        ([], []),
+    ],
+)
+def test_reference_ranks_hand_values(values: list[float], expected: list[float]) -> None:
+    assert reference_ranks(values) == expected  # exactly: the same divisions
+
+
+def test_reference_ranks_are_not_csr_ranks_read_backwards() -> None:
+    # Without ties the authors' rank is (n + 1)/n minus csr's: the offset depends on the set's size.
+    values = [0.3, -2.0, 9.0, 0.1, 4.0]
+    assert [a + b for a, b in zip(reference_ranks(values), rank_normalise(values), strict=True)] == pytest.approx(
+        [6 / 5] * 5)
+    # Answer X: worst of 2 siblings twice; answer Y: 4th of 5 twice. Averaged along the path,
+    # csr's ranks put X first (1/2 > 2/5, higher is better); the authors' put Y first (4/5 < 1).
+    x_csr, y_csr = rank_normalise([1.0, 0.0])[1], rank_normalise([5.0, 4.0, 3.0, 1.0, 2.0])[4]
+    x_ref, y_ref = reference_ranks([1.0, 0.0])[1], reference_ranks([5.0, 4.0, 3.0, 1.0, 2.0])[4]
+    assert (x_csr, y_csr) == pytest.approx((0.5, 0.4))
+    assert (x_ref, y_ref) == pytest.approx((1.0, 0.8))
+    assert (x_csr + x_csr) / 2 > (y_csr + y_csr) / 2
+    assert (x_ref + x_ref) / 3 > (y_ref + y_ref) / 3  # lower is better: Y wins
 
 
 # --------------------------------------------------------------------------- zscore_normalise

@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from csr.reward.answers import score_tree
 from csr.search.tree import (
     FINISH_BUDGET,
     FINISH_DELIMITER,
@@ -14,11 +15,14 @@ from csr.search.tree import (
     FINISH_TOKENS,
     ROOT,
     Node,
+    depth_first,
     mean_path_score,
     new_root,
     path_to,
     prune,
+    prune_score,
     settle_step,
+    short_subtrees,
 )
 
 # --------------------------------------------------------------------------- prune
@@ -283,3 +287,150 @@ def test_settle_step_no_children() -> None:
         beam_width=5, keep_top=1, keep_bottom=2, max_sentences=8,
     )
     assert live == []
+
+
+# --------------------------------------------------------------------------- pairs.rule=reference in the search
+#
+# With the calibrated reward the search must prune as the authors' pair rule scores answers: their
+# ranks (lower is better), sum / (sentences + 1), their short-sentence drop.
+
+
+def test_depth_first_is_construct_py_order() -> None:
+    nodes = _chain()  # root -> 1 -> 3 -> 4 and root -> 2
+    assert [n.id for n in depth_first(nodes)] == [1, 3, 4, 2]
+    assert depth_first([new_root()]) == []
+
+
+def test_short_subtrees() -> None:
+    nodes = [
+        new_root(),
+        Node(id=1, parent=ROOT, depth=1, text=" It."),  # 3 characters: dropped
+        Node(id=2, parent=ROOT, depth=1, text=" Yes."),  # 4: kept
+        Node(id=3, parent=1, depth=2, text=" A long sentence."),  # below a dropped one
+        Node(id=4, parent=2, depth=2, text="  No. "),  # 3 once stripped
+        Node(id=5, parent=2, depth=2, text=" A cat."),
+    ]
+    assert short_subtrees(nodes) == {1, 3, 4}
+
+
+@pytest.mark.parametrize(
+    ("by", "rule", "expected"),
+    [
+        ("calibrated", "mean", 0.9 / 2),
+        ("calibrated", "reference", -0.9 / 3),  # the root counts; negated: lower is better
+        ("lm", "mean", -3.0 / 2),
+        ("lm", "reference", -3.0 / 2),  # pruning by R_T is the authors' search: no rule in it
+    ],
+)
+def test_prune_score(by: str, rule: str, expected: float) -> None:
+    node = Node(id=3, parent=1, depth=2, path_reward=0.9, path_r_t=-3.0)
+    assert prune_score(node, by, rule) == pytest.approx(expected)
+
+
+def test_settle_step_reference_drops_short_sentences() -> None:
+    nodes = _step_one([FINISH_DELIMITER] * 5)  # " S0." ... " S4.": 3 characters each
+    live = settle_step(
+        nodes, [1, 2, 3, 4, 5], lam=0.9, calibration="rank", prune_by="calibrated",
+        beam_width=5, keep_top=1, keep_bottom=2, max_sentences=8, rule="reference",
+    )
+    assert live == []
+    assert [n.reward for n in nodes[1:]] == [None] * 5
+
+
+def test_settle_step_reference_first_step() -> None:
+    nodes = _step_one([FINISH_DELIMITER] * 5)
+    for node in nodes[1:]:
+        node.text = f" Sentence{node.id}."
+    live = settle_step(
+        nodes, [1, 2, 3, 4, 5], lam=0.9, calibration="zscore", prune_by="calibrated",
+        beam_width=5, keep_top=1, keep_bottom=2, max_sentences=8, rule="reference",
+    )
+    # rank by r_t [-1..-5] descending: [.2, .4, .6, .8, 1]; r_i [10, 50, 40, 20, 30]: [1, .2, .4, .8, .6]
+    # value .1 rank + .9 clip_rank: [.92, .22, .42, .80, .64] (`calibration` plays no part)
+    assert [n.reward for n in nodes[1:]] == pytest.approx([0.92, 0.22, 0.42, 0.80, 0.64])
+    assert [n.path_reward for n in nodes[1:]] == pytest.approx([0.92, 0.22, 0.42, 0.80, 0.64])
+    # lowest is best: node 2 (.22) is the top slot; the worst are 1 (.92) and 4 (.80).
+    # Read the wrong way round the kept set would be [1, 2, 3].
+    assert live == [1, 2, 4]
+
+
+def _step_two_reference() -> list[Node]:
+    """Parents 1 (path value .25) and 2 (.75); three children under 1, two plus a short one under 2.
+
+    siblings of 1: nodes 3, 4, 5: r_t [-1, -2, -3] -> rank [1/3, 2/3, 1]; r_i [10, 30, 20] -> [1, 1/3, 2/3]
+        values .1 rank + .9 clip_rank: [.9333, .3667, .7]
+    siblings of 2: node 8 (" It.") is dropped, so n = 2: nodes 6, 7: r_t [-1, -2] -> [.5, 1];
+        r_i [5, 25] -> [1, .5]; values [.95, .55]
+    """
+    return [
+        new_root(),
+        Node(id=1, parent=ROOT, depth=1, text=" A one.", r_t=-1.0, r_i=5.0, reward=0.25, path_reward=0.25, kept=True),
+        Node(id=2, parent=ROOT, depth=1, text=" B two.", r_t=-2.0, r_i=6.0, reward=0.75, path_reward=0.75, kept=True),
+        Node(id=3, parent=1, depth=2, text=" Three.", r_t=-1.0, r_i=10.0, finish=FINISH_DELIMITER),
+        Node(id=4, parent=1, depth=2, text=" Four.", r_t=-2.0, r_i=30.0, finish=FINISH_DELIMITER),
+        Node(id=5, parent=1, depth=2, text=" Five.", r_t=-3.0, r_i=20.0, finish=FINISH_DELIMITER),
+        Node(id=6, parent=2, depth=2, text=" Six.", r_t=-1.0, r_i=5.0, finish=FINISH_DELIMITER),
+        Node(id=7, parent=2, depth=2, text=" Seven.", r_t=-2.0, r_i=25.0, finish=FINISH_DELIMITER),
+        Node(id=8, parent=2, depth=2, text=" It.", r_t=-0.5, r_i=50.0, finish=FINISH_DELIMITER),
+    ]
+
+
+def test_settle_step_reference_sibling_sets_of_different_sizes_and_a_short_sentence() -> None:
+    nodes = _step_two_reference()
+    live = settle_step(
+        nodes, [3, 4, 5, 6, 7, 8], lam=0.9, calibration="rank", prune_by="calibrated",
+        beam_width=4, keep_top=1, keep_bottom=1, max_sentences=5, rule="reference",
+    )
+    assert [n.reward for n in nodes[3:8]] == pytest.approx([0.1 / 3 + 0.9, 0.2 / 3 + 0.3, 0.7, 0.95, 0.55])
+    assert nodes[8].reward is None
+    # / (2 sentences + 1): [1.1833, .6167, .95, 1.7, 1.3] / 3 -> best node 4 (.206), worst node 6 (.567)
+    assert [n.path_reward for n in nodes[3:8]] == pytest.approx([1.25 - 0.2 / 3, 0.25 + 0.2 / 3 + 0.3, 0.95, 1.7, 1.3])
+    assert live == [4, 6]
+    assert [n.kept for n in nodes[3:]] == [False, True, False, True, False, False]
+
+
+def test_settle_step_reference_short_sentences_do_not_count_for_the_beam() -> None:
+    nodes = _step_two_reference()
+    # 6 children, 5 of them ranked: below beam_width 6 every ranked open child lives; " It." never does.
+    live = settle_step(
+        nodes, [3, 4, 5, 6, 7, 8], lam=0.9, calibration="rank", prune_by="calibrated",
+        beam_width=6, keep_top=1, keep_bottom=1, max_sentences=5, rule="reference",
+    )
+    assert live == [3, 4, 5, 6, 7]
+
+
+def test_settle_step_reference_values_are_the_reward_stages() -> None:
+    # Same calibration in the search and in the pair rule: the reward stage recomputes every value the
+    # search pruned by and finds the same numbers.
+    nodes = _step_two_reference()
+    nodes[1].reward, nodes[2].reward = None, None
+    settle_step(nodes, [1, 2], lam=0.9, calibration="rank", prune_by="calibrated",
+                beam_width=5, keep_top=1, keep_bottom=2, max_sentences=5, rule="reference")
+    settle_step(nodes, [3, 4, 5, 6, 7, 8], lam=0.9, calibration="rank", prune_by="calibrated",
+                beam_width=5, keep_top=1, keep_bottom=2, max_sentences=2, rule="reference")
+    searched = [n.reward for n in nodes]
+    assert all(n.final for n in nodes[3:])
+    record = score_tree(nodes, 0.9, "rank", "reference")
+    assert [n.reward for n in nodes] == searched
+    for answer in record["answers"]:
+        path = path_to(nodes, answer["node"])
+        assert [s["reward"] for s in answer["sentences"]] == [n.reward for n in path]
+        if answer["score"] is not None:
+            assert answer["score"] == pytest.approx(-prune_score(nodes[answer["node"]], "calibrated", "reference"))
+
+
+def test_settle_step_reference_lm_pruning_is_unchanged() -> None:
+    for rule in ("mean", "reference"):
+        nodes = _step_two([FINISH_DELIMITER] * 4)
+        live = settle_step(
+            nodes, [3, 4, 5, 6], lam=0.9, calibration="rank", prune_by="lm",
+            beam_width=4, keep_top=1, keep_bottom=1, max_sentences=5, rule=rule,
+        )
+        assert live == [3, 5]
+        assert [n.reward for n in nodes[3:]] == [None] * 4
+
+
+def test_settle_step_unknown_rule_raises() -> None:
+    with pytest.raises(ValueError, match="unknown pair rule 'median'"):
+        settle_step(_step_two([FINISH_DELIMITER] * 4), [3, 4, 5, 6], lam=0.9, calibration="rank",
+                    prune_by="calibrated", beam_width=4, keep_top=1, keep_bottom=1, max_sentences=5, rule="median")

@@ -12,11 +12,14 @@ CALIBRATIONS = ("rank", "zscore", "raw")
 
 
 def rank_normalise(values: Sequence[float]) -> list[float]:
-    """Rank within a sibling set, scaled to (0, 1]: the best gets 1, the worst 1/n.
+    """Rank within a sibling set, scaled to (0, 1]: the best gets 1, the worst 1/n (csr's `mean` rule).
 
-    The reference code ranked (i+1)/n with best = 1/n and read smaller as better; we keep
-    "higher is better" everywhere, which is the same order. Ties share their average rank so
-    the result does not depend on the order candidates were generated in.
+    This is NOT the authors' rank read the other way round. Theirs (`csr.pairs.rules.reference_ranks`,
+    used by `pairs.rule=reference`) is (i+1)/n with best = 1/n, lower is better: without ties it
+    equals (n+1)/n minus this one, an offset that depends on the sibling set's size, so once ranks
+    from sets of different sizes are summed or averaged along a path the two orders can disagree.
+    Ties here share their average rank, so the result does not depend on the order candidates were
+    generated in; the authors' stable sort gives the earlier candidate the better rank.
     """
     n = len(values)
     order = sorted(range(n), key=lambda i: values[i])  # ascending: worst first

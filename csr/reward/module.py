@@ -1,4 +1,5 @@
-"""Reward stage: R_I for every sentence of a search tree, calibrated R per sibling set, scored answers.
+"""Reward stage: R_I for every sentence of a search tree, calibrated R per sibling set, the answers
+scored under `pairs.rule` (csr.reward.answers).
 
 A LightningModule predict step over search records, so CLIP scoring shards like generation does.
 """
@@ -9,39 +10,27 @@ import logging
 
 from csr.data.images import load_image
 from csr.errors import CSRError
-from csr.pairs.select import answer_score
+from csr.pairs.rules import check_rule
 from csr.predict import RecordPredictor
-from csr.search.tree import Node, path_to, score_siblings, siblings_by_parent
+from csr.reward.answers import score_tree
+from csr.search.tree import Node
 
 log = logging.getLogger(__name__)
 
 
-def scored_answers(nodes: list[Node]) -> list[dict]:
-    """Every complete answer (root to a final node) with its per-sentence scores and answer score."""
-    answers = []
-    for final in (n for n in nodes if n.final):
-        path = path_to(nodes, final.id)
-        rewards = [n.reward for n in path]
-        answers.append({
-            "node": final.id,
-            "text": "".join(n.text for n in path),  # exact generated characters
-            "finish": final.finish,
-            "sentences": [{"text": n.text, "r_t": n.r_t, "r_i": n.r_i, "reward": n.reward} for n in path],
-            "score": answer_score(rewards),
-        })
-    return answers
-
-
 class RewardModule(RecordPredictor):
-    def __init__(self, scorer, lam: float, calibration: str, image_root: str):
+    def __init__(self, scorer, lam: float, calibration: str, image_root: str, rule: str = "mean"):
         super().__init__()
         self.scorer, self.lam, self.calibration, self.image_root = scorer, lam, calibration, image_root
+        self.rule = check_rule(rule)  # pairs.rule: the answer score written here is that rule's
 
     def predict_step(self, batch: list[dict], batch_idx: int = 0) -> list[dict]:
         return [self.score(record) for record in batch]
 
     def score(self, record: dict) -> dict:
         base = {k: record[k] for k in ("id", "image", "prompt", "input")}
+        if "image_sha256" in record:  # the image's content hash, when the search recorded it
+            base["image_sha256"] = record["image_sha256"]
         if "skipped" in record:
             return {**base, "skipped": record["skipped"], "answers": []}
         nodes = [Node(**n) for n in record["nodes"]]
@@ -53,6 +42,4 @@ class RewardModule(RecordPredictor):
                 raise CSRError(f"search record id={record['id']!r}: {err}") from None
             for node, r_i in zip(missing, self.scorer.relevance(record["image"], image, [n.text for n in missing]), strict=True):
                 node.r_i = r_i
-        for siblings in siblings_by_parent(nodes, range(1, len(nodes))).values():
-            score_siblings(siblings, self.lam, self.calibration)
-        return {**base, "answers": scored_answers(nodes)}
+        return {**base, **score_tree(nodes, self.lam, self.calibration, self.rule)}

@@ -1,4 +1,5 @@
-"""Reward stage: search.jsonl -> rewards.jsonl (R_I for every sentence, calibrated R, scored answers)."""
+"""Reward stage: search.jsonl -> rewards.jsonl (R_I for every sentence, calibrated R, answers scored
+under `pairs.rule`)."""
 
 from __future__ import annotations
 
@@ -11,20 +12,27 @@ from csr.reward.module import RewardModule
 
 def run_reward(*, scorer, cfg, search_path: Path, out_path: Path, trainer_kwargs: dict) -> dict:
     records = read_jsonl(search_path)
-    module = RewardModule(scorer, cfg.reward.lam, cfg.reward.calibration, cfg.data.image_root)
+    module = RewardModule(scorer, cfg.reward.lam, cfg.reward.calibration, cfg.data.image_root, cfg.pairs.rule)
     predict_to_jsonl(module, records, out_path, batch_size=cfg.search.prompts_per_batch, trainer_kwargs=trainer_kwargs)
-    scored = read_jsonl(out_path)
+    return reward_stats(read_jsonl(out_path), cfg.pairs.rule)
+
+
+def reward_stats(scored: list[dict], rule: str) -> dict:
     answers = [a for r in scored for a in r["answers"]]
     sentences = [s for a in answers for s in a["sentences"]]
 
-    def mean(field: str) -> float | None:
-        return sum(s[field] for s in sentences) / len(sentences) if sentences else None
+    def mean(values: list) -> float | None:
+        values = [v for v in values if v is not None]  # the reference rule's dropped sentences
+        return sum(values) / len(values) if values else None
 
-    return {
+    stats = {
         "prompts": len(scored),
         "answers": len(answers),
-        "mean_answer_score": sum(a["score"] for a in answers) / len(answers) if answers else None,
-        "mean_r_t": mean("r_t"),
-        "mean_r_i": mean("r_i"),
-        "mean_reward": mean("reward"),
+        "mean_answer_score": mean([a["score"] for a in answers]),
+        "mean_r_t": mean([s["r_t"] for s in sentences]),
+        "mean_r_i": mean([s["r_i"] for s in sentences]),
+        "mean_reward": mean([s["reward"] for s in sentences]),
     }
+    if rule == "reference":  # answers through a sentence its short-sentence drop removed
+        stats["answers_dropped"] = sum(1 for a in answers if "dropped" in a)
+    return stats

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
+from csr.pairs.rules import check_rule, reference_ranks, reference_sentence_value, too_short
 from csr.reward.calibration import calibrate
 
 ROOT = 0
@@ -30,7 +31,9 @@ class Node:
     token_ids: list[int] = field(default_factory=list)
     r_t: float | None = None
     r_i: float | None = None
-    reward: float | None = None  # calibrated R within its sibling set
+    # Calibrated R within its sibling set; under pairs.rule=reference the authors' sentence value
+    # (1-a) * rank + a * clip_rank, LOWER is better, and None for a sentence that rule drops.
+    reward: float | None = None
     path_reward: float = 0.0  # sum of `reward` from the root to here
     path_r_t: float = 0.0  # sum of `r_t` from the root to here
     answer_tokens: int = 0  # answer tokens from the root to here (never prompt or image tokens)
@@ -56,10 +59,46 @@ def path_to(nodes: Sequence[Node], node_id: int) -> list[Node]:
     return path[::-1]
 
 
+def depth_first(nodes: Sequence[Node]) -> list[Node]:
+    """Every sentence in the order a depth-first walk from the root meets it, children in the order
+    they were proposed (construct.py's order, which decides its ties). `nodes[i].id == i` is assumed."""
+    children: dict[int, list[Node]] = {}
+    for node in nodes[1:]:
+        children.setdefault(node.parent, []).append(node)
+    order: list[Node] = []
+    stack = list(reversed(children.get(ROOT, [])))
+    while stack:
+        node = stack.pop()
+        order.append(node)
+        stack += reversed(children.get(node.id, []))
+    return order
+
+
+def short_subtrees(nodes: Sequence[Node]) -> set[int]:
+    """Ids of the sentences the reference rule drops: too short, or below one that is."""
+    dropped: set[int] = set()
+    for node in nodes[1:]:  # a parent's id is smaller than its children's
+        if node.parent in dropped or too_short(node.text):
+            dropped.add(node.id)
+    return dropped
+
+
 def mean_path_score(node: Node, by: str) -> float:
     """The running answer score a step prunes by: mean calibrated R (`calibrated`) or mean R_T (`lm`)."""
     total = node.path_reward if by == "calibrated" else node.path_r_t
     return total / node.depth
+
+
+def prune_score(node: Node, by: str, rule: str) -> float:
+    """What `prune` ranks an open node by, higher is better.
+
+    Under the reference rule the calibrated path score is the authors' sum / (sentences + 1), where
+    lower is better: negated, prune's order (-score, index) is their stable ascending sort, so the
+    best kept are the ones it would choose and the worst kept the ones it would reject.
+    """
+    if check_rule(rule) == "reference" and by == "calibrated":
+        return -(node.path_reward / (node.depth + 1))
+    return mean_path_score(node, by)
 
 
 def prune(scores: Sequence[float], beam_width: int, keep_top: int, keep_bottom: int) -> list[int]:
@@ -93,6 +132,20 @@ def score_siblings(siblings: Sequence[Node], lam: float, calibration: str) -> No
         node.reward = reward
 
 
+def score_siblings_reference(siblings: Sequence[Node], lam: float) -> dict[int, tuple[float, float]]:
+    """Set the authors' sentence value as the reward of one sibling set; returns (rank, clip_rank) by id.
+
+    A too-short sentence is dropped before ranking: its reward is None and the others rank among
+    themselves (n counts only them).
+    """
+    ranked = [n for n in siblings if not too_short(n.text)]
+    both = zip(reference_ranks([n.r_t for n in ranked]), reference_ranks([n.r_i for n in ranked]), strict=True)
+    ranks = {n.id: rank_pair for n, rank_pair in zip(ranked, both, strict=True)}
+    for node in siblings:
+        node.reward = reference_sentence_value(*ranks[node.id], lam) if node.id in ranks else None
+    return ranks
+
+
 def settle_step(
     nodes: list[Node],
     child_ids: Sequence[int],
@@ -104,13 +157,20 @@ def settle_step(
     keep_top: int,
     keep_bottom: int,
     max_sentences: int,
+    rule: str = "mean",
 ) -> list[int]:
     """Score one step's children, mark finals, prune the rest; return the ids that live on.
 
-    Children must already carry r_t (and r_i when pruning by the calibrated reward).
+    Children must already carry r_t (and r_i when pruning by the calibrated reward). With
+    `rule="reference"` and the calibrated reward, children are scored and pruned as the authors'
+    pair rule scores answers (their ranks; `calibration` is not used), and a too-short sentence,
+    which that rule drops, is never kept.
     """
+    by_reference = check_rule(rule) == "reference" and prune_by == "calibrated"
     for siblings in siblings_by_parent(nodes, child_ids).values():
-        if prune_by == "calibrated":
+        if by_reference:
+            score_siblings_reference(siblings, lam)
+        elif prune_by == "calibrated":
             score_siblings(siblings, lam, calibration)
         for node in siblings:
             parent = nodes[node.parent]
@@ -121,7 +181,9 @@ def settle_step(
             elif node.depth >= max_sentences:
                 node.final, node.finish = True, FINISH_SENTENCES
     open_ids = [i for i in child_ids if not nodes[i].final]
-    scores = [mean_path_score(nodes[i], prune_by) for i in open_ids]
+    if by_reference:  # nothing below a dropped sentence can become an answer
+        open_ids = [i for i in open_ids if nodes[i].reward is not None]
+    scores = [prune_score(nodes[i], prune_by, rule) for i in open_ids]
     live = [open_ids[k] for k in prune(scores, beam_width, keep_top, keep_bottom)]
     for i in live:
         nodes[i].kept = True
