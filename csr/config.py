@@ -151,9 +151,13 @@ class TrainerConfig:
 
 @dataclass
 class CocoEvalConfig:
-    instances: str | None = None  # instances_val2014.json
+    instances: str | None = None  # instances_val2014.json (the images described; ground truth)
     captions: str | None = None  # captions_val2014.json
     image_root: str | None = None  # val2014/
+    # More files read for ground truth only, as one with the two above: chair.py reads both splits
+    # (instances_train2014.json / captions_train2014.json); needed when generated ids are train images.
+    extra_instances: list[str] = field(default_factory=list)
+    extra_captions: list[str] = field(default_factory=list)
 
 
 @dataclass

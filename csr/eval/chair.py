@@ -1,11 +1,14 @@
 """CHAIR (Rohrbach et al. 2018): how many objects a caption mentions that are not in the image.
 
 CHAIR_S is the fraction of captions with at least one hallucinated object, CHAIR_I the fraction of
-object mentions that are hallucinated.  Captions are read the way the original utils/chair.py reads
-them: lowercase, split into words, singularise, match multi-word phrases ("hot dog", "teddy bear")
-before single words, then map every synonym to its category.
+object mentions that are hallucinated.  COCO CHAIR comes in two variants (`eval.chair.variant`):
+`original` (the default) is the original utils/chair.py as the literature runs it, quirks included
+(csr.eval.chair_original); `fixed` is this module's reading, used for ShapesWorld too.  The metrics
+of coco_chair() say which one produced them (`chair_variant`).
 
-Deliberate differences from the original, all small:
+`fixed` reads captions the way the original does in outline: lowercase, split into words,
+singularise, match multi-word phrases ("hot dog", "teddy bear") before single words, then map every
+synonym to its category.  Deliberate differences from the original:
   * Singularisation is a short suffix rule set guided by the table's own words (the original used
     pattern.en), so it only ever turns a word into a word the table knows.
   * Phrases of any length match, longest first (the original only looked two words ahead).
@@ -13,6 +16,8 @@ Deliberate differences from the original, all small:
     hallucinated category counts once per caption (the original counted every occurrence).
   * "toilet seat" is handled as a phrase only; the original also dropped "seat" anywhere in a
     caption that said "toilet".
+  * Words are runs of letters, so "hot-dog" is "hot dog" and "dog.A" is "dog", "a"; synonyms are
+    matched lowercased ("iPhone") and trimmed (" motor bike", " cheesecake").
 Like the original, negation is not handled: "there is no dog" mentions a dog.  ShapesWorld captions
 never negate, and COCO-style captions rarely do.
 """
@@ -22,12 +27,13 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from csr.errors import CSRError
+from csr.eval import chair_original
 from csr.eval.coco_synonyms import (
     ANIMAL_WORDS,
     COCO_DOUBLE_WORDS,
@@ -38,6 +44,8 @@ from csr.eval.coco_synonyms import (
 from csr.io import read_json, read_text_file
 
 StrPath = str | os.PathLike[str]
+StrPaths = StrPath | Sequence[StrPath]  # one annotation file, or several read as one (train + val)
+VARIANTS = ("original", "fixed")
 
 # Letters only: punctuation, digits and apostrophes split words ("dog's" -> "dog", "s").
 _WORD = re.compile(r"[^\W\d_]+")
@@ -221,46 +229,73 @@ def _coco_list(data: Any, key: str, path: StrPath) -> list:
     return data.get(key, [])
 
 
+def _paths(files: StrPaths) -> list[StrPath]:
+    return [files] if isinstance(files, str | os.PathLike) else list(files)
+
+
+def _ground_truth(
+    instances_files: StrPaths,
+    captions_files: StrPaths,
+    category_of: Callable[[str], str | None],
+    caption_objects: Callable[[str], Iterable[str]],
+) -> dict[int, set[str]]:
+    """image id -> instance categories UNION what its reference captions mention, over all the files.
+
+    `category_of` maps an instance file's category name to the variant's category, `caption_objects`
+    reads a reference caption the variant's way.
+    """
+    objects: dict[int, set[str]] = {}
+    for instances_json in _paths(instances_files):
+        instances = read_json(instances_json)
+        names: dict[int, str] = {}
+        for i, cat in enumerate(_coco_list(instances, "categories", instances_json)):
+            where = f"categories[{i}]"
+            cat_id = _field(cat, "id", int, instances_json, where)
+            name = _field(cat, "name", str, instances_json, where)
+            category = category_of(name)
+            if not category:
+                raise CSRError(f"{instances_json}: {where}: category name {name!r} is not in the synonym table")
+            names[cat_id] = category
+        # Listed images with no annotation still exist: every object a caption names there is hallucinated.
+        for i, image in enumerate(_coco_list(instances, "images", instances_json)):
+            objects.setdefault(_field(image, "id", int, instances_json, f"images[{i}]"), set())
+        for i, ann in enumerate(_coco_list(instances, "annotations", instances_json)):
+            where = f"annotations[{i}]"
+            image_id = _field(ann, "image_id", int, instances_json, where)
+            cat_id = _field(ann, "category_id", int, instances_json, where)
+            if cat_id not in names:
+                raise CSRError(f"{instances_json}: {where}: category_id {cat_id} is not in 'categories'")
+            objects.setdefault(image_id, set()).add(names[cat_id])
+    for captions_json in _paths(captions_files):
+        captions = read_json(captions_json)
+        for i, image in enumerate(_coco_list(captions, "images", captions_json)):
+            objects.setdefault(_field(image, "id", int, captions_json, f"images[{i}]"), set())
+        for i, ann in enumerate(_coco_list(captions, "annotations", captions_json)):
+            where = f"annotations[{i}]"
+            image_id = _field(ann, "image_id", int, captions_json, where)
+            text = _field(ann, "caption", str, captions_json, where)
+            objects.setdefault(image_id, set()).update(caption_objects(text))
+    return objects
+
+
 def load_coco_ground_truth(
-    instances_json: StrPath, captions_json: StrPath, synonyms: dict[str, str]
+    instances_json: StrPaths, captions_json: StrPaths, synonyms: dict[str, str]
 ) -> dict[int, set[str]]:
     """image id -> its objects: instance annotations' categories UNION objects its reference captions name.
 
     The union is the original's choice: instance labels miss objects people see and mention, and a
     caption mentioning one should not be called a hallucination.  Category names must be in
-    `synonyms` (COCO's 80 are in coco_synonym_table()).
+    `synonyms` (COCO's 80 are in coco_synonym_table()).  Several files (train and val) are read as one.
     """
     index = _index(synonyms)
-    instances = read_json(instances_json)
-    names: dict[int, str] = {}
-    for i, cat in enumerate(_coco_list(instances, "categories", instances_json)):
-        where = f"categories[{i}]"
-        cat_id = _field(cat, "id", int, instances_json, where)
-        name = _field(cat, "name", str, instances_json, where)
-        category = index.table.get(" ".join(_words(name)))
-        if not category:
-            raise CSRError(f"{instances_json}: {where}: category name {name!r} is not in the synonym table")
-        names[cat_id] = category
-    objects: dict[int, set[str]] = {}
-    # Listed images with no annotation still exist: every object a caption names there is hallucinated.
-    for i, image in enumerate(_coco_list(instances, "images", instances_json)):
-        objects.setdefault(_field(image, "id", int, instances_json, f"images[{i}]"), set())
-    for i, ann in enumerate(_coco_list(instances, "annotations", instances_json)):
-        where = f"annotations[{i}]"
-        image_id = _field(ann, "image_id", int, instances_json, where)
-        cat_id = _field(ann, "category_id", int, instances_json, where)
-        if cat_id not in names:
-            raise CSRError(f"{instances_json}: {where}: category_id {cat_id} is not in 'categories'")
-        objects.setdefault(image_id, set()).add(names[cat_id])
-    captions = read_json(captions_json)
-    for i, image in enumerate(_coco_list(captions, "images", captions_json)):
-        objects.setdefault(_field(image, "id", int, captions_json, f"images[{i}]"), set())
-    for i, ann in enumerate(_coco_list(captions, "annotations", captions_json)):
-        where = f"annotations[{i}]"
-        image_id = _field(ann, "image_id", int, captions_json, where)
-        text = _field(ann, "caption", str, captions_json, where)
-        objects.setdefault(image_id, set()).update(_mentions(text, index))
-    return objects
+    return _ground_truth(instances_json, captions_json, lambda name: index.table.get(" ".join(_words(name))),
+                         lambda text: _mentions(text, index))
+
+
+def load_original_ground_truth(instances_json: StrPaths, captions_json: StrPaths) -> dict[int, set[str]]:
+    """The same union, with names and reference captions read as the original chair.py reads them."""
+    return _ground_truth(instances_json, captions_json, chair_original.category_of,
+                         lambda text: [category for _, category in chair_original.caption_words(text)])
 
 
 def _alias(record: dict[str, Any], keys: tuple[str, ...], path: StrPath, lineno: int) -> Any:
@@ -270,29 +305,50 @@ def _alias(record: dict[str, Any], keys: tuple[str, ...], path: StrPath, lineno:
     raise CSRError(f"{path}: line {lineno}: missing {' or '.join(repr(k) for k in keys)}")
 
 
-def coco_chair(generated_jsonl: StrPath, instances_json: StrPath, captions_json: StrPath) -> dict:
-    """CHAIR of generated captions, JSONL of {"image_id" (or "id"): int, "caption" (or "answer"): str}."""
-    table = coco_synonym_table()
-    gt = load_coco_ground_truth(instances_json, captions_json, table)
-    captions: list[str] = []
-    objects: list[set[str]] = []
-    for lineno, record in read_records(generated_jsonl):
-        image_id = _alias(record, ("image_id", "id"), generated_jsonl, lineno)
-        caption = _alias(record, ("caption", "answer"), generated_jsonl, lineno)
+def _read_generated(path: StrPath, gt: dict[int, set[str]], where: str) -> list[tuple[str, set[str]]]:
+    pairs = []
+    for lineno, record in read_records(path):
+        image_id = _alias(record, ("image_id", "id"), path, lineno)
+        caption = _alias(record, ("caption", "answer"), path, lineno)
         # Ids written as strings ("391895") are common in generation outputs; anything else is a mistake.
         if isinstance(image_id, str) and image_id.strip().isdigit():
             image_id = int(image_id)
         if not isinstance(image_id, int) or isinstance(image_id, bool):
-            raise CSRError(f"{generated_jsonl}: line {lineno}: image id should be an integer, got {image_id!r}")
+            raise CSRError(f"{path}: line {lineno}: image id should be an integer, got {image_id!r}")
         if not isinstance(caption, str):
-            raise CSRError(f"{generated_jsonl}: line {lineno}: caption should be a string, got {caption!r}")
+            raise CSRError(f"{path}: line {lineno}: caption should be a string, got {caption!r}")
         if image_id not in gt:
-            raise CSRError(
-                f"{generated_jsonl}: line {lineno}: image {image_id} is in neither {instances_json} "
-                f"nor {captions_json}"
-            )
-        captions.append(caption)
-        objects.append(gt[image_id])
-    if not captions:
+            raise CSRError(f"{path}: line {lineno}: image {image_id} is in neither {where}")
+        pairs.append((caption, gt[image_id]))
+    return pairs
+
+
+def coco_chair(generated_jsonl: StrPath, instances_json: StrPaths, captions_json: StrPaths, *,
+               variant: str = "original") -> dict:
+    """CHAIR of generated captions, JSONL of {"image_id" (or "id"): int, "caption" (or "answer"): str}.
+
+    `instances_json` / `captions_json`: one COCO annotation file each, or lists read as one (the
+    original reads train2014 and val2014).  `variant`: "original" (chair.py as papers ran it) or
+    "fixed" (csr's corrections).  The result: chair_s, chair_i, recall, mean_mentions, n, and
+    chair_variant (a string, which MLflow's metric log leaves out).  `original` skips captions that
+    are exactly "", as LURE's to_chair.py (the converter CSR's CHAIR went through) does, and says
+    how many in `n_empty_skipped`.
+    """
+    if variant not in VARIANTS:
+        raise CSRError(f"CHAIR variant {variant!r}: expected one of {', '.join(VARIANTS)}")
+    where = " nor ".join(", ".join(str(p) for p in _paths(files)) for files in (instances_json, captions_json))
+    if variant == "fixed":
+        table = coco_synonym_table()
+        gt = load_coco_ground_truth(instances_json, captions_json, table)
+        pairs = _read_generated(generated_jsonl, gt, where)
+        if not pairs:
+            raise CSRError(f"{generated_jsonl}: no captions")
+        scores = chair_scores([c for c, _ in pairs], [o for _, o in pairs], table)
+        return {**scores, "chair_variant": variant}
+    gt = load_original_ground_truth(instances_json, captions_json)
+    pairs = _read_generated(generated_jsonl, gt, where)
+    kept = [(c, o) for c, o in pairs if c != ""]
+    if not kept:
         raise CSRError(f"{generated_jsonl}: no captions")
-    return chair_scores(captions, objects, table)
+    scores = chair_original.chair_scores([c for c, _ in kept], [o for _, o in kept])
+    return {**scores, "n_empty_skipped": len(pairs) - len(kept), "chair_variant": variant}
