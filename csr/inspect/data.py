@@ -94,7 +94,8 @@ def tree_view(search: dict, reward: dict | None, pair: dict | None, settings: di
     for answer in answers:  # the reward stage scored sentences a search pruned by R_T alone
         for node_id, sentence in zip(path_ids(nodes, answer["node"]), answer["sentences"], strict=True):
             nodes[node_id]["r_i"], nodes[node_id]["reward"] = sentence["r_i"], sentence["reward"]
-    ranks = sibling_ranks(nodes, settings["lam"], settings["calibration"])
+    # csr's calibration; the authors' rule stores its own ranks as R, which calibrate() does not recompute
+    ranks = {} if settings.get("lower_is_better") else sibling_ranks(nodes, settings["lam"], settings["calibration"])
     view_nodes = []
     for n in nodes:
         item = {"id": n["id"], "parent": n["parent"], "depth": n["depth"], "text": n["text"],
@@ -117,7 +118,11 @@ def tree_view(search: dict, reward: dict | None, pair: dict | None, settings: di
         for side in ("chosen", "rejected"):
             found = _find_answer(answers, pair[side], pair[f"{side}_score"])
             paths[side] = path_ids(nodes, found["node"]) if found else []
-    return {"nodes": view_nodes, "answers": sorted(finals, key=lambda a: -a["score"]), "paths": paths}
+    # best first; under the authors' rule (pairs.rule=reference) a lower score is better, and an
+    # answer through a dropped sentence has none
+    sign = 1 if settings.get("lower_is_better") else -1
+    finals.sort(key=lambda a: (a["score"] is None, sign * (a["score"] or 0.0)))
+    return {"nodes": view_nodes, "answers": finals, "paths": paths}
 
 
 # -- one prompt's row in an iteration's list ----------------------------------------------------------

@@ -101,9 +101,20 @@ class _Images:
         return self.done[src]
 
 
+def _compact(obj: Any) -> Any:
+    """Floats to 6 significant digits (what the pages show and more): the site is a third the size."""
+    if isinstance(obj, float):
+        return float(f"{obj:.6g}")
+    if isinstance(obj, dict):
+        return {k: _compact(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_compact(v) for v in obj]
+    return obj
+
+
 def _write_js(path: Path, name: str, obj: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    body = json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
+    body = json.dumps(_compact(obj), ensure_ascii=False, separators=(",", ":"))
     path.write_text(f"CSR.put({json.dumps(name)},{body});\n", encoding="utf-8")
 
 
@@ -127,7 +138,8 @@ def build(run_dir: Path, out: Path) -> dict:
     cfg = _config(run_dir)
     reward, pairs_cfg, d, e = (cfg.get(k, {}) for k in ("reward", "pairs", "data", "eval"))
     settings = {"lam": reward.get("lam", 0.9), "calibration": reward.get("calibration", "rank"),
-                "prune_by": cfg.get("search", {}).get("prune_by", "calibrated")}
+                "prune_by": cfg.get("search", {}).get("prune_by", "calibrated"),
+                "lower_is_better": pairs_cfg.get("rule", "mean") == "reference"}
     filters = list(pairs_cfg.get("filters", ["empty", "repetition"]))
     truth = _truth(d.get("shapesworld_root"), d.get("shapesworld_split"))
     eval_truth = _truth(e.get("shapesworld_root"), e.get("split"))

@@ -62,10 +62,14 @@ const CSR = {
   scale(values) {
     const known = values.filter(v => v !== null && v !== undefined && Number.isFinite(v));
     const lo = Math.min(...known), hi = Math.max(...known);
-    return v => (v === null || v === undefined) ? "#ddd" : CSR.colour(hi > lo ? (v - lo) / (hi - lo) : 0.5);
+    const flip = CSR.data.run.config.lower_is_better;  // pairs.rule=reference: a lower R (rank) is better
+    return v => (v === null || v === undefined) ? "#ddd"
+      : CSR.colour(hi > lo ? (flip ? hi - v : v - lo) / (hi - lo) : 0.5);
   },
 
   // A sortable table. columns: [{key, label, title?, html?(row), cls?}]; sort state kept in state.
+  // Only the first state.limit rows are drawn (a "show more" button adds more): thousands of rows
+  // sort and filter in memory, but laying them all out would cost seconds.
   table(el, columns, rows, state, onSort) {
     const col = columns.find(c => c.key === state.sort);
     let shown = rows;
@@ -83,9 +87,13 @@ const CSR = {
       const mark = c.key === state.sort ? (state.dir === "desc" ? " ▼" : " ▲") : "";
       return `<th data-key="${c.key}" title="${CSR.esc(c.title || "click to sort")}">${CSR.esc(c.label)}${mark}</th>`;
     }).join("");
-    const body = shown.map(r => `<tr${r._href ? ` data-href="${r._href}"` : ""}>` +
+    const limit = Number(state.limit) || 200;
+    const body = shown.slice(0, limit).map(r => `<tr${r._href ? ` data-href="${r._href}"` : ""}>` +
       columns.map(c => `<td class="${c.cls || ""}">${c.html ? c.html(r) : CSR.num(r[c.key])}</td>`).join("") + "</tr>").join("");
-    el.innerHTML = `<table class="grid"><thead><tr>${head}</tr></thead><tbody>${body}</tbody></table>`;
+    const more = shown.length > limit
+      ? `<p><button class="more">show ${Math.min(limit, shown.length - limit)} more</button> <span class="muted small">(${shown.length - limit} not drawn)</span></p>` : "";
+    el.innerHTML = `<table class="grid"><thead><tr>${head}</tr></thead><tbody>${body}</tbody></table>${more}`;
+    if (more) el.querySelector("button.more").addEventListener("click", () => { state.limit = 2 * limit; onSort(); });
     el.querySelectorAll("th").forEach(th => th.addEventListener("click", () => {
       const key = th.dataset.key;
       state.dir = state.sort === key && state.dir === "asc" ? "desc" : "asc";
@@ -95,9 +103,13 @@ const CSR = {
     return shown.length;
   },
 
+  // CSR_READY_MS: data drawn into the DOM; CSR_PAINTED_MS: the frame after it, laid out and painted.
   ready() {
     window.CSR_READY_MS = performance.now();
-    document.body.dataset.ready = "1";
+    requestAnimationFrame(() => setTimeout(() => {
+      window.CSR_PAINTED_MS = performance.now();
+      document.body.dataset.ready = "1";
+    }, 0));
   },
 
   fail(err) {

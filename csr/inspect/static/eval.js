@@ -43,7 +43,7 @@
             Object.values(it.answers).some(a => a.answer.toLowerCase().includes(q))) &&
           (!state.f || FILTERS[state.f][1](it.answers[first], it.answers[last])));
         const n = CSR.table(document.getElementById("table"), cols, rows, state, draw);
-        document.getElementById("count").textContent = `showing ${n} of ${items.length} evaluation prompts`;
+        document.getElementById("count").textContent = `${n} of ${items.length} evaluation prompts match`;
         CSR.setHash({ev: state.ev, q: state.q, f: state.f, sort: state.sort, dir: state.dir});
       };
       document.getElementById("f-q").addEventListener("input", e => { state.q = e.target.value; draw(); });

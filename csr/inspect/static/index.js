@@ -100,7 +100,7 @@
   function drawTable(rows) {
     const shown = rows.filter(keep);
     const n = CSR.table(document.getElementById("prompts"), columns(rows), shown, state, () => drawTable(rows));
-    document.getElementById("count").textContent = `showing ${n} of ${rows.length} prompts`;
+    document.getElementById("count").textContent = `${n} of ${rows.length} prompts match`;
     CSR.setHash(state);
   }
 

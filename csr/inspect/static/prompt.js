@@ -74,8 +74,8 @@
         <div class="controls small">
           <label><input type="checkbox" id="t-pruned" checked> show pruned</label>
           <label><input type="checkbox" id="t-paths"> only chosen / rejected paths</label>
-          <span class="legend">R <span class="chip" style="background:${CSR.colour(0)}">${CSR.num(Math.min(...rs))}</span>
-            … <span class="chip" style="background:${CSR.colour(1)}">${CSR.num(Math.max(...rs))}</span></span>
+          <span class="legend">R <span class="chip" style="background:${colour(Math.min(...rs))}">${CSR.num(Math.min(...rs))}</span>
+            … <span class="chip" style="background:${colour(Math.max(...rs))}">${CSR.num(Math.max(...rs))}</span></span>
           <span class="muted">hover a sentence for its sibling set, click to pin it</span>
         </div>
         <div class="treebox"><ul class="tree" id="tree">${drawNode(tree, 0, colour)}</ul>
@@ -131,6 +131,7 @@
     const formula = n.norm_i !== undefined && n.norm_i !== null
       ? `R = λ·${cal}(R_I) + (1−λ)·${cal}(R_T) = ${CSR.num(lam)}·${CSR.num(n.norm_i)} + ${CSR.num(1 - lam)}·${CSR.num(n.norm_t)}
          = <b>${CSR.num(n.r_check)}</b>${n.r !== null && Math.abs(n.r - n.r_check) > 1e-6 ? ` <span class="bad">(stored R ${CSR.num(n.r)} differs!)</span>` : ""}`
+      : run.config.lower_is_better ? "pairs.rule=reference: R is the authors' rank within the sibling set (lower is better)"
       : "R_I not scored for this sibling set (pruned by R_T before CLIP saw it)";
     const cohort = tree.nodes.filter(x => x.depth === n.depth && x.status !== "final" && x.status !== "root");
     const byScore = cohort.slice().sort((a, b) => b.path_score - a.path_score);
