@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import signal
 import sys
 import warnings
 from pathlib import Path
@@ -12,8 +13,9 @@ import hydra
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from csr import signals
 from csr.config import validate
-from csr.distributed import check_trainer
+from csr.distributed import check_trainer, is_global_zero
 from csr.errors import CSRError
 
 log = logging.getLogger("csr")
@@ -36,26 +38,81 @@ def _quiet_libraries() -> None:
     warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
 
 
+def check_config(cfg: DictConfig) -> DictConfig:
+    """Everything the config alone decides, before a directory is made or a model loads."""
+    from csr.eval.registry import EVALUATORS
+
+    typed = validate(cfg)
+    check_trainer(typed.trainer)
+    unknown = [name for name in typed.eval.evaluators if name not in EVALUATORS]
+    if unknown:
+        raise CSRError(f"config key 'eval.evaluators': unknown evaluator {unknown[0]!r}; known: {sorted(EVALUATORS)}")
+    return typed
+
+
+def stopped_at(loop) -> str:
+    """Where a stopped run is: the first stage without its marker (stages run in order)."""
+    from csr.io import is_done
+    from csr.loop import ITERATION_STAGES
+
+    cfg = loop.cfg
+    if cfg.stage != "all":
+        k = cfg.iteration if cfg.iteration is not None else loop.first_unfinished()
+        return f"iteration {k}, stage {cfg.stage}"
+    if cfg.eval.at_base and not is_done(loop.iter_dir(0), "eval"):
+        return "iteration 0, stage eval (the starting model)"
+    k = loop.first_unfinished()
+    stage = next((s for s in ITERATION_STAGES if not is_done(loop.iter_dir(k), s)), None)
+    return f"iteration {k}, stage {stage}" if stage else f"iteration {k}, after its last stage"
+
+
+def close_runs(loop, status: str) -> None:
+    """No MLflow run of this start stays RUNNING; iterations whose every stage is done stay FINISHED."""
+    from csr.io import is_done
+    from csr.loop import ITERATION_STAGES
+
+    finished = {k for k in loop.tracker.ids["iterations"]
+                if all(is_done(loop.iter_dir(int(k)), s) for s in ITERATION_STAGES)}
+    try:
+        loop.tracker.close_open_runs(status, finished)
+    except Exception as err:  # noqa: BLE001 - the run's own failure is what the user must see
+        log.warning("could not mark the MLflow runs %s: %s", status, err)
+
+
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
 def app(cfg: DictConfig) -> float | None:
     from csr.loop import Loop
 
     _quiet_libraries()
+    signals.install()
+    loop = None
     try:
-        typed = validate(cfg)
-        check_trainer(typed.trainer)
-        result = Loop(typed).run()
-    except CSRError as err:
-        # A user-facing problem: the message names the file, record or key; no traceback needed.
-        log.error("%s", err)
-        sys.exit(2)
-    except OSError as err:
-        if err.errno not in WRITE_ERRORS | ACCESS_ERRORS:
-            raise
-        log.error("cannot %s %s: %s. Finished stages are kept and no partial file is read as complete: "
-                  "free space or fix the permissions, then rerun the same command to resume.",
-                  "write" if err.errno in WRITE_ERRORS else "access", err.filename or cfg.run_dir, err.strerror)
-        sys.exit(2)
+        typed = check_config(cfg)
+        loop = Loop(typed)
+        result = loop.run()
+    except BaseException as err:
+        signum = signals.closing()  # whatever a signal led to (ours, Lightning's SIGTERM exit), report it
+        if loop is not None:
+            close_runs(loop, "KILLED" if signum is not None else "FAILED")
+        if signum is not None:
+            if is_global_zero():
+                where = stopped_at(loop) if loop is not None else "before the run started"
+                detail = f", {err.detail}" if isinstance(err, signals.Interrupted) and err.detail else ""
+                log.error("stopped by %s in %s%s; finished stages and whole batches are kept: to resume, rerun "
+                          "the same command with run_dir=%s", signal.Signals(signum).name, where, detail,
+                          loop.run_dir if loop is not None else cfg.run_dir)
+            sys.exit(128 + signum)
+        if isinstance(err, CSRError):
+            # A user-facing problem: the message names the file, record or key; no traceback needed.
+            log.error("%s", err)
+            sys.exit(2)
+        if isinstance(err, OSError) and err.errno in WRITE_ERRORS | ACCESS_ERRORS:
+            log.error("cannot %s %s: %s. Finished stages are kept and no partial file is read as complete: "
+                      "free space or fix the permissions, then rerun the same command to resume.",
+                      "write" if err.errno in WRITE_ERRORS else "access", err.filename or cfg.run_dir, err.strerror)
+            sys.exit(2)
+        raise
+    signals.closing()  # finished: a signal from now on stops nothing half done
     rows = result.get("rows") if isinstance(result, dict) else None
     # Returned to Hydra sweepers (e.g. Optuna) as the objective: the last iteration's answer R_I.
     return rows[-1].get("answer R_I") if rows else None

@@ -19,6 +19,7 @@ import pytorch_lightning as pl
 from pytorch_lightning.callbacks import BasePredictionWriter
 from torch.utils.data import DataLoader
 
+from csr import signals
 from csr.distributed import barrier, is_global_zero
 from csr.errors import CSRError
 from csr.io import JsonlWriter, atomic_write_text, read_jsonl
@@ -51,6 +52,7 @@ class JsonlPredictionWriter(BasePredictionWriter):
             for record in prediction:
                 writer.write(record)
         self.written += len(prediction)
+        signals.check(f"{self.out_path.name}: {self.written} records written by this start")  # batch whole on disk
 
 
 def _key(item: Any, key: str) -> str:
@@ -114,7 +116,8 @@ def predict_to_jsonl(
     )
     # batch_size=None: each element already is a batch (a list of records); under DDP Lightning
     # deals these batches out to the ranks with its (unrepeated) distributed sampler.
-    trainer.predict(module, dataloaders=DataLoader(todo, batch_size=None), return_predictions=False)
+    with signals.deferred():  # a SIGTERM / SIGINT stops the loop after the batch it came in
+        trainer.predict(module, dataloaders=DataLoader(todo, batch_size=None), return_predictions=False)
     barrier()  # every rank's part file is complete
     if trainer.is_global_zero:
         consolidate(out_path, batch_keys, key)

@@ -6,18 +6,27 @@ in `<run_dir>/mlflow_runs.json`, so a resumed loop logs into the runs it started
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import math
+import os
+import sqlite3
 import time
-from collections.abc import Mapping
+import urllib.error
+import urllib.request
+from collections.abc import Collection, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote, unquote
 
+from csr.errors import CSRError
 from csr.io import atomic_write_json, read_json
 
 log = logging.getLogger(__name__)
 
 _BATCH = 100  # MLflow's limit of params per log_batch call
+PROBE_SECONDS = 5.0  # MLflow itself retries an unreachable server or a broken store for minutes
 
 
 def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -32,29 +41,100 @@ def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+def sqlite_path(uri: str) -> Path | None:
+    """The file SQLAlchemy opens for a sqlite:/// URI: up to a '?' (a query), percent-decoded."""
+    return Path(unquote(uri.removeprefix("sqlite:///").split("?", 1)[0])) if uri.startswith("sqlite:///") else None
+
+
+def sqlite_uri(path: Path) -> str:
+    """The sqlite:/// URI of a file; '%' and '?' escaped, or SQLAlchemy decodes or cuts the path there."""
+    return "sqlite:///" + str(Path(path).resolve()).replace("%", "%25").replace("?", "%3F")
+
+
+def check_store(uri: str) -> None:
+    """Fail in one line, before any model loads, on a store MLflow could only retry against."""
+    where = f"logger.tracking_uri={uri!r}"
+    path = sqlite_path(uri)
+    if path is not None:
+        if not path.exists():
+            if not os.access(path.parent, os.W_OK):
+                raise CSRError(f"{where}: cannot create the MLflow store: {path.parent} is not a writable directory")
+            return
+        if path.is_dir() or not os.access(path, os.R_OK | os.W_OK) or not os.access(path.parent, os.W_OK):
+            why = "it is a directory" if path.is_dir() else "it (or its directory) is not readable and writable"
+            raise CSRError(f"{where}: cannot access the MLflow store {path}: {why}")
+        try:
+            with sqlite3.connect(f"file:{quote(str(path))}?mode=ro", uri=True, timeout=PROBE_SECONDS) as db:
+                db.execute("PRAGMA schema_version").fetchone()
+        except sqlite3.Error as err:
+            raise CSRError(f"{where}: {path} is not a usable MLflow store ({err}): move it away or point "
+                           "logger.tracking_uri at another store") from None
+    elif uri.startswith(("http://", "https://")):
+        try:
+            urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=PROBE_SECONDS).close()
+        except urllib.error.HTTPError:
+            pass  # something answered; MLflow's own calls say what is wrong with it
+        except (urllib.error.URLError, OSError) as err:
+            reason = getattr(err, "reason", err)
+            raise CSRError(f"{where}: cannot reach the MLflow tracking server ({reason}): start it, or set "
+                           "logger.tracking_uri=null for a store inside the run directory") from None
+
+
+@contextmanager
+def creation_lock(uri: str) -> Iterator[None]:
+    """Two runs creating one fresh sqlite store at once race in MLflow's schema migration: take turns."""
+    path = sqlite_path(uri)
+    if path is None:
+        yield
+        return
+    with open(path.with_name(path.name + ".lock"), "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)  # released when the file closes
+        yield
+
+
 class Tracker:
     """Thin wrapper over MlflowClient; with `enabled=False` every call is a no-op."""
 
     def __init__(self, run_dir: Path, enabled: bool, tracking_uri: str | None, experiment_name: str):
         self.run_dir, self.enabled = run_dir, enabled
-        self.uri = tracking_uri or f"sqlite:///{(run_dir / 'mlflow.db').resolve()}"
+        self.uri = tracking_uri or sqlite_uri(run_dir / "mlflow.db")
         self.ids_path = run_dir / "mlflow_runs.json"
         self.ids: dict[str, Any] = read_json(self.ids_path) if self.ids_path.exists() else {"iterations": {}}
         self.client = None
+        self.started = False  # this start opened the parent run (it holds the run directory)
         if enabled:
             from mlflow.tracking import MlflowClient
 
+            check_store(self.uri)
             self.client = MlflowClient(tracking_uri=self.uri)
-            experiment = self.client.get_experiment_by_name(experiment_name)
-            # Artifacts beside a local sqlite store (MLflow's default is ./mlruns of the current directory).
-            artifacts = None
-            if self.uri.startswith("sqlite:///"):
-                artifacts = (Path(self.uri.removeprefix("sqlite:///")).parent / "mlartifacts").resolve().as_uri()
-            self.experiment_id = (
-                experiment.experiment_id if experiment
-                else self.client.create_experiment(experiment_name, artifact_location=artifacts)
-            )
+            with creation_lock(self.uri):
+                experiment = self.client.get_experiment_by_name(experiment_name)
+                # Artifacts beside a local sqlite store (MLflow's default is ./mlruns of the current directory).
+                artifacts = None
+                if self.uri.startswith("sqlite:///"):
+                    artifacts = (sqlite_path(self.uri).parent / "mlartifacts").resolve().as_uri()
+                self.experiment_id = (
+                    experiment.experiment_id if experiment
+                    else self.client.create_experiment(experiment_name, artifact_location=artifacts)
+                )
             self.experiment_name = experiment_name
+            self._check_ids()
+
+    def _check_ids(self) -> None:
+        """A resume must find its runs: from another working directory the default store is another file."""
+        from mlflow.exceptions import MlflowException
+
+        if "parent" not in self.ids:
+            return
+        try:
+            self.client.get_run(self.ids["parent"])
+        except MlflowException:
+            was = self.ids.get("tracking_uri", "another store")
+            raise CSRError(
+                f"{self.ids_path} names MLflow run {self.ids['parent']}, which the store {self.uri} does not hold "
+                f"(the run was tracked in {was}): resume from the directory the run started in, or pass "
+                "logger.tracking_uri=<that store>"
+            ) from None
 
     def _save_ids(self) -> None:
         atomic_write_json(self.ids_path, self.ids)
@@ -65,10 +145,12 @@ class Tracker:
         if "parent" not in self.ids:
             run = self.client.create_run(self.experiment_id, run_name=run_name, tags={"csr.run_dir": str(self.run_dir)})
             self.ids["parent"] = run.info.run_id
+            self.ids["tracking_uri"] = self.uri  # named by the error of a resume that finds another store
             self._save_ids()
             self.log_params(self.ids["parent"], params)
         else:
             self.client.update_run(self.ids["parent"], status="RUNNING")
+        self.started = True
         return self.ids["parent"]
 
     def iteration(self, k: int, params: Mapping[str, Any]) -> str | None:
@@ -82,6 +164,8 @@ class Tracker:
             self.ids["iterations"][key] = run.info.run_id
             self._save_ids()
             self.log_params(run.info.run_id, {**params, "iteration": k})
+        elif self.client.get_run(self.ids["iterations"][key]).info.status in ("KILLED", "FAILED"):
+            self.client.update_run(self.ids["iterations"][key], status="RUNNING")  # resumed
         return self.ids["iterations"][key]
 
     def log_params(self, run_id: str | None, params: Mapping[str, Any]) -> None:
@@ -112,9 +196,25 @@ class Tracker:
         if self.enabled and run_id is not None:
             self.client.log_artifact(run_id, str(path))
 
+    def set_tags(self, run_id: str | None, tags: Mapping[str, str]) -> None:
+        if self.enabled and run_id is not None:
+            for key, value in tags.items():
+                self.client.set_tag(run_id, key, value)
+
     def finish(self, run_id: str | None, status: str = "FINISHED") -> None:
         if self.enabled and run_id is not None:
             self.client.set_terminated(run_id, status=status)
+
+    def close_open_runs(self, status: str, finished_iterations: Collection[str]) -> None:
+        """After a signal or an error: this start's parent run and every iteration run not finished end
+        as `status` (KILLED / FAILED), so none stays RUNNING (Lightning's logger may have marked an
+        iteration FINISHED when DPO ended)."""
+        if not self.enabled or not self.started:
+            return
+        for key, run_id in self.ids["iterations"].items():
+            if key not in finished_iterations:
+                self.client.set_terminated(run_id, status=status)
+        self.client.set_terminated(self.ids["parent"], status=status)
 
     def lightning_logger(self, run_id: str | None):
         """A Lightning logger writing into an existing run (DPO's per-step metrics)."""

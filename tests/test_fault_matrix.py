@@ -1,4 +1,5 @@
-"""A fast subset of experiments/fault_matrix: SIGKILL inside three stages, rerun, compare."""
+"""A fast subset of experiments/fault_matrix: SIGKILL inside three stages and a SIGTERM outside the
+batch loops, rerun, compare (tests/test_signals.py has SIGTERM and SIGINT inside search and DPO)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
-    out = tmp_path_factory.mktemp("fault_matrix")
+    out = tmp_path_factory.getbasetemp() / "fault_matrix"  # shared with tests/test_signals.py
+    out.mkdir(exist_ok=True)
     env, reference = matrix.setup(out)
     return out, env, reference
 
@@ -28,10 +30,11 @@ def test_kills_inside_stages_resume_to_identical_output(reference):
         ("search", "torn:iter_1/search.jsonl.part0:3"),  # half a record on disk
         ("dpo", f"dpo_step:iter_1:{rng.randint(2, 8)}"),
         ("pairs", "replace:iter_2/pairs.jsonl:1"),  # whole-file write cut before its rename
+        ("merge", "SIGTERM@save_dir:iter_1/merged:1"),  # stops on the spot: exit 143, MLflow KILLED
     ]
     outcomes = matrix.run_matrix(out, faults, env, ref)
     for o in outcomes:
-        assert o.killed, f"{o.fault}: the fault never fired"
+        assert o.killed, f"{o.fault}: the fault never fired, or stopped wrongly: exit {o.exit_code} {o.stop_problems}"
         assert o.resumed, f"{o.fault}: the rerun failed (see {out / 'logs'})"
         assert o.differences == [], o.fault
         assert (o.lost, o.duplicated) == (0, 0), o.fault

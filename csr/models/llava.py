@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import torch
 from PIL import Image
+from safetensors import SafetensorError, safe_open
 from transformers import AutoProcessor, LlavaForConditionalGeneration, PreTrainedConfig
 from transformers.processing_utils import ProcessorMixin
 
@@ -52,12 +56,33 @@ def load_llava(
         processor = AutoProcessor.from_pretrained(path, local_files_only=True, trust_remote_code=False)
     except OSError as err:  # config present but weights or processor files missing
         raise CSRError(f"model.path={path!r}: incomplete checkpoint: {err}") from err
+    except SafetensorError as err:  # e.g. a merged model cut short by a full disk or a copy
+        raise CSRError(_corrupt_weights(path, err)) from None
     check_processor(model, processor, path)
     model.to(device)
     model.eval()
     # Batched generation appends new tokens on the right, so prompts must be padded on the left.
     processor.tokenizer.padding_side = "left"
     return model, processor
+
+
+def _corrupt_weights(path: str, err: Exception) -> str:
+    """Which weights file is unreadable, and the command that writes it again."""
+    bad = next((f for f in sorted(Path(path).glob("*.safetensors")) if not _readable(f)), None)
+    what = f"{bad} is truncated or corrupt" if bad else "a weights file is truncated or corrupt"
+    run = re.fullmatch(r"iter_(\d+)", Path(path).parent.name) if Path(path).name == "merged" else None
+    again = (f"csr stage=merge iteration={run[1]} run_dir={Path(path).parent.parent}" if run
+             else "the stage or tool that wrote it")
+    return f"model.path={path!r}: {what} ({err}): rerun {again}"
+
+
+def _readable(file: Path) -> bool:
+    try:
+        with safe_open(str(file), "pt") as f:
+            f.keys()
+        return True
+    except (SafetensorError, OSError):
+        return False
 
 
 def check_processor(model: LlavaForConditionalGeneration, processor: ProcessorMixin, path: str) -> None:

@@ -1,9 +1,11 @@
-"""Run `csr` with one fault planted: the process SIGKILLs itself at a chosen point.
+"""Run `csr` with one fault planted: the process SIGKILLs itself (or sends itself a signal) at a chosen point.
 
     python experiments/fault_matrix/inject.py FAULT [csr overrides ...]
 
-FAULT is `hook:target:n`: kill at the n-th time `hook` fires for `target` (a path fragment such
-as `iter_1/search.jsonl`, or `iter_2/dpo` for a stage marker). Hooks:
+FAULT is `[SIGNAL@]hook:target:n`: kill at the n-th time `hook` fires for `target` (a path fragment
+such as `iter_1/search.jsonl`, or `iter_2/dpo` for a stage marker). With `SIGTERM@` or `SIGINT@`
+the process sends itself that signal there instead and goes on: csr must stop at its next safe
+point, print where and how to resume, and exit 128 + the signal's number. Hooks:
 
   record       before a JSONL record is appended (search / reward / eval part files)
   torn         after writing the first half of a JSONL record (a torn line on disk)
@@ -15,7 +17,8 @@ as `iter_1/search.jsonl`, or `iter_2/dpo` for a stage marker). Hooks:
   iteration    after an iteration's metrics.json (between iterations; target: `iter_k`)
 
 The patches sit outside the package, so `csr` itself carries no test hooks. SIGKILL gives the
-process no chance to clean up, as an OOM kill or a lost node would not.
+process no chance to clean up, as an OOM kill or a lost node would not; SIGTERM is what SLURM, Docker
+and systemd send first, SIGINT a Ctrl+C.
 """
 
 from __future__ import annotations
@@ -26,17 +29,25 @@ import sys
 from pathlib import Path
 
 HOOKS = ("record", "torn", "replace", "before_done", "after_done", "dpo_step", "save_dir", "iteration")
+SIGNALS = {"SIGKILL": signal.SIGKILL, "SIGTERM": signal.SIGTERM, "SIGINT": signal.SIGINT}
 
 
-def die() -> None:
-    os.kill(os.getpid(), signal.SIGKILL)
+def parse(spec: str) -> tuple[signal.Signals, str]:
+    """`SIGTERM@record:iter_1/search.jsonl.part0:3` -> (SIGTERM, the hook spec); no prefix: SIGKILL."""
+    name, _, rest = spec.rpartition("@")
+    if name and name not in SIGNALS:
+        raise SystemExit(f"unknown signal {name!r}; known: {list(SIGNALS)}")
+    return SIGNALS[name or "SIGKILL"], rest
 
 
 class Fault:
     def __init__(self, spec: str):
+        self.signum, spec = parse(spec)
         hook, target, n = spec.rsplit(":", 2) if spec.count(":") >= 2 else (spec, "", "1")
         if hook not in HOOKS:
             raise SystemExit(f"unknown fault hook {hook!r}; known: {HOOKS}")
+        if hook == "torn" and self.signum != signal.SIGKILL:
+            raise SystemExit("a torn record needs SIGKILL: a process that goes on finishes the line")
         self.hook, self.target, self.n, self.seen = hook, target, int(n), 0
         self.iteration = ""  # the iteration running now, for hooks that see no path
 
@@ -46,6 +57,11 @@ class Fault:
             return False
         self.seen += 1
         return self.seen == self.n
+
+    def die(self) -> None:
+        """SIGKILL ends the process here; SIGTERM / SIGINT run csr's handler, and the hooked call goes
+        on unless the handler stops the run on the spot."""
+        os.kill(os.getpid(), self.signum)
 
 
 def install(fault: Fault) -> None:
@@ -59,7 +75,7 @@ def install(fault: Fault) -> None:
     def write_record(self, record):
         where = str(self.path)
         if fault.fires("record", where):
-            die()
+            fault.die()
         if fault.fires("torn", where):
             import json
 
@@ -67,7 +83,7 @@ def install(fault: Fault) -> None:
             self._fh.write(line[: len(line) // 2])
             self._fh.flush()
             os.fsync(self._fh.fileno())
-            die()
+            fault.die()
         write(self, record)
 
     csr.io.JsonlWriter.write = write_record
@@ -76,7 +92,7 @@ def install(fault: Fault) -> None:
 
     def replace_file(src, dst, *args, **kwargs):
         if fault.fires("replace", str(dst)):
-            die()
+            fault.die()
         return replace(src, dst, *args, **kwargs)
 
     os.replace = replace_file  # every whole-file write and directory swap in csr goes through it
@@ -85,17 +101,17 @@ def install(fault: Fault) -> None:
     def mark_stage_done(directory, stage, stats):
         where = f"{directory}/{stage}"
         if fault.fires("before_done", where):
-            die()
+            fault.die()
         mark_done(directory, stage, stats)
         if fault.fires("after_done", where):
-            die()
+            fault.die()
 
     csr.loop.mark_done = mark_stage_done
     training_step = DPOModule.training_step
 
     def step(self, batch, batch_idx):
         if fault.fires("dpo_step", fault.iteration):
-            die()
+            fault.die()
         return training_step(self, batch, batch_idx)
 
     DPOModule.training_step = step
@@ -103,7 +119,7 @@ def install(fault: Fault) -> None:
 
     def swap_dir(tmp: Path, final: Path):
         if fault.fires("save_dir", str(final)):
-            die()
+            fault.die()
         replace_dir(tmp, final)
 
     csr.models.merge.replace_dir = swap_dir
@@ -113,7 +129,7 @@ def install(fault: Fault) -> None:
         fault.iteration = f"iter_{k}"  # what dpo_step's target matches
         metrics = iteration(self, k, *args, **kwargs)
         if fault.fires("iteration", f"iter_{k}"):
-            die()
+            fault.die()
         return metrics
 
     csr.loop.Loop.iteration = run_iteration

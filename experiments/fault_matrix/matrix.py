@@ -9,8 +9,9 @@ reference's: every JSONL / JSON output byte for byte (stage markers and metrics 
 timings), every safetensors file tensor for tensor, and the ids of every JSONL file for lost or
 duplicated records. Faults: each stage boundary (before / after the `.done` marker), points
 inside each stage (a record append, a torn half-record, a whole-file write cut before its rename,
-a DPO step, a model directory swap), between iterations, and kills at a random point of a random
-stage.
+a DPO step, a model directory swap), between iterations, kills at a random point of a random
+stage, and SIGTERM / SIGINT at some of these points (the run must stop with exit status 143 / 130,
+one line saying how to resume, and no MLflow run left RUNNING).
 Writes DIR/matrix.json and DIR/matrix.md.
 """
 
@@ -22,6 +23,7 @@ import os
 import random
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -32,6 +34,7 @@ from safetensors.torch import load_file
 
 BIN = Path(sys.executable).parent
 INJECT = Path(__file__).resolve().parent / "inject.py"
+STOP_SIGNALS = {"SIGTERM": signal.SIGTERM, "SIGINT": signal.SIGINT}
 SETTINGS = [
     "model=tiny_random", "reward=clip", "data=tiny", "search=default", "dpo=default", "eval=default",
     "search.max_sentences=3", "search.max_new_tokens_per_sentence=6", "search.max_answer_tokens=16",
@@ -41,15 +44,18 @@ SETTINGS = [
 ]
 # Written anew by every start (run_info: the commit and versions of this start; a start on other code
 # adds run_info.<n>.json), or holding wall-clock times / MLflow run ids: not outputs to compare.
-VOLATILE = {".lock", "mlflow.db", "mlflow_runs.json", "summary.png", "summary.md", "summary.json"}
+VOLATILE = {".lock", "mlflow.db", "mlflow.db.lock", "mlflow_runs.json", "summary.png", "summary.md", "summary.json"}
 
 TIMING_KEYS = {"seconds", "finished_at"}
+BINARY = {".png", ".jpg", ".bin", ".pt"}
 JSONL_OUTPUTS = ("search.jsonl", "rewards.jsonl", "pairs.jsonl", "answers.jsonl")
 STAGES = ("search", "reward", "pairs", "dpo", "merge", "eval")
 
 
 def is_volatile(path: Path) -> bool:
-    return path.name in VOLATILE or path.name.startswith("run_info.") or "mlartifacts" in path.parts
+    # inspect/: the report site the end of a run writes from the outputs (with summary.png), like summary.*
+    return (path.name in VOLATILE or path.name.startswith("run_info.")
+            or bool({"mlartifacts", "inspect"} & set(path.parts)))
 
 
 @dataclass
@@ -61,6 +67,8 @@ class Outcome:
     identical: bool = False
     lost: int = 0
     duplicated: int = 0
+    exit_code: int = 0  # of the run the fault hit: -9 for SIGKILL, 143 / 130 for SIGTERM / SIGINT
+    stop_problems: list[str] = field(default_factory=list)  # a signal's stop: message, MLflow status
     differences: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
@@ -92,6 +100,10 @@ def compare(reference: Path, run: Path) -> tuple[list[str], int, int]:
             ta, tb = load_file(a), load_file(b)
             if ta.keys() != tb.keys() or any(not ta[k].equal(tb[k]) for k in ta):
                 differences.append(f"tensors differ in {name}")
+            continue
+        if a.suffix in BINARY:
+            if a.read_bytes() != b.read_bytes():
+                differences.append(f"content differs in {name}")
             continue
         # Configs, adapter configs and stage stats name paths inside their own run directory.
         text_a, text_b = a.read_text().replace(str(reference), "RUN"), b.read_text().replace(str(run), "RUN")
@@ -130,20 +142,58 @@ def kill_during(proc: subprocess.Popen, run_dir: Path, reference: Path, fault: s
         proc.wait()
 
 
+def expected_exit(fault: str) -> int:
+    """SIGKILL (the default, and every `time:` kill): the process dies; SIGTERM / SIGINT: csr stops
+    itself with 128 + the signal's number."""
+    name = fault.rpartition("@")[0]
+    return 128 + STOP_SIGNALS[name] if name in STOP_SIGNALS else -signal.SIGKILL
+
+
+def mlflow_statuses(run_dir: Path) -> dict[str, str]:
+    """Run id -> status in the run's own store (logger.tracking_uri=null), read without MLflow."""
+    db = run_dir / "mlflow.db"
+    if not db.exists():
+        return {}
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as con:
+        return dict(con.execute("SELECT run_uuid, status FROM runs").fetchall())
+
+
+def stop_problems(run_dir: Path, log_text: str) -> list[str]:
+    """What is wrong with how a signalled run stopped: the resume line, a traceback, MLflow statuses."""
+    problems = []
+    if f"rerun the same command with run_dir={run_dir}" not in log_text:
+        problems.append("no resume line")
+    if "Traceback" in log_text:
+        problems.append("a traceback")
+    statuses = mlflow_statuses(run_dir)
+    if "RUNNING" in statuses.values():
+        problems.append("an MLflow run left RUNNING")
+    ids = run_dir / "mlflow_runs.json"
+    parent = json.loads(ids.read_text())["parent"] if ids.exists() else None
+    if parent is not None and statuses.get(parent) != "KILLED":
+        problems.append(f"MLflow parent run {statuses.get(parent)}, not KILLED")
+    return problems
+
+
 def run_fault(reference: Path, run_dir: Path, stage: str, fault: str, env: dict, log_dir: Path) -> Outcome:
     """Start a run that dies at `fault` (a hook spec, or `time:iter_k/<stage>:<fraction>`), rerun it,
     compare."""
     outcome = Outcome(stage, fault)
     start = time.time()
     shutil.rmtree(run_dir, ignore_errors=True)
-    with (log_dir / f"{run_dir.name}.log").open("w") as log:
+    log_path = log_dir / f"{run_dir.name}.log"
+    with log_path.open("w") as log:
         if fault.startswith("time:"):
             proc = subprocess.Popen(csr_command(run_dir, None), env=env, stdout=log, stderr=log)
             kill_during(proc, run_dir, reference, fault)
             outcome.stage = f"random: {landed_in(run_dir)}"
         else:
             proc = subprocess.run(csr_command(run_dir, fault), env=env, stdout=log, stderr=log)
-        outcome.killed = proc.returncode == -signal.SIGKILL
+        outcome.exit_code = proc.returncode
+        if expected_exit(fault) != -signal.SIGKILL:
+            log.flush()
+            outcome.stop_problems = stop_problems(run_dir, log_path.read_text())
+        outcome.killed = proc.returncode == expected_exit(fault) and not outcome.stop_problems
         resumed = subprocess.run(csr_command(run_dir, None), env=env, stdout=log, stderr=log)
     outcome.resumed = resumed.returncode == 0
     if outcome.resumed:
@@ -190,6 +240,22 @@ def inside_faults(reference: Path, rng: random.Random) -> list[tuple[str, str]]:
     return faults
 
 
+def signal_faults() -> list[tuple[str, str]]:
+    """SIGTERM and SIGINT inside the batch loops (search, reward, eval, DPO: the stop waits for the
+    batch's end) and outside them (a model swap, a stage marker, between iterations: it stops there)."""
+    return [
+        ("search", "SIGTERM@record:iter_1/search.jsonl.part0:3"),
+        ("search", "SIGINT@record:iter_2/search.jsonl.part0:5"),
+        ("reward", "SIGTERM@record:iter_1/rewards.jsonl.part0:2"),
+        ("eval", "SIGINT@record:iter_0/eval/generate/answers.jsonl.part0:1"),
+        ("dpo", "SIGTERM@dpo_step:iter_1:2"),
+        ("dpo", "SIGINT@dpo_step:iter_2:3"),
+        ("pairs", "SIGINT@before_done:iter_1/pairs:1"),
+        ("merge", "SIGTERM@save_dir:iter_1/merged:1"),
+        ("between iterations", "SIGTERM@iteration:iter_1:1"),
+    ]
+
+
 def landed_in(run_dir: Path) -> str:
     """Where a wall-clock kill fell: the first stage without its marker."""
     for k in range(0, 3):
@@ -203,10 +269,12 @@ def to_markdown(outcomes: list[Outcome]) -> str:
     lines = ["| stage | fault | killed | resumed | identical output | records lost | records duplicated |",
              "|---|---|---|---|---|---|---|"]
     for o in outcomes:
-        lines.append(f"| {o.stage} | `{o.fault}` | {'yes' if o.killed else 'NO'} | {'yes' if o.resumed else 'NO'} | "
+        killed = ("yes" if o.killed else f"NO: exit {o.exit_code} {'; '.join(o.stop_problems)}") + (
+            f" (exit {o.exit_code})" if o.killed and o.exit_code > 0 else "")
+        lines.append(f"| {o.stage} | `{o.fault}` | {killed} | {'yes' if o.resumed else 'NO'} | "
                      f"{'yes' if o.identical else 'NO: ' + '; '.join(o.differences[:3])} | {o.lost} | {o.duplicated} |")
     ok = sum(o.killed and o.resumed and o.identical and not o.lost and not o.duplicated for o in outcomes)
-    lines.append(f"\n{ok} of {len(outcomes)} kills resumed to output identical to the uninterrupted run.")
+    lines.append(f"\n{ok} of {len(outcomes)} kills and signals resumed to output identical to the uninterrupted run.")
     return "\n".join(lines) + "\n"
 
 
@@ -251,7 +319,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     env, reference = setup(out)
     rng = random.Random(args.seed)
-    faults = boundary_faults() + inside_faults(reference, rng)
+    faults = boundary_faults() + inside_faults(reference, rng) + signal_faults()
     faults += [("random", f"time:iter_{rng.choice((1, 2))}/{rng.choice(STAGES)}:{rng.random():.2f}")
                for _ in range(args.random)]
     outcomes = run_matrix(out, faults, env, reference)
