@@ -10,8 +10,9 @@ from collections import Counter
 from pathlib import Path
 
 from csr.data.prompts import PromptRecord
-from csr.data.shapesworld.splits import ensure_split, ground_truth
+from csr.data.shapesworld.splits import HELD_OUT_SIZE, ensure_split, ground_truth, split_identity
 from csr.data.shapesworld.vocab import PAIRS, synonym_table
+from csr.errors import CSRError
 from csr.eval.chair import caption_report, chair_scores
 from csr.eval.generate import DECODING, answer_metrics, generate_answers, image_set, skip_counts
 from csr.eval.pope import QUESTION_TEMPLATE, STRATEGIES, pope_metrics, read_pope_questions, yes_no
@@ -64,7 +65,11 @@ def _pope(model, processor, eval_cfg, split_dir: Path, images: set[str], out_dir
 
 def evaluate_shapesworld(*, model, processor, scorer, eval_cfg, prompt_file: str, image_root: str,
                          out_dir: Path, trainer_kwargs: dict, on_error: str = "raise") -> dict:
-    split_dir = ensure_split(eval_cfg.shapesworld_root, eval_cfg.split, eval_cfg.limit)
+    if eval_cfg.limit is not None and eval_cfg.limit > HELD_OUT_SIZE:
+        raise CSRError(f"config key 'eval.limit': {eval_cfg.limit} is more than the {HELD_OUT_SIZE} images of a"
+                       f" ShapesWorld held-out split")
+    # Always the whole split, whatever the limit: its POPE negatives are drawn over all of it.
+    split_dir = ensure_split(eval_cfg.shapesworld_root, eval_cfg.split, HELD_OUT_SIZE)
     truth = ground_truth(split_dir)
     ids = sorted(truth)[: eval_cfg.limit]
     describe = [PromptRecord(id=i, image=f"{i}.png", prompt=DESCRIBE_PROMPT, raw="") for i in ids]
@@ -81,7 +86,7 @@ def evaluate_shapesworld(*, model, processor, scorer, eval_cfg, prompt_file: str
     metrics.update(pope)
     metrics.update(skip_counts(Counter(skips) + pope_skips))
     metrics["settings"] = {
-        "split": eval_cfg.split, "prompt": DESCRIBE_PROMPT, "decoding": DECODING,
+        "split": split_identity(split_dir), "prompt": DESCRIBE_PROMPT, "decoding": DECODING,
         "max_new_tokens": eval_cfg.max_new_tokens, **image_set(a["image"] for a in answers),
         "pope": {"prompt": QUESTION_TEMPLATE, "decoding": DECODING, "max_new_tokens": POPE_MAX_NEW_TOKENS,
                  "parser": eval_cfg.pope.parser, **image_set(shown)},

@@ -27,7 +27,7 @@ def build_module(model, processor, scorer, cfg) -> SearchModule:
         keep_bottom=s.keep_bottom, max_sentences=s.max_sentences, max_answer_tokens=s.max_answer_tokens,
         prune_by=s.prune_by, lam=cfg.reward.lam, calibration=cfg.reward.calibration,
         text_score=cfg.reward.text_score, max_batch_rows=s.max_batch_rows,
-        max_batch_tokens=s.max_batch_tokens,
+        max_batch_tokens=s.max_batch_tokens, pair_rule=cfg.pairs.rule,
     )
     d = s.decoding
     decode = DecodeSettings(
@@ -36,7 +36,10 @@ def build_module(model, processor, scorer, cfg) -> SearchModule:
         diversity_penalty=d.diversity_penalty, temperature=d.temperature, top_p=d.top_p, top_k=d.top_k,
     )
     relevance = scorer.relevance if s.prune_by == "calibrated" else None
-    return SearchModule(model, processor, settings, decode, relevance, cfg.data.image_root, cfg.data.on_error, s.seed)
+    module = SearchModule(model, processor, settings, decode, relevance, cfg.data.image_root, cfg.data.on_error, s.seed)
+    if relevance is not None:
+        module.clip = scorer  # a registered submodule: Lightning moves CLIP to the search's device
+    return module
 
 
 def run_search(*, model, processor, scorer, cfg, out_path: Path, trainer_kwargs: dict) -> dict:
