@@ -41,7 +41,7 @@ class ModelConfig:
 @dataclass
 class ClipConfig:
     arch: str = "ViT-L-14-336"  # open_clip architecture name
-    weights: str | None = None  # local weights file (safetensors); null = random init (tests only)
+    weights: str | None = None  # local weights file (safetensors), or "random" (random init: tests only); null is refused
     config_json: str | None = None  # JSON of a custom architecture, registered before loading
 
 
@@ -248,6 +248,7 @@ _RANGES = {
     "iterations": (lambda v: v >= 1, ">= 1"),
     "reward.lam": (lambda v: 0.0 <= v <= 1.0, "in [0, 1]"),
     "reward.batch_size": (lambda v: v >= 1, ">= 1"),
+    "reward.clip.weights": (lambda v: v is not None, "a local weights file (or 'random': a random-init CLIP, tests only)"),
     "search.beam_width": (lambda v: v >= 1, ">= 1"),
     "search.candidates_per_step": (lambda v: v >= 1, ">= 1"),
     "search.keep_top": (lambda v: v >= 0, ">= 0"),

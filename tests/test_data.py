@@ -67,6 +67,8 @@ def test_placeholder_before_or_after_gives_same_prompt(tmp_path: Path, root: Pat
         (_rec("bad", text=" <image>\n "), "empty_prompt", "no text"),
         (_rec("bad", image="/etc/passwd"), "unsafe_path", "absolute"),
         (_rec("bad", image="../outside.jpg"), "unsafe_path", "outside image_root"),
+        (_rec("bad", image="a.jpg\0.png"), "unsafe_path", "contains a NUL byte"),
+        (_rec("bad", image="\ud800.jpg"), "unsafe_path", "contains a lone surrogate"),
         (_rec("bad", image="missing.jpg"), "missing_image", "not found"),
     ],
 )
@@ -99,6 +101,20 @@ def test_symlink_escaping_root_is_unsafe(tmp_path: Path, root: Path) -> None:
         load_prompts(path, str(root))
     with pytest.raises(CSRError, match="outside image_root"):
         load_image(str(root), "link.jpg")
+
+
+def test_symlink_loop_is_one_error_naming_the_record(tmp_path: Path, root: Path) -> None:
+    os.symlink(root / "loop2.jpg", root / "loop1.jpg")
+    os.symlink(root / "loop1.jpg", root / "loop2.jpg")
+    path = _write_prompts(tmp_path / "p.json", [_rec("ok"), _rec("lp", "loop1.jpg")])
+    with pytest.raises(CSRError, match=r"p\.json: record 1 \(id='lp'\): image path 'loop1.jpg' .* is a symlink loop"):
+        load_prompts(path, str(root))
+    assert load_prompts(path, str(root), on_error="skip")[1] == {"unsafe_path": 1}
+    with pytest.raises(CSRError, match="'loop1.jpg' under image_root .* is a symlink loop"):
+        load_image(str(root), "loop1.jpg")
+    for bad, fragment in (("x\0.jpg", "NUL byte"), ("\udcff.jpg", "lone surrogate")):
+        with pytest.raises(CSRError, match=fragment):
+            load_image(str(root), bad)
 
 
 def test_skip_mode_counts_several_reasons(tmp_path: Path, root: Path) -> None:
@@ -264,3 +280,73 @@ def test_pillow_bomb_warning_is_an_error(tmp_path: Path, monkeypatch: pytest.Mon
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 6_000)
     with pytest.raises(CSRError, match=r"big\.png: too many pixels"):
         load_image(str(tmp_path), "big.png")
+
+
+def test_exif_orientation_is_applied(tmp_path: Path) -> None:
+    img = Image.new("RGB", (2, 1))
+    img.putpixel((0, 0), (255, 0, 0))
+    img.putpixel((1, 0), (0, 0, 255))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation 6: stored row 0 is the visual right side, column 0 the top
+    img.save(tmp_path / "rotated.png", exif=exif)
+    out = load_image(str(tmp_path), "rotated.png")
+    assert out.size == (1, 2)
+    assert [out.getpixel((0, y)) for y in range(2)] == [(255, 0, 0), (0, 0, 255)]  # as a viewer shows it
+
+
+def test_float_image_read_as_intensities_in_0_1(tmp_path: Path) -> None:
+    img = Image.new("F", (4, 1))
+    for x, v in enumerate([0.0, 0.25, 0.5, 1.0]):
+        img.putpixel((x, 0), v)
+    img.save(tmp_path / "f.tif")
+    out = load_image(str(tmp_path), "f.tif")
+    assert [out.getpixel((x, 0))[0] for x in range(4)] == [0, 64, 128, 255]  # rint(v * 255)
+    for name, values, fragment in (("hdr.tif", [0.0, 3.5], r"\[0.0, 3.5\]"), ("neg.tif", [-0.5, 0.5], "-0.5"),
+                                   ("nan.tif", [float("nan"), 0.5], "nan")):
+        img = Image.new("F", (2, 1))
+        for x, v in enumerate(values):
+            img.putpixel((x, 0), v)
+        img.save(tmp_path / name)
+        with pytest.raises(CSRError, match=rf"{name}: mode 'F' samples in .*{fragment}.* must hold intensities in \[0, 1\]"):
+            load_image(str(tmp_path), name)
+
+
+def _tiff(path: Path, samples: list[int], bits: int, sample_format: int) -> None:
+    """A one-row uncompressed grayscale TIFF: Pillow cannot write signed 16-bit samples itself."""
+    import struct
+
+    fmt = {(16, 2): "h", (16, 1): "H", (32, 2): "i"}[bits, sample_format]
+    data = struct.pack(f"<{len(samples)}{fmt}", *samples)
+    tags = [(256, 3, len(samples)), (257, 3, 1), (258, 3, bits), (259, 3, 1), (262, 3, 1),
+            (273, 4, 8), (277, 3, 1), (278, 3, 1), (279, 4, len(data)), (339, 3, sample_format)]
+    ifd = struct.pack("<H", len(tags)) + b"".join(struct.pack("<HHII", t, k, 1, v) for t, k, v in tags)
+    path.write_bytes(b"II*\0" + struct.pack("<I", 8 + len(data)) + data + ifd + b"\0\0\0\0")
+
+
+def test_integer_images_scaled_by_their_declared_range(tmp_path: Path) -> None:
+    _tiff(tmp_path / "s16.tif", [0, 128 * 128, 32767], 16, 2)  # signed 16-bit: 0..32767 -> 0..255
+    with Image.open(tmp_path / "s16.tif") as img:
+        assert img.mode == "I"
+    out = load_image(str(tmp_path), "s16.tif")
+    assert [out.getpixel((x, 0))[0] for x in range(3)] == [0, 128, 255]
+    _tiff(tmp_path / "neg.tif", [0, -100], 16, 2)
+    with pytest.raises(CSRError, match=r"neg\.tif: mode 'I' with negative samples \(min -100\)"):
+        load_image(str(tmp_path), "neg.tif")
+    _tiff(tmp_path / "i32.tif", [0, 70000], 32, 2)
+    with pytest.raises(CSRError, match=r"i32\.tif: 32-bit integer samples have no standard display range"):
+        load_image(str(tmp_path), "i32.tif")
+    (tmp_path / "g16.pgm").write_bytes(b"P5 3 1 65535\n" + bytes([0, 0, 128, 0, 255, 255]))  # PGM: 'I'
+    out = load_image(str(tmp_path), "g16.pgm")
+    assert [out.getpixel((x, 0))[0] for x in range(3)] == [0, 128, 255]
+
+
+def test_modes_without_a_faithful_conversion_are_refused(tmp_path: Path) -> None:
+    from csr.data import images
+
+    cards = ["SIMPLE  = T", "BITPIX  = 32", "NAXIS   = 2", "NAXIS1  = 1", "NAXIS2  = 1", "END"]
+    header = "".join(c.ljust(80) for c in cards).ljust(2880).encode()
+    (tmp_path / "i.fits").write_bytes(header + (7).to_bytes(4, "big").ljust(2880, b"\0"))  # FITS: mode 'I'
+    with pytest.raises(CSRError, match=r"i\.fits: mode 'I' \(32-bit integer\) from a FITS file has no declared"):
+        load_image(str(tmp_path), "i.fits")
+    with pytest.raises(images._Unconvertible, match="mode 'La' has no faithful RGB conversion"):
+        images._to_rgb(Image.new("La", (1, 1)))

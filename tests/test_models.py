@@ -13,7 +13,7 @@ from PIL import Image
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from csr.errors import CSRError
-from csr.models.clip import ClipScorer, load_clip
+from csr.models.clip import RANDOM_WEIGHTS, ClipScorer, load_clip
 from csr.models.llava import load_llava, save_llava, special_token_ids
 from csr.models.tiny import CLIP_CONFIG, TinyPaths, build_tiny, main
 
@@ -132,6 +132,12 @@ def test_load_clip_errors(tmp_path: Path, tiny_models: TinyPaths) -> None:
         load_clip("other-name", tiny_models.clip_weights, str(wide_json))
     with pytest.raises(CSRError, match="reward.clip.weights"):
         load_clip(tiny_models.clip_arch, str(tmp_path / "missing.safetensors"), tiny_models.clip_config)
+    # null used to build a random CLIP after one warning; now only an explicit "random" does.
+    with pytest.raises(CSRError, match=r"reward.clip.weights is null: give a local open_clip weights file"):
+        load_clip(tiny_models.clip_arch, None, tiny_models.clip_config)
+    random_clip = load_clip(tiny_models.clip_arch, RANDOM_WEIGHTS, tiny_models.clip_config)
+    trained = load_clip(tiny_models.clip_arch, tiny_models.clip_weights, tiny_models.clip_config)
+    assert random_clip.model.state_dict().keys() == trained.model.state_dict().keys()
 
 
 def test_clip_scorer_caches_and_scores(clip) -> None:

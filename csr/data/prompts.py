@@ -8,6 +8,7 @@ to the model wrapper, and a templated string here would get templated twice.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import random
@@ -49,11 +50,21 @@ def resolve_image_path(image_root: str | os.PathLike[str], rel: str) -> Path:
     """
     if not isinstance(rel, str) or not rel.strip():
         raise CSRError(f"image path {rel!r} is empty or not a string")
+    if "\0" in rel:
+        raise CSRError(f"image path {rel!r} contains a NUL byte")
+    if any("\ud800" <= c <= "\udfff" for c in rel):
+        # JSON can escape half a surrogate pair; no file name is made of that.
+        raise CSRError(f"image path {rel!r} contains a lone surrogate (not valid Unicode)")
     if os.path.isabs(rel) or Path(rel).is_absolute():
         raise CSRError(f"image path {rel!r} is absolute; it must be relative to image_root {image_root}")
     root = Path(image_root).resolve()
     # resolve() follows symlinks, so both ".." and links leaving the root are caught here.
-    candidate = (root / rel).resolve()
+    try:
+        candidate = (root / rel).resolve()
+    except (RuntimeError, OSError) as exc:  # Python 3.11 says RuntimeError, 3.13 OSError(ELOOP)
+        if isinstance(exc, OSError) and exc.errno != errno.ELOOP:
+            raise CSRError(f"image path {rel!r} under image_root {root}: cannot resolve ({exc})") from None
+        raise CSRError(f"image path {rel!r} under image_root {root} is a symlink loop") from None
     if not candidate.is_relative_to(root):
         raise CSRError(f"image path {rel!r} resolves to {candidate}, outside image_root {root}")
     return candidate

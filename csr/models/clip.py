@@ -2,18 +2,27 @@
 
 from __future__ import annotations
 
+import hashlib
+import math
 import os
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import open_clip
 import torch
+import torch.nn.functional as F
+from open_clip.transformer import text_global_pool
 from PIL import Image
 from safetensors.torch import save_file
 
 from csr.errors import CSRError
 from csr.io import safetensors_write_errors
+
+# reward.clip.weights for a randomly initialised CLIP: csr-make-tiny and tests only. A file that is
+# really called "random" is given as ./random.
+RANDOM_WEIGHTS = "random"
 
 
 @dataclass
@@ -26,7 +35,14 @@ class ClipBundle:
 def load_clip(
     arch: str, weights: str | None, config_json: str | None = None, device: str = "cpu"
 ) -> ClipBundle:
-    """Create an open_clip model; `weights` is a local file (safetensors, .pt or .bin), never a hub tag."""
+    """Create an open_clip model; `weights` is a local file (safetensors, .pt or .bin), never a hub tag,
+    or RANDOM_WEIGHTS. The model is built on `device` (the CPU): the module using it moves it."""
+    if weights is None:
+        # open_clip would build a random CLIP with one warning, and every R_I would be noise.
+        raise CSRError(
+            f"reward.clip.weights is null: give a local open_clip weights file ({RANDOM_WEIGHTS!r} "
+            "builds a random-init CLIP, for tests only)"
+        )
     if config_json is not None:
         if not os.path.isfile(config_json):
             raise CSRError(f"reward.clip.config_json={config_json!r}: file not found")
@@ -41,11 +57,12 @@ def load_clip(
         raise CSRError(
             f"reward.clip.arch={arch!r}: unknown open_clip architecture (give reward.clip.config_json)"
         )
+    pretrained = None if weights == RANDOM_WEIGHTS else weights
     # A non-file `pretrained` would be treated as a tag and downloaded; offline we only accept files.
-    if weights is not None and not os.path.isfile(weights):
+    if pretrained is not None and not os.path.isfile(pretrained):
         raise CSRError(f"reward.clip.weights={weights!r}: file not found")
     try:
-        model, _, preprocess = open_clip.create_model_and_transforms(arch, pretrained=weights, device=device)
+        model, _, preprocess = open_clip.create_model_and_transforms(arch, pretrained=pretrained, device=device)
     except RuntimeError as err:
         if "loading state_dict" not in str(err):
             raise
@@ -65,34 +82,134 @@ def save_clip(model: torch.nn.Module, out_path: str) -> None:
         save_file(state, out_path)
 
 
-class ClipScorer:
-    """Computes R_I = max(100 * cos(image, text), 0), encoding each image only once per key."""
+# --------------------------------------------------------------------------- the text tower on real lengths
 
-    def __init__(self, bundle: ClipBundle, device: str = "cpu") -> None:
-        self.bundle = bundle
-        self.device = device
-        self._images: dict[str, torch.Tensor] = {}
+
+def text_prefix_is_exact(model: torch.nn.Module) -> bool:
+    """Whether the text embedding from the first n token positions equals the full-context one for
+    every text whose end-of-text token lies before n: open_clip's own CLIP text tower with absolute
+    positional embeddings, a causal mask (position i sees only positions <= i) and the embedding
+    read at the end-of-text token (argmax pooling). Custom text towers (HF, CoCa) keep the full context."""
+    if type(model).encode_text is not open_clip.CLIP.encode_text or model.text_pool_type != "argmax":
+        return False
+    mask = model.attn_mask
+    if mask is None or not isinstance(model.positional_embedding, torch.nn.Parameter):
+        return False
+    causal = torch.full(mask.shape, float("-inf"), device=mask.device).triu_(1)
+    return bool(torch.equal(mask, causal.to(mask.dtype)))
+
+
+def real_length(tokens: torch.Tensor) -> int:
+    """Positions up to the last end-of-text token of the batch (open_clip's EOT is the highest id)."""
+    return int(tokens.argmax(dim=-1).max()) + 1
+
+
+def encode_text_prefix(model: torch.nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+    """open_clip's CLIP.encode_text(tokens, normalize=True) over `tokens`' first positions only; exact
+    when text_prefix_is_exact(model) (checked against encode_text in tests/test_clip_cache.py)."""
+    n = tokens.shape[1]
+    cast_dtype = model.transformer.get_cast_dtype()
+    x = model.token_embedding(tokens).to(cast_dtype) + model.positional_embedding[:n].to(cast_dtype)
+    x = model.ln_final(model.transformer(x, attn_mask=model.attn_mask[:n, :n]))
+    x = text_global_pool(x, tokens, "argmax")
+    if isinstance(model.text_projection, torch.nn.Linear):
+        x = model.text_projection(x)
+    elif model.text_projection is not None:
+        x = x @ model.text_projection
+    return F.normalize(x, dim=-1)
+
+
+# --------------------------------------------------------------------------- the scorer
+
+
+def image_digest(image: Image.Image) -> str:
+    """Content key of a decoded image: its mode, size and pixels."""
+    digest = hashlib.blake2b(f"{image.mode} {image.size}\n".encode(), digest_size=16)
+    digest.update(image.tobytes())
+    return digest.hexdigest()
+
+
+class ClipScorer(torch.nn.Module):
+    """Computes R_I = max(100 * cos(image, text), 0) with a frozen open_clip model.
+
+    A torch Module so that it is a registered submodule of each Lightning module that scores with it:
+    Lightning then moves its weights and its cached embeddings to that module's device (the rank's
+    device under DDP), and every call runs where the weights are.
+
+    Image embeddings are cached by the image's content, not by its name: names repeat across image
+    roots (the training and the eval images are both 000000.png...). The cache belongs to this scorer,
+    i.e. to one set of CLIP weights; it lives in memory only. Images must not be modified after
+    they are scored (the digest of an image object is computed once).
+    """
+
+    def __init__(self, bundle: ClipBundle, device: str | torch.device | None = None) -> None:
+        """`device`: where to put it now, for use outside a Lightning module (benchmarks, scripts)."""
+        super().__init__()
+        self.model = bundle.model.eval().requires_grad_(False)
+        self.preprocess, self.tokenizer = bundle.preprocess, bundle.tokenizer
+        self.prefix_exact = text_prefix_is_exact(self.model)
+        self._images: dict[str, torch.Tensor] = {}  # image digest -> normalised float32 embedding
+        self._digests: dict[int, tuple[weakref.ref, str]] = {}  # id(image) -> (the image, its digest)
         self.image_encodes = 0  # real image forwards; lets tests check the cache works
+        if device is not None:
+            self.to(device)
+
+    def train(self, mode: bool = True) -> ClipScorer:
+        return super().train(False)  # frozen: stays in eval mode whatever its parent module is set to
+
+    def _apply(self, fn, recurse: bool = True):
+        # Module.to / .cuda / .double move parameters and buffers; the cache must follow them.
+        super()._apply(fn, recurse)
+        device, _ = self._placement()
+        self._images = {k: v.to(device) for k, v in self._images.items()}  # kept float32, as computed
+        return self
+
+    def _placement(self) -> tuple[torch.device, torch.dtype]:
+        weight = next(self.model.parameters())
+        return weight.device, weight.dtype
+
+    def _digest(self, image: Image.Image) -> str:
+        key = id(image)
+        known = self._digests.get(key)
+        if known is not None and known[0]() is image:
+            return known[1]
+        digest = image_digest(image)
+        # The entry goes when the image does, so a later image reusing its id() is hashed afresh.
+        self._digests[key] = (weakref.ref(image, lambda _, k=key: self._digests.pop(k, None)), digest)
+        return digest
 
     @torch.no_grad()
-    def image_embedding(self, key: str, image: Image.Image) -> torch.Tensor:
-        """Normalised embedding of shape [embed_dim], cached by `key`."""
-        if key not in self._images:
-            pixels = self.bundle.preprocess(image).unsqueeze(0).to(self.device)
-            self._images[key] = self.bundle.model.encode_image(pixels, normalize=True)[0]
+    def image_embedding(self, image: Image.Image) -> torch.Tensor:
+        """Normalised embedding of shape [embed_dim] (float32, on the model's device), cached by content."""
+        digest = self._digest(image)
+        if digest not in self._images:
+            device, dtype = self._placement()
+            pixels = self.preprocess(image).unsqueeze(0).to(device=device, dtype=dtype)
+            self._images[digest] = self.model.encode_image(pixels, normalize=True)[0].float()
             self.image_encodes += 1
-        return self._images[key]
+        return self._images[digest]
 
     @torch.no_grad()
-    def relevance(self, key: str, image: Image.Image, texts: list[str]) -> list[float]:
-        """One score per text, all texts encoded in a single batch."""
+    def text_embeddings(self, texts: list[str]) -> torch.Tensor:
+        """Normalised embeddings [len(texts), embed_dim]; on the batch's real token length where exact."""
+        tokens = self.tokenizer(texts)
+        device, _ = self._placement()
+        if self.prefix_exact:
+            tokens = tokens[:, : real_length(tokens)].to(device)
+            return encode_text_prefix(self.model, tokens).float()
+        return self.model.encode_text(tokens.to(device), normalize=True).float()
+
+    @torch.no_grad()
+    def relevance(self, name: str, image: Image.Image, texts: list[str]) -> list[float]:
+        """One score per text, all texts encoded in one batch. `name` (the image's path) is for
+        messages only: the cache is keyed by content."""
         if not texts:
             return []
-        image_emb = self.image_embedding(key, image)
-        tokens = self.bundle.tokenizer(texts).to(self.device)
-        text_emb = self.bundle.model.encode_text(tokens, normalize=True)
-        scores = (100.0 * text_emb @ image_emb).clamp(min=0.0)
-        return scores.tolist()
+        scores = (100.0 * self.text_embeddings(texts) @ self.image_embedding(image)).clamp(min=0.0).tolist()
+        if not all(math.isfinite(s) for s in scores):
+            raise CSRError(f"image {name}: CLIP relevance is not finite ({scores}): do the CLIP weights hold NaN?")
+        return scores
 
     def clear_cache(self) -> None:
         self._images.clear()
+        self._digests.clear()

@@ -174,7 +174,7 @@ def _build_clip(clip_dir: str, seed: int) -> tuple[str, str]:
     with open(config_path, "w") as f:
         json.dump(CLIP_CONFIG, f, indent=2)
     torch.manual_seed(seed)
-    bundle = load_clip(CLIP_ARCH, weights=None, config_json=config_path)
+    bundle = load_clip(CLIP_ARCH, weights="random", config_json=config_path)
     save_clip(bundle.model, weights_path)
     return config_path, weights_path
 
