@@ -202,6 +202,14 @@ class LoggerConfig:
 
 
 @dataclass
+class ResumeConfig:
+    # Keys (as `reward.lam`) that a resume of an existing run_dir may change; any other
+    # result-relevant change is refused. Each accepted change is recorded (config.<n>.yaml,
+    # config_changes.json), logged to MLflow and replayed by csr-reproduce. See csr/run_dir.py.
+    allow_changes: list[str] = field(default_factory=list)
+
+
+@dataclass
 class ReportConfig:
     # Write the inspector site (`csr-inspect`: trees, pairs, answers) to <run_dir>/inspect at the end
     # of a run and log it to the MLflow parent run. On in conf/config.yaml (the ShapesWorld default).
@@ -225,6 +233,7 @@ class RootConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
+    resume: ResumeConfig = field(default_factory=ResumeConfig)
 
 
 _CHOICES = {

@@ -28,6 +28,10 @@ StrPath = str | os.PathLike[str]
 
 # Stage names become file names, so keep them to a boring, portable alphabet.
 _STAGE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+# The temp file of an atomic write, `.<name>.csr-tmp-<pid>-<random>`: a name no user file has, so
+# cleaning up after a killed write can never take anything csr did not write.
+_TEMP_TAG = ".csr-tmp-"
+_TEMP_NAME = re.compile(r"^\..+\.csr-tmp-\d+-\w+$")
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -68,7 +72,7 @@ def atomic_write_text(path: StrPath, text: str) -> None:
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     # The temp file must live in the same directory: os.replace is only atomic within a filesystem.
-    fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}{_TEMP_TAG}{os.getpid()}-")
     try:
         # mkstemp creates the file 0600; give it the mode an ordinary open() would (umask applied).
         os.fchmod(fd, 0o666 & ~_UMASK)
@@ -83,12 +87,21 @@ def atomic_write_text(path: StrPath, text: str) -> None:
     _fsync_dir(target.parent)
 
 
+def is_temp_name(name: str) -> bool:
+    """Whether `name` is the temp file of an `atomic_write_text` (and so csr's own)."""
+    return bool(_TEMP_NAME.match(name))
+
+
 def remove_stale_temp_files(root: StrPath) -> list[Path]:
     """Delete the temp files of atomic writes that a killed process never renamed; returns them.
 
-    Only call it while holding the run lock: a live writer's temp file looks the same.
+    Only csr's own temp names, and only where a run writes: the run directory itself and its
+    `iter_*` trees. Only call it while holding the run lock: a live writer's temp file looks the same.
     """
-    stale = [p for p in Path(root).rglob(".*.tmp") if p.is_file()]
+    top = Path(root)
+    places = [p for p in top.iterdir() if p.is_file()]
+    places += [p for d in top.glob("iter_*") if d.is_dir() and not d.is_symlink() for p in d.rglob("*") if p.is_file()]
+    stale = sorted(p for p in places if is_temp_name(p.name) and not p.is_symlink())
     for path in stale:
         path.unlink()
     if stale:

@@ -1,7 +1,8 @@
 """The iteration driver: the only place that knows the order of the stages.
 
 run_dir/
-  config.yaml              resolved config of the first start (later starts add config.<n>.yaml if changed)
+  config.yaml              resolved config; a resume may change only what resume.allow_changes names
+                           (config.<n>.yaml + config_changes.json, see csr/run_dir.py)
   iter_0/metrics.json      evaluation of the starting model
   iter_k/search.jsonl -> rewards.jsonl -> pairs.jsonl (+ exports) -> adapter/ -> merged/ -> eval/, metrics.json
 Each finished stage leaves `<stage>.done.json`; rerunning the same command skips those and resumes
@@ -14,7 +15,8 @@ import gc
 import json
 import logging
 import time
-from contextlib import nullcontext
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -34,6 +36,15 @@ from csr.io import (
     remove_stale_temp_files,
 )
 from csr.lock import run_lock
+from csr.run_dir import (
+    CHANGES,
+    change_tags,
+    check_resume,
+    check_run_dir,
+    hydra_outputs,
+    make_run_dir,
+    record_config,
+)
 from csr.run_info import run_info, run_info_params
 from csr.tracking import Tracker, flatten
 
@@ -48,22 +59,37 @@ class Loop:
     def __init__(self, cfg: DictConfig):
         self.cfg = cfg
         self.run_dir = Path(cfg.run_dir).resolve()
-        self.run_dir.mkdir(parents=True, exist_ok=True)
         self.info = run_info()
-        if is_global_zero():  # the other ranks of a multi-device run only read shared files
-            self._save_config()
-        lg = cfg.logger
-        self.tracker = Tracker(self.run_dir, lg.enabled and is_global_zero(), lg.tracking_uri, lg.experiment_name)
+        # A no-op until the run directory is held (run): MLflow may create its store there.
+        self.tracker = Tracker(self.run_dir, False, None, cfg.logger.experiment_name)
+        self.change: dict | None = None  # this start's accepted config change (csr/run_dir.py)
         self.params = flatten(OmegaConf.to_container(cfg, resolve=True))
         self._policy: tuple[str, object, object] | None = None
         self._scorer = None
 
     # -- config and paths ---------------------------------------------------------------------------
 
-    def _save_config(self) -> None:
-        self._save_once("config", ".yaml", OmegaConf.to_yaml(self.cfg, resolve=True))
-        # What `csr-reproduce` needs besides the config: overrides, package and library versions, commit.
-        self._save_once("run_info", ".json", json.dumps(self.info, indent=2) + "\n")
+    @contextmanager
+    def open_run_dir(self) -> Iterator[None]:
+        """Hold the run directory: refuse a file, someone else's directory, a run in use and a changed
+        config (csr/run_dir.py) before writing anything, then write this start's run_info and config."""
+        text, allowed = OmegaConf.to_yaml(self.cfg, resolve=True), list(self.cfg.resume.allow_changes)
+        resume = check_run_dir(self.run_dir, hydra_outputs(self.run_dir))  # only reads
+        if resume:
+            check_resume(self.run_dir, text, allowed)  # refused before even the lock file is touched
+        make_run_dir(self.run_dir)
+        with run_lock(self.run_dir):
+            diff = check_resume(self.run_dir, text, allowed) if resume else {}  # again, now that no one writes
+            remove_stale_temp_files(self.run_dir)
+            # What `csr-reproduce` needs besides the config: overrides, package and library versions, commit.
+            self._save_once("run_info", ".json", json.dumps(self.info, indent=2) + "\n")
+            self.change = record_config(self.run_dir, text, diff, self.finished())
+            yield
+
+    def finished(self) -> list[str]:
+        """The stages with a marker, in loop order: iter_0/eval, iter_1/search, ..."""
+        ks = sorted(int(d.name[5:]) for d in self.run_dir.glob("iter_*") if d.name[5:].isdigit())
+        return [f"iter_{k}/{s}" for k in ks for s in ITERATION_STAGES if is_done(self.iter_dir(k), s)]
 
     def _save_once(self, stem: str, suffix: str, text: str) -> None:
         path = self.run_dir / f"{stem}{suffix}"
@@ -238,17 +264,22 @@ class Loop:
             ensure_split(d.shapesworld_root, d.shapesworld_split, d.shapesworld_size)
 
     def run(self) -> dict:
-        # Only the first process of a multi-device run owns the directory.
-        with run_lock(self.run_dir) if is_global_zero() else nullcontext():
+        # Only the first process of a multi-device run owns the directory; the others only read it.
+        with self.open_run_dir() if is_global_zero() else nullcontext():
             return self._run()
 
     def _run(self) -> dict:
-        remove_stale_temp_files(self.run_dir)
+        lg = self.cfg.logger
+        self.tracker = Tracker(self.run_dir, lg.enabled and is_global_zero(), lg.tracking_uri, lg.experiment_name)
         self.prepare_data()
         parent = self.tracker.parent(self.cfg.logger.run_name or self.run_dir.name,
                                      {**self.params, **run_info_params(self.info)})
         self.tracker.log_artifact(parent, self.run_dir / "config.yaml")
         self.tracker.log_artifact(parent, self.run_dir / "run_info.json")
+        if self.change:  # params cannot change once logged: the change goes in as tags and files
+            self.tracker.set_tags(parent, change_tags(self.change))
+            self.tracker.log_artifact(parent, self.run_dir / self.change["config"])
+            self.tracker.log_artifact(parent, self.run_dir / CHANGES)
         status = "FAILED"
         try:
             stage = Stage(self.cfg.stage)

@@ -5,8 +5,10 @@
 
 The source's resolved config.yaml (the run directory's, or the MLflow run's artifact) becomes the
 primary config of a new `csr` run, so the conf/ files as they are today do not matter; extra
-overrides apply on top. Differences between the recorded and the installed csr commit and library
-versions are printed first: with them the numbers may differ.
+overrides apply on top. A run resumed with `resume.allow_changes` is replayed start by start: the
+stages each config finished before the next change (config_changes.json) run alone under it, then
+the last config runs as it was started. Differences between the recorded and the installed csr
+commit and library versions are printed first: with them the numbers may differ.
 """
 
 from __future__ import annotations
@@ -20,7 +22,9 @@ from pathlib import Path
 
 from csr.errors import CSRError
 from csr.io import atomic_write_json, read_json
+from csr.run_dir import CHANGES
 from csr.run_info import run_info, version_differences
+from csr.tracking import sqlite_uri
 
 SOURCE_DIR = "reproduced_from"  # inside the new run: the source's config.yaml, run_info.json, source.json
 
@@ -31,6 +35,10 @@ def _from_run_dir(source: Path, into: Path) -> dict:
     shutil.copy(source / "config.yaml", into / "config.yaml")
     if (source / "run_info.json").exists():
         shutil.copy(source / "run_info.json", into / "run_info.json")
+    if (source / CHANGES).exists():
+        shutil.copy(source / CHANGES, into / CHANGES)
+        for entry in read_json(into / CHANGES):
+            shutil.copy(source / entry["config"], into / entry["config"])
     return {"run_dir": str(source.resolve())}
 
 
@@ -46,6 +54,10 @@ def _from_mlflow(run_id: str, tracking_uri: str, into: Path) -> dict:
         parent_id = run.data.tags.get("mlflow.parentRunId", run_id)
         for name in ("config.yaml", "run_info.json"):
             client.download_artifacts(parent_id, name, str(into))
+        if CHANGES in {a.path for a in client.list_artifacts(parent_id)}:
+            client.download_artifacts(parent_id, CHANGES, str(into))
+            for entry in read_json(into / CHANGES):
+                client.download_artifacts(parent_id, entry["config"], str(into))
     except MlflowException as err:
         raise CSRError(f"MLflow run {run_id} in {tracking_uri}: {err.message}") from None
     return {"mlflow_run_id": parent_id, "tracking_uri": tracking_uri}
@@ -57,9 +69,24 @@ def _csr_command() -> list[str]:
     return [sys.executable, script]
 
 
+def replay(into: Path) -> list[list[str]]:
+    """The arguments of each `csr` start that replays the source: per accepted config change, the
+    stages finished under the config before it, each alone; then the last config as it was started."""
+    entries = read_json(into / CHANGES) if (into / CHANGES).exists() else []
+    configs = ["config", *(e["config"].removesuffix(".yaml") for e in entries)]
+    starts, done = [], []
+    for name, entry in zip(configs, entries, strict=False):
+        for where in entry["finished"]:
+            if where not in done:
+                iteration, stage = where.split("/")
+                starts.append([f"--config-name={name}", f"stage={stage}", f"iteration={iteration.removeprefix('iter_')}"])
+                done.append(where)
+    return [*starts, [f"--config-name={configs[-1]}"]]
+
+
 def reproduce(source: str, overrides: list[str], run_dir: Path | None, tracking_uri: str) -> int:
     if run_dir is None:
-        stamp = datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
+        stamp = datetime.now().strftime("%Y-%m-%d_%H-%M-%S-%f")
         run_dir = Path("outputs") / "reproduce" / f"{Path(source).name}-{stamp}"
     run_dir = run_dir.resolve()
     created = not run_dir.exists()
@@ -79,10 +106,14 @@ def reproduce(source: str, overrides: list[str], run_dir: Path | None, tracking_
             print(f"csr-reproduce: warning: {line}", file=sys.stderr)
     else:
         print("csr-reproduce: warning: the source has no run_info.json; versions unknown", file=sys.stderr)
-    command = [*_csr_command(), f"--config-path={into}", "--config-name=config",
-               f"run_dir={run_dir}", f"hydra.run.dir={run_dir}", *overrides]
-    print("csr-reproduce: " + " ".join(command[1:]), file=sys.stderr)
-    return subprocess.run(command).returncode
+    for start in replay(into):
+        command = [*_csr_command(), f"--config-path={into}", *start, f"run_dir={run_dir}", f"hydra.run.dir={run_dir}",
+                   *overrides]
+        print("csr-reproduce: " + " ".join(command[1:]), file=sys.stderr)
+        code = subprocess.run(command).returncode
+        if code != 0:
+            return code
+    return 0
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -90,7 +121,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("source", help="a csr run directory, or an MLflow run id (parent or iteration run)")
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides, key=value")
     parser.add_argument("--run-dir", type=Path, help="the new run's directory (default outputs/reproduce/<source>-<time>)")
-    parser.add_argument("--tracking-uri", default=f"sqlite:///{Path.cwd() / 'mlflow.db'}",
+    parser.add_argument("--tracking-uri", default=sqlite_uri(Path.cwd() / "mlflow.db"),
                         help="MLflow store of a run id (default: ./mlflow.db, the csr default)")
     args = parser.parse_args(argv)
     bad = [o for o in args.overrides if o.split("=", 1)[0].lstrip("+~") in ("run_dir", "hydra.run.dir")]

@@ -1,5 +1,9 @@
 import json
 import logging
+import re
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -152,12 +156,29 @@ def test_stage_markers(tmp_path: Path) -> None:
         is_done(tmp_path, "bad")
 
 
+def _killed_write(path: Path) -> Path:
+    """What a SIGKILL between the temp file's write and its rename leaves: the temp file (returned)."""
+    code = ("import os, signal, sys; from csr.io import atomic_write_text\n"
+            "os.replace = lambda *a: os.kill(os.getpid(), signal.SIGKILL)\n"
+            "atomic_write_text(sys.argv[1], '{')")
+    before = set(path.parent.iterdir()) if path.parent.exists() else set()
+    assert subprocess.run([sys.executable, "-c", code, str(path)]).returncode == -signal.SIGKILL
+    (temp,) = set(path.parent.iterdir()) - before
+    return temp
+
+
 def test_stale_temp_files_of_a_killed_write_are_removed(tmp_path: Path) -> None:
     atomic_write_text(tmp_path / "iter_1" / "pairs.jsonl", "{}\n")
-    stale = tmp_path / "iter_1" / ".pairs.jsonl.abc123.tmp"  # what a kill before the rename leaves
-    stale.write_text("{")
-    keep = tmp_path / "iter_1" / "notes.tmp"  # not a temp name atomic_write_text makes
-    keep.write_text("mine")
-    assert remove_stale_temp_files(tmp_path) == [stale]
-    assert not stale.exists() and keep.exists()
+    stale = [_killed_write(tmp_path / "iter_1" / "pairs.jsonl"), _killed_write(tmp_path / "config.yaml"),
+             _killed_write(tmp_path / "iter_1" / "eval" / "generate" / "answers.jsonl")]
+    assert re.fullmatch(r"\.pairs\.jsonl\.csr-tmp-\d+-\w+", stale[0].name)  # recognisably csr's own
+    # Files of the user's that look like temp files, the cases of issue 13, and a csr-like name
+    # outside the places a run writes: all kept.
+    keep = [tmp_path / n for n in (".draft.tmp", "project/.draft.tmp", "project/src/.main.py.tmp", ".cache/.x.tmp",
+                                   "iter_1/.notes.tmp", "iter_1/notes.tmp", "project/.a.csr-tmp-1-abc")]
+    for path in keep:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("mine")
+    assert remove_stale_temp_files(tmp_path) == sorted(stale)
+    assert not any(p.exists() for p in stale) and all(p.read_text() == "mine" for p in keep)
     assert (tmp_path / "iter_1" / "pairs.jsonl").read_text() == "{}\n"

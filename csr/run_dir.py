@@ -1,0 +1,181 @@
+"""Which directories a run may use, and the one-config rule for resuming one.
+
+csr writes into its run directory and cleans up after itself there, so it only uses
+- a new or empty directory (empty but for what Hydra or csr put there for this very start), or
+- a csr run directory: one holding the run_info.json and config.yaml every run writes first.
+Anything else is refused before anything is written: csr never writes into, or deletes from,
+someone else's directory.
+
+A run directory has one config. A resume whose resolved config changes a result-relevant key is
+refused with the diff, unless `resume.allow_changes` names every changed key; then this start's
+config is kept as config.<n>.yaml and the change appended to config_changes.json with the stages
+finished before it, which MLflow also gets and `csr-reproduce` replays (csr/reproduce.py).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from csr.errors import CSRError
+from csr.io import atomic_write_json, atomic_write_text, is_temp_name, read_json
+from csr.tracking import flatten
+
+log = logging.getLogger(__name__)
+
+CONFIG, RUN_INFO, CHANGES = "config.yaml", "run_info.json", "config_changes.json"
+OWN = {".lock", "reproduced_from"}  # csr's own, and there before the run's first files
+
+# Keys that no output depends on: a resume may change them freely. Not here, on purpose: the batch
+# sizes and memory caps of search, reward and eval (tests/test_search*.py show the same trees, but
+# scores equal only to ~1e-5, so the files are not the same) and trainer.devices / num_nodes /
+# strategy (DPO's step sees batch x accumulation x devices pairs). Change them with
+# resume.allow_changes, which records that the outputs before and after may differ.
+EXEMPT = (
+    "run_dir",  # the directory itself (moved, or named instead of Hydra's default)
+    "stage", "iteration",  # which part of the loop this start runs, not how
+    "iterations",  # how far the loop goes: iteration k reads only iteration k - 1's outputs
+    "trainer.log_every_n_steps",  # how often DPO's metrics are logged
+    "logger",  # where and under which names MLflow records
+    "resume",  # this rule's own allowance
+)
+_ABSENT = "<absent>"
+
+
+def _is_csr_run_info(path: Path) -> bool:
+    try:
+        content = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(content, dict) and {"csr_version", "libraries"} <= content.keys()
+
+
+def is_run_dir(directory: Path) -> bool:
+    return (directory / CONFIG).is_file() and _is_csr_run_info(directory / RUN_INFO)
+
+
+def hydra_outputs(run_dir: Path) -> set[str]:
+    """What Hydra itself wrote into run_dir for this job: its .hydra/ and log when run_dir is Hydra's
+    output directory, the top of that directory (outputs/) when it lies inside run_dir."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return set()
+    hc = HydraConfig.get()
+    out = Path(hc.runtime.output_dir).resolve()
+    if out == run_dir:
+        return {f"{hc.job.name}.log", *([Path(hc.output_subdir).parts[0]] if hc.output_subdir else [])}
+    return {out.relative_to(run_dir).parts[0]} if run_dir in out.parents else set()
+
+
+def check_run_dir(run_dir: Path, hydra_names: set[str] = frozenset()) -> bool:
+    """True for a csr run directory (a resume), False for a new one; anything else is a CSRError.
+    Only reads."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise CSRError(f"run_dir {run_dir} is a file, not a directory: pass a new directory, "
+                       "or a csr run directory to resume it")
+    if not run_dir.exists():
+        return False
+    if is_run_dir(run_dir):
+        return True
+    own = OWN | hydra_names
+    other = sorted(p.name for p in run_dir.iterdir() if p.name not in own and not is_temp_name(p.name)
+                   and not (p.name == RUN_INFO and _is_csr_run_info(p)))  # a first start cut short
+    if other:
+        shown = ", ".join(other[:3]) + (f" and {len(other) - 3} more" if len(other) > 3 else "")
+        raise CSRError(f"run_dir {run_dir} is not a csr run directory and is not empty (it holds {shown}):"
+                       " csr only writes into a new or empty directory or one of its own runs; pass another run_dir")
+    return False
+
+
+def make_run_dir(run_dir: Path) -> None:
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise CSRError(f"run_dir {run_dir}: part of the path is a file, not a directory; pass another run_dir") from None
+
+
+# -- the one-config rule -------------------------------------------------------------------------------
+
+
+def is_exempt(key: str) -> bool:
+    return any(key == k or key.startswith(k + ".") for k in EXEMPT)
+
+
+def _load(path: Path) -> dict[str, Any]:
+    try:
+        return OmegaConf.to_container(OmegaConf.load(path))
+    except (OSError, OmegaConfBaseException, ValueError) as err:
+        raise CSRError(f"{path}: cannot read the run's recorded config ({err})") from None
+
+
+def config_diff(old: dict[str, Any], new: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """key -> (old, new) for every result-relevant key that differs (absent on one side included)."""
+    a, b = flatten(old), flatten(new)
+    return {k: (a.get(k, _ABSENT), b.get(k, _ABSENT)) for k in sorted(a.keys() | b.keys())
+            if not is_exempt(k) and a.get(k, _ABSENT) != b.get(k, _ABSENT)}
+
+
+def _show(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def show_diff(diff: dict[str, tuple[Any, Any]]) -> str:
+    return "; ".join(f"{k}: {_show(old)} -> {_show(new)}" for k, (old, new) in diff.items())
+
+
+def changes(run_dir: Path) -> list[dict[str, Any]]:
+    """The accepted config changes of the run, in order (config_changes.json; [] if none)."""
+    path = run_dir / CHANGES
+    return read_json(path) if path.exists() else []
+
+
+def check_resume(run_dir: Path, config_text: str, allowed: list[str]) -> dict[str, tuple[Any, Any]]:
+    """The changes this resume makes to the run's latest config; refuses any not in `allowed`. Only reads."""
+    entries = changes(run_dir)
+    latest = run_dir / (entries[-1]["config"] if entries else CONFIG)
+    old, new = _load(latest), OmegaConf.to_container(OmegaConf.create(config_text))
+    known = flatten(old).keys() | flatten(new).keys()
+    for key in allowed:
+        if key not in known:
+            raise CSRError(f"config key 'resume.allow_changes': {key!r} is not a config key (write it as reward.lam)")
+    diff = config_diff(old, new)
+    if any(k not in allowed for k in diff):
+        raise CSRError(
+            f"run_dir {run_dir} was started with another config ({show_diff(diff)}). A run directory has one"
+            f" config: pass a new run_dir, or accept the change with resume.allow_changes=[{','.join(diff)}]"
+            " (recorded in config_changes.json and MLflow, replayed by csr-reproduce)"
+        )
+    return diff
+
+
+def change_tags(entry: dict[str, Any]) -> dict[str, str]:
+    """MLflow tags of an accepted change: csr.config.<n> = "reward.lam: 0.5 -> 0.9 (after iter_1/search)"."""
+    after = ", ".join(entry["finished"]) or "no finished stage"
+    return {f"csr.{entry['config'].removesuffix('.yaml')}": f"{show_diff(entry['changes'])} (after {after})"}
+
+
+def record_config(run_dir: Path, config_text: str, diff: dict[str, tuple[Any, Any]],
+                  finished: list[str]) -> dict[str, Any] | None:
+    """Write this start's config: config.yaml for a new run; for a resume with accepted changes
+    config.<n>.yaml and an entry of config_changes.json, which is returned."""
+    if not (run_dir / CONFIG).exists():
+        atomic_write_text(run_dir / CONFIG, config_text)
+        return None
+    if not diff:
+        return None
+    numbers = [int(p.stem.split(".")[1]) for p in run_dir.glob("config.*.yaml") if p.stem.split(".")[1].isdigit()]
+    name = f"config.{max(numbers, default=0) + 1}.yaml"
+    atomic_write_text(run_dir / name, config_text)
+    entry = {"config": name, "changes": {k: list(v) for k, v in diff.items()}, "finished": finished,
+             "started_at": datetime.now(UTC).isoformat(timespec="seconds")}
+    atomic_write_json(run_dir / CHANGES, [*changes(run_dir), entry])
+    log.warning("resuming %s with config changes allowed by resume.allow_changes: %s (after %s); saved as %s",
+                run_dir, show_diff(diff), ", ".join(finished) or "no finished stage", name)
+    return entry
