@@ -15,6 +15,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from bad_input_clip import CASES as CLIP_CASES
+from bad_input_dpo import CASES as DPO_CASES
 from PIL import Image
 from test_config import _compose
 
@@ -197,6 +199,8 @@ CASES: dict[tuple[str, str], Callable[[Ctx], object]] = {
     ("config", "CLIP weights that do not match the architecture"): _clip_mismatch,
     ("pairs", "chosen == rejected"): _pairs([0.9, 0.1], [" A cat.", "A cat. "]),
     ("pairs", "NaN score"): _pairs([0.9, float("nan")], [" A cat.", " A dog."]),
+    **CLIP_CASES,
+    **DPO_CASES,
 }
 # What each error must name besides the problem, so a user can find it.
 NAMES = {"prompt file": "prompts.json", "image": ".png", "config": "'"}
@@ -222,6 +226,8 @@ def test_row(input_: str, problem: str, says: str, tmp_path: Path, tiny_models) 
             assert case(Ctx(tmp_path / "skip", tiny_models, "skip")) == {fragments[1]: 1}
     elif says.startswith("converted"):
         assert case(Ctx(tmp_path, tiny_models, "raise")) == fragments[0]
+    elif says.startswith("recomputed"):  # a cache that no longer matches: redone, and the log says so
+        assert fragments[0] in case(Ctx(tmp_path, tiny_models, "raise"))
     else:
         assert says.startswith("skipped, counted")
         assert case(Ctx(tmp_path, tiny_models, "raise")) == {fragments[0]: 1}
