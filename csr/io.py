@@ -135,21 +135,44 @@ def read_json(path: StrPath, what: str = "file") -> Any:
         raise CSRError(f"{p}: invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
 
 
-class JsonlWriter:
-    """Append JSON records to a file, one line each, durable as soon as `write` returns."""
+def last_line(path: Path, block: int = 1 << 16) -> bytes:
+    """The file's last line (with its newline, if any), read backwards from the end: O(line), not
+    O(file), so appending to a large JSONL file stays linear."""
+    with path.open("rb") as fh:
+        end = fh.seek(0, os.SEEK_END)
+        pos, tail = end, b""
+        while pos > 0:
+            step = min(block, pos)
+            pos -= step
+            fh.seek(pos)
+            tail = fh.read(step) + tail
+            cut = tail.rfind(b"\n", 0, len(tail) - 1)  # a newline before the final byte
+            if cut >= 0:
+                return tail[cut + 1:]
+        return tail
 
-    def __init__(self, path: StrPath) -> None:
+
+class JsonlWriter:
+    """Append JSON records to a file, one line each.
+
+    `durable=True`: fsynced as soon as `write` returns. `durable=False`: flushed per record and made
+    durable by `sync()` (the predict writer syncs once per batch, its unit of resume)."""
+
+    def __init__(self, path: StrPath, durable: bool = True) -> None:
         self.path = Path(path)
+        self.durable = durable
         self._fh: Any = None
 
     def __enter__(self) -> JsonlWriter:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         # Appending after a torn line would bury it mid-file, turning a repairable tail into
         # permanent corruption; so refuse until read_jsonl(repair=True) / completed_ids has run.
-        try:
-            read_jsonl(self.path)
-        except CSRError as exc:
-            raise CSRError(f"{exc}; call read_jsonl(path, repair=True) before appending") from None
+        # Only the last line can be torn (a crash cuts the final append), so only it is read.
+        if self.path.exists() and self.path.stat().st_size:
+            tail = last_line(self.path)
+            if not tail.endswith(b"\n") or _parse_line(tail[:-1]) is None:
+                raise CSRError(f"{self.path}: the last line is incomplete or unparsable (torn write from a crash?);"
+                               " call read_jsonl(path, repair=True) before appending")
         self._fh = self.path.open("a", encoding="utf-8", newline="")
         return self
 
@@ -160,7 +183,13 @@ class JsonlWriter:
             raise CSRError(f"{self.path}: a JSONL record must be a dict, got {type(record).__name__}")
         self._fh.write(json.dumps(record, ensure_ascii=False) + "\n")
         self._fh.flush()
-        os.fsync(self._fh.fileno())
+        if self.durable:
+            os.fsync(self._fh.fileno())
+
+    def sync(self) -> None:
+        """Make everything written so far durable."""
+        if self._fh is not None:
+            os.fsync(self._fh.fileno())
 
     def __exit__(
         self,

@@ -16,6 +16,7 @@ from csr.io import (
     completed_ids,
     done_stats,
     is_done,
+    last_line,
     mark_done,
     read_json,
     read_jsonl,
@@ -182,3 +183,31 @@ def test_stale_temp_files_of_a_killed_write_are_removed(tmp_path: Path) -> None:
     assert remove_stale_temp_files(tmp_path) == sorted(stale)
     assert not any(p.exists() for p in stale) and all(p.read_text() == "mine" for p in keep)
     assert (tmp_path / "iter_1" / "pairs.jsonl").read_text() == "{}\n"
+
+
+def test_last_line_reads_back_from_the_end(tmp_path):
+    path = tmp_path / "x.jsonl"
+    path.write_bytes(b'{"a": 1}\n' + b'{"b": "' + b"x" * 50 + b'"}\n')
+    for block in (4, 7, 1 << 16):  # lines longer than the block: read on backwards
+        assert last_line(path, block=block) == b'{"b": "' + b"x" * 50 + b'"}\n'
+    path.write_bytes(b'{"a": 1}\n{"b": ')  # a torn tail is the last line
+    assert last_line(path, block=3) == b'{"b": '
+    path.write_bytes(b'{"a": 1}\n')
+    assert last_line(path, block=2) == b'{"a": 1}\n'
+
+
+def test_the_prediction_writer_opens_its_file_once_per_stage(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from csr.predict import JsonlPredictionWriter, part_path
+
+    opened = []
+    enter = JsonlWriter.__enter__
+    monkeypatch.setattr(JsonlWriter, "__enter__", lambda self: opened.append(self.path) or enter(self))
+    out = tmp_path / "search.jsonl"
+    writer, trainer = JsonlPredictionWriter(out), SimpleNamespace(global_rank=0)
+    for b in range(3):
+        writer.write_on_batch_end(trainer, None, [{"id": f"{b}{k}"} for k in range(2)], None, None, b)
+    writer.close()
+    assert opened == [part_path(out, 0)]  # one open (one tail check) for three batches, not one per batch
+    assert [r["id"] for r in read_jsonl(part_path(out, 0))] == ["00", "01", "10", "11", "20", "21"]
