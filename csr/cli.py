@@ -81,10 +81,17 @@ def close_runs(loop, status: str) -> None:
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
 def app(cfg: DictConfig) -> float | None:
+    _quiet_libraries()
+    previous = signals.install()
+    try:
+        return _run(cfg)
+    finally:
+        signals.restore(previous)
+
+
+def _run(cfg: DictConfig) -> float | None:
     from csr.loop import Loop
 
-    _quiet_libraries()
-    signals.install()
     loop = None
     try:
         typed = check_config(cfg)
@@ -112,7 +119,6 @@ def app(cfg: DictConfig) -> float | None:
                       "write" if err.errno in WRITE_ERRORS else "access", err.filename or cfg.run_dir, err.strerror)
             sys.exit(2)
         raise
-    signals.closing()  # finished: a signal from now on stops nothing half done
     rows = result.get("rows") if isinstance(result, dict) else None
     # Returned to Hydra sweepers (e.g. Optuna) as the objective: the last iteration's answer R_I.
     return rows[-1].get("answer R_I") if rows else None

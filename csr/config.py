@@ -11,7 +11,7 @@ from enum import StrEnum
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf.errors import InterpolationResolutionError, OmegaConfBaseException
 
 from csr.errors import CSRError
 
@@ -282,6 +282,17 @@ _RANGES = {
     "dpo.lora.dropout": (lambda v: 0 <= v < 1, "in [0, 1)"),
     "search.decoding.top_k": (lambda v: v >= 0, ">= 0 (0 = off)"),
     "search.decoding.diversity_penalty": (lambda v: v >= 0, ">= 0"),
+    "iteration": (lambda v: v is None or v >= 0, ">= 0 (0 = the starting model's evaluation) or null"),
+    "seed": (lambda v: v >= 0, ">= 0"),
+    "search.seed": (lambda v: v >= 0, ">= 0"),
+    "dpo.seed": (lambda v: v >= 0, ">= 0"),
+    "dpo.max_grad_norm": (lambda v: v >= 0, ">= 0 (0 = no clipping)"),
+    "data.limit": (lambda v: v is None or v >= 1, ">= 1 or null (every prompt)"),
+    "eval.limit": (lambda v: v is None or v >= 1, ">= 1 or null (every prompt)"),
+    "eval.batch_size": (lambda v: v >= 1, ">= 1"),
+    "eval.max_new_tokens": (lambda v: v >= 1, ">= 1"),
+    "trainer.devices": (lambda v: v >= 1 or v == -1, ">= 1, or -1 (every visible GPU)"),
+    "trainer.num_nodes": (lambda v: v >= 1, ">= 1"),
 }
 
 
@@ -292,6 +303,14 @@ def validate(cfg: DictConfig) -> DictConfig:
     except OmegaConfBaseException as err:
         key = getattr(err, "full_key", None) or "?"
         raise CSRError(f"config key {key!r}: {err.msg if hasattr(err, 'msg') else err}") from None
+    try:  # every interpolation now, naming its key: an unset ${oc.env:VAR} would fail somewhere later
+        OmegaConf.to_container(typed, resolve=True)
+    except InterpolationResolutionError as err:
+        # ${hydra:...} resolves only inside the `csr` app; compose() without Hydra's config (tests, tools) skips this
+        if "HydraConfig was not set" not in str(err):
+            reason = str(err.__cause__ or err.msg).split("\n")[0].split("resolving interpolation: ")[-1].strip('"')
+            raise CSRError(f"config key {err.full_key!r}: cannot resolve its value: {reason} "
+                           "(set the variable, or the key on the command line)") from None
     # Checked on the composed config too: merging never lets a ??? replace the schema's default.
     missing = sorted((OmegaConf.missing_keys(cfg) | OmegaConf.missing_keys(typed)) - {"run_dir"})
     if missing:
@@ -310,6 +329,9 @@ def validate(cfg: DictConfig) -> DictConfig:
             f"config keys 'search.keep_top' + 'search.keep_bottom' ({search.keep_top} + {search.keep_bottom})"
             f" must not exceed 'search.beam_width' ({search.beam_width})"
         )
+    if typed.iteration == 0 and typed.stage not in (Stage.all, Stage.eval):
+        raise CSRError(f"config key 'iteration': iteration 0 is the starting model's evaluation; stage={typed.stage}"
+                       " runs in iterations >= 1")
     if typed.dpo.train_projector and typed.dpo.reference == "adapter_disabled":
         raise CSRError(
             "config key 'dpo.reference': adapter_disabled cannot be the reference when"

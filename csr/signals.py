@@ -52,13 +52,21 @@ def _handle(signum: int, frame) -> None:
     raise Interrupted(_state.received)
 
 
-def install() -> None:
-    """Route SIGTERM and SIGINT to csr (SIGINT then raises no KeyboardInterrupt). Main thread only,
-    as Python allows; elsewhere (a launcher's worker thread) the defaults stay."""
+def install() -> dict:
+    """Route SIGTERM and SIGINT to csr (SIGINT then raises no KeyboardInterrupt); returns the handlers
+    they had, for `restore`. Main thread only, as Python allows; elsewhere (a launcher's worker
+    thread) the defaults stay."""
     _state.received, _state.depth, _state.closing = None, 0, False
-    if threading.current_thread() is threading.main_thread():
-        for signum in SIGNALS:
-            signal.signal(signum, _handle)
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    return {signum: signal.signal(signum, _handle) for signum in SIGNALS}
+
+
+def restore(previous: dict) -> None:
+    """The handlers from before `install` (a caller running csr in-process gets its Ctrl+C back)."""
+    _state.closing = True
+    for signum, handler in previous.items():
+        signal.signal(signum, handler)
 
 
 def received() -> int | None:

@@ -106,8 +106,8 @@ class Tracker:
             from mlflow.tracking import MlflowClient
 
             check_store(self.uri)
-            self.client = MlflowClient(tracking_uri=self.uri)
-            with creation_lock(self.uri):
+            with creation_lock(self.uri):  # the client may create the store's schema, the experiment
+                self.client = MlflowClient(tracking_uri=self.uri)
                 experiment = self.client.get_experiment_by_name(experiment_name)
                 # Artifacts beside a local sqlite store (MLflow's default is ./mlruns of the current directory).
                 artifacts = None

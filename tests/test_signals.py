@@ -23,11 +23,10 @@ import matrix  # noqa: E402
 @pytest.fixture
 def handlers():
     saved = {s: signal.getsignal(s) for s in signals.SIGNALS}
-    signals.install()
+    previous = signals.install()
     yield
-    signals.closing()
-    for s, handler in saved.items():
-        signal.signal(s, handler)
+    signals.restore(previous)
+    assert {s: signal.getsignal(s) for s in signals.SIGNALS} == saved
 
 
 def test_a_signal_inside_a_batch_loop_waits_for_the_batch_boundary(handlers) -> None:

@@ -1,6 +1,6 @@
 """The crash-resume fault matrix: kill `csr` at many points, rerun it, compare with a clean run.
 
-    python experiments/fault_matrix/matrix.py [--out DIR] [--random N] [--seed S]
+    python experiments/fault_matrix/matrix.py [--out DIR] [--random N] [--seed S] [--signals-only]
 
 One uninterrupted reference run (tiny models, 2 iterations, deterministic) is made first. Then
 for each fault a fresh run is started under `inject.py`, which SIGKILLs it at the planted point;
@@ -314,6 +314,7 @@ def main() -> None:
     parser.add_argument("--out", default="multirun/fault_matrix")
     parser.add_argument("--random", type=int, default=6, help="kills at a random point of a random stage")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--signals-only", action="store_true", help="only the SIGTERM / SIGINT faults")
     args = parser.parse_args()
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -322,6 +323,8 @@ def main() -> None:
     faults = boundary_faults() + inside_faults(reference, rng) + signal_faults()
     faults += [("random", f"time:iter_{rng.choice((1, 2))}/{rng.choice(STAGES)}:{rng.random():.2f}")
                for _ in range(args.random)]
+    if args.signals_only:
+        faults = signal_faults()
     outcomes = run_matrix(out, faults, env, reference)
     (out / "matrix.json").write_text(json.dumps([asdict(o) for o in outcomes], indent=2) + "\n")
     (out / "matrix.md").write_text(to_markdown(outcomes))
