@@ -17,6 +17,8 @@ from pathlib import Path
 import pytest
 from bad_input_clip import CASES as CLIP_CASES
 from bad_input_dpo import CASES as DPO_CASES
+from bad_input_rundir import CASES as RUNDIR_CASES
+from bad_input_runtime import CASES as RUNTIME_CASES
 from PIL import Image
 from test_config import _compose
 
@@ -201,6 +203,8 @@ CASES: dict[tuple[str, str], Callable[[Ctx], object]] = {
     ("pairs", "NaN score"): _pairs([0.9, float("nan")], [" A cat.", " A dog."]),
     **CLIP_CASES,
     **DPO_CASES,
+    **RUNDIR_CASES,
+    **RUNTIME_CASES,
 }
 # What each error must name besides the problem, so a user can find it.
 NAMES = {"prompt file": "prompts.json", "image": ".png", "config": "'"}
