@@ -9,6 +9,10 @@ overrides apply on top. A run resumed with `resume.allow_changes` is replayed st
 stages each config finished before the next change (config_changes.json) run alone under it, then
 the last config runs as it was started. Differences between the recorded and the installed csr
 commit and library versions are printed first: with them the numbers may differ.
+
+The evaluation data must be the source's: each evaluator records the `settings` it ran with (for
+ShapesWorld the split's version, size and sha256). A split that would differ is refused before
+anything runs, and any recorded setting that differs after the run fails it (exit 3).
 """
 
 from __future__ import annotations
@@ -24,9 +28,11 @@ from csr.errors import CSRError
 from csr.io import atomic_write_json, read_json
 from csr.run_dir import CHANGES
 from csr.run_info import run_info, version_differences
-from csr.tracking import sqlite_uri
+from csr.tracking import flatten, sqlite_uri
 
 SOURCE_DIR = "reproduced_from"  # inside the new run: the source's config.yaml, run_info.json, source.json
+METRICS = "metrics"  # inside SOURCE_DIR: the source's iter_<k>.json (its iter_<k>/metrics.json)
+DATA_DIFFERS = 3  # exit status of a reproduction that evaluated on other data than its source
 
 
 def _from_run_dir(source: Path, into: Path) -> dict:
@@ -39,6 +45,9 @@ def _from_run_dir(source: Path, into: Path) -> dict:
         shutil.copy(source / CHANGES, into / CHANGES)
         for entry in read_json(into / CHANGES):
             shutil.copy(source / entry["config"], into / entry["config"])
+    (into / METRICS).mkdir(exist_ok=True)
+    for path in source.glob("iter_*/metrics.json"):
+        shutil.copy(path, into / METRICS / f"{path.parent.name}.json")
     return {"run_dir": str(source.resolve())}
 
 
@@ -58,9 +67,66 @@ def _from_mlflow(run_id: str, tracking_uri: str, into: Path) -> dict:
             client.download_artifacts(parent_id, CHANGES, str(into))
             for entry in read_json(into / CHANGES):
                 client.download_artifacts(parent_id, entry["config"], str(into))
+        _mlflow_metrics(client, client.get_run(parent_id), into / METRICS)
     except MlflowException as err:
         raise CSRError(f"MLflow run {run_id} in {tracking_uri}: {err.message}") from None
     return {"mlflow_run_id": parent_id, "tracking_uri": tracking_uri}
+
+
+def _mlflow_metrics(client, parent, into: Path) -> None:
+    """Iteration 0's metrics.json is an artifact of the parent run, iteration k's of its nested run."""
+    into.mkdir(exist_ok=True)
+    children = client.search_runs([parent.info.experiment_id],
+                                  filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    for k, run in [(0, parent), *((r.data.tags.get("csr.iteration"), r) for r in children)]:
+        if "metrics.json" in {a.path for a in client.list_artifacts(run.info.run_id)}:
+            client.download_artifacts(run.info.run_id, "metrics.json", str(into))
+            (into / "metrics.json").replace(into / f"iter_{k}.json")
+
+
+# -- the evaluation data must be the source's ----------------------------------------------------------
+
+
+def eval_settings(metrics: dict) -> dict:
+    """evaluator/settings -> what that evaluator recorded it ran on (csr/eval/*.py)."""
+    return {k: v for k, v in metrics.get("eval", {}).items() if k.endswith("/settings")}
+
+
+def settings_diff(source: dict, copy: dict) -> list[str]:
+    """'key: source -> copy' for every recorded evaluation setting that differs."""
+    a, b = flatten(source), flatten(copy)
+    return [f"{k}: {a.get(k, '<absent>')} -> {b.get(k, '<absent>')}" for k in sorted(a.keys() | b.keys())
+            if a.get(k) != b.get(k)]
+
+
+def check_splits(into: Path) -> None:
+    """Refuse before running when a ShapesWorld split the source evaluated on would differ here (another
+    generator version or content): the numbers would be of other images and questions."""
+    from omegaconf import OmegaConf
+
+    from csr.data.shapesworld.splits import ensure_split, split_identity
+
+    root = OmegaConf.select(OmegaConf.load(into / "config.yaml"), "eval.shapesworld_root")
+    recorded = {}
+    for path in sorted((into / METRICS).glob("iter_*.json")):
+        for name, settings in eval_settings(read_json(path)).items():
+            if isinstance(settings.get("split"), dict) and root:
+                recorded[(name, settings["split"]["split"])] = (path.stem, settings["split"])
+    for (name, split), (where, want) in recorded.items():
+        have = split_identity(ensure_split(root, split, want["n"]))
+        if have != want:
+            raise CSRError(f"the {split!r} split here is not the one the source's {where} {name} ran on "
+                           f"({'; '.join(settings_diff(want, have))}; split written in {root}): its numbers "
+                           "would be of other images and questions. Run the csr version the source recorded")
+
+
+def data_differences(into: Path, run_dir: Path) -> list[str]:
+    lines = []
+    for path in sorted((into / METRICS).glob("iter_*.json")):
+        copy = run_dir / path.stem / "metrics.json"
+        if copy.exists():
+            lines += [f"{path.stem} {d}" for d in settings_diff(eval_settings(read_json(path)), eval_settings(read_json(copy)))]
+    return lines
 
 
 def _csr_command() -> list[str]:
@@ -106,6 +172,7 @@ def reproduce(source: str, overrides: list[str], run_dir: Path | None, tracking_
             print(f"csr-reproduce: warning: {line}", file=sys.stderr)
     else:
         print("csr-reproduce: warning: the source has no run_info.json; versions unknown", file=sys.stderr)
+    check_splits(into)
     for start in replay(into):
         command = [*_csr_command(), f"--config-path={into}", *start, f"run_dir={run_dir}", f"hydra.run.dir={run_dir}",
                    *overrides]
@@ -113,7 +180,12 @@ def reproduce(source: str, overrides: list[str], run_dir: Path | None, tracking_
         code = subprocess.run(command).returncode
         if code != 0:
             return code
-    return 0
+    differences = data_differences(into, run_dir)
+    for line in differences:
+        print(f"csr-reproduce: error: evaluated on other data or settings than the source: {line}", file=sys.stderr)
+    if differences:
+        print("csr-reproduce: error: the reproduction's numbers are not comparable with the source's", file=sys.stderr)
+    return DATA_DIFFERS if differences else 0
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -123,7 +195,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--run-dir", type=Path, help="the new run's directory (default outputs/reproduce/<source>-<time>)")
     parser.add_argument("--tracking-uri", default=sqlite_uri(Path.cwd() / "mlflow.db"),
                         help="MLflow store of a run id (default: ./mlflow.db, the csr default)")
-    args = parser.parse_args(argv)
+    # Intermixed: overrides may follow options (`csr-reproduce <id> --tracking-uri URI trainer=gpu`).
+    args = parser.parse_intermixed_args(argv)
     bad = [o for o in args.overrides if o.split("=", 1)[0].lstrip("+~") in ("run_dir", "hydra.run.dir")]
     if bad:
         parser.error(f"{bad[0]}: give the new run's directory with --run-dir")

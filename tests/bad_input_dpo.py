@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 
 DPO = {"loss": "sigmoid", "beta": 0.1, "ipo_form": "mean", "label_smoothing": 0.0, "lr": 1e-3,
        "scheduler": "cosine", "warmup_ratio": 0.0, "epochs": 1, "batch_size": 1, "grad_accumulation": 1,
-       "weight_decay": 0.0, "max_grad_norm": 1.0, "train_projector": False, "reference": "precomputed", "seed": 0,
+       "weight_decay": 0.0, "max_grad_norm": 1.0, "train_projector": False, "reference": "precomputed", "gradient_checkpointing": False, "seed": 0,
        "lora": {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": r".*language_model.*\.(q_proj|v_proj)"}}
 
 
@@ -62,7 +62,7 @@ def logged_reference_pass(ctx: Ctx, pairs: list[dict], dtype: str = "float32") -
     """Run the reference pass into ctx's ref_logps.json; the last line it logged."""
     model, processor = load_llava(ctx.tiny.llava, dtype=dtype)
     keys = [pair_key(p, image_sha256(str(ctx.images), p["image"])) for p in pairs]
-    settings = reference_settings(ctx.tiny.llava, dtype, "sdpa")
+    settings = reference_settings(ctx.tiny.llava, dtype, "sdpa", "32-true")
     lines: list[str] = []
     handler = logging.Handler()
     handler.emit = lambda record: lines.append(record.getMessage())  # type: ignore[method-assign]
@@ -72,7 +72,8 @@ def logged_reference_pass(ctx: Ctx, pairs: list[dict], dtype: str = "float32") -
     logger.setLevel(logging.INFO)
     try:
         precompute_reference(model, PairDataset(pairs, processor, str(ctx.images)), keys, settings,
-                             processor.tokenizer.pad_token_id, 1, ctx.tmp / "ref_logps.json")
+                             processor.tokenizer.pad_token_id, 1, ctx.tmp / "ref_logps.json",
+                             {"accelerator": "cpu", "devices": 1, "enable_progress_bar": False})
     finally:
         logger.removeHandler(handler)
         logger.setLevel(level)

@@ -105,9 +105,9 @@ def test_reference_model_files_are_fingerprinted(ctx: Ctx, monkeypatch) -> None:
     model = ctx.tmp / "model"
     shutil.copytree(ctx.tiny.llava, model)
     weights = next(model.glob("*.safetensors"))
-    settings = reference_settings(str(model), "float32", "sdpa")
+    settings = reference_settings(str(model), "float32", "sdpa", "32-true")
     assert settings["model_dir"] == str(model.resolve())
-    assert set(settings) == {"format", "model_dir", "dtype", "attn_implementation", "model_files"}
+    assert set(settings) == {"format", "model_dir", "dtype", "attn_implementation", "precision", "model_files"}
     assert settings["model_files"]["config.json"] == [os.path.getsize(model / "config.json"), file_sha256(model / "config.json")]
     # Files up to 256 MiB (all of the tiny model's) by content: one flipped byte of the weights shows.
     before = model_fingerprint(str(model))
@@ -123,7 +123,7 @@ def test_reference_model_files_are_fingerprinted(ctx: Ctx, monkeypatch) -> None:
     os.utime(weights, ns=(1, 1))
     assert model_fingerprint(str(model))[weights.name] == [weights.stat().st_size, 1]
     (model / "config.json").write_text((model / "config.json").read_text().replace("}", ' , "x": 1}', 1))
-    assert reference_settings(str(model), "float32", "sdpa") != settings
+    assert reference_settings(str(model), "float32", "sdpa", "32-true") != settings
 
 
 # --------------------------------------------------------------------------- image hashes

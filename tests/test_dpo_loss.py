@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from csr.dpo.data import IGNORE, collate, sequence_logps
+from csr.dpo.data import IGNORE, answer_positions, collate, sequence_logps
 from csr.dpo.loss import LOSSES, dpo_loss, reward_metrics
 
 # Pair 0: policy chosen -1, rejected -3; ref chosen -2, rejected -2
@@ -215,13 +215,15 @@ def test_sequence_logps_hand_values() -> None:
         [IGNORE, 1, 1, IGNORE],
         [IGNORE, IGNORE, IGNORE, IGNORE],
     ])
-    assert_close(sequence_logps(logits, labels), torch.tensor([math.log(0.3), math.log(1 / 6), 0.0]))
+    keep = answer_positions(labels)
+    assert keep.tolist() == [[False, True, True, False], [True, True, False, False], [False] * 4]
+    assert_close(sequence_logps(logits[keep], labels), torch.tensor([math.log(0.3), math.log(1 / 6), 0.0]))
 
 
 def test_sequence_logps_is_float32_for_half_logits() -> None:
     logits = torch.zeros(1, 3, 4, dtype=torch.bfloat16)
     labels = torch.tensor([[IGNORE, 1, 3]])
-    out = sequence_logps(logits, labels)
+    out = sequence_logps(logits[answer_positions(labels)], labels)
     assert out.dtype == torch.float32
     assert_close(out, torch.tensor([2 * math.log(1 / 4)]))  # uniform over 4, two answer tokens
 
@@ -264,8 +266,8 @@ def test_collate_layout() -> None:
         [IGNORE, IGNORE, IGNORE, 6, IGNORE],
         [IGNORE, 12, 13, IGNORE, IGNORE],
     ]
-    assert batch["pixel_values"].shape == (4, 3, 2, 2)
-    assert batch["pixel_values"][:, 0, 0, 0].tolist() == [1.0, 2.0, 1.0, 2.0]  # same image for both halves
+    assert batch["pixel_values"].shape == (2, 3, 2, 2)  # one per pair: its chosen and rejected rows share it
+    assert batch["pixel_values"][:, 0, 0, 0].tolist() == [1.0, 2.0]
     assert batch["chosen_lengths"].tolist() == [2, 4]  # answer tokens per completion, prompt not counted
     assert batch["rejected_lengths"].tolist() == [1, 2]
     assert "ref_chosen" not in batch and "ref_rejected" not in batch
@@ -281,6 +283,6 @@ def test_collate_then_sequence_logps_counts_answer_tokens_only() -> None:
     batch = collate(_items(with_ref=False), pad_id=PAD)
     vocab = 128
     logits = torch.zeros(*batch["input_ids"].shape, vocab)  # uniform: every token costs ln(1/128)
-    logps = sequence_logps(logits, batch["labels"])
+    logps = sequence_logps(logits[answer_positions(batch["labels"])], batch["labels"])
     # answer lengths: chosen a 2, b 4; rejected a 1, b 2 (prompt and padding not counted)
     assert_close(logps, torch.tensor([2.0, 4.0, 1.0, 2.0]) * math.log(1 / vocab))

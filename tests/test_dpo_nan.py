@@ -16,7 +16,8 @@ from csr.errors import CSRError
 
 DPO = {"loss": "sigmoid", "beta": 0.1, "ipo_form": "mean", "label_smoothing": 0.0, "lr": 1e-3, "scheduler": "cosine",
        "warmup_ratio": 0.0, "epochs": 1, "batch_size": 2, "grad_accumulation": 1, "weight_decay": 0.0,
-       "max_grad_norm": 1.0, "train_projector": False, "reference": "precomputed", "seed": 0,
+       "max_grad_norm": 1.0, "train_projector": False, "reference": "precomputed", "gradient_checkpointing": False,
+       "seed": 0,
        "lora": {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": r".*language_model.*\.(q_proj|v_proj)"}}
 
 
@@ -33,7 +34,7 @@ def test_nan_reference_logp_stops_dpo_at_its_batch_and_saves_nothing(tiny_models
     entries = [{"id": p["id"], "key": pair_key(p, image_sha256(str(data / "images"), p["image"])),
                 "chosen": -10.0, "rejected": -12.0} for p in pairs]
     entries[3]["chosen"] = float("nan")
-    cache = {"settings": reference_settings(tiny_models.llava, "float32", "sdpa"), "pairs": entries}
+    cache = {"settings": reference_settings(tiny_models.llava, "float32", "sdpa", "32-true"), "pairs": entries}
     (iteration / "ref_logps.json").write_text(json.dumps(cache))
     model_cfg = OmegaConf.create({"dtype": "float32", "attn_implementation": "sdpa"})
     kwargs = {"accelerator": "cpu", "devices": 1, "deterministic": True, "enable_progress_bar": False}

@@ -89,7 +89,8 @@ class PairDataset(Dataset):
 
 
 def collate(items: list[dict], pad_id: int) -> dict[str, Any]:
-    """Chosen rows first, then rejected rows (one concatenated forward), right-padded."""
+    """Chosen rows first, then rejected rows (one concatenated forward), right-padded; one image per
+    pair (both rows of a pair share it: the vision tower runs once per image)."""
     sequences, labels = [], []
     for side in ("chosen_ids", "rejected_ids"):
         for item in items:
@@ -101,7 +102,7 @@ def collate(items: list[dict], pad_id: int) -> dict[str, Any]:
         "input_ids": torch.tensor([s + [pad_id] * (width - len(s)) for s in sequences]),
         "attention_mask": torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in sequences]),
         "labels": torch.tensor([lab + [IGNORE] * (width - len(lab)) for lab in labels]),
-        "pixel_values": torch.stack([item["pixel_values"] for item in items] * 2),
+        "pixel_values": torch.stack([item["pixel_values"] for item in items]),
     }
     # Answer tokens (+ EOS) per completion: what IPO's per-token form divides by (TRL's completion mask).
     batch["chosen_lengths"] = torch.tensor([len(item["chosen_ids"]) for item in items])
@@ -112,9 +113,21 @@ def collate(items: list[dict], pad_id: int) -> dict[str, Any]:
     return batch
 
 
-def sequence_logps(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Sum of log p(label) over the labelled (answer) positions of each row; logits predict the next token."""
-    logits, labels = logits[:, :-1].float(), labels[:, 1:]
-    mask = labels != IGNORE
-    token_logps = torch.gather(logits.log_softmax(-1), 2, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-    return (token_logps * mask).sum(-1)
+def answer_positions(labels: torch.Tensor) -> torch.Tensor:
+    """[rows, T] bool: the positions whose logits predict a labelled (answer) token. Only these need
+    the LM head and a log-softmax over the vocabulary (image and prompt positions are ~75%)."""
+    keep = torch.zeros_like(labels, dtype=torch.bool)
+    keep[:, :-1] = labels[:, 1:] != IGNORE
+    return keep
+
+
+def sequence_logps(answer_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Sum of log p(label) over each row's answer tokens, from the logits at answer_positions(labels)
+    only ([N, vocab], rows in order, as logits[answer_positions(labels)] lays them out)."""
+    targets = labels[:, 1:]
+    mask = targets != IGNORE
+    token_logps = torch.gather(answer_logits.float().log_softmax(-1), 1, targets[mask].unsqueeze(-1)).squeeze(-1)
+    # Put back at their positions (zeros elsewhere) and summed over the row as the full-width sum was:
+    # the same additions in the same order, so the sums equal the full-logits version's to the bit.
+    per_position = torch.zeros(mask.shape, dtype=token_logps.dtype, device=token_logps.device)
+    return per_position.masked_scatter(mask, token_logps).sum(-1)

@@ -7,18 +7,28 @@ import math
 import pytorch_lightning as pl
 import torch
 from transformers import get_constant_schedule_with_warmup, get_cosine_schedule_with_warmup
+from transformers.modeling_outputs import BaseModelOutputWithPooling
 
-from csr.dpo.data import sequence_logps
+from csr.dpo.data import answer_positions, sequence_logps
 from csr.dpo.loss import dpo_loss, reward_metrics
 from csr.errors import CSRError
 
 
 def concatenated_logps(model: torch.nn.Module, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-    """Chosen and rejected answers' summed log-probs from one forward over both halves of the batch."""
+    """Chosen and rejected answers' summed log-probs from one forward over both halves of the batch.
+
+    The vision tower and projector run once per pair's image (its two rows share it) and the LM head
+    only at answer positions; both equal the full computation to the bit (tests/test_dpo_memory.py).
+    """
+    images = model.get_image_features(pixel_values=batch["pixel_values"].to(next(model.parameters()).dtype))
+    # A fresh output holding only the features: the tower's hidden states are freed before the LM runs.
+    shared = BaseModelOutputWithPooling(pooler_output=list(images.pooler_output) * 2)
+    del images
     out = model(
         input_ids=batch["input_ids"],
         attention_mask=batch["attention_mask"],
-        pixel_values=batch["pixel_values"].to(next(model.parameters()).dtype),
+        mm_encoder_outputs={"image": shared},
+        logits_to_keep=answer_positions(batch["labels"]),
         use_cache=False,
     )
     logps = sequence_logps(out.logits, batch["labels"])

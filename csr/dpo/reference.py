@@ -3,9 +3,15 @@
 A cached value is reused only for a pair with the same content (prompt, image path, image bytes,
 chosen and rejected text) under the same reference model (its resolved directory and every file:
 by content up to 256 MiB, by size and mtime above) and the same settings (dtype, attention
-implementation).
-Anything else is recomputed and the log says how many and why. Batch composition can move a value
-in its last float digits (padding); that is rounding, not a change of content, and is not keyed.
+implementation, trainer precision).
+Anything else is recomputed and the log says how many and why. Batch composition and the device
+can move a value in its last float digits (padding, kernels); that is rounding, not a change of
+content, and is not keyed.
+
+The pairs to compute go through csr.predict as the search does: on the trainer's accelerator, dealt
+out to the ranks, under the precision the policy trains with (Lightning's precision plugin, so the
+same autocast: the log-ratio is 0 at step 0), appended batch by batch to ref_logps.pending.jsonl,
+which a stopped pass resumes. Rank 0 then writes ref_logps.json and removes the pending file.
 """
 
 from __future__ import annotations
@@ -13,15 +19,15 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from functools import partial
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader, Subset
 
+from csr.distributed import barrier, is_global_zero
 from csr.dpo.data import PairDataset, collate
 from csr.dpo.module import concatenated_logps
-from csr.io import atomic_write_json, read_json
+from csr.io import atomic_write_json, read_json, read_jsonl
+from csr.predict import RecordPredictor, predict_to_jsonl
 
 log = logging.getLogger(__name__)
 
@@ -62,10 +68,11 @@ def model_fingerprint(model_path: str) -> dict[str, list]:
     return files
 
 
-def reference_settings(model_path: str, dtype: str, attn_implementation: str | None) -> dict:
+def reference_settings(model_path: str, dtype: str, attn_implementation: str | None, precision: str) -> dict:
     """What, besides a pair's content, the reference log-probs depend on."""
     return {"format": CACHE_FORMAT, "model_dir": str(model_directory(model_path)), "dtype": dtype,
-            "attn_implementation": attn_implementation, "model_files": model_fingerprint(model_path)}
+            "attn_implementation": attn_implementation, "precision": precision,
+            "model_files": model_fingerprint(model_path)}
 
 
 def pair_key(pair: dict, image_digest: str) -> str:
@@ -90,20 +97,49 @@ def _reusable(cached: object, settings: dict) -> tuple[dict[str, tuple[float, fl
     return {e["key"]: (e["chosen"], e["rejected"]) for e in cached["pairs"]}, "pairs changed"
 
 
-def _compute(model, dataset: PairDataset, indices: list[int], pad_id: int, batch_size: int) -> list[tuple[float, float]]:
-    loader = DataLoader(Subset(dataset, indices), batch_size=batch_size, collate_fn=partial(collate, pad_id=pad_id))
-    out = []
-    model.eval()
-    with torch.inference_mode():
-        for batch in loader:
-            chosen, rejected = concatenated_logps(model, batch)
-            out += list(zip(chosen.tolist(), rejected.tolist(), strict=True))
-    return out
+class ReferenceModule(RecordPredictor):
+    """The reference pass as a predict step: a batch of {"key", "index"} items (pairs of `dataset`) in,
+    one {"key", "id", "chosen", "rejected"} record per pair out."""
+
+    def __init__(self, model: torch.nn.Module, dataset: PairDataset, pad_id: int):
+        super().__init__()
+        self.model, self.dataset, self.pad_id = model, dataset, pad_id
+
+    def predict_step(self, batch: list[dict], batch_idx: int = 0) -> list[dict]:
+        tensors = collate([self.dataset[item["index"]] for item in batch], self.pad_id)
+        tensors = {k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in tensors.items()}
+        chosen, rejected = concatenated_logps(self.model, tensors)
+        return [{"key": item["key"], "id": self.dataset.pairs[item["index"]]["id"], "chosen": c, "rejected": r}
+                for item, c, r in zip(batch, chosen.tolist(), rejected.tolist(), strict=True)]
+
+
+def pending_path(cache_path: Path) -> Path:
+    return cache_path.with_name(f"{cache_path.stem}.pending.jsonl")
+
+
+def pending_key(settings: dict, key: str) -> str:
+    """A pending record's key: settings and content, so what a pass stopped under other settings left
+    is never reused."""
+    return _sha256_text(json.dumps(settings, sort_keys=True) + key)
+
+
+def _compute(model, dataset: PairDataset, keys: list[str], stale: list[int], settings: dict, pad_id: int,
+             batch_size: int, cache_path: Path, trainer_kwargs: dict) -> list[tuple[float, float]]:
+    """The stale pairs' log-probs through csr.predict (batches of the stale pairs in order, as before)."""
+    items = [{"key": pending_key(settings, keys[i]), "index": i} for i in stale]
+    pending = pending_path(cache_path)
+    predict_to_jsonl(ReferenceModule(model, dataset, pad_id), items, pending, batch_size=batch_size,
+                     trainer_kwargs=trainer_kwargs, key="key")
+    done = {r["key"]: (r["chosen"], r["rejected"]) for r in read_jsonl(pending)}
+    return [done[item["key"]] for item in items]
 
 
 def precompute_reference(model, dataset: PairDataset, keys: list[str], settings: dict, pad_id: int,
-                         batch_size: int, cache_path: Path) -> list[tuple[float, float]]:
-    """Reference log-probs of every pair before the policy changes (no second model in memory)."""
+                         batch_size: int, cache_path: Path, trainer_kwargs: dict) -> list[tuple[float, float]]:
+    """Reference log-probs of every pair before the policy changes (no second model in memory).
+
+    Every rank calls it; each reads the same cache, so all agree on which pairs are stale.
+    """
     cached = read_json(cache_path) if cache_path.exists() else None
     known, reason = _reusable(cached, settings)
     stale = [i for i, key in enumerate(keys) if key not in known]
@@ -114,10 +150,16 @@ def precompute_reference(model, dataset: PairDataset, keys: list[str], settings:
     else:
         log.warning("%d of %d reference log-probs recomputed: %s", len(stale), len(keys), reason)
     if stale:
-        known.update(zip([keys[i] for i in stale], _compute(model, dataset, stale, pad_id, batch_size), strict=True))
+        values = _compute(model, dataset, keys, stale, settings, pad_id, batch_size, cache_path, trainer_kwargs)
+        known.update(zip([keys[i] for i in stale], values, strict=True))
     entries = [{"id": p["id"], "key": k, "chosen": known[k][0], "rejected": known[k][1]}
                for p, k in zip(dataset.pairs, keys, strict=True)]
     record = {"settings": settings, "pairs": entries}
-    if record != cached:  # the file always describes exactly the current pairs
-        atomic_write_json(cache_path, record)
+    barrier()  # every rank has read the pending file
+    if is_global_zero():
+        if record != cached:  # the file always describes exactly the current pairs
+            atomic_write_json(cache_path, record)
+        pending = pending_path(cache_path)
+        for path in [pending, *pending.parent.glob(f"{pending.name}.part*")]:  # all now in cache_path
+            path.unlink(missing_ok=True)
     return [known[k] for k in keys]

@@ -7,11 +7,12 @@ import logging
 import math
 from functools import partial
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytorch_lightning as pl
 from torch.utils.data import DataLoader, DistributedSampler
 
-from csr.distributed import barrier, gathered_parameters
+from csr.distributed import barrier, gathered_parameters, predict_strategy
 from csr.dpo.data import PairDataset, check_images, collate
 from csr.dpo.module import DPOModule
 from csr.dpo.reference import pair_key, precompute_reference, reference_settings
@@ -21,6 +22,17 @@ from csr.models.merge import save_adapter, wrap_lora
 from csr.signals import StopOnSignal
 
 log = logging.getLogger(__name__)
+# What the reference pass takes from DPO's trainer arguments (not its strategy, logger or callbacks).
+PREDICT_KEYS = ("accelerator", "devices", "num_nodes", "precision", "deterministic", "enable_progress_bar")
+
+
+def reference_trainer_kwargs(trainer_kwargs: dict) -> dict:
+    """The fit's accelerator, ranks and precision for the reference pass, with plain DDP over the
+    ranks as search uses (inference needs no ZeRO partitioning)."""
+    kwargs = {k: trainer_kwargs[k] for k in PREDICT_KEYS if k in trainer_kwargs}
+    kwargs.setdefault("precision", "32-true")  # Lightning's default, named: the cache keys it
+    ranks = SimpleNamespace(devices=kwargs.get("devices", 1), num_nodes=kwargs.get("num_nodes", 1))
+    return {**kwargs, "strategy": predict_strategy(ranks)}
 
 
 def run_dpo(*, model_path: str, pairs_path: Path, adapter_dir: Path, image_root: str, model_cfg, dpo_cfg,
@@ -37,9 +49,11 @@ def run_dpo(*, model_path: str, pairs_path: Path, adapter_dir: Path, image_root:
     if dpo_cfg.reference == "precomputed":
         dataset = PairDataset(pairs, processor, image_root)
         keys = [pair_key(p, d) for p, d in zip(pairs, digests, strict=True)]
-        settings = reference_settings(model_path, model_cfg.dtype, model_cfg.attn_implementation)
+        predict_kwargs = reference_trainer_kwargs(trainer_kwargs)
+        settings = reference_settings(model_path, model_cfg.dtype, model_cfg.attn_implementation,
+                                      predict_kwargs["precision"])
         ref_logps = precompute_reference(model, dataset, keys, settings, pad_id, dpo_cfg.batch_size,
-                                         adapter_dir.parent / "ref_logps.json")
+                                         adapter_dir.parent / "ref_logps.json", predict_kwargs)
     elif dpo_cfg.reference == "frozen_copy":
         ref_model = copy.deepcopy(model).eval().requires_grad_(False)
     model.train()
@@ -47,6 +61,10 @@ def run_dpo(*, model_path: str, pairs_path: Path, adapter_dir: Path, image_root:
     # log-probs were not cached, and LoRA's random init must not depend on that (a resumed or
     # multi-process DPO would otherwise start from other weights).
     pl.seed_everything(dpo_cfg.seed, workers=True, verbose=False)
+    if dpo_cfg.gradient_checkpointing:
+        # Each decoder (and vision) layer's activations are recomputed in backward instead of held.
+        # Non-reentrant: gradients reach LoRA's weights without the inputs requiring grad.
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     lora = dpo_cfg.lora
     policy = wrap_lora(model, lora.r, lora.alpha, lora.dropout, lora.target_modules, dpo_cfg.train_projector)
     dataset = PairDataset(pairs, processor, image_root, ref_logps)
