@@ -60,14 +60,16 @@ def test_policy_and_reference_log_probs_agree_at_step_0(ctx: Ctx, precision: str
     assert stats["loss"] == pytest.approx(torch.log(torch.tensor(2.0)).item(), abs=1e-6)
     cache = read_json(ctx.tmp / "iter_1" / "ref_logps.json")
     assert cache["settings"]["precision"] == precision
-    assert stats["logps/chosen"] == pytest.approx(sum(e["chosen"] for e in cache["pairs"]) / 2, abs=1e-6)
+    # The logged mean is float32 (one ulp at 50 is 4e-6).
+    assert stats["logps/chosen"] == pytest.approx(sum(e["chosen"] for e in cache["pairs"]) / 2, abs=1e-5)
     if precision == "bf16-mixed":
-        # The reference as it was computed before (plain float32, no autocast) is off by far more.
+        # The reference as it was computed before (plain float32, no autocast) is off by ~8e-4 on this
+        # tiny model, hundreds of times the tolerance (more on a real one, whose logits are far from flat).
         model, processor = load_llava(ctx.tiny.llava)
         batch = collate([PairDataset(pairs, processor, str(ctx.images))[i] for i in range(2)], processor.tokenizer.pad_token_id)
         with torch.inference_mode():
             plain, _ = concatenated_logps(model, batch)
-        assert (plain - torch.tensor([e["chosen"] for e in cache["pairs"]])).abs().max() > 1e-3
+        assert (plain - torch.tensor([e["chosen"] for e in cache["pairs"]])).abs().max() > 1e-4
 
 
 def _ranks(ctx: Ctx, name: str, pairs: list[dict], devices: int) -> Path:
@@ -78,6 +80,7 @@ def _ranks(ctx: Ctx, name: str, pairs: list[dict], devices: int) -> Path:
     proc = subprocess.run([sys.executable, str(TESTS / "dpo_reference_ranks.py"), ctx.tiny.llava, str(iteration),
                            str(ctx.images), str(devices)], env=env, capture_output=True, text=True, timeout=600, cwd=TESTS)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert ("MEMBER: 2/2" in proc.stderr) == (devices == 2)  # Lightning started the second rank
     return iteration
 
 
