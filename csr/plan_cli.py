@@ -96,10 +96,11 @@ def training(cfg: DictConfig, devices: int, answer_logits: bool) -> P.Training:
                       answer_logits=answer_logits, bucket=bucket)
 
 
-def search_shape(s) -> P.SearchShape:
+def search_shape(s, answer_tokens: int) -> P.SearchShape:
     return P.SearchShape(prompts_per_batch=s.prompts_per_batch, beam_width=s.beam_width, candidates=s.candidates_per_step,
                          keep_top=s.keep_top, keep_bottom=s.keep_bottom, max_sentences=s.max_sentences,
-                         sentence_tokens=s.max_new_tokens_per_sentence, answer_tokens=s.max_answer_tokens,
+                         sentence_tokens=s.max_new_tokens_per_sentence,
+                         answer_tokens=min(answer_tokens, s.max_answer_tokens),
                          max_batch_rows=s.max_batch_rows, max_batch_tokens=s.max_batch_tokens)
 
 
@@ -111,14 +112,15 @@ def activation_bytes(cfg: DictConfig) -> int:
 
 def plan(cfg: DictConfig, dims: P.LlavaDims, clip: P.ClipDims, devices: int, prompt_tokens: int,
          answer_tokens: int | None = None, answer_logits: bool = ANSWER_LOGITS_DEFAULT) -> dict[str, dict[str, int]]:
-    """Every stage's parts (bytes per device) for one device count. answer_tokens: the longest pair's
-    answers in DPO and the reference pass (default search.max_answer_tokens, the longest possible)."""
+    """Every stage's parts (bytes per device) for one device count. answer_tokens: the longest answer
+    expected, in the search (its widths) and in DPO and the reference pass (default
+    search.max_answer_tokens, the longest possible)."""
     act, weight = activation_bytes(cfg), P.DTYPE_BYTES[cfg.model.dtype]
     clip_bytes = P.clip_params(clip) * 4  # open_clip builds float32
     answers = answer_tokens if answer_tokens is not None else cfg.search.max_answer_tokens
     search_clip = clip_bytes if cfg.search.prune_by == "calibrated" else 0
     stages = {
-        "search": P.search_peak(dims, search_shape(cfg.search), prompt_tokens, act, search_clip),
+        "search": P.search_peak(dims, search_shape(cfg.search, answers), prompt_tokens, act, search_clip),
         "reward": {"clip": clip_bytes},
         "reference": P.reference_peak(dims, cfg.dpo.batch_size, prompt_tokens, answers, act, answer_logits),
         "dpo": P.dpo_peak(dims, training(cfg, devices, answer_logits), prompt_tokens, answers, act),
@@ -188,11 +190,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--devices", default=None, help="device counts to plan for, e.g. 1,2,8 (default trainer.devices)")
     parser.add_argument("--gpu-gib", type=float, default=None, help="memory per device: mark what fits")
     parser.add_argument("--prompt-tokens", type=int, default=64, help="text tokens of a prompt with its chat template")
-    parser.add_argument("--answer-tokens", type=int, default=None, help="longest DPO answer (default search.max_answer_tokens)")
+    parser.add_argument("--answer-tokens", type=int, default=None,
+                        help="the longest answer expected, in search and DPO (default search.max_answer_tokens, the cap)")
     parser.add_argument("--answer-logits", action=argparse.BooleanOptionalAction, default=ANSWER_LOGITS_DEFAULT,
                         help="DPO's log-softmax over answer positions only")
-    args = parser.parse_args(argv)
-    cfg = compose(args.overrides)
+    args, rest = parser.parse_known_args(argv)  # overrides may come after the options too
+    unknown = [a for a in rest if a.startswith("-")]
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    cfg = compose([*args.overrides, *rest])
     counts = [int(n) for n in args.devices.split(",")] if args.devices else [max(int(cfg.trainer.devices), 1)]
     print(render(cfg, counts, args.gpu_gib, args.prompt_tokens, args.answer_tokens, args.answer_logits))
 

@@ -138,3 +138,11 @@ def test_csr_plan_prints_the_paper_preset(capsys) -> None:
     rows = {line.split("|")[1].strip(): line for line in out.splitlines() if line.startswith("| ")}
     assert {"search", "reward", "reference", "dpo", "eval"} <= set(rows)
     assert rows["reward"].split("|")[2].strip() == "1.59 ok"  # CLIP ViT-L/14-336: 427,944,193 x 4 B = 1.59 GiB
+    # overrides after the options too; the 200-token answers shrink the search's decode batch and DPO
+    main(["--devices", "8", "--answer-tokens", "200", "experiment=paper_llava15_7b", "dpo.gradient_checkpointing=true"])
+    short = capsys.readouterr().out
+    assert "gradient checkpointing on" in short and "answers up to 200 tokens" in short
+    total = {line.split("|")[1].strip(): float(line.split("|")[2]) for line in short.splitlines() if line.startswith("| ")
+             and line.split("|")[1].strip() in ("search", "dpo")}
+    assert total["search"] < float(rows["search"].split("|")[2].split()[0])
+    assert total["dpo"] < float(rows["dpo"].split("|")[3].split()[0])
