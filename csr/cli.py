@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import difflib
 import errno
 import logging
+import os
 import signal
 import sys
 import warnings
@@ -11,7 +13,7 @@ from pathlib import Path
 
 import hydra
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from csr import signals
 from csr.config import validate
@@ -44,10 +46,32 @@ def check_config(cfg: DictConfig) -> DictConfig:
 
     typed = validate(cfg)
     check_trainer(typed.trainer)
+    check_device(typed.trainer)
+    check_tiny_files(typed)
     unknown = [name for name in typed.eval.evaluators if name not in EVALUATORS]
     if unknown:
         raise CSRError(f"config key 'eval.evaluators': unknown evaluator {unknown[0]!r}; known: {sorted(EVALUATORS)}")
     return typed
+
+
+def check_device(trainer_cfg) -> None:
+    """trainer=gpu where no GPU is visible: one line now, not Lightning's traceback later."""
+    import torch
+
+    if trainer_cfg.accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise CSRError(f"config key 'trainer.accelerator': {trainer_cfg.accelerator}, but no CUDA GPU is visible "
+                       "here (torch.cuda.is_available() is False): use trainer=cpu, or run on a machine with a GPU")
+
+
+def check_tiny_files(cfg) -> None:
+    """The tiny presets read what `csr-make-tiny` writes: say so instead of failing at the first model load."""
+    tiny = os.environ.get("CSR_TINY_DIR")
+    for key in ("model.path", "reward.clip.weights", "data.prompt_file"):
+        value = OmegaConf.select(cfg, key)
+        under_tiny = isinstance(value, str) and ("/.tiny/" in value or (tiny and value.startswith(tiny)))
+        if under_tiny and not Path(value).exists():
+            raise CSRError(f"config key {key!r}: {value} does not exist: build the tiny models and prompts first "
+                           f"with `csr-make-tiny {tiny or '.tiny'}` (it writes $CSR_TINY_DIR, else ./.tiny)")
 
 
 def stopped_at(loop) -> str:
@@ -57,8 +81,7 @@ def stopped_at(loop) -> str:
 
     cfg = loop.cfg
     if cfg.stage != "all":
-        k = cfg.iteration if cfg.iteration is not None else loop.first_unfinished()
-        return f"iteration {k}, stage {cfg.stage}"
+        return f"iteration {loop.stage_iteration(cfg.stage)}, stage {cfg.stage}"
     if cfg.eval.at_base and not is_done(loop.iter_dir(0), "eval"):
         return "iteration 0, stage eval (the starting model)"
     k = loop.first_unfinished()
@@ -124,7 +147,62 @@ def _run(cfg: DictConfig) -> float | None:
     return rows[-1].get("answer R_I") if rows else None
 
 
+def _overrides(argv: list[str]) -> dict[str, str]:
+    """key -> value of the plain `key=value` overrides (not options, not +added or ~deleted keys)."""
+    return dict(a.split("=", 1) for a in argv if "=" in a and not a.startswith(("-", "+", "~")))
+
+
+def _schema_keys() -> tuple[set[str], set[str]]:
+    """(leaf keys, inner nodes) of csr's schema (csr/config.py)."""
+    from csr.config import RootConfig
+    from csr.tracking import flatten
+
+    leaves = set(flatten(OmegaConf.to_container(OmegaConf.structured(RootConfig))))
+    nodes = {".".join(k.split(".")[:i]) for k in leaves for i in range(1, k.count(".") + 1)}
+    groups = {d.name for d in Path(CONF_DIR).iterdir() if d.is_dir()}  # experiment=smoke, hydra/launcher=...
+    return leaves, nodes | groups
+
+
+def unknown_key(key: str, leaves: set[str], nodes: set[str]) -> str | None:
+    """The README's message for a key the schema lacks, with the nearest known key; None if known.
+    Keys below a free-form leaf (trainer.deepspeed.zero_optimization.stage) are known."""
+    parts = key.split(".")
+    if key in leaves or key in nodes or key.split("/")[0] in nodes or key.startswith("hydra.") \
+            or any(".".join(parts[:i]) in leaves for i in range(1, len(parts))):
+        return None
+    close = difflib.get_close_matches(key, sorted(leaves | nodes), n=1, cutoff=0.6)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    return f"config key {key!r}: not a csr config key{hint} (`csr --help` lists the keys; +{key}=... adds one anyway)"
+
+
+def stage_run_argv(argv: list[str]) -> list[str]:
+    """A stage run alone on a csr run directory starts from that run's latest saved config, with the
+    command line's overrides on top (csr/stage_run.py); any run_dir= keeps Hydra's log and .hydra/ there."""
+    from csr.run_dir import CONFIG, changes, is_run_dir
+
+    given = _overrides(argv)
+    if "run_dir" not in given or any(a in ("-m", "--multirun") for a in argv):
+        return argv
+    run_dir = Path(given["run_dir"]).resolve()
+    extra = [] if "hydra.run.dir" in given else [f"hydra.run.dir={run_dir}"]
+    chosen = any(a.startswith(("--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd")) for a in argv)
+    if given.get("stage", "all") != "all" and is_run_dir(run_dir) and not chosen:
+        entries = changes(run_dir)
+        latest = (entries[-1]["config"] if entries else CONFIG).removesuffix(".yaml")
+        extra += [f"--config-path={run_dir}", f"--config-name={latest}"]
+    return [*argv, *extra]
+
+
 def main() -> None:
+    argv = sys.argv[1:]
+    if not any(a in ("-h", "--help", "--hydra-help", "--info") or a.startswith("--info") for a in argv):
+        leaves, nodes = _schema_keys()
+        for key in _overrides(argv):
+            message = unknown_key(key, leaves, nodes)
+            if message:
+                print(f"csr: error: {message}", file=sys.stderr)
+                sys.exit(2)
+        sys.argv = [sys.argv[0], *stage_run_argv(argv)]
     app()
 
 

@@ -74,16 +74,17 @@ class Loop:
         """Hold the run directory: refuse a file, someone else's directory, a run in use and a changed
         config (csr/run_dir.py) before writing anything, then write this start's run_info and config."""
         text, allowed = OmegaConf.to_yaml(self.cfg, resolve=True), list(self.cfg.resume.allow_changes)
+        alone = self.cfg.stage != "all"  # a stage run alone may change any key (csr/stage_run.py)
         resume = check_run_dir(self.run_dir, hydra_outputs(self.run_dir))  # only reads
         if resume:
-            check_resume(self.run_dir, text, allowed)  # refused before even the lock file is touched
+            check_resume(self.run_dir, text, allowed, alone)  # refused before even the lock file is touched
         make_run_dir(self.run_dir)
         with run_lock(self.run_dir):
-            diff = check_resume(self.run_dir, text, allowed) if resume else {}  # again, now that no one writes
+            diff = check_resume(self.run_dir, text, allowed, alone) if resume else {}  # again, now that no one writes
             remove_stale_temp_files(self.run_dir)
             # What `csr-reproduce` needs besides the config: overrides, package and library versions, commit.
             self._save_once("run_info", ".json", json.dumps(self.info, indent=2) + "\n")
-            self.change = record_config(self.run_dir, text, diff, self.finished())
+            self.change = record_config(self.run_dir, text, diff, self.finished(), alone)
             yield
 
     def finished(self) -> list[str]:
@@ -290,13 +291,35 @@ class Loop:
                     self.iteration(k)
                 result = self.summary() if is_global_zero() else {}
             else:
-                k = self.cfg.iteration if self.cfg.iteration is not None else self.first_unfinished()
-                result = self.iteration(k, stages=(stage.value,), force=True)
-            status = "FINISHED" if stage is Stage.all else "RUNNING"
+                result = self.stage_alone(stage.value)
+            status = "FINISHED"
             return result
         finally:
-            if status != "RUNNING":
-                self.tracker.finish(parent, status)
+            self.tracker.finish(parent, status)
+
+    def stage_iteration(self, stage: str) -> int:
+        from csr.stage_run import stage_iteration
+
+        return self.cfg.iteration if self.cfg.iteration is not None else \
+            stage_iteration(self.run_dir, stage, self.cfg.iterations)
+
+    def stage_alone(self, stage: str) -> dict:
+        """Redo one stage (from scratch when it is done or its config changed, else resume its partial
+        output), drop what it invalidates, and write the summary again if the run had one."""
+        from csr.stage_run import describe, invalidate
+
+        k = self.stage_iteration(stage)
+        had_summary = (self.run_dir / "summary.md").exists()
+        if is_global_zero():
+            redo = is_done(self.iter_dir(k), stage) or self.change is not None
+            log.warning("%s", describe(k, stage, self.change, invalidate(self.run_dir, k, stage, redo)))
+        barrier()
+        result = self.iteration(k, stages=(stage,), force=True)
+        if k > 0:  # done with it for now, finished or not: no run stays RUNNING (a resume reopens it)
+            self.tracker.finish(self.tracker.ids["iterations"].get(str(k)))
+        if had_summary and is_global_zero():
+            self.summary()
+        return result
 
     def summary(self) -> dict:
         from csr.report import write_report

@@ -136,8 +136,11 @@ def changes(run_dir: Path) -> list[dict[str, Any]]:
     return read_json(path) if path.exists() else []
 
 
-def check_resume(run_dir: Path, config_text: str, allowed: list[str]) -> dict[str, tuple[Any, Any]]:
-    """The changes this resume makes to the run's latest config; refuses any not in `allowed`. Only reads."""
+def check_resume(run_dir: Path, config_text: str, allowed: list[str],
+                 stage_run: bool = False) -> dict[str, tuple[Any, Any]]:
+    """The changes this resume makes to the run's latest config; refuses any not in `allowed`, unless
+    this start is a stage run alone, whose point is to redo a stage under changed keys (csr/stage_run.py):
+    then every change is accepted and recorded as if allowed. Only reads."""
     entries = changes(run_dir)
     latest = run_dir / (entries[-1]["config"] if entries else CONFIG)
     old, new = _load(latest), OmegaConf.to_container(OmegaConf.create(config_text))
@@ -146,7 +149,7 @@ def check_resume(run_dir: Path, config_text: str, allowed: list[str]) -> dict[st
         if key not in known:
             raise CSRError(f"config key 'resume.allow_changes': {key!r} is not a config key (write it as reward.lam)")
     diff = config_diff(old, new)
-    if any(k not in allowed for k in diff):
+    if not stage_run and any(k not in allowed for k in diff):
         raise CSRError(
             f"run_dir {run_dir} was started with another config ({show_diff(diff)}). A run directory has one"
             f" config: pass a new run_dir, or accept the change with resume.allow_changes=[{','.join(diff)}]"
@@ -162,7 +165,7 @@ def change_tags(entry: dict[str, Any]) -> dict[str, str]:
 
 
 def record_config(run_dir: Path, config_text: str, diff: dict[str, tuple[Any, Any]],
-                  finished: list[str]) -> dict[str, Any] | None:
+                  finished: list[str], stage_run: bool = False) -> dict[str, Any] | None:
     """Write this start's config: config.yaml for a new run; for a resume with accepted changes
     config.<n>.yaml and an entry of config_changes.json, which is returned."""
     if not (run_dir / CONFIG).exists():
@@ -176,6 +179,7 @@ def record_config(run_dir: Path, config_text: str, diff: dict[str, tuple[Any, An
     entry = {"config": name, "changes": {k: list(v) for k, v in diff.items()}, "finished": finished,
              "started_at": datetime.now(UTC).isoformat(timespec="seconds")}
     atomic_write_json(run_dir / CHANGES, [*changes(run_dir), entry])
-    log.warning("resuming %s with config changes allowed by resume.allow_changes: %s (after %s); saved as %s",
-                run_dir, show_diff(diff), ", ".join(finished) or "no finished stage", name)
+    if not stage_run:  # a stage run says what it changes and redoes in its own line (csr/stage_run.py)
+        log.warning("resuming %s with config changes allowed by resume.allow_changes: %s (after %s); saved as %s",
+                    run_dir, show_diff(diff), ", ".join(finished) or "no finished stage", name)
     return entry

@@ -206,7 +206,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description="Build tiny random-weight LLaVA and CLIP checkpoints, plus a few prompts and images."
     )
-    parser.add_argument("out_dir", nargs="?", default=".tiny")
+    # The same place conf/model/tiny_random.yaml and conf/data/tiny.yaml read from.
+    parser.add_argument("out_dir", nargs="?", default=os.environ.get("CSR_TINY_DIR", ".tiny"),
+                        help="where to write them (default: $CSR_TINY_DIR, else ./.tiny)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--prompts", type=int, default=8, help="synthetic prompts written to OUT_DIR/data")
     args = parser.parse_args(argv)
