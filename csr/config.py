@@ -134,7 +134,7 @@ class DPOConfig:
     lora: LoraConfig = field(default_factory=LoraConfig)
     train_projector: bool = False
     reference: str = "precomputed"  # precomputed | adapter_disabled | frozen_copy
-    gradient_checkpointing: bool = False  # recompute layer activations in backward: less memory, ~1/3 more time
+    gradient_checkpointing: bool = False  # recompute layer activations in backward: less memory, more time
     seed: int = 0
 
 
