@@ -62,7 +62,8 @@ def run_dpo(*, model_path: str, pairs_path: Path, adapter_dir: Path, image_root:
     # multi-process DPO would otherwise start from other weights).
     pl.seed_everything(dpo_cfg.seed, workers=True, verbose=False)
     if dpo_cfg.gradient_checkpointing:
-        # Each decoder (and vision) layer's activations are recomputed in backward instead of held.
+        # Each decoder layer's activations are recomputed in backward instead of held (-62 % step
+        # memory, +72 % step time on experiments/bench_dpo's mid model).
         # Non-reentrant: gradients reach LoRA's weights without the inputs requiring grad.
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     lora = dpo_cfg.lora
