@@ -48,6 +48,9 @@ def check_config(cfg: DictConfig) -> DictConfig:
     check_trainer(typed.trainer)
     check_device(typed.trainer)
     check_tiny_files(typed)
+    from csr.models.clip import check_activation
+
+    check_activation(typed.reward.clip.arch, typed.reward.clip.weights)
     unknown = [name for name in typed.eval.evaluators if name not in EVALUATORS]
     if unknown:
         raise CSRError(f"config key 'eval.evaluators': unknown evaluator {unknown[0]!r}; known: {sorted(EVALUATORS)}")

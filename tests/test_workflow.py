@@ -119,3 +119,12 @@ def test_rescoring_a_finished_search_with_another_lambda(tiny_models, tmp_path):
 
 def read_jsonl_bytes(data: bytes) -> list[dict]:
     return [json.loads(line) for line in data.decode().splitlines() if line.strip()]
+
+
+def test_openai_weights_under_a_gelu_config_are_refused():
+    from csr.models.clip import check_activation
+
+    with pytest.raises(CSRError, match=r"set reward.clip.arch=ViT-L-14-336-quickgelu"):
+        check_activation("ViT-L-14-336", "/ckpt/openai_vit_l_14_336/open_clip_model.safetensors")
+    check_activation("ViT-L-14-336-quickgelu", "/ckpt/openai_vit_l_14_336/open_clip_model.safetensors")
+    check_activation("ViT-L-14-336", "/ckpt/laion/open_clip_model.safetensors")  # not OpenAI's: GELU is right

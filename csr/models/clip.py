@@ -32,6 +32,18 @@ class ClipBundle:
     tokenizer: Callable[[list[str]], torch.Tensor]
 
 
+# open_clip architectures whose OpenAI weights were trained with QuickGELU: loaded from a file, open_clip
+# applies no tag override, so the plain config would run them with nn.GELU and every R_I would be off.
+OPENAI_QUICKGELU = ("RN50", "RN101", "RN50x4", "RN50x16", "RN50x64", "ViT-B-32", "ViT-B-16", "ViT-L-14", "ViT-L-14-336")
+
+
+def check_activation(arch: str, weights: str | None) -> None:
+    """Refuse OpenAI weights (their path says openai) under an architecture without -quickgelu."""
+    if weights and "openai" in weights.lower() and arch in OPENAI_QUICKGELU:
+        raise CSRError(f"reward.clip.arch={arch!r} with OpenAI weights ({Path(weights).name}): OpenAI's CLIP was "
+                       f"trained with QuickGELU, which {arch!r} does not use; set reward.clip.arch={arch}-quickgelu")
+
+
 def load_clip(
     arch: str, weights: str | None, config_json: str | None = None, device: str = "cpu"
 ) -> ClipBundle:
@@ -43,6 +55,7 @@ def load_clip(
             f"reward.clip.weights is null: give a local open_clip weights file ({RANDOM_WEIGHTS!r} "
             "builds a random-init CLIP, for tests only)"
         )
+    check_activation(arch, weights)
     if config_json is not None:
         if not os.path.isfile(config_json):
             raise CSRError(f"reward.clip.config_json={config_json!r}: file not found")
