@@ -14,10 +14,13 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import InterpolationResolutionError, OmegaConfBaseException
 
 from csr.errors import CSRError
+from csr.tracking import sqlite_uri
 
 ASSETS = Path(__file__).resolve().parent / "assets"
 # ${asset:shapesworld/llava} -> the shipped checkpoint inside the package, wherever csr runs from.
 OmegaConf.register_new_resolver("asset", lambda name: str(ASSETS / name), replace=True)
+# ${sqlite_uri:/some/dir/mlflow.db} -> a sqlite URI with '%' and '?' escaped (a cwd may contain them).
+OmegaConf.register_new_resolver("sqlite_uri", lambda path: sqlite_uri(Path(path)), replace=True)
 
 
 class Stage(StrEnum):

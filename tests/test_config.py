@@ -149,7 +149,7 @@ def test_every_paper_experiment_composes_and_validates(name: str) -> None:
     typed = validate(_compose(f"experiment={name}", paths=paths))
     resolved = _fully_resolved(typed)
     assert resolved["iterations"] == 3
-    assert resolved["reward"]["lam"] == 0.9 and resolved["reward"]["clip"]["arch"] == "ViT-L-14-336"
+    assert resolved["reward"]["lam"] == 0.9 and resolved["reward"]["clip"]["arch"] == "ViT-L-14-336-quickgelu"
     assert resolved["dpo"]["beta"] == 0.1 and resolved["dpo"]["lr"] == 1e-7
     assert resolved["trainer"]["strategy"] == "deepspeed"
     assert resolved["trainer"]["deepspeed"]["zero_optimization"]["stage"] == 2
@@ -185,7 +185,7 @@ def test_experiment_leaves_data_to_the_user(name: str) -> None:
 @pytest.mark.parametrize("name", ["paper_llava15_7b", "paper_llava15_13b"])
 def test_experiment_requires_clip_weights(name: str) -> None:
     cfg = _compose(f"experiment={name}", paths=RUN)
-    assert cfg.reward.clip.arch == "ViT-L-14-336"
+    assert cfg.reward.clip.arch == "ViT-L-14-336-quickgelu"
     weights = OmegaConf.to_container(cfg.reward.clip)["weights"]  # unresolved text
     assert "tiny" not in str(weights)
     assert OmegaConf.is_missing(cfg.reward.clip, "weights")
