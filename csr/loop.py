@@ -22,7 +22,14 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from csr.config import Stage
-from csr.distributed import barrier, fit_strategy, is_global_zero, predict_strategy
+from csr.distributed import (
+    barrier,
+    fit_strategy,
+    is_global_zero,
+    predict_strategy,
+    rank_zero_value,
+    start_ranks,
+)
 from csr.errors import CSRError
 from csr.eval.registry import EVALUATORS
 from csr.io import (
@@ -192,11 +199,9 @@ class Loop:
                        dpo_cfg=self.cfg.dpo, trainer_kwargs=kwargs, logger=self.tracker.lightning_logger(run_id))
 
     def _merge(self, k: int, d: Path, run_id) -> dict:
-        from csr.models.merge import merge_adapter
+        from csr.models.merge import run_merge
 
-        m = self.cfg.model
-        merge_adapter(self.model_path(k), d / "adapter", d / "merged", m.dtype, m.attn_implementation)
-        return {"adapter_found": (d / "adapter").exists()}
+        return run_merge(self.model_path(k), d, self.cfg.model, self.cfg.trainer.accelerator, self.cfg.data.image_root)
 
     def _eval(self, k: int, d: Path, run_id) -> dict:
         path = self.model_path(k + 1)  # the model this iteration produced (k = 0: the base model)
@@ -230,7 +235,7 @@ class Loop:
         d = self.iter_dir(k)
         for stage in stages:
             barrier()  # every rank sees the files of the stage before
-            todo = force or not is_done(d, stage)
+            todo = rank_zero_value(force or not is_done(d, stage))  # one answer, though rank 0's marker may lag elsewhere
             barrier()  # every rank has decided before rank 0 can mark this stage done
             if todo:
                 self.run_stage(stage, k, run_id)
@@ -265,8 +270,10 @@ class Loop:
             ensure_split(d.shapesworld_root, d.shapesworld_split, d.shapesworld_size)
 
     def run(self) -> dict:
+        start_ranks(self.cfg.trainer)  # srun / torchrun: all ranks meet here before any file is read
         # Only the first process of a multi-device run owns the directory; the others only read it.
         with self.open_run_dir() if is_global_zero() else nullcontext():
+            barrier()  # the others go on once rank 0 holds the directory and has removed stale temp files
             return self._run()
 
     def _run(self) -> dict:
@@ -304,15 +311,15 @@ class Loop:
             stage_iteration(self.run_dir, stage, self.cfg.iterations)
 
     def stage_alone(self, stage: str) -> dict:
-        """Redo one stage (from scratch when it is done or its config changed, else resume its partial
-        output), drop what it invalidates, and write the summary again if the run had one."""
+        """Run one stage. Under a changed config: from scratch, dropping what it invalidates, and the
+        summary written again; with the run's config: its output is completed (resumed), the rest kept."""
         from csr.stage_run import describe, invalidate
 
-        k = self.stage_iteration(stage)
-        had_summary = (self.run_dir / "summary.md").exists()
+        k = rank_zero_value(self.stage_iteration(stage))  # before rank 0 removes the outputs it invalidates
+        redo = self.change is not None
+        had_summary = redo and (self.run_dir / "summary.md").exists()
         if is_global_zero():
-            redo = is_done(self.iter_dir(k), stage) or self.change is not None
-            log.warning("%s", describe(k, stage, self.change, invalidate(self.run_dir, k, stage, redo)))
+            log.warning("%s", describe(k, stage, self.change, invalidate(self.run_dir, k, stage, True) if redo else None))
         barrier()
         result = self.iteration(k, stages=(stage,), force=True)
         if k > 0:  # done with it for now, finished or not: no run stays RUNNING (a resume reopens it)

@@ -1,17 +1,44 @@
-"""LoRA adapters: wrapping a policy, saving the adapter, merging it into a plain HF checkpoint."""
+"""LoRA adapters: wrapping a policy, saving the adapter, merging it into a plain HF checkpoint.
+
+The merge runs in float32 whatever `model.dtype` is. DPO at the paper's lr (1e-7) moves a weight
+by ~1e-5, while bfloat16's spacing around a typical weight (~0.02) is ~1.2e-4: merged in bfloat16,
+W + delta rounds back to W for most elements (tests/test_merge.py measures it). The merged
+checkpoint is saved in `model.dtype` only when rounding to it keeps the update (UPDATE_KEPT),
+otherwise in float32, so the weights on disk are the ones DPO trained and the deltas of later
+iterations add up on them instead of being rounded away one by one. What a `model.dtype` load
+of the saved model still sees of the update is measured too (`update/*_loaded`) and logged.
+After every merge the merged model's log-probs on a few pairs must equal the adapter model's.
+"""
 
 from __future__ import annotations
 
+import logging
+import math
 import os
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 from peft import LoraConfig, PeftModel, get_peft_model
+from peft.tuners.lora import LoraLayer
+from peft.utils import ModulesToSaveWrapper
 
-from csr.io import safetensors_write_errors
-from csr.models.llava import load_llava, save_llava
+from csr.errors import CSRError
+from csr.io import read_jsonl, safetensors_write_errors
+from csr.models.llava import DTYPES, load_llava, save_llava
+
+log = logging.getLogger(__name__)
 
 PROJECTOR = "multi_modal_projector"
+ADAPTER = "default"  # peft's name for the one adapter csr trains
+# Save in model.dtype only if rounding to it keeps this share of the updated elements and this
+# cosine between the stored and the true update; else float32 (twice the disk, the update kept).
+UPDATE_KEPT = 0.99
+CHECK_PAIRS = 4  # pairs whose log-probs the merged model must reproduce
+# Merged vs adapter model, both float32: (W + BA)x and Wx + B(Ax) differ by float rounding only
+# (~1e-6 on the tiny and ShapesWorld models); a wrong merge moves them by the update's own size.
+CHECK_ATOL, CHECK_RTOL = 1e-3, 1e-5
 
 
 def wrap_lora(model, r: int, alpha: int, dropout: float, target_modules: str, train_projector: bool):
@@ -42,14 +69,137 @@ def save_adapter(policy, out_dir: str | Path) -> None:
     replace_dir(tmp, out_dir)
 
 
-def merge_adapter(base_path: str, adapter_dir: str | Path, out_dir: str | Path, dtype: str,
-                  attn_implementation: str | None) -> None:
-    """base + adapter -> a plain Llava checkpoint (model + processor) that from_pretrained loads."""
-    out_dir = Path(out_dir)
-    model, processor = load_llava(base_path, dtype=dtype, attn_implementation=attn_implementation)
-    if Path(adapter_dir).exists():
-        model = PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
+# -- how much of the update a dtype keeps --------------------------------------------------------------
+
+@dataclass
+class UpdateStats:
+    """Running sums over every updated tensor: stored update (kept) against the true one (delta)."""
+    elements: int = 0  # elements the update changes (delta != 0)
+    lost: int = 0  # of those, elements whose stored value does not change
+    dot: float = 0.0
+    kept_sq: float = 0.0
+    delta_sq: float = 0.0
+
+    def add(self, weight: torch.Tensor, delta: torch.Tensor, dtype: torch.dtype) -> None:
+        """weight and delta in float32; the model is stored (or loaded) in `dtype`."""
+        kept = stored_update(weight, delta, dtype).double()
+        delta = delta.double()
+        changed = delta != 0
+        self.elements += int(changed.sum())
+        self.lost += int((changed & (kept == 0)).sum())
+        self.dot += float((kept * delta).sum())
+        self.kept_sq += float((kept * kept).sum())
+        self.delta_sq += float((delta * delta).sum())
+
+    def lost_fraction(self) -> float:
+        return self.lost / self.elements if self.elements else 0.0
+
+    def cosine(self) -> float:
+        norm = math.sqrt(self.kept_sq * self.delta_sq)
+        return self.dot / norm if norm else (1.0 if self.delta_sq == 0 else 0.0)
+
+    def survives(self) -> bool:
+        return 1 - self.lost_fraction() >= UPDATE_KEPT and self.cosine() >= UPDATE_KEPT
+
+    def as_metrics(self, name: str) -> dict:
+        return {f"update/lost_fraction_{name}": self.lost_fraction(), f"update/cosine_{name}": self.cosine()}
+
+
+def stored_update(weight: torch.Tensor, delta: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The change a model stored in `dtype` sees: round(W + delta) - round(W), in float32."""
+    return (weight + delta).to(dtype).float() - weight.to(dtype).float()
+
+
+def updates(model: PeftModel):
+    """(float32 base weight, float32 update) of every LoRA layer and fully trained module (projector)."""
+    for module in model.modules():
+        if isinstance(module, LoraLayer) and ADAPTER in module.lora_A:
+            weight = module.get_base_layer().weight
+            yield weight.float(), module.get_delta_weight(ADAPTER).float()
+        elif isinstance(module, ModulesToSaveWrapper) and ADAPTER in module.modules_to_save:
+            trained = module.modules_to_save[ADAPTER].parameters()
+            for base, new in zip(module.original_module.parameters(), trained, strict=True):
+                yield base.float(), (new - base).float()
+
+
+# -- the log-prob check -----------------------------------------------------------------------------
+
+def check_logps(adapter: torch.Tensor, merged: torch.Tensor, base: torch.Tensor) -> dict:
+    """Merged vs adapter model's summed answer log-probs (float32); the base's show the update's size."""
+    diff = (merged - adapter).abs()
+    limit = CHECK_ATOL + CHECK_RTOL * adapter.abs()
+    return {"check/pairs": adapter.numel() // 2, "check/max_abs_diff": float(diff.max()),
+            "check/max_abs_update": float((adapter - base).abs().max()), "check/passed": bool((diff <= limit).all())}
+
+
+def pair_logps(model, batch: dict, device: str) -> torch.Tensor:
+    from csr.dpo.module import concatenated_logps  # csr.dpo imports this module
+
+    batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+    with torch.no_grad():
+        return torch.cat(concatenated_logps(model, batch)).float().cpu()
+
+
+def check_batch(pairs_path: Path, processor, image_root: str) -> dict | None:
+    """The first CHECK_PAIRS pairs as one DPO batch (chosen and rejected rows), None without pairs."""
+    from csr.dpo.data import PairDataset, collate
+
+    pairs = read_jsonl(pairs_path)[:CHECK_PAIRS] if pairs_path.exists() else []
+    if not pairs:
+        return None
+    dataset = PairDataset(pairs, processor, image_root)
+    return collate([dataset[i] for i in range(len(dataset))], pad_id=processor.tokenizer.pad_token_id)
+
+
+def merge_device(accelerator: str) -> str:
+    """The check's forwards (float32: 28 GB at 7B) run on the run's GPU when it has one."""
+    return "cuda" if accelerator != "cpu" and torch.cuda.is_available() else "cpu"
+
+
+# -- the merge stage --------------------------------------------------------------------------------
+
+def run_merge(base_path: str, iter_dir: Path, model_cfg, accelerator: str, image_root: str) -> dict:
+    """iter_dir/adapter + the iteration's starting model -> iter_dir/merged, a plain Llava checkpoint
+    (model + processor) that from_pretrained loads; checked against the adapter model on
+    iter_dir/pairs.jsonl. No adapter (an iteration without pairs): the starting model is copied."""
+    adapter_dir, out_dir = iter_dir / "adapter", iter_dir / "merged"
+    model, processor = load_llava(base_path, dtype="float32", attn_implementation=model_cfg.attn_implementation)
+    stats: dict = {"adapter_found": adapter_dir.exists()}
+    save_dtype = model_cfg.dtype
+    if adapter_dir.exists():
+        device = merge_device(accelerator)
+        model = PeftModel.from_pretrained(model, str(adapter_dir)).to(device)
+        loaded = UpdateStats()  # the model as a model.dtype load sees it
+        for weight, delta in updates(model):
+            loaded.add(weight, delta, DTYPES[model_cfg.dtype])
+        if not loaded.survives():
+            save_dtype = "float32"
+            if model_cfg.dtype != "float32":
+                log.warning("merge: %s would lose %.0f%% of the update's elements (cosine %.3f): merged model saved in "
+                            "float32", model_cfg.dtype, 100 * loaded.lost_fraction(), loaded.cosine())
+        saved = loaded
+        if save_dtype != model_cfg.dtype:
+            saved = UpdateStats()
+            for weight, delta in updates(model):
+                saved.add(weight, delta, DTYPES[save_dtype])
+        stats.update({**loaded.as_metrics("loaded"), **saved.as_metrics("saved"), "update/elements": saved.elements})
+        batch = check_batch(iter_dir / "pairs.jsonl", processor, image_root)
+        if batch is not None:
+            adapter_logps = pair_logps(model, batch, device)
+            with model.disable_adapter():
+                base_logps = pair_logps(model, batch, device)
+        model = model.merge_and_unload()
+        model.to(DTYPES[save_dtype]).float()  # the weights as saved, so the check sees what is written
+        if batch is not None:
+            stats.update(check_logps(adapter_logps, pair_logps(model, batch, device), base_logps))
+            if not stats["check/passed"]:
+                raise CSRError(f"merge: the merged model's log-probs differ from the adapter model's by "
+                               f"{stats['check/max_abs_diff']:.3g} (update {stats['check/max_abs_update']:.3g}) on "
+                               f"{stats['check/pairs']} pairs of {iter_dir / 'pairs.jsonl'}: merged model not saved")
+        model.cpu()
+    stats["save_dtype"] = save_dtype
     tmp = out_dir.with_name(out_dir.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    save_llava(model, processor, str(tmp))
+    save_llava(model.to(DTYPES[save_dtype]), processor, str(tmp))
     replace_dir(tmp, out_dir)
+    return stats
