@@ -12,13 +12,14 @@ from types import SimpleNamespace
 import pytorch_lightning as pl
 from torch.utils.data import DataLoader, DistributedSampler
 
-from csr.distributed import barrier, gathered_parameters, predict_strategy
+from csr.distributed import predict_strategy
+from csr.dpo.checkpoint import SaveAdapter, trainable_params
 from csr.dpo.data import PairDataset, check_images, collate
 from csr.dpo.module import DPOModule
 from csr.dpo.reference import pair_key, precompute_reference, reference_settings
 from csr.io import read_jsonl
 from csr.models.llava import load_llava
-from csr.models.merge import save_adapter, wrap_lora
+from csr.models.merge import wrap_lora
 from csr.signals import StopOnSignal
 
 log = logging.getLogger(__name__)
@@ -72,7 +73,7 @@ def run_dpo(*, model_path: str, pairs_path: Path, adapter_dir: Path, image_root:
     trainer = pl.Trainer(
         max_epochs=dpo_cfg.epochs, accumulate_grad_batches=dpo_cfg.grad_accumulation,
         gradient_clip_val=dpo_cfg.max_grad_norm, logger=logger if logger is not None else False,
-        enable_checkpointing=False, enable_model_summary=False, callbacks=[StopOnSignal()], **trainer_kwargs,
+        enable_checkpointing=False, enable_model_summary=False, callbacks=[StopOnSignal(), SaveAdapter(policy, adapter_dir)], **trainer_kwargs,
     )
     world_size = trainer.num_devices * trainer.num_nodes  # trainer.world_size is only set once fit starts
     # One pair order for every world size: under DDP Lightning deals out a DistributedSampler seeded
@@ -89,11 +90,7 @@ def run_dpo(*, model_path: str, pairs_path: Path, adapter_dir: Path, image_root:
         label_smoothing=dpo_cfg.label_smoothing, ipo_form=dpo_cfg.ipo_form, lr=dpo_cfg.lr,
         weight_decay=dpo_cfg.weight_decay, scheduler=dpo_cfg.scheduler, warmup_ratio=dpo_cfg.warmup_ratio, total_steps=steps,
     )
-    trainer.fit(module, loader)
-    with gathered_parameters(trainer.strategy, [p for p in policy.parameters() if p.requires_grad]):
-        if trainer.is_global_zero:  # every rank holds the same weights after the step's all-reduce
-            save_adapter(policy, adapter_dir)
-    barrier()
+    trainer.fit(module, loader)  # SaveAdapter writes adapter_dir at the end of training, before teardown
     metrics = {k: float(v) for k, v in trainer.logged_metrics.items()}
-    trainable = sum(p.numel() for p in policy.parameters() if p.requires_grad)
+    trainable = trainable_params(policy)
     return {"pairs": len(pairs), "steps": trainer.global_step, "trainable_params": trainable, **metrics}
