@@ -180,7 +180,8 @@ def unknown_key(key: str, leaves: set[str], nodes: set[str]) -> str | None:
 
 def stage_run_argv(argv: list[str]) -> list[str]:
     """A stage run alone on a csr run directory starts from that run's latest saved config, with the
-    command line's overrides on top (csr/stage_run.py); any run_dir= keeps Hydra's log and .hydra/ there."""
+    command line's overrides on top (csr/stage_run.py), unless a config group is named; any run_dir=
+    keeps Hydra's log and .hydra/ there."""
     from csr.run_dir import CONFIG, changes, is_run_dir
 
     given = _overrides(argv)
@@ -189,6 +190,10 @@ def stage_run_argv(argv: list[str]) -> list[str]:
     run_dir = Path(given["run_dir"]).resolve()
     extra = [] if "hydra.run.dir" in given else [f"hydra.run.dir={run_dir}"]
     chosen = any(a.startswith(("--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd")) for a in argv)
+    # A config group (experiment=smoke, model=...) exists only in conf/: then compose from there, as a
+    # new run would; what differs from the saved config is still accepted and recorded.
+    groups = {d.name for d in Path(CONF_DIR).iterdir() if d.is_dir()}
+    chosen = chosen or any(key.split("/")[0] in groups for key in given)
     if given.get("stage", "all") != "all" and is_run_dir(run_dir) and not chosen:
         entries = changes(run_dir)
         latest = (entries[-1]["config"] if entries else CONFIG).removesuffix(".yaml")

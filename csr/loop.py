@@ -319,7 +319,7 @@ class Loop:
         redo = self.change is not None
         had_summary = redo and (self.run_dir / "summary.md").exists()
         if is_global_zero():
-            log.warning("%s", describe(k, stage, self.change, invalidate(self.run_dir, k, stage, True) if redo else None))
+            log.warning("%s", describe(k, stage, self.change, invalidate(self.run_dir, k, stage) if redo else None))
         barrier()
         result = self.iteration(k, stages=(stage,), force=True)
         if k > 0:  # done with it for now, finished or not: no run stays RUNNING (a resume reopens it)

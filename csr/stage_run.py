@@ -2,10 +2,11 @@
 
 It starts from the run's latest saved config (csr/cli.py puts it under the overrides), may change
 any key (that is its point: the change is recorded like an allowed resume, csr/run_dir.py, and
-csr-reproduce replays it), redoes its stage from scratch when that stage is done or its config
-changed, and removes every output the new one invalidates: the later stages of its iteration, all
+csr-reproduce replays it). Under a changed config it redoes its stage from scratch and removes every
+output the new one invalidates: the later stages of its iteration, all
 later iterations (they start from its merged model; not after eval, which nothing reads) and the
-summary, which is written again from what is left.
+summary, which is written again from what is left. Under the run's own config it completes the
+stage's output where it stopped (the inputs are the same, so is what follows).
 """
 
 from __future__ import annotations
@@ -63,11 +64,11 @@ def _clear_stage(d: Path, stage: str) -> bool:
     return any(removed)
 
 
-def invalidate(run_dir: Path, k: int, stage: str, redo: bool) -> list[str]:
-    """Remove what a new `stage` of iteration k makes stale (and, with `redo`, its own outputs, so
-    that it starts afresh instead of resuming them); returns what was removed, for the log."""
+def invalidate(run_dir: Path, k: int, stage: str) -> list[str]:
+    """Remove the outputs of `stage` in iteration k (so that it starts afresh instead of resuming them)
+    and what a new one makes stale; returns what was removed, for the log."""
     d = run_dir / f"iter_{k}"
-    removed = [f"iter_{k}/{stage}"] if redo and _clear_stage(d, stage) else []
+    removed = [f"iter_{k}/{stage}"] if _clear_stage(d, stage) else []
     later = STAGES[STAGES.index(stage) + 1:] if k > 0 else ()  # iteration 0 has only eval
     removed += [f"iter_{k}/{s}" for s in later if _clear_stage(d, s)]
     if stage != "eval":  # nothing reads an evaluation; every later iteration starts from this one's model
@@ -79,10 +80,12 @@ def invalidate(run_dir: Path, k: int, stage: str, redo: bool) -> list[str]:
     return removed
 
 
-def describe(k: int, stage: str, change: dict | None, removed: list[str]) -> str:
+def describe(k: int, stage: str, change: dict | None, removed: list[str] | None) -> str:
     """The one log line of a stage run: what it redoes, under which change, what it removed."""
     from csr.run_dir import show_diff
 
-    why = f" with {show_diff(change['changes'])} (saved as {change['config']})" if change else ""
+    if change is None:
+        return (f"stage run: iteration {k} {stage} under the run's config: its output is completed where it "
+                "stopped, later outputs are kept (change a key to redo it)")
     gone = f"; removed what it invalidates: {', '.join(removed)}" if removed else ""
-    return f"stage run: iteration {k} {stage}{why}{gone}"
+    return f"stage run: iteration {k} {stage} with {show_diff(change['changes'])} (saved as {change['config']}){gone}"

@@ -82,12 +82,13 @@ def test_invalidate_removes_later_stages_iterations_and_summary(tmp_path):
             (tmp_path / f"iter_{k}" / names[0]).write_text("x")
     (tmp_path / "iter_1" / "ref_logps.json").write_text("{}")
     (tmp_path / "summary.md").write_text("|")
-    removed = invalidate(tmp_path, 1, "pairs", redo=True)
+    removed = invalidate(tmp_path, 1, "pairs")
     assert removed == ["iter_1/pairs", "iter_1/dpo", "iter_1/merge", "iter_1/eval", "iter_2", "summary"]
     left = sorted(p.name for p in (tmp_path / "iter_1").iterdir())
     assert left == ["ref_logps.json", "reward.done.json", "rewards.jsonl", "search.done.json", "search.jsonl"]
     _mark(tmp_path / "iter_2", *STAGES)
-    assert invalidate(tmp_path, 1, "eval", redo=False) == []  # nothing reads an evaluation
+    assert invalidate(tmp_path, 1, "eval") == []  # nothing reads an evaluation (and eval was removed above)
+    assert (tmp_path / "iter_2" / "eval.done.json").exists()
 
 
 @pytest.mark.slow
