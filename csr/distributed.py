@@ -1,37 +1,135 @@
 """Ranks, barriers and the trainer config -> Lightning strategy mapping.
 
-Under `trainer.devices > 1` Lightning's DDP and DeepSpeed strategies start the `csr` command once
-per device (rank), and each rank runs the whole loop. The rules that keep the ranks in step:
-- every rank takes part in the Lightning calls (search, reward and eval predict; DPO fit);
-- only global rank 0 writes shared files (configs, markers, pairs, merged models) and talks to
-  MLflow; the others wait at a barrier before they read what rank 0 wrote.
-Before the first Lightning call no process group exists and the other ranks have not started
-yet, so the barriers are no-ops then.
+Under `trainer.devices > 1` each rank (one process per device) runs the whole loop. The rules that
+keep the ranks in step:
+- every rank takes part in the Lightning calls (search, reward and eval predict; DPO fit) and in
+  csr's own collectives (`barrier`, `rank_zero_value`), in the same order;
+- only global rank 0 writes shared files (configs, markers, pairs, merged models), cleans the run
+  directory and talks to MLflow; what the others act on (the batches still to do, whether a stage is
+  to run) is rank 0's answer, broadcast: a file rank 0 has just written may not show yet on another
+  node, and a rank that decided alone could take other batches than the sampler deals it.
+Two ways ranks start:
+- srun, torchrun or plain RANK/LOCAL_RANK/WORLD_SIZE/MASTER_ADDR/MASTER_PORT start every rank at once:
+  `start_ranks` joins them in a process group (Lightning's own choice of environment, rank and
+  address) before any of them reads the run directory, and Lightning later finds it made;
+- Lightning's launcher (one node, `csr` started once) starts the other ranks only inside rank 0's
+  first Lightning call: until then rank 0 is alone, the collectives are no-ops, and the others,
+  started from the top, read the files rank 0 wrote before that call and nothing it writes later.
 """
 
 from __future__ import annotations
 
+import atexit
+import os
 from contextlib import nullcontext
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
+import torch.distributed as dist
 from omegaconf import OmegaConf
 from pytorch_lightning.utilities.rank_zero import rank_zero_only
+from torch.distributed.constants import default_pg_timeout
 
 from csr.errors import CSRError
 
 STRATEGIES = ("auto", "ddp", "deepspeed")
+T = TypeVar("T")
+# csr's own barriers and broadcasts carry Python objects between CPUs: gloo, also beside NCCL.
+_coordination: dict[str, Any] = {}
+
+
+def _joined() -> bool:
+    return dist.is_available() and dist.is_initialized()
 
 
 def is_global_zero() -> bool:
-    # Lightning sets this from the launcher's environment (LOCAL_RANK, SLURM_PROCID, ...) at import
-    # and again when a strategy assigns the ranks.
-    return rank_zero_only.rank == 0
+    # Without a process group: Lightning's guess from the launcher's environment (RANK, LOCAL_RANK,
+    # SLURM_PROCID, ...) at import, which it sets again when a strategy assigns the ranks.
+    return dist.get_rank() == 0 if _joined() else rank_zero_only.rank == 0
+
+
+def _group():
+    """The default group when it is gloo, else a gloo group made on first use (every rank calls
+    barrier / rank_zero_value at the same points, so every rank makes it at the same point)."""
+    if dist.get_backend() == "gloo":
+        return None
+    if "gloo" not in _coordination:
+        _coordination["gloo"] = dist.new_group(backend="gloo", timeout=default_pg_timeout)
+    return _coordination["gloo"]
 
 
 def barrier() -> None:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.barrier()
+    if _joined():
+        dist.barrier(group=_group())
+
+
+def rank_zero_value(value: T) -> T:
+    """Rank 0's `value` on every rank (what the others pass is ignored); a process without a process
+    group keeps its own. Every rank must call it: it is also a barrier behind rank 0's work before."""
+    if not _joined():
+        return value
+    box = [value if dist.get_rank() == 0 else None]
+    dist.broadcast_object_list(box, src=0, group=_group())
+    return box[0]
+
+
+def _launcher():
+    """The cluster environment of a launcher that starts every rank at once, chosen as Lightning
+    chooses it (torchelastic first: torchrun also runs inside SLURM jobs); None for one process and
+    under Lightning's own launcher (whose ranks carry LOCAL_RANK but never RANK)."""
+    from pytorch_lightning.plugins.environments import (
+        LightningEnvironment,
+        SLURMEnvironment,
+        TorchElasticEnvironment,
+    )
+
+    if TorchElasticEnvironment.detect():
+        return TorchElasticEnvironment()
+    if SLURMEnvironment.detect():
+        return SLURMEnvironment()
+    if {"RANK", "LOCAL_RANK", "WORLD_SIZE"} <= os.environ.keys():
+        env = LightningEnvironment()
+        env.set_world_size(int(os.environ["WORLD_SIZE"]))
+        env.set_global_rank(int(os.environ["RANK"]))
+        return env
+    return None
+
+
+def _uses_cuda(trainer_cfg) -> bool:
+    return trainer_cfg.accelerator in ("gpu", "cuda") or (trainer_cfg.accelerator == "auto" and torch.cuda.is_available())
+
+
+def start_ranks(trainer_cfg) -> None:
+    """Join the ranks srun / torchrun / RANK+WORLD_SIZE started together, before any of them touches the
+    run directory: the process group Lightning would make (same backend, rank, address, timeout),
+    which its strategies then use as they find it. A no-op for one process, under Lightning's own
+    launcher and once joined."""
+    if not multi_process(trainer_cfg) or not dist.is_available() or _joined():
+        return
+    env = _launcher()
+    if env is None:
+        if trainer_cfg.num_nodes > 1:
+            raise CSRError(f"config key 'trainer.num_nodes': {trainer_cfg.num_nodes} nodes need their ranks started "
+                           "together: one `csr` per device with srun or torchrun (or RANK, LOCAL_RANK, WORLD_SIZE, "
+                           "MASTER_ADDR, MASTER_PORT set); Lightning's own launcher starts only one node's ranks")
+        return
+    if env.world_size() < 2:
+        return
+    os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = env.main_address, str(env.main_port)
+    backend = "nccl" if _uses_cuda(trainer_cfg) else "gloo"
+    dist.init_process_group(backend, rank=env.global_rank(), world_size=env.world_size(),
+                            timeout=default_pg_timeout)
+    rank_zero_only.rank = env.global_rank()
+    if backend == "nccl":  # as Lightning does: an NCCL group left at exit warns
+        atexit.register(dist.destroy_process_group)
+
+
+def check_ranks(trainer) -> None:
+    """Lightning deals batches and names part files by its own rank: it must be the process group's."""
+    if _joined() and (trainer.global_rank, trainer.world_size) != (dist.get_rank(), dist.get_world_size()):
+        raise CSRError(f"Lightning counts this process rank {trainer.global_rank} of {trainer.world_size}, the launcher "
+                       f"rank {dist.get_rank()} of {dist.get_world_size()}: set trainer.devices and trainer.num_nodes "
+                       "to the launcher's (RANK must be NODE_RANK * devices + LOCAL_RANK)")
 
 
 def multi_process(trainer_cfg) -> bool:

@@ -4,7 +4,9 @@ Search, reward scoring and evaluation all go through here, so they resume and sh
 the items are cut into fixed batches; under several devices Lightning's distributed sampler deals
 the batches out to the ranks, each rank appends its records to its own part file
 (`<out>.part<rank>`), and rank 0 merges the parts into `<out>` in item order, so the file is the
-one a single process writes. Records already in the output (or in parts a crash left) are not redone.
+one a single process writes. Records already in the output (or in parts a crash left) are not redone:
+rank 0 merges what is there and sends every rank the same list of batches to do, and the output is
+complete (every item's record, once) before the call returns, or it raises naming what is missing.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from pytorch_lightning.callbacks import BasePredictionWriter
 from torch.utils.data import DataLoader
 
 from csr import signals
-from csr.distributed import barrier, is_global_zero
+from csr.distributed import barrier, check_ranks, is_global_zero, rank_zero_value
 from csr.errors import CSRError
 from csr.io import JsonlWriter, atomic_write_text, read_jsonl
 
@@ -33,6 +35,21 @@ class RecordPredictor(pl.LightningModule):
 
     def transfer_batch_to_device(self, batch: Any, device: Any, dataloader_idx: int) -> Any:
         return batch
+
+
+class RankShare(pl.LightningDataModule):
+    """This rank's share of the batches: batch i goes to rank i mod world size, as Lightning's sampler
+    deals them, except that a rank may get none (fewer batches left than ranks; Lightning's
+    unrepeated sampler asserts every rank gets one). Dealt when Lightning asks, once the ranks are known."""
+
+    def __init__(self, batches: list[list]) -> None:
+        super().__init__()
+        self.batches = batches
+        self.allow_zero_length_dataloader_with_multiple_devices = True  # the rank without a batch still joins in
+
+    def predict_dataloader(self) -> DataLoader:
+        # batch_size=None: each element already is a batch (a list of records)
+        return DataLoader(self.batches[self.trainer.global_rank :: self.trainer.world_size], batch_size=None)
 
 
 def part_path(out_path: Path, rank: int) -> Path:
@@ -52,6 +69,9 @@ class JsonlPredictionWriter(BasePredictionWriter):
         self.out_path = out_path
         self.written = 0
         self._writer: JsonlWriter | None = None
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        check_ranks(trainer)
 
     def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx=0):
         if self._writer is None:
@@ -78,8 +98,9 @@ def _key(item: Any, key: str) -> str:
     return str(item[key] if isinstance(item, dict) else getattr(item, key))
 
 
-def consolidate(out_path: Path, batch_keys: list[list[str]], key: str) -> None:
-    """Fold the part files into `out_path`: the records of whole batches, in item order.
+def consolidate(out_path: Path, batch_keys: list[list[str]], key: str) -> set[str]:
+    """Fold the part files into `out_path`: the records of whole batches, in item order; returns the
+    keys the file now holds.
 
     A batch is redone whole if a crash left only part of it: batched float arithmetic depends on the
     batch's composition, so this is what makes a resumed run write exactly what an uninterrupted one
@@ -100,6 +121,23 @@ def consolidate(out_path: Path, batch_keys: list[list[str]], key: str) -> None:
         atomic_write_text(out_path, text)
     for path in parts:  # only once their records are safely in out_path
         path.unlink()
+    return set(kept)
+
+
+def pending(written: set[str], batch_keys: list[list[str]]) -> list[int]:
+    """The batches (indices) not wholly in the output."""
+    return [i for i, keys in enumerate(batch_keys) if not written.issuperset(keys)]
+
+
+def missing_message(out_path: Path, written: set[str], batch_keys: list[list[str]], shown: int = 10) -> str | None:
+    """None when every item has its record in the output, else the error naming the missing ones."""
+    expected = [k for keys in batch_keys for k in keys]
+    missing = [k for k in expected if k not in written]
+    if not missing:
+        return None
+    more = f" and {len(missing) - shown} more" if len(missing) > shown else ""
+    return (f"{out_path}: {len(missing)} of {len(expected)} records missing after every rank finished "
+            f"({', '.join(missing[:shown])}{more}); the stage is not marked done: rerun to do them")
 
 
 def predict_to_jsonl(
@@ -112,36 +150,40 @@ def predict_to_jsonl(
     key: str = "id",
 ) -> int:
     """Run `module.predict_step` on the batches not yet in `out_path`; returns how many records this
-    rank wrote. Every rank must call it (each computes the same batches from the same files)."""
+    rank wrote. Every rank must call it, with the same items; a CSRError names the items that have no
+    record once every rank is done."""
     out_path = Path(out_path)
     batches = [list(items[i : i + batch_size]) for i in range(0, len(items), batch_size)]
     batch_keys = [[_key(it, key) for it in b] for b in batches]
-    if is_global_zero():
-        consolidate(out_path, batch_keys, key)
-    barrier()
-    done = {str(r[key]) for r in read_jsonl(out_path)}
-    todo = [b for b, keys in zip(batches, batch_keys, strict=True) if not all(k in done for k in keys)]
-    if done:
-        log.info("%s: %d records already written, %d batches to go", out_path, len(done), len(todo))
-    if not todo:
+    todo_ids = None
+    if is_global_zero():  # alone: the others wait for its list (they never read a file it is rewriting)
+        written = consolidate(out_path, batch_keys, key)
+        todo_ids = pending(written, batch_keys)
+        if written:
+            log.info("%s: %d records already written, %d batches to go", out_path, len(written), len(todo_ids))
+    todo_ids = rank_zero_value(todo_ids)
+    if todo_ids is None:  # no process group: a rank Lightning's launcher started inside rank 0's first call
+        todo_ids = pending({str(r[key]) for r in read_jsonl(out_path)}, batch_keys)
+    if not todo_ids:  # the same answer on every rank: none of them goes on to the collectives below
         return 0
+    todo = [batches[i] for i in todo_ids]
     writer = JsonlPredictionWriter(out_path)
     trainer = pl.Trainer(
         logger=False,
         enable_checkpointing=False,
         enable_model_summary=False,
         callbacks=[writer],
+        use_distributed_sampler=False,  # RankShare deals the batches
         **trainer_kwargs,
     )
-    # batch_size=None: each element already is a batch (a list of records); under DDP Lightning
-    # deals these batches out to the ranks with its (unrepeated) distributed sampler.
     with signals.deferred():  # a SIGTERM / SIGINT stops the loop after the batch it came in
         try:
-            trainer.predict(module, dataloaders=DataLoader(todo, batch_size=None), return_predictions=False)
+            trainer.predict(module, datamodule=RankShare(todo), return_predictions=False)
         finally:
             writer.close()
     barrier()  # every rank's part file is complete
-    if trainer.is_global_zero:
-        consolidate(out_path, batch_keys, key)
-    barrier()  # every rank reads the merged file next
+    problem = missing_message(out_path, consolidate(out_path, batch_keys, key), batch_keys) if is_global_zero() else None
+    problem = rank_zero_value(problem)  # also the barrier before every rank reads the merged file
+    if problem:
+        raise CSRError(problem)
     return writer.written
