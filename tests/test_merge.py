@@ -130,7 +130,7 @@ def test_paper_sized_update_is_lost_by_a_bf16_merge_and_kept_by_ours(tiny_models
     # The old merge: base loaded in model.dtype (bfloat16), merged and saved there.
     old = PeftModel.from_pretrained(load_llava(base, dtype="bfloat16")[0], str(d / "adapter")).merge_and_unload()
     elements, lost, cosine = _kept(updates, before, old.state_dict())
-    assert lost / elements > 0.5 and cosine < 0.9  # measured: 0.90 of the elements lost, cosine 0.47
+    assert lost / elements > 0.5 and cosine < 0.9  # measured: 0.867 of the elements lost, cosine 0.512
 
     stats = run_merge(base, d, OmegaConf.create({"dtype": "bfloat16", "attn_implementation": "sdpa"}), "cpu", images)
     after = _weights(d / "merged")
@@ -144,7 +144,6 @@ def test_paper_sized_update_is_lost_by_a_bf16_merge_and_kept_by_ours(tiny_models
     assert stats["update/lost_fraction_saved"] < 1e-4 and stats["update/cosine_saved"] > 0.9999
     assert stats["check/passed"] and stats["check/pairs"] == 4
     assert stats["check/max_abs_diff"] < 1e-4 < stats["check/max_abs_update"]
-    print({k: stats[k] for k in sorted(stats)}, {"old_lost": lost / elements, "old_cosine": cosine})
 
 
 def test_a_large_update_survives_bf16_and_is_saved_in_model_dtype(tiny_models, tmp_path):
