@@ -7,7 +7,7 @@ import random
 import numpy as np
 import pytest
 
-from csr.data.shapesworld.splits import ensure_split, ground_truth
+from csr.data.shapesworld.splits import HELD_OUT_SIZE, ensure_split, ground_truth, split_identity
 from csr.data.shapesworld.text import describe, described_objects, question
 from csr.data.shapesworld.vocab import COLOURS, PAIRS, POSITIONS, SHAPES, synonym_table
 from csr.data.shapesworld.world import CELL, make, sample_scene
@@ -124,6 +124,8 @@ def test_shapesworld_evaluator_scores_its_answers_and_records_its_settings(tmp_p
     split = tmp_path / "test"
     truth = ground_truth(split)
     answers = read_jsonl(out / "answers.jsonl")
+    assert len(truth) == HELD_OUT_SIZE and len(answers) == 24  # the whole split is written, a prefix evaluated
+    assert metrics["settings"]["split"]["n"] == HELD_OUT_SIZE
     assert metrics["chair_s"] == chair_scores([a["answer"] for a in answers], [truth[a["id"]] for a in answers],
                                               synonym_table())["chair_s"]
     probed = sorted(truth)[:8]
@@ -140,8 +142,8 @@ def test_shapesworld_evaluator_scores_its_answers_and_records_its_settings(tmp_p
     assert differ == []
     assert metrics["skipped"] == 0
     assert metrics["settings"] == {
-        "split": "test", "prompt": "Describe this image in detail.", "decoding": "greedy", "max_new_tokens": 96,
-        **image_set(f"{i}.png" for i in sorted(truth)),
+        "split": split_identity(split), "prompt": "Describe this image in detail.", "decoding": "greedy",
+        "max_new_tokens": 96, **image_set(f"{i}.png" for i in sorted(truth)[:24]),
         "pope": {"prompt": QUESTION_TEMPLATE, "decoding": "greedy", "max_new_tokens": 4, "parser": "official",
                  **image_set(f"{i}.png" for i in probed)},
     }
