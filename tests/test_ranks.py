@@ -14,11 +14,12 @@ from types import SimpleNamespace
 
 import pytest
 import torch.distributed as dist
+from ranks_worker import Squares, items
 
 from csr.distributed import _launcher, check_ranks, start_ranks
 from csr.errors import CSRError
 from csr.io import read_jsonl
-from csr.predict import missing_message, part_path, pending
+from csr.predict import missing_message, part_path, pending, predict_to_jsonl
 
 WORKER = Path(__file__).resolve().parent / "ranks_worker.py"
 BIN = Path(sys.executable).parent
@@ -52,6 +53,21 @@ def test_missing_records_are_named():
     message = missing_message(Path("out.jsonl"), {"p00", "p01", "p05"}, keys)
     assert message == ("out.jsonl: 21 of 24 records missing after every rank finished (p02, p03, p04, p06, p07, "
                        "p08, p09, p10, p11, p12 and 11 more); the stage is not marked done: rerun to do them")
+
+
+class _DropsOne(Squares):
+    """A predict step that loses an item's record (as a rank whose batches no one took would)."""
+
+    def predict_step(self, batch: list[dict], batch_idx: int = 0) -> list[dict]:
+        return [r for r in super().predict_step(batch, batch_idx) if r["id"] != "p03"]
+
+
+def test_an_item_without_its_record_fails_the_stage_naming_it(tmp_path):
+    out = tmp_path / "rewards.jsonl"
+    kwargs = {"accelerator": "cpu", "devices": 1, "enable_progress_bar": False}
+    with pytest.raises(CSRError, match=r"rewards.jsonl: 2 of 6 records missing after every rank finished \(p02, p03\)"):
+        predict_to_jsonl(_DropsOne(), items(6), out, batch_size=2, trainer_kwargs=kwargs)
+    assert [r["id"] for r in read_jsonl(out)] == ["p00", "p01", "p04", "p05"]  # a batch is redone whole
 
 
 # -- launchers --------------------------------------------------------------------------------------
@@ -151,12 +167,14 @@ def _launch(launcher: str, out: Path, n: int, batch_size: int) -> list[dict]:
 
 @pytest.mark.parametrize("launcher", ["env", "torchrun"])
 def test_two_ranks_resume_a_crashed_output_without_loss_or_duplicates(tmp_path, launcher):
-    # 12 items in batches of 2. A first start finished batch 0; a 2-rank start was killed with rank 0
-    # having written batch 2 and half of batch 4, rank 1 batch 1 and half a record.
+    # 12 items in batches of 2. A first start finished batches 0 and 1; a 2-rank start was killed with
+    # rank 0 having written batch 2 and half of batch 5, rank 1 half a record. (Before ranks agreed, a
+    # rank 1 that read the output before rank 0 merged the parts saw batches 2-5 to do, took 3 and 5,
+    # and batch 4 was done by no one: p08 and p09 lost in 2 of 6 such starts, the stage marked done.)
     out = tmp_path / "search.jsonl"
-    out.write_text(_lines([_record(0, [0, 1]), _record(1, [0, 1])]))
-    part_path(out, 0).write_text(_lines([_record(4, [4, 5]), _record(5, [4, 5]), _record(8, [8, 9])]))
-    part_path(out, 1).write_text(_lines([_record(2, [2, 3]), _record(3, [2, 3])]) + '{"id": "p06", "squ')
+    out.write_text(_lines([_record(i, [i - i % 2, i - i % 2 + 1]) for i in range(4)]))
+    part_path(out, 0).write_text(_lines([_record(4, [4, 5]), _record(5, [4, 5]), _record(10, [10, 11])]))
+    part_path(out, 1).write_text('{"id": "p06", "squ')
     results = _launch(launcher, out, 12, 2)
     # batches 3, 4 and 5 were left: dealt out once each (rank 0: 3 and 5, rank 1: 4), none twice
     assert results == [{"rank": 0, "written": 4}, {"rank": 1, "written": 2}]
