@@ -44,7 +44,8 @@ SETTINGS = [
 ]
 # Written anew by every start (run_info: the commit and versions of this start; a start on other code
 # adds run_info.<n>.json), or holding wall-clock times / MLflow run ids: not outputs to compare.
-VOLATILE = {".lock", "mlflow.db", "mlflow.db.lock", "mlflow_runs.json", "summary.png", "summary.md", "summary.json"}
+# cli.log: Hydra's log, now kept in run_dir by a stage run or run_dir=; it holds times and paths.
+VOLATILE = {".lock", "mlflow.db", "mlflow.db.lock", "mlflow_runs.json", "cli.log", "summary.png", "summary.md", "summary.json"}
 
 TIMING_KEYS = {"seconds", "finished_at"}
 BINARY = {".png", ".jpg", ".bin", ".pt"}
