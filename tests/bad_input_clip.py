@@ -25,9 +25,9 @@ def _record(image: str) -> dict:
     return {"id": "r1", "image": image, "input": "Describe the image.\n<image>"}
 
 
-def _tiff(path: Path, samples: list[int], bits: int, sample_format: int) -> None:
+def write_tiff(path: Path, samples: list[int], bits: int, sample_format: int) -> None:
     """A one-row uncompressed grayscale TIFF (Pillow cannot write signed 16-bit samples itself)."""
-    fmt = {(16, 2): "h", (32, 2): "i"}[bits, sample_format]
+    fmt = {(16, 2): "h", (16, 1): "H", (32, 2): "i"}[bits, sample_format]
     data = struct.pack(f"<{len(samples)}{fmt}", *samples)
     tags = [(256, 3, len(samples)), (257, 3, 1), (258, 3, bits), (259, 3, 1), (262, 3, 1),
             (273, 4, 8), (277, 3, 1), (278, 3, 1), (279, 4, len(data)), (339, 3, sample_format)]
@@ -65,12 +65,12 @@ def _float_out_of_range(ctx: Ctx) -> object:
 
 
 def _int32(ctx: Ctx) -> object:
-    _tiff(ctx.images / "i32.png", [0, 70000], 32, 2)
+    write_tiff(ctx.images / "i32.png", [0, 70000], 32, 2)
     return ctx.image("i32.png")
 
 
 def _signed16(ctx: Ctx) -> str:
-    _tiff(ctx.images / "s16.png", [0, 128 * 128, 32767], 16, 2)
+    write_tiff(ctx.images / "s16.png", [0, 128 * 128, 32767], 16, 2)
     out = ctx.image("s16.png")
     assert [out.getpixel((x, 0))[0] for x in range(3)] == [0, 128, 255]
     return out.mode

@@ -4,6 +4,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from bad_input_clip import write_tiff
 from PIL import Image
 
 from csr.data.images import load_image
@@ -311,28 +312,16 @@ def test_float_image_read_as_intensities_in_0_1(tmp_path: Path) -> None:
             load_image(str(tmp_path), name)
 
 
-def _tiff(path: Path, samples: list[int], bits: int, sample_format: int) -> None:
-    """A one-row uncompressed grayscale TIFF: Pillow cannot write signed 16-bit samples itself."""
-    import struct
-
-    fmt = {(16, 2): "h", (16, 1): "H", (32, 2): "i"}[bits, sample_format]
-    data = struct.pack(f"<{len(samples)}{fmt}", *samples)
-    tags = [(256, 3, len(samples)), (257, 3, 1), (258, 3, bits), (259, 3, 1), (262, 3, 1),
-            (273, 4, 8), (277, 3, 1), (278, 3, 1), (279, 4, len(data)), (339, 3, sample_format)]
-    ifd = struct.pack("<H", len(tags)) + b"".join(struct.pack("<HHII", t, k, 1, v) for t, k, v in tags)
-    path.write_bytes(b"II*\0" + struct.pack("<I", 8 + len(data)) + data + ifd + b"\0\0\0\0")
-
-
 def test_integer_images_scaled_by_their_declared_range(tmp_path: Path) -> None:
-    _tiff(tmp_path / "s16.tif", [0, 128 * 128, 32767], 16, 2)  # signed 16-bit: 0..32767 -> 0..255
+    write_tiff(tmp_path / "s16.tif", [0, 128 * 128, 32767], 16, 2)  # signed 16-bit: 0..32767 -> 0..255
     with Image.open(tmp_path / "s16.tif") as img:
         assert img.mode == "I"
     out = load_image(str(tmp_path), "s16.tif")
     assert [out.getpixel((x, 0))[0] for x in range(3)] == [0, 128, 255]
-    _tiff(tmp_path / "neg.tif", [0, -100], 16, 2)
+    write_tiff(tmp_path / "neg.tif", [0, -100], 16, 2)
     with pytest.raises(CSRError, match=r"neg\.tif: mode 'I' with negative samples \(min -100\)"):
         load_image(str(tmp_path), "neg.tif")
-    _tiff(tmp_path / "i32.tif", [0, 70000], 32, 2)
+    write_tiff(tmp_path / "i32.tif", [0, 70000], 32, 2)
     with pytest.raises(CSRError, match=r"i32\.tif: 32-bit integer samples have no standard display range"):
         load_image(str(tmp_path), "i32.tif")
     (tmp_path / "g16.pgm").write_bytes(b"P5 3 1 65535\n" + bytes([0, 0, 128, 0, 255, 255]))  # PGM: 'I'
