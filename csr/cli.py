@@ -210,6 +210,13 @@ def main() -> None:
             if message:
                 print(f"csr: error: {message}", file=sys.stderr)
                 sys.exit(2)
+        from csr.run_dir import unwritable
+
+        run_dir = _overrides(argv).get("run_dir")
+        problem = unwritable(Path(run_dir).resolve()) if run_dir else None
+        if problem:
+            print(f"csr: error: {problem}", file=sys.stderr)
+            sys.exit(2)
         sys.argv = [sys.argv[0], *stage_run_argv(argv)]
     app()
 

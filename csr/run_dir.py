@@ -74,6 +74,24 @@ def hydra_outputs(run_dir: Path) -> set[str]:
     return {out.relative_to(run_dir).parts[0]} if run_dir in out.parents else set()
 
 
+def unwritable(run_dir: Path) -> str | None:
+    """Why nothing can be written into run_dir (or, when it does not exist yet, into the directory it
+    would be made in), or None. Checked before Hydra writes its .hydra/ and log there, which on a
+    read-only file system would fail in Hydra's own code with a traceback."""
+    import tempfile
+
+    existing = next((p for p in (run_dir, *run_dir.parents) if p.exists()), None)
+    if existing is None or not existing.is_dir():
+        return None  # a file where a directory should be: check_run_dir says so, in the app
+    try:
+        with tempfile.NamedTemporaryFile(dir=existing, prefix=".csr-probe-", suffix=".tmp"):
+            pass
+    except OSError as err:
+        return (f"run_dir {run_dir}: cannot write into {existing}: {err.strerror}. Nothing was written: fix the "
+                "permissions or pass another run_dir, then rerun the same command")
+    return None
+
+
 def check_run_dir(run_dir: Path, hydra_names: set[str] = frozenset()) -> bool:
     """True for a csr run directory (a resume), False for a new one; anything else is a CSRError.
     Only reads."""

@@ -14,6 +14,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch.distributed as dist
+from pytorch_lightning.utilities.rank_zero import rank_zero_only
 from ranks_worker import Squares, items
 
 from csr.distributed import _launcher, check_ranks, start_ranks
@@ -30,10 +31,13 @@ LAUNCH_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "GROUP_RANK", "LOCAL_WORLD_SI
 
 @pytest.fixture
 def bare_env(monkeypatch):
-    """No launcher variables; what a test sets is undone after it (also MASTER_* that Lightning sets)."""
+    """No launcher variables; what a test sets is undone after it (also MASTER_* that Lightning sets, and
+    the process-wide rank LightningEnvironment.set_global_rank writes, which would make later tests'
+    predict calls act as rank 1)."""
     for name in LAUNCH_VARS:
         monkeypatch.setenv(name, "")
         monkeypatch.delenv(name)
+    monkeypatch.setattr(rank_zero_only, "rank", rank_zero_only.rank)
     return monkeypatch
 
 

@@ -54,9 +54,10 @@ STAGES = ("search", "reward", "pairs", "dpo", "merge", "eval")
 
 
 def is_volatile(path: Path) -> bool:
-    # inspect/: the report site the end of a run writes from the outputs (with summary.png), like summary.*
+    # inspect/: the report site the end of a run writes from the outputs (with summary.png), like summary.*;
+    # .hydra/: what Hydra records of each start (its overrides), rewritten by every start into run_dir.
     return (path.name in VOLATILE or path.name.startswith("run_info.")
-            or bool({"mlartifacts", "inspect"} & set(path.parts)))
+            or bool({"mlartifacts", "inspect", ".hydra"} & set(path.parts)))
 
 
 @dataclass
