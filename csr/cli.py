@@ -31,9 +31,18 @@ CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 
 
 def _quiet_libraries() -> None:
-    """Keep the console for csr's own progress: Lightning's banners and tips say nothing about the run."""
+    """Keep the console for csr's own progress: Lightning's banners and tips, transformers' weight
+    loading and shard writing bars, MLflow's database messages say nothing about the run (csr's own
+    bars name the stage: csr/progress.py; library INFO logs are off in conf/hydra/default.yaml)."""
+    from huggingface_hub.utils import disable_progress_bars
+    from transformers.utils import logging as hf_logging
+
     logging.getLogger("pytorch_lightning.utilities.rank_zero").setLevel(logging.WARNING)
     logging.getLogger("lightning_fabric.utilities.seed").setLevel(logging.WARNING)
+    logging.getLogger("mlflow").setLevel(logging.WARNING)  # MLflow's own handler, not the root logger's
+    hf_logging.disable_progress_bar()
+    disable_progress_bars()
+    warnings.filterwarnings("ignore", message=".*overridden `transfer_batch_to_device`.*")  # csr.predict's choice
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
     warnings.filterwarnings("ignore", message=".*infer the batch indices.*")
@@ -201,7 +210,19 @@ def stage_run_argv(argv: list[str]) -> list[str]:
     return [*argv, *extra]
 
 
+def _quiet_before_imports() -> None:
+    """Library chatter decided when the library is first imported, so set before it is: MLflow's
+    database messages (its own logger, INFO by default) and DeepSpeed's "Setting accelerator to CPU"
+    warning (accelerate imports DeepSpeed on a CPU machine; told the accelerator, it says nothing)."""
+    import torch
+
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+    if not torch.cuda.is_available():
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+
+
 def main() -> None:
+    _quiet_before_imports()
     argv = sys.argv[1:]
     if not any(a in ("-h", "--help", "--hydra-help", "--info") or a.startswith("--info") for a in argv):
         leaves, nodes = _schema_keys()

@@ -29,6 +29,9 @@ from csr.tracking import flatten
 # Metrics shown unless --metrics says otherwise; every eval/* metric a run has is added.
 DEFAULT_METRICS = ["pairs/pairs", "pairs/margin", "pairs/chosen/score", "pairs/rejected/score",
                    "pairs/chosen/r_i", "pairs/rejected/r_i", "dpo/loss", "dpo/rewards/accuracies"]
+# Counts and bookkeeping that an evaluator also records (how many answers or images, skips, seconds,
+# its settings and hashes): not results; shown only when --metrics names them.
+COUNTERS = re.compile(r"(^|/)(settings/.*|n_[^/]*|answers|questions|skipped(/.*)?|seconds|[^/]*_sha256)$")
 # Config keys that differ between any two runs without being an experimental choice.
 NOT_SWEPT = re.compile(r"^(run_dir|logger\..*|run\..*|iteration|stage)$")
 
@@ -129,7 +132,7 @@ def metric_columns(runs: list[Run], wanted: list[str] | None) -> list[str]:
     if wanted:
         return wanted
     present = {k for r in runs for m in r.metrics.values() for k in m}
-    evals = sorted(k for k in present if k.startswith("eval/") and k != "eval/seconds")
+    evals = sorted(k for k in present if k.startswith("eval/") and not COUNTERS.search(k))
     return [k for k in DEFAULT_METRICS if k in present] + evals
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from csr import progress
 from csr.config import Stage
 from csr.distributed import (
     barrier,
@@ -52,7 +53,7 @@ from csr.run_dir import (
     make_run_dir,
     record_config,
 )
-from csr.run_info import run_info, run_info_params
+from csr.run_info import run_info, run_info_params, sweep_run_name
 from csr.tracking import Tracker, flatten
 
 log = logging.getLogger(__name__)
@@ -150,7 +151,8 @@ class Loop:
         if stage in RANK_ZERO_STAGES and not is_global_zero():
             return {}
         log.info("iteration %d: %s", k, stage)
-        stats = getattr(self, f"_{stage}")(k, d, run_id)
+        with progress.stage(f"iteration {k} {stage}"):
+            stats = getattr(self, f"_{stage}")(k, d, run_id)
         stats["seconds"] = round(time.time() - start, 3)
         if not is_global_zero():
             return stats
@@ -213,11 +215,13 @@ class Loop:
                 raise CSRError(f"config key 'eval.evaluators': unknown evaluator {name!r}; known: {sorted(EVALUATORS)}")
             out = d / "eval" / name
             out.mkdir(parents=True, exist_ok=True)
-            result = EVALUATORS[name](
-                model=model, processor=processor, scorer=self.scorer(), eval_cfg=e,
-                prompt_file=e.prompt_file or self.cfg.data.prompt_file, image_root=e.image_root or self.cfg.data.image_root,
-                out_dir=out, trainer_kwargs=self.trainer_kwargs(), on_error=self.cfg.data.on_error,
-            )
+            with progress.stage(name):
+                result = EVALUATORS[name](
+                    model=model, processor=processor, scorer=self.scorer(), eval_cfg=e,
+                    prompt_file=e.prompt_file or self.cfg.data.prompt_file,
+                    image_root=e.image_root or self.cfg.data.image_root,
+                    out_dir=out, trainer_kwargs=self.trainer_kwargs(), on_error=self.cfg.data.on_error,
+                )
             metrics.update({f"{name}/{key}": v for key, v in result.items()})
         return metrics
 
@@ -280,7 +284,8 @@ class Loop:
         lg = self.cfg.logger
         self.tracker = Tracker(self.run_dir, lg.enabled and is_global_zero(), lg.tracking_uri, lg.experiment_name)
         self.prepare_data()
-        parent = self.tracker.parent(self.cfg.logger.run_name or self.run_dir.name,
+        name = self.cfg.logger.run_name or sweep_run_name() or self.run_dir.name
+        parent = self.tracker.parent(name,
                                      {**self.params, **run_info_params(self.info)})
         self.tracker.log_artifact(parent, self.run_dir / "config.yaml")
         self.tracker.log_artifact(parent, self.run_dir / "run_info.json")
@@ -289,6 +294,8 @@ class Loop:
             self.tracker.log_artifact(parent, self.run_dir / self.change["config"])
             self.tracker.log_artifact(parent, self.run_dir / CHANGES)
         status = "FAILED"
+        if is_global_zero():
+            log.info("run directory: %s (%s)", self.run_dir, "resumed" if self.finished() else "new")
         try:
             stage = Stage(self.cfg.stage)
             if stage is Stage.all:
@@ -300,6 +307,9 @@ class Loop:
             else:
                 result = self.stage_alone(stage.value)
             status = "FINISHED"
+            if is_global_zero():
+                log.info("done: %s (%s)", self.run_dir,
+                         "summary.md" if (self.run_dir / "summary.md").exists() else "its stage outputs")
             return result
         finally:
             self.tracker.finish(parent, status)

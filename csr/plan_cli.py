@@ -30,9 +30,9 @@ PUBLIC = {
                                         kv_heads=40, head_dim=128), VIT_L14_336, image_tokens=576),
 }
 PUBLIC_PATHS = {"llava-hf/llava-1.5-7b-hf": "llava15_7b", "llava-hf/llava-1.5-13b-hf": "llava15_13b"}
-# What DPO and the reference pass do: the LM head and log-softmax only at answer positions where
-# csr.dpo.data has answer_positions (issue 14 item 5), over every position (image, prompt) before it.
-ANSWER_LOGITS_DEFAULT = hasattr(importlib.import_module("csr.dpo.data"), "answer_positions")
+# What DPO and the reference pass do (csr/dpo/data.py answer_positions): the LM head and log-softmax
+# only at answer positions; --no-answer-logits plans them over every position (image, prompt too).
+ANSWER_LOGITS_DEFAULT = True
 OVERHEAD_GIB = 1.0  # CUDA context (~0.5 GiB) and allocator fragmentation, added before "fits"
 
 

@@ -25,6 +25,7 @@ from csr import signals
 from csr.distributed import barrier, check_ranks, is_global_zero, rank_zero_value
 from csr.errors import CSRError
 from csr.io import JsonlWriter, atomic_write_text, read_jsonl
+from csr.progress import bar_callbacks
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +33,8 @@ log = logging.getLogger(__name__)
 class RecordPredictor(pl.LightningModule):
     """Base of the predict-only modules: batches are lists of records (dataclasses or dicts) that
     predict_step turns into tensors itself, so Lightning must not try to move them to a device."""
+
+    counts = "batches"  # what the progress bar counts (csr/progress.py)
 
     def transfer_batch_to_device(self, batch: Any, device: Any, dataloader_idx: int) -> Any:
         return batch
@@ -172,7 +175,7 @@ def predict_to_jsonl(
         logger=False,
         enable_checkpointing=False,
         enable_model_summary=False,
-        callbacks=[writer],
+        callbacks=[writer, *bar_callbacks(trainer_kwargs, module.counts)],
         use_distributed_sampler=False,  # RankShare deals the batches
         **trainer_kwargs,
     )

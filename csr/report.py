@@ -57,11 +57,12 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot(rows: list[dict], path: Path) -> None:
+def plot(rows: list[dict], path: Path, title: str = "csr run") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     panels = [c for c in PLOTTED if rows and c in rows[0]]
     if not panels:
@@ -73,7 +74,9 @@ def plot(rows: list[dict], path: Path) -> None:
             ax.plot(*zip(*points, strict=True), marker="o")
         ax.set_title(column)
         ax.set_xlabel("iteration")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # iterations are whole: no 0.5 ticks
         ax.grid(alpha=0.3)
+    fig.suptitle(f"{title}: metrics by iteration (0 = the starting model)")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -84,6 +87,6 @@ def write_report(metrics_by_iteration: dict[int, dict], run_dir: Path) -> dict:
     text = markdown(rows)
     atomic_write_text(run_dir / "summary.md", text)
     atomic_write_json(run_dir / "summary.json", rows)
-    plot(rows, run_dir / "summary.png")
+    plot(rows, run_dir / "summary.png", title=run_dir.name)
     print(text)  # the table is the run's result: show it even when logging is quiet
     return {"rows": rows}

@@ -37,6 +37,18 @@ def hydra_overrides() -> list[str]:
     return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
 
 
+def sweep_run_name() -> str | None:
+    """A sweep job's MLflow name: its overrides (`reward.lam=0.1 search.beam_width=5`), so that the
+    loops of a sweep, and of two sweeps, tell apart by what they ran; None outside a sweep."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        return None
+    shown = [o for o in hydra_overrides() if not o.lstrip("+~").startswith(("run_dir=", "logger.", "hydra."))]
+    return " ".join(shown) or None
+
+
 def run_info() -> dict[str, Any]:
     commit = _git("rev-parse", "HEAD")
     status = _git("status", "--porcelain", "--untracked-files=no") if commit else None

@@ -6,11 +6,11 @@ import math
 
 import pytorch_lightning as pl
 import torch
-from transformers import get_constant_schedule_with_warmup, get_cosine_schedule_with_warmup
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from csr.dpo.data import answer_positions, sequence_logps
 from csr.dpo.loss import dpo_loss, reward_metrics
+from csr.dpo.schedule import lr_factor
 from csr.errors import CSRError
 
 
@@ -46,6 +46,23 @@ class DPOModule(pl.LightningModule):
         self.lr, self.weight_decay, self.scheduler = lr, weight_decay, scheduler
         self.warmup_steps = math.ceil(warmup_ratio * total_steps)
         self.total_steps = total_steps
+        self._sums: dict[str, torch.Tensor] = {}
+        self._pairs = 0
+        self.epoch_means: dict[str, float] = {}  # each metric's mean over the last epoch's pairs
+
+    def on_train_epoch_start(self) -> None:
+        self._sums, self._pairs = {}, 0
+
+    def on_train_epoch_end(self) -> None:
+        """Pair-weighted means over the epoch, over every rank: what the summary reports ("dpo acc"),
+        not the last batch's value."""
+        keys = sorted(self._sums)
+        if not keys:
+            return
+        totals = torch.stack([self._sums[k] for k in keys] + [torch.tensor(float(self._pairs), device=self._sums[keys[0]].device)])
+        gathered = self.all_gather(totals)
+        totals = gathered.sum(0) if gathered.dim() > 1 else gathered
+        self.epoch_means = {k: (totals[i] / totals[-1]).item() for i, k in enumerate(keys)}
 
     def reference_logps(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         if self.reference == "precomputed":
@@ -74,14 +91,16 @@ class DPOModule(pl.LightningModule):
         metrics = {"loss": loss.detach(), **reward_metrics(chosen_rewards, rejected_rewards),
                    "logps/chosen": policy_chosen.detach().mean(), "logps/rejected": policy_rejected.detach().mean()}
         self.log_dict(metrics, on_step=True, on_epoch=False, batch_size=len(batch["ids"]))
+        n = len(batch["ids"])
+        for key, value in metrics.items():
+            self._sums[key] = self._sums.get(key, 0.0) + value.detach().float() * n
+        self._pairs += n
         self.log("lr", self.optimizers().param_groups[0]["lr"] if self._trainer else self.lr, on_step=True)
         return loss
 
     def configure_optimizers(self):
         params = [p for p in self.policy.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
-        if self.scheduler == "cosine":
-            schedule = get_cosine_schedule_with_warmup(optimizer, self.warmup_steps, self.total_steps)
-        else:
-            schedule = get_constant_schedule_with_warmup(optimizer, self.warmup_steps)
+        schedule = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: lr_factor(step, self.warmup_steps, self.total_steps, self.scheduler))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}

@@ -98,6 +98,7 @@ def _reusable(cached: object, settings: dict) -> tuple[dict[str, tuple[float, fl
 
 
 class ReferenceModule(RecordPredictor):
+    counts = "reference pass batches"
     """The reference pass as a predict step: a batch of {"key", "index"} items (pairs of `dataset`) in,
     one {"key", "id", "chosen", "rejected"} record per pair out."""
 

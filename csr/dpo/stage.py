@@ -20,6 +20,7 @@ from csr.dpo.reference import pair_key, precompute_reference, reference_settings
 from csr.io import read_jsonl
 from csr.models.llava import load_llava
 from csr.models.merge import wrap_lora
+from csr.progress import bar_callbacks
 from csr.signals import StopOnSignal
 
 log = logging.getLogger(__name__)
@@ -70,10 +71,13 @@ def run_dpo(*, model_path: str, pairs_path: Path, adapter_dir: Path, image_root:
     lora = dpo_cfg.lora
     policy = wrap_lora(model, lora.r, lora.alpha, lora.dropout, lora.target_modules, dpo_cfg.train_projector)
     dataset = PairDataset(pairs, processor, image_root, ref_logps)
+    kwargs = dict(trainer_kwargs)  # a caller's callbacks (a benchmark's timer) run beside csr's own
+    callbacks = [StopOnSignal(), SaveAdapter(policy, adapter_dir), *bar_callbacks(kwargs, "pair batches"),
+                 *kwargs.pop("callbacks", [])]
     trainer = pl.Trainer(
         max_epochs=dpo_cfg.epochs, accumulate_grad_batches=dpo_cfg.grad_accumulation,
         gradient_clip_val=dpo_cfg.max_grad_norm, logger=logger if logger is not None else False,
-        enable_checkpointing=False, enable_model_summary=False, callbacks=[StopOnSignal(), SaveAdapter(policy, adapter_dir)], **trainer_kwargs,
+        enable_checkpointing=False, enable_model_summary=False, callbacks=callbacks, **kwargs,
     )
     world_size = trainer.num_devices * trainer.num_nodes  # trainer.world_size is only set once fit starts
     # One pair order for every world size: under DDP Lightning deals out a DistributedSampler seeded
@@ -91,6 +95,8 @@ def run_dpo(*, model_path: str, pairs_path: Path, adapter_dir: Path, image_root:
         weight_decay=dpo_cfg.weight_decay, scheduler=dpo_cfg.scheduler, warmup_ratio=dpo_cfg.warmup_ratio, total_steps=steps,
     )
     trainer.fit(module, loader)  # SaveAdapter writes adapter_dir at the end of training, before teardown
-    metrics = {k: float(v) for k, v in trainer.logged_metrics.items()}
+    # The last step's values as `last/<key>`; the plain keys are the last epoch's means over its pairs.
+    metrics = {f"last/{k}": float(v) for k, v in trainer.logged_metrics.items()}
+    metrics.update(module.epoch_means)
     trainable = trainable_params(policy)
     return {"pairs": len(pairs), "steps": trainer.global_step, "trainable_params": trainable, **metrics}

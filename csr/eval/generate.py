@@ -123,6 +123,7 @@ def generate_answers(model, processor, scorer, records: list[PromptRecord], imag
     source = source or f"{out_path.parent.name} eval prompts"
     records, too_long = drop_overlong(records, processor, model, max_new_tokens, on_error, source)
     module = GenerateModule(model, processor, str(image_root), max_new_tokens, scorer, on_error, str(source))
+    module.counts = f"{out_path.stem} batches"  # an evaluator may write several files
     predict_to_jsonl(module, records, out_path, batch_size=batch_size, trainer_kwargs=trainer_kwargs)
     # Only this call's records: the file may also hold answers to records no longer asked for.
     written = {str(r["id"]): r for r in read_jsonl(out_path)}

@@ -19,6 +19,7 @@ log = logging.getLogger(__name__)
 
 
 class RewardModule(RecordPredictor):
+    counts = "prompt batches"
     def __init__(self, scorer, lam: float, calibration: str, image_root: str, rule: str = "mean"):
         super().__init__()
         self.scorer, self.lam, self.calibration, self.image_root = scorer, lam, calibration, image_root

@@ -42,6 +42,7 @@ def skip_record(prompt: PromptRecord, reason: str, message: str) -> dict:
 
 
 class SearchModule(RecordPredictor):
+    counts = "prompt batches"
     def __init__(
         self, model, processor, settings: SearchSettings, decode: DecodeSettings,
         relevance: RelevanceFn | None, image_root: str, on_error: str, seed: int,
