@@ -137,7 +137,10 @@ def test_ddp_dpo_steps_equal_the_single_process_steps(runs):
     for key in a:  # the same pairs per step; only the float summation order differs
         torch.testing.assert_close(b[key], a[key], rtol=1e-4, atol=1e-5)
     s, d = read_json(single / "iter_1" / "metrics.json")["dpo"], read_json(ddp / "iter_1" / "metrics.json")["dpo"]
-    assert d["steps"] == s["steps"] == 4 and d["lr"] == pytest.approx(s["lr"])
+    assert d["steps"] == s["steps"] == 4 and d["last/lr"] == pytest.approx(s["last/lr"])
+    # the epoch's means are over every rank's pairs: the single process's
+    for key in ("loss", "rewards/accuracies", "rewards/margins"):
+        assert d[key] == pytest.approx(s[key], rel=1e-4, abs=1e-6), key
 
 
 @pytest.mark.slow
