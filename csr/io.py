@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -291,3 +292,10 @@ def done_stats(directory: StrPath, stage: str) -> dict[str, Any] | None:
 
 def is_done(directory: StrPath, stage: str) -> bool:
     return done_stats(directory, stage) is not None
+
+
+def replace_dir(tmp: Path, final: Path) -> None:
+    """Swap a fully written directory into place, so a crash never leaves a half-written one."""
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)

@@ -201,7 +201,7 @@ class Loop:
                        dpo_cfg=self.cfg.dpo, trainer_kwargs=kwargs, logger=self.tracker.lightning_logger(run_id))
 
     def _merge(self, k: int, d: Path, run_id) -> dict:
-        from csr.models.merge import run_merge
+        from csr.merge import run_merge
 
         return run_merge(self.model_path(k), d, self.cfg.model, self.cfg.trainer.accelerator, self.cfg.data.image_root)
 

@@ -13,9 +13,9 @@ from bad_input_dpo import DPO
 
 from csr.data.tiny import write_tiny_prompts
 from csr.dpo.data import IGNORE, PairDataset, collate
+from csr.dpo.lora import wrap_lora
 from csr.dpo.module import concatenated_logps
 from csr.models.llava import load_llava
-from csr.models.merge import wrap_lora
 
 
 def full_logps(model: torch.nn.Module, batch: dict) -> torch.Tensor:

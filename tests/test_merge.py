@@ -14,9 +14,10 @@ from peft.tuners.lora.layer import Linear as LoraLinear
 from safetensors.torch import load_file
 
 from csr.data.tiny import write_tiny_prompts
+from csr.dpo.lora import save_adapter, wrap_lora
 from csr.errors import CSRError
+from csr.merge import UpdateStats, check_logps, run_merge, stored_update
 from csr.models.llava import load_llava, save_llava
-from csr.models.merge import UpdateStats, check_logps, run_merge, save_adapter, stored_update, wrap_lora
 
 LORA = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
 

@@ -31,7 +31,7 @@ from csr.pairs.select import (
     select_pair,
 )
 from csr.reward.answers import score_tree
-from csr.search.tree import FINISH_DELIMITER, FINISH_EOS, Node, new_root
+from csr.reward.tree import FINISH_DELIMITER, FINISH_EOS, Node, new_root
 
 # --------------------------------------------------------------------------- answer_score
 

@@ -11,16 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from csr.data.pope_questions import cooccurrence_counts, sample_pope_questions
 from csr.errors import CSRError
-from csr.eval.pope import (
-    cooccurrence_counts,
-    load_pope_questions,
-    pope_from_files,
-    pope_metrics,
-    read_pope_questions,
-    sample_pope_questions,
-    yes_no,
-)
+from csr.eval.pope import load_pope_questions, pope_from_files, pope_metrics, read_pope_questions, yes_no
 
 FIXTURES = Path(__file__).parent / "fixtures" / "coco"
 
@@ -203,7 +196,7 @@ def test_sampling_does_not_depend_on_string_hashing() -> None:
     code = (
         "import sys, types, csr; pkg = types.ModuleType('csr.eval'); "
         "pkg.__path__ = [csr.__path__[0] + '/eval']; sys.modules['csr.eval'] = pkg; "
-        "import json, random; from csr.eval.pope import sample_pope_questions as s; "
+        "import json, random; from csr.data.pope_questions import sample_pope_questions as s; "
         f"print(json.dumps([s({OBJECTS!r}, {CATEGORIES!r}, k, 2, random.Random(7)) "
         "for k in ('random', 'popular', 'adversarial')]))"
     )

@@ -13,8 +13,8 @@ from csr.data.tiny import write_tiny_prompts
 from csr.models.chat import generation_prompt
 from csr.models.clip import ClipScorer, load_clip
 from csr.models.llava import load_llava, special_token_ids
+from csr.reward.tree import Node, path_to
 from csr.search.stage import build_module
-from csr.search.tree import Node, path_to
 
 
 @pytest.fixture(scope="module")

@@ -19,9 +19,9 @@ from csr.data.prompts import load_prompts
 from csr.data.tiny import write_tiny_prompts
 from csr.models.clip import ClipScorer, load_clip
 from csr.models.llava import load_llava, special_token_ids
+from csr.reward.tree import FINISH_DELIMITER, FINISH_TOKENS, Node
 from csr.search.decode import DecodeSettings, _diverse_greedy
 from csr.search.engine import SearchSettings, TreeSearch, prefill
-from csr.search.tree import FINISH_DELIMITER, FINISH_TOKENS, Node
 
 # The baseline is benchmark code, not part of the package.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments" / "bench_search"))

@@ -108,8 +108,9 @@ def test_shapesworld_evaluator_scores_its_answers_and_records_its_settings(tmp_p
     from omegaconf import OmegaConf
 
     from csr.config import ASSETS, EvalConfig
+    from csr.data.pope_questions import QUESTION_TEMPLATE, STRATEGIES
     from csr.eval.generate import image_set
-    from csr.eval.pope import QUESTION_TEMPLATE, STRATEGIES, pope_metrics, read_pope_questions, yes_no
+    from csr.eval.pope import pope_metrics, read_pope_questions, yes_no
     from csr.eval.shapesworld import evaluate_shapesworld
     from csr.io import read_jsonl
     from csr.models.llava import load_llava

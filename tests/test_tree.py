@@ -7,7 +7,7 @@ import json
 import pytest
 
 from csr.reward.answers import score_tree
-from csr.search.tree import (
+from csr.reward.tree import (
     FINISH_BUDGET,
     FINISH_DELIMITER,
     FINISH_EOS,

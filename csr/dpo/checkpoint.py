@@ -14,7 +14,7 @@ import pytorch_lightning as pl
 import torch
 
 from csr.distributed import gathered_parameters
-from csr.models.merge import save_adapter
+from csr.dpo.lora import save_adapter
 
 
 def numel(param: torch.nn.Parameter) -> int:

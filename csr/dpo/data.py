@@ -13,9 +13,8 @@ from csr.data.image_hash import file_sha256
 from csr.data.images import load_image
 from csr.data.prompts import resolve_image_path
 from csr.errors import CSRError
-from csr.models.chat import generation_prompt
+from csr.models.chat import IGNORE, generation_prompt
 
-IGNORE = -100
 log = logging.getLogger(__name__)
 
 

@@ -15,11 +15,11 @@ from torch.utils.data import DataLoader, DistributedSampler
 from csr.distributed import predict_strategy
 from csr.dpo.checkpoint import SaveAdapter, trainable_params
 from csr.dpo.data import PairDataset, check_images, collate
+from csr.dpo.lora import wrap_lora
 from csr.dpo.module import DPOModule
 from csr.dpo.reference import pair_key, precompute_reference, reference_settings
 from csr.io import read_jsonl
 from csr.models.llava import load_llava
-from csr.models.merge import wrap_lora
 from csr.progress import bar_callbacks
 from csr.signals import StopOnSignal
 

@@ -9,13 +9,14 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
+from csr.data.pope_questions import QUESTION_TEMPLATE, STRATEGIES
 from csr.data.prompts import PromptRecord
 from csr.data.shapesworld.splits import HELD_OUT_SIZE, ensure_split, ground_truth, split_identity
 from csr.data.shapesworld.vocab import PAIRS, synonym_table
 from csr.errors import CSRError
 from csr.eval.chair import caption_report, chair_scores
 from csr.eval.generate import DECODING, answer_metrics, generate_answers, image_set, skip_counts
-from csr.eval.pope import QUESTION_TEMPLATE, STRATEGIES, pope_metrics, read_pope_questions, yes_no
+from csr.eval.pope import pope_metrics, read_pope_questions, yes_no
 
 
 def partner_hallucination_rate(answers: list[dict], truth: dict[str, set[str]]) -> float:

@@ -16,7 +16,7 @@ from csr.eval.chair import caption_report, chair_scores
 from csr.io import read_json, read_jsonl
 from csr.pairs.build import make_pair
 from csr.reward.calibration import calibrate, rank_normalise
-from csr.search.tree import Node, mean_path_score
+from csr.reward.tree import Node, mean_path_score
 
 _SAFE_KEY = re.compile(r"[A-Za-z0-9_-]{1,80}")
 

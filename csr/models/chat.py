@@ -7,6 +7,9 @@ from typing import Any
 
 from csr.errors import CSRError
 
+# The label of positions no loss is taken on (prompt, image, padding): torch's cross_entropy ignore_index.
+IGNORE = -100
+
 log = logging.getLogger(__name__)
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from csr.pairs.rules import SHORT_SENTENCE, check_rule, reference_path_score
 from csr.pairs.select import answer_score
-from csr.search.tree import (
+from csr.reward.tree import (
     Node,
     depth_first,
     path_to,

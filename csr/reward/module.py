@@ -13,7 +13,7 @@ from csr.errors import CSRError
 from csr.pairs.rules import check_rule
 from csr.predict import RecordPredictor
 from csr.reward.answers import score_tree
-from csr.search.tree import Node
+from csr.reward.tree import Node
 
 log = logging.getLogger(__name__)
 

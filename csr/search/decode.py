@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from csr.reward.tree import FINISH_BUDGET, FINISH_DELIMITER, FINISH_EOS, FINISH_TOKENS
 from csr.search import kv
-from csr.search.tree import FINISH_BUDGET, FINISH_DELIMITER, FINISH_EOS, FINISH_TOKENS
 
 
 @dataclass

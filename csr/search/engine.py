@@ -18,9 +18,9 @@ from PIL import Image
 
 from csr.models.chat import generation_prompt
 from csr.reward.scores import text_score
+from csr.reward.tree import ROOT, Node, new_root, path_to, settle_step
 from csr.search import kv
 from csr.search.decode import Continuation, DecodeSettings, Rows, Sentence, decode_sentences
-from csr.search.tree import ROOT, Node, new_root, path_to, settle_step
 
 log = logging.getLogger(__name__)
 

@@ -13,9 +13,9 @@ from csr.data.images import load_image
 from csr.data.prompts import PromptRecord
 from csr.errors import CSRError
 from csr.predict import RecordPredictor
+from csr.reward.tree import Node
 from csr.search.decode import DecodeSettings
 from csr.search.engine import RelevanceFn, SearchSettings, TreeSearch
-from csr.search.tree import Node
 
 log = logging.getLogger(__name__)
 

@@ -100,10 +100,10 @@ def child(variant: str, threads: int, out: Path) -> None:
     import resource
 
     from csr.dpo.data import PairDataset, collate
+    from csr.dpo.lora import wrap_lora
     from csr.dpo.loss import dpo_loss
     from csr.dpo.module import concatenated_logps
     from csr.models.llava import load_llava
-    from csr.models.merge import wrap_lora
 
     torch.set_num_threads(threads)
     root = CACHE / "dpo_memory"

@@ -24,7 +24,7 @@ from csr.inspect.browser import Browser
 from csr.inspect.site import write_site
 from csr.pairs.build import build_pairs
 from csr.pairs.select import answer_score
-from csr.search.tree import Node, path_to, settle_step
+from csr.reward.tree import Node, path_to, settle_step
 
 WORDS = ["a", "small", "large", "red", "green", "blue", "circle", "square", "star", "moon", "heart", "arrow", "ring", "in", "the", "top", "left", "right", "bottom"]
 

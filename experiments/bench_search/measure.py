@@ -13,8 +13,8 @@ from reference import ReferenceSearch
 from workloads import Workload
 
 from csr.models.clip import ClipScorer
+from csr.reward.tree import Node
 from csr.search.engine import TreeSearch
-from csr.search.tree import Node
 
 # Score tolerances: the engines compute the same logits through different paddings and cache layouts.
 R_T_TOL, R_I_TOL = 1e-4, 1e-3

@@ -13,7 +13,7 @@ prefills K copies of the input (vision tower included): `prefill_copies=True` do
 The decoding rules are csr's (`search.decoding.strategy=diverse_greedy`: one beam per group with the
 Hamming diversity penalty; EOS and delimiters exempt; after a delimiter, one peek for EOS), written
 out again here independently, so that equal trees show the fast engine's caching and batching change
-nothing. Pruning and scoring use csr's pure bookkeeping (`csr.search.tree`).
+nothing. Pruning and scoring use csr's pure bookkeeping (`csr.reward.tree`).
 """
 
 from __future__ import annotations
@@ -26,9 +26,7 @@ from transformers import DynamicCache
 
 from csr.models.chat import generation_prompt
 from csr.models.clip import ClipBundle
-from csr.search.decode import DecodeSettings, Sentence
-from csr.search.engine import SearchSettings, add_children, answer_ids
-from csr.search.tree import (
+from csr.reward.tree import (
     FINISH_BUDGET,
     FINISH_DELIMITER,
     FINISH_EOS,
@@ -37,6 +35,8 @@ from csr.search.tree import (
     new_root,
     settle_step,
 )
+from csr.search.decode import DecodeSettings, Sentence
+from csr.search.engine import SearchSettings, add_children, answer_ids
 
 
 class ReferenceSearch:

@@ -65,9 +65,10 @@ class Fault:
 
 
 def install(fault: Fault) -> None:
+    import csr.dpo.lora
     import csr.io
     import csr.loop
-    import csr.models.merge
+    import csr.merge
     from csr.dpo.module import DPOModule
 
     write = csr.io.JsonlWriter.write
@@ -115,14 +116,14 @@ def install(fault: Fault) -> None:
         return training_step(self, batch, batch_idx)
 
     DPOModule.training_step = step
-    replace_dir = csr.models.merge.replace_dir
+    replace_dir = csr.io.replace_dir
 
     def swap_dir(tmp: Path, final: Path):
         if fault.fires("save_dir", str(final)):
             fault.die()
         replace_dir(tmp, final)
 
-    csr.models.merge.replace_dir = swap_dir
+    csr.merge.replace_dir = csr.dpo.lora.replace_dir = swap_dir  # the merged model's and the adapter's swap
     iteration = csr.loop.Loop.iteration
 
     def run_iteration(self, k, *args, **kwargs):

@@ -36,9 +36,9 @@ from csr.data.tiny import write_tiny_prompts
 from csr.distributed import fit_strategy, gathered_parameters
 from csr.dpo.checkpoint import SaveAdapter, trainable_params
 from csr.dpo.data import PairDataset, collate
+from csr.dpo.lora import wrap_lora
 from csr.dpo.module import DPOModule
 from csr.models.llava import load_llava, save_llava
-from csr.models.merge import wrap_lora
 from csr.models.tiny import build_tokenizer, make_processor
 
 LORA = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"

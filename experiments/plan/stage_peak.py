@@ -177,9 +177,9 @@ def run_reference(w: Workload, root: Path) -> Run:
 
 
 def run_dpo(w: Workload, root: Path) -> Run:
+    from csr.dpo.lora import wrap_lora
     from csr.dpo.loss import dpo_loss
     from csr.dpo.module import concatenated_logps
-    from csr.models.merge import wrap_lora
 
     _, batch, prompt, answer = pair_batch(w, root)
     r, alpha = LORA[w.name]

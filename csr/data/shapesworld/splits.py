@@ -20,10 +20,10 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from csr.data.pope_questions import STRATEGIES, cooccurrence_counts, sample_pope_questions
 from csr.data.shapesworld.text import DESCRIBE_PROMPTS
 from csr.data.shapesworld.vocab import SHAPES
 from csr.data.shapesworld.world import make, sample_scene
-from csr.eval.pope import STRATEGIES, cooccurrence_counts, sample_pope_questions
 from csr.io import atomic_write_json, atomic_write_text
 
 # first seed of each split; training images use seeds below 10^7

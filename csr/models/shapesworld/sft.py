@@ -15,8 +15,7 @@ from torch.utils.data import IterableDataset
 from transformers import get_cosine_schedule_with_warmup
 
 from csr.data.shapesworld.text import DESCRIBE_PROMPTS, describe, question
-from csr.dpo.data import IGNORE
-from csr.models.chat import generation_prompt
+from csr.models.chat import IGNORE, generation_prompt
 from csr.models.shapesworld.pool import Pool
 
 

@@ -1,4 +1,4 @@
-"""LoRA adapters: wrapping a policy, saving the adapter, merging it into a plain HF checkpoint.
+"""The merge stage: the DPO adapter merged into a plain HF checkpoint, the next iteration's policy.
 
 The merge runs in float32 whatever `model.dtype` is. DPO at the paper's lr (1e-7) moves a weight
 by ~1e-5, while bfloat16's spacing around a typical weight (~0.02) is ~1.2e-4: merged in bfloat16,
@@ -14,23 +14,21 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from peft import LoraConfig, PeftModel, get_peft_model
+from peft import PeftModel
 from peft.tuners.lora import LoraLayer
 from peft.utils import ModulesToSaveWrapper
 
 from csr.errors import CSRError
-from csr.io import read_jsonl, safetensors_write_errors
+from csr.io import read_jsonl, replace_dir
 from csr.models.llava import DTYPES, load_llava, save_llava
 
 log = logging.getLogger(__name__)
 
-PROJECTOR = "multi_modal_projector"
 ADAPTER = "default"  # peft's name for the one adapter csr trains
 # Save in model.dtype only if rounding to it keeps this share of the updated elements and this
 # cosine between the stored and the true update; else float32 (twice the disk, the update kept).
@@ -39,34 +37,6 @@ CHECK_PAIRS = 4  # pairs whose log-probs the merged model must reproduce
 # Merged vs adapter model, both float32: (W + BA)x and Wx + B(Ax) differ by float rounding only
 # (~1e-6 on the tiny and ShapesWorld models); a wrong merge moves them by the update's own size.
 CHECK_ATOL, CHECK_RTOL = 1e-3, 1e-5
-
-
-def wrap_lora(model, r: int, alpha: int, dropout: float, target_modules: str, train_projector: bool):
-    """LoRA on the language model's linear layers (regex); everything else frozen.
-
-    `train_projector` trains the projector fully (the reference code did), saved with the adapter.
-    """
-    config = LoraConfig(
-        r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=target_modules,
-        modules_to_save=[PROJECTOR] if train_projector else None, task_type=None,
-    )
-    return get_peft_model(model, config)
-
-
-def replace_dir(tmp: Path, final: Path) -> None:
-    """Swap a fully written directory into place, so a crash never leaves a half-written one."""
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
-
-
-def save_adapter(policy, out_dir: str | Path) -> None:
-    out_dir = Path(out_dir)
-    tmp = out_dir.with_name(out_dir.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    with safetensors_write_errors(tmp):
-        policy.save_pretrained(str(tmp))
-    replace_dir(tmp, out_dir)
 
 
 # -- how much of the update a dtype keeps --------------------------------------------------------------

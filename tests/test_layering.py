@@ -1,0 +1,110 @@
+"""Imports run one way: the layering the README's architecture section writes down, read from the
+package's own source (every import, also those inside functions; not `if TYPE_CHECKING:` ones)."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parent.parent / "csr"
+
+# Lowest first: a unit (a top-level module or a subpackage of csr) imports only units of earlier
+# groups. The same list is in the README ("Architecture").
+LAYERS = [
+    {"errors"},
+    {"io"},
+    {"signals", "lock", "progress", "distributed", "tracking"},
+    {"config", "run_info", "run_dir", "report", "plan"},
+    {"stage_run"},
+    {"data"},
+    {"models"},
+    {"predict"},
+    {"pairs"},
+    {"reward"},
+    {"search", "eval"},
+    {"dpo"},
+    {"merge"},
+    {"inspect"},
+    {"loop"},
+    {"cli", "reproduce", "compare_plots"},
+    {"compare", "plan_cli"},
+]
+# The math, each alone testable against hand-computed values: no model library, directly or through csr.
+PURE = ["reward/calibration.py", "reward/tree.py", "pairs/rules.py", "pairs/select.py", "dpo/loss.py",
+        "dpo/schedule.py", "eval/chair.py", "plan.py"]
+MODEL_LIBRARIES = {"transformers", "peft", "open_clip", "pytorch_lightning", "lightning_fabric", "deepspeed"}
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _imports(path: Path) -> list[str]:
+    """Every module `path` imports, absolute (csr.x.y or a library's name), outside TYPE_CHECKING."""
+    tree = ast.parse(path.read_text())
+    skipped = {id(n) for node in ast.walk(tree) if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
+               for child in node.body for n in ast.walk(child)}
+    found = []
+    for node in ast.walk(tree):
+        if id(node) in skipped:
+            continue
+        if isinstance(node, ast.Import):
+            found += [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found += [f"{node.module}.{a.name}" if node.module == "csr" else node.module for a in node.names]
+    return found
+
+
+def _unit(module: str) -> str:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else "csr"
+
+
+def _sources() -> dict[str, Path]:
+    return {_module_name(p): p for p in PACKAGE.rglob("*.py")}
+
+
+def test_every_unit_has_a_layer():
+    units = {_unit(m) for m in _sources()} - {"csr"}
+    layered = set().union(*LAYERS)
+    assert sorted(units - layered) == [] and sorted(layered - units) == []
+
+
+def test_imports_run_down_the_layers():
+    rank = {unit: i for i, group in enumerate(LAYERS) for unit in group}
+    wrong = []
+    for module, path in sorted(_sources().items()):
+        here = _unit(module)
+        for target in _imports(path):
+            there = _unit(target)
+            if target.startswith("csr.") and there != here and rank.get(there, -1) >= rank.get(here, -1):
+                wrong.append(f"{path.relative_to(PACKAGE.parent)} imports {target} ({here} -> {there})")
+    assert wrong == []
+
+
+def test_the_math_imports_no_model_library():
+    sources = _sources()
+
+    def reach(module: str, seen: set[str]) -> set[str]:
+        if module in seen or module not in sources:
+            return set()
+        seen.add(module)
+        external = set()
+        for target in _imports(sources[module]):
+            if target.startswith("csr"):
+                # `from csr.x import name` may name a module or an object of csr.x; importing
+                # csr.x.y runs every package __init__ above it too
+                parts = target.split(".")
+                for n in range(2, len(parts) + 1):
+                    external |= reach(".".join(parts[:n]), seen)
+            else:
+                external.add(target.split(".")[0])
+        return external
+
+    offending = {}
+    for rel in PURE:
+        libraries = reach(_module_name(PACKAGE / rel), set()) & MODEL_LIBRARIES
+        if libraries:
+            offending[rel] = sorted(libraries)
+    assert offending == {}
