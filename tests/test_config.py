@@ -222,3 +222,33 @@ def test_llava_models_compose_and_validate(name: str, path: str) -> None:
     typed = validate(_compose(f"model={name}", paths=paths))
     assert (typed.model.name, typed.model.path, typed.model.dtype) == (name, path, "bfloat16")
     _fully_resolved(typed)
+
+
+# The base file of each group (the one its variants inherit from) and the schema: where the YAML
+# sets a key, it sets the schema's default, so `csr --help`, csr/config.py and conf/ say the same.
+BASE_FILES = ["dpo/default.yaml", "search/default.yaml", "pairs/default.yaml", "eval/default.yaml",
+              "trainer/cpu.yaml", "logger/mlflow.yaml"]
+
+
+@pytest.mark.parametrize("rel", BASE_FILES)
+def test_base_yaml_agrees_with_the_schema_defaults(rel):
+    from omegaconf import OmegaConf
+
+    from csr.cli import CONF_DIR
+    from csr.config import RootConfig
+
+    group = rel.split("/")[0]
+    schema = OmegaConf.to_container(OmegaConf.structured(RootConfig), resolve=False)[group]
+    yaml = OmegaConf.to_container(OmegaConf.load(Path(CONF_DIR) / rel), resolve=False)
+    yaml.pop("defaults", None)
+
+    def differences(a: dict, b: dict, prefix: str) -> list[str]:
+        out = []
+        for key, value in b.items():
+            if isinstance(value, dict) and isinstance(a.get(key), dict):
+                out += differences(a[key], value, f"{prefix}{key}.")
+            elif not (isinstance(value, str) and value.startswith("${")) and a.get(key, "<absent>") != value:
+                out.append(f"{prefix}{key}: schema {a.get(key, '<absent>')!r}, yaml {value!r}")
+        return out
+
+    assert differences(schema, yaml, f"{group}.") == []
