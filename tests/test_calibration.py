@@ -6,10 +6,12 @@ import itertools
 import math
 
 import pytest
+import torch
 
+from csr.models.clip import image_relevance
 from csr.pairs.rules import reference_ranks
 from csr.reward.calibration import CALIBRATIONS, calibrate, rank_normalise, zscore_normalise
-from csr.reward.scores import TEXT_SCORES, image_relevance, text_score
+from csr.reward.scores import TEXT_SCORES, text_score
 
 # sqrt(3/2): the z-score of the extremes of three evenly spaced values (population std sqrt(2/3) * step).
 C = math.sqrt(1.5)
@@ -219,5 +221,4 @@ def test_text_score_unknown_form_raises() -> None:
     ],
 )
 def test_image_relevance(cosine: float, expected: float) -> None:
-    assert image_relevance(cosine) == pytest.approx(expected)
-    assert image_relevance(cosine) >= 0.0
+    assert image_relevance(torch.tensor(cosine)).item() == pytest.approx(expected)

@@ -142,6 +142,11 @@ def image_digest(image: Image.Image) -> str:
     return digest.hexdigest()
 
 
+def image_relevance(cosine: torch.Tensor) -> torch.Tensor:
+    """R_I = max(100 * cos(image, text), 0), as in the paper (the one place it is computed)."""
+    return (100.0 * cosine).clamp(min=0.0)
+
+
 class ClipScorer(torch.nn.Module):
     """Computes R_I = max(100 * cos(image, text), 0) with a frozen open_clip model.
 
@@ -218,7 +223,7 @@ class ClipScorer(torch.nn.Module):
         messages only: the cache is keyed by content."""
         if not texts:
             return []
-        scores = (100.0 * self.text_embeddings(texts) @ self.image_embedding(image)).clamp(min=0.0).tolist()
+        scores = image_relevance(self.text_embeddings(texts) @ self.image_embedding(image)).tolist()
         if not all(math.isfinite(s) for s in scores):
             raise CSRError(f"image {name}: CLIP relevance is not finite ({scores}): do the CLIP weights hold NaN?")
         return scores

@@ -1,4 +1,4 @@
-"""The two raw sentence scores: R_T from the policy's own token log-probs, R_I from CLIP."""
+"""R_T, the raw text score of a sentence from the policy's own token log-probs (R_I: csr/models/clip.py)."""
 
 from __future__ import annotations
 
@@ -24,8 +24,3 @@ def text_score(token_logprobs: Sequence[float], form: str = "mean_logprob") -> f
     if form == "prob":
         return math.exp(total)
     raise ValueError(f"unknown text score {form!r}; expected one of {TEXT_SCORES}")
-
-
-def image_relevance(cosine: float) -> float:
-    """R_I = max(100 * cos(image, text), 0), as in the paper."""
-    return max(100.0 * cosine, 0.0)
