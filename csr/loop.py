@@ -12,6 +12,7 @@ the unfinished stage from its partial output.
 from __future__ import annotations
 
 import gc
+import importlib
 import json
 import logging
 import time
@@ -23,6 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from csr import progress
 from csr.config import Stage
+from csr.context import StageContext
 from csr.distributed import (
     barrier,
     fit_strategy,
@@ -31,8 +33,6 @@ from csr.distributed import (
     rank_zero_value,
     start_ranks,
 )
-from csr.errors import CSRError
-from csr.eval.registry import EVALUATORS
 from csr.io import (
     atomic_write_json,
     atomic_write_text,
@@ -40,7 +40,6 @@ from csr.io import (
     is_done,
     mark_done,
     read_json,
-    read_jsonl,
     remove_stale_temp_files,
 )
 from csr.lock import run_lock
@@ -55,10 +54,17 @@ from csr.run_dir import (
 )
 from csr.run_info import run_info, run_info_params, sweep_run_name
 from csr.tracking import Tracker, flatten
+from csr.worlds import world_of
 
 log = logging.getLogger(__name__)
 
 ITERATION_STAGES = ("search", "reward", "pairs", "dpo", "merge", "eval")
+
+
+# Each stage's module: its `run(ctx: StageContext) -> dict` is the stage (csr/context.py). Imported
+# when the stage runs, so that `csr` checks its config before any model library loads.
+STAGES = {"search": "csr.search.stage", "reward": "csr.reward.stage", "pairs": "csr.pairs.build",
+          "dpo": "csr.dpo.stage", "merge": "csr.merge", "eval": "csr.eval.stage"}
 # Stages that only read and write files: under several devices rank 0 runs them alone.
 RANK_ZERO_STAGES = ("pairs", "merge")
 
@@ -73,6 +79,7 @@ class Loop:
         self.change: dict | None = None  # this start's accepted config change (csr/run_dir.py)
         self.params = flatten(OmegaConf.to_container(cfg, resolve=True))
         self._policy: tuple[str, object, object] | None = None
+        self.world = world_of(cfg.data)
         self._scorer = None
 
     # -- config and paths ---------------------------------------------------------------------------
@@ -116,6 +123,20 @@ class Loop:
         """The policy iteration k starts from: the base model, then the previous merged model."""
         return self.cfg.model.path if k <= 1 else str(self.iter_dir(k - 1) / "merged")
 
+    def context(self, k: int, run_id: str | None) -> StageContext:
+        return StageContext(
+            cfg=self.cfg, k=k, iter_dir=self.iter_dir(k), model_path=self.model_path(k),
+            trainer_kwargs=self.trainer_kwargs(),
+            fit_kwargs={**self.trainer_kwargs(), "strategy": fit_strategy(self.cfg.trainer),
+                        "log_every_n_steps": self.cfg.trainer.log_every_n_steps},
+            policy=self.policy, scorer=self.scorer, release_policy=self.release_policy,
+            logger=lambda: self.tracker.lightning_logger(run_id),
+        )
+
+    def release_policy(self) -> None:
+        self._policy = None
+        gc.collect()
+
     def trainer_kwargs(self) -> dict:
         t = self.cfg.trainer
         return {"accelerator": t.accelerator, "devices": t.devices, "num_nodes": t.num_nodes,
@@ -152,7 +173,9 @@ class Loop:
             return {}
         log.info("iteration %d: %s", k, stage)
         with progress.stage(f"iteration {k} {stage}"):
-            stats = getattr(self, f"_{stage}")(k, d, run_id)
+            stats = importlib.import_module(STAGES[stage]).run(self.context(k, run_id))
+            if stage == "pairs" and self.world is not None:  # ground truth known: is the reward right?
+                stats.update(self.world.diagnose_pairs(self.cfg.data, d / "pairs.jsonl"))
         stats["seconds"] = round(time.time() - start, 3)
         if not is_global_zero():
             return stats
@@ -160,76 +183,6 @@ class Loop:
         self.tracker.log_metrics(run_id, stats, prefix=f"{stage}/")
         log.info("iteration %d: %s done in %.1fs", k, stage, stats["seconds"])
         return stats
-
-    def _search(self, k: int, d: Path, run_id) -> dict:
-        from csr.search.stage import run_search
-
-        model, processor = self.policy(self.model_path(k))
-        stats = run_search(model=model, processor=processor, scorer=self.scorer(), cfg=self.cfg,
-                           out_path=d / "search.jsonl", trainer_kwargs=self.trainer_kwargs())
-        return {**stats, "model_path": self.model_path(k)}
-
-    def _reward(self, k: int, d: Path, run_id) -> dict:
-        from csr.reward.stage import run_reward
-
-        return run_reward(scorer=self.scorer(), cfg=self.cfg, search_path=self._require(d, "search.jsonl"),
-                          out_path=d / "rewards.jsonl", trainer_kwargs=self.trainer_kwargs())
-
-    def _pairs(self, k: int, d: Path, run_id) -> dict:
-        from csr.pairs.build import build_pairs
-
-        p = self.cfg.pairs
-        stats = build_pairs(self._require(d, "rewards.jsonl"), d, list(p.filters), self.cfg.data.image_root,
-                            p.export_llava, p.export_trl)
-        if self.cfg.data.shapesworld_split is not None:  # ground truth known: is the reward right?
-            from csr.data.shapesworld.splits import ground_truth
-            from csr.eval.shapesworld import pair_hallucination
-
-            truth = ground_truth(Path(self.cfg.data.shapesworld_root) / self.cfg.data.shapesworld_split)
-            stats.update(pair_hallucination(read_jsonl(d / "pairs.jsonl"), truth))
-        return stats
-
-    def _dpo(self, k: int, d: Path, run_id) -> dict:
-        from csr.dpo.stage import run_dpo
-
-        self._policy = None  # DPO loads its own trainable copy; free the inference one
-        gc.collect()
-        kwargs = {**self.trainer_kwargs(), "strategy": fit_strategy(self.cfg.trainer),
-                  "log_every_n_steps": self.cfg.trainer.log_every_n_steps}
-        return run_dpo(model_path=self.model_path(k), pairs_path=self._require(d, "pairs.jsonl"),
-                       adapter_dir=d / "adapter", image_root=self.cfg.data.image_root, model_cfg=self.cfg.model,
-                       dpo_cfg=self.cfg.dpo, trainer_kwargs=kwargs, logger=self.tracker.lightning_logger(run_id))
-
-    def _merge(self, k: int, d: Path, run_id) -> dict:
-        from csr.merge import run_merge
-
-        return run_merge(self.model_path(k), d, self.cfg.model, self.cfg.trainer.accelerator, self.cfg.data.image_root)
-
-    def _eval(self, k: int, d: Path, run_id) -> dict:
-        path = self.model_path(k + 1)  # the model this iteration produced (k = 0: the base model)
-        model, processor = self.policy(path)
-        e = self.cfg.eval
-        metrics = {}
-        for name in e.evaluators:
-            if name not in EVALUATORS:
-                raise CSRError(f"config key 'eval.evaluators': unknown evaluator {name!r}; known: {sorted(EVALUATORS)}")
-            out = d / "eval" / name
-            out.mkdir(parents=True, exist_ok=True)
-            with progress.stage(name):
-                result = EVALUATORS[name](
-                    model=model, processor=processor, scorer=self.scorer(), eval_cfg=e,
-                    prompt_file=e.prompt_file or self.cfg.data.prompt_file,
-                    image_root=e.image_root or self.cfg.data.image_root,
-                    out_dir=out, trainer_kwargs=self.trainer_kwargs(), on_error=self.cfg.data.on_error,
-                )
-            metrics.update({f"{name}/{key}": v for key, v in result.items()})
-        return metrics
-
-    def _require(self, d: Path, name: str) -> Path:
-        path = d / name
-        if not path.exists():
-            raise CSRError(f"{path} does not exist: run the stage that writes it first (or stage=all)")
-        return path
 
     # -- iterations -----------------------------------------------------------------------------------
 
@@ -266,12 +219,8 @@ class Loop:
         return self.cfg.iterations
 
     def prepare_data(self) -> None:
-        """Write the ShapesWorld prompt split on first use (deterministic: same files everywhere)."""
-        d = self.cfg.data
-        if d.shapesworld_split is not None:
-            from csr.data.shapesworld.splits import ensure_split
-
-            ensure_split(d.shapesworld_root, d.shapesworld_split, d.shapesworld_size)
+        if self.world is not None:
+            self.world.prepare(self.cfg.data)
 
     def run(self) -> dict:
         start_ranks(self.cfg.trainer)  # srun / torchrun: all ranks meet here before any file is read

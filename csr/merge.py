@@ -23,6 +23,7 @@ from peft import PeftModel
 from peft.tuners.lora import LoraLayer
 from peft.utils import ModulesToSaveWrapper
 
+from csr.context import StageContext
 from csr.errors import CSRError
 from csr.io import read_jsonl, replace_dir
 from csr.models.llava import DTYPES, load_llava, save_llava
@@ -173,3 +174,8 @@ def run_merge(base_path: str, iter_dir: Path, model_cfg, accelerator: str, image
     save_llava(model.to(DTYPES[save_dtype]), processor, str(tmp))
     replace_dir(tmp, out_dir)
     return stats
+
+
+def run(ctx: StageContext) -> dict:
+    """Merge stage: adapter/ + the starting model -> merged/, the next iteration's policy; rank 0 only."""
+    return run_merge(ctx.model_path, ctx.iter_dir, ctx.cfg.model, ctx.cfg.trainer.accelerator, ctx.cfg.data.image_root)

@@ -12,6 +12,7 @@ from types import SimpleNamespace
 import pytorch_lightning as pl
 from torch.utils.data import DataLoader, DistributedSampler
 
+from csr.context import StageContext
 from csr.distributed import predict_strategy
 from csr.dpo.checkpoint import SaveAdapter, trainable_params
 from csr.dpo.data import PairDataset, check_images, collate
@@ -100,3 +101,11 @@ def run_dpo(*, model_path: str, pairs_path: Path, adapter_dir: Path, image_root:
     metrics.update(module.epoch_means)
     trainable = trainable_params(policy)
     return {"pairs": len(pairs), "steps": trainer.global_step, "trainable_params": trainable, **metrics}
+
+
+def run(ctx: StageContext) -> dict:
+    """DPO stage: pairs.jsonl -> adapter/ (LoRA against the iteration's starting model)."""
+    ctx.release_policy()  # DPO loads its own trainable copy; free the inference one
+    return run_dpo(model_path=ctx.model_path, pairs_path=ctx.require("pairs.jsonl"), adapter_dir=ctx.iter_dir / "adapter",
+                   image_root=ctx.cfg.data.image_root, model_cfg=ctx.cfg.model, dpo_cfg=ctx.cfg.dpo,
+                   trainer_kwargs=ctx.fit_kwargs, logger=ctx.logger())

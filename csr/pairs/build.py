@@ -11,6 +11,7 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from csr.context import StageContext
 from csr.data.prompts import resolve_image_path
 from csr.io import atomic_write_json, atomic_write_text, read_jsonl
 from csr.pairs.rules import margin, select_by_rule
@@ -113,3 +114,10 @@ def build_pairs(rewards_path: Path, out_dir: Path, filters: Sequence[str], image
 
 def _line(obj: dict) -> str:
     return json.dumps(obj, ensure_ascii=False) + "\n"
+
+
+def run(ctx: StageContext) -> dict:
+    """Pairs stage: rewards.jsonl -> pairs.jsonl (and the exports); rank 0 only (files alone)."""
+    p = ctx.cfg.pairs
+    return build_pairs(ctx.require("rewards.jsonl"), ctx.iter_dir, list(p.filters), ctx.cfg.data.image_root,
+                       p.export_llava, p.export_trl)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from csr.context import StageContext
 from csr.io import read_jsonl
 from csr.predict import predict_to_jsonl
 from csr.reward.module import RewardModule
@@ -36,3 +37,8 @@ def reward_stats(scored: list[dict], rule: str) -> dict:
     if rule == "reference":  # answers through a sentence its short-sentence drop removed
         stats["answers_dropped"] = sum(1 for a in answers if "dropped" in a)
     return stats
+
+
+def run(ctx: StageContext) -> dict:
+    return run_reward(scorer=ctx.scorer(), cfg=ctx.cfg, search_path=ctx.require("search.jsonl"),
+                      out_path=ctx.iter_dir / "rewards.jsonl", trainer_kwargs=ctx.trainer_kwargs)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from csr.context import StageContext
 from csr.data.prompts import load_prompts
 from csr.io import read_jsonl
 from csr.models.chat import drop_overlong
@@ -71,3 +72,11 @@ def search_stats(records: list[dict], load_skips: dict[str, int]) -> dict:
     stats["mean_r_i"] = sum(scored) / len(scored) if scored else None
     stats.update({f"skipped/{k}": v for k, v in load_skips.items()})
     return stats
+
+
+def run(ctx: StageContext) -> dict:
+    """Search stage: the iteration's policy writes search.jsonl (sentence trees with their R_T)."""
+    model, processor = ctx.policy(ctx.model_path)
+    stats = run_search(model=model, processor=processor, scorer=ctx.scorer(), cfg=ctx.cfg,
+                       out_path=ctx.iter_dir / "search.jsonl", trainer_kwargs=ctx.trainer_kwargs)
+    return {**stats, "model_path": ctx.model_path}
