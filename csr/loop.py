@@ -288,6 +288,7 @@ class Loop:
         return result
 
     def summary(self) -> dict:
+        from csr.eval.registry import summary_columns
         from csr.report import write_report
 
         rows = {}
@@ -295,7 +296,7 @@ class Loop:
             path = self.iter_dir(k) / "metrics.json"
             if path.exists():
                 rows[k] = read_json(path)
-        result = write_report(rows, self.run_dir)
+        result = write_report(rows, self.run_dir, summary_columns(self.cfg.eval.evaluators))
         if OmegaConf.select(self.cfg, "report.inspect", default=False):  # the browsable site, also in MLflow
             from csr.inspect import write_site
 

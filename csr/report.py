@@ -9,18 +9,10 @@ from csr.io import atomic_write_json, atomic_write_text
 
 log = logging.getLogger(__name__)
 
-# (column, stage, key in that stage's stats); a column whose every value is missing is left out,
+# (column, stage, key in that stage's stats) after the evaluators' own columns (each evaluator
+# declares its SUMMARY, csr/eval/registry.py); a column whose every value is missing is left out,
 # so a run shows the columns of the evaluators it used.
 COLUMNS = [
-    ("CHAIR_S", "eval", "shapesworld/chair_s"),
-    ("CHAIR_I", "eval", "shapesworld/chair_i"),
-    ("recall", "eval", "shapesworld/recall"),
-    ("POPE F1", "eval", "shapesworld/pope_f1"),
-    ("partner halluc.", "eval", "shapesworld/partner_hallucination"),
-    ("answer R_I", "eval", "shapesworld/mean_r_i"),
-    ("answer words", "eval", "shapesworld/mean_answer_words"),
-    ("generated R_I", "eval", "generate/mean_r_i"),
-    ("generated tokens", "eval", "generate/mean_answer_tokens"),
     ("pairs", "pairs", "pairs"),
     ("skipped", "pairs", "skipped"),
     ("gap", "pairs", "margin"),
@@ -39,14 +31,16 @@ def _fmt(value) -> str:
     return f"{value:.3f}" if isinstance(value, float) else str(value)
 
 
-def table_rows(metrics_by_iteration: dict[int, dict]) -> list[dict]:
+def table_rows(metrics_by_iteration: dict[int, dict], eval_columns: list[tuple[str, str]] = ()) -> list[dict]:
+    """eval_columns: (column, "<evaluator>/<key>") the evaluators declare, shown first."""
+    columns = [(column, "eval", key) for column, key in eval_columns] + COLUMNS
     rows = []
     for k, metrics in sorted(metrics_by_iteration.items()):
         row = {"iteration": k}
-        for column, stage, key in COLUMNS:
+        for column, stage, key in columns:
             row[column] = (metrics.get(stage) or {}).get(key)
         rows.append(row)
-    used = [c for c, _, _ in COLUMNS if any(r[c] is not None for r in rows)]
+    used = [c for c, _, _ in columns if any(r[c] is not None for r in rows)]
     return [{"iteration": r["iteration"], **{c: r[c] for c in used}} for r in rows]
 
 
@@ -82,8 +76,9 @@ def plot(rows: list[dict], path: Path, title: str = "csr run") -> None:
     plt.close(fig)
 
 
-def write_report(metrics_by_iteration: dict[int, dict], run_dir: Path) -> dict:
-    rows = table_rows(metrics_by_iteration)
+def write_report(metrics_by_iteration: dict[int, dict], run_dir: Path,
+                 eval_columns: list[tuple[str, str]] = ()) -> dict:
+    rows = table_rows(metrics_by_iteration, eval_columns)
     text = markdown(rows)
     atomic_write_text(run_dir / "summary.md", text)
     atomic_write_json(run_dir / "summary.json", rows)

@@ -37,7 +37,10 @@ def main() -> None:
     kwargs = {"accelerator": "cpu", "devices": 2, "num_nodes": 1, "strategy": "ddp", "precision": "32-true",
               "enable_progress_bar": False}
     written = predict_to_jsonl(Squares(), items(n), out, batch_size=batch_size, trainer_kwargs=kwargs)
-    print(json.dumps({"rank": dist.get_rank(), "written": written}), flush=True)
+    # One write of the whole line: under torchrun both ranks share one stdout pipe, and print() writes
+    # the text and its newline separately, so two ranks' lines could interleave.
+    sys.stdout.write(json.dumps({"rank": dist.get_rank(), "written": written}) + "\n")
+    sys.stdout.flush()
 
 
 if __name__ == "__main__":

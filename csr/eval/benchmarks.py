@@ -19,6 +19,9 @@ from csr.io import atomic_write_text, read_json
 
 CHAIR_PROMPT = "Please describe this image in detail."  # the prompt CSR and LLaVA report CHAIR with
 POPE_MAX_NEW_TOKENS = 8  # room for "Yes, there is a ..." : the verdict is in the first words
+# What the run's summary table shows of each: (column, metric key).
+COCO_CHAIR_SUMMARY = (("COCO CHAIR_S", "chair_s"), ("COCO CHAIR_I", "chair_i"), ("COCO recall", "recall"))
+POPE_SUMMARY = (("POPE acc", "accuracy"), ("POPE F1 (bench)", "f1"))
 
 
 def evaluate_coco_chair(*, model, processor, scorer, eval_cfg, prompt_file: str, image_root: str,

@@ -26,6 +26,8 @@ from csr.predict import RecordPredictor, predict_to_jsonl
 log = logging.getLogger(__name__)
 
 DECODING = "greedy"  # GenerateModule: do_sample=False, special tokens suppressed, stops at eos
+# What the run's summary table shows: (column, metric key).
+SUMMARY = (("generated R_I", "mean_r_i"), ("generated tokens", "mean_answer_tokens"))
 
 
 class GenerateModule(RecordPredictor):

@@ -35,6 +35,10 @@ def partner_hallucination_rate(answers: list[dict], truth: dict[str, set[str]]) 
 
 DESCRIBE_PROMPT = "Describe this image in detail."
 POPE_MAX_NEW_TOKENS = 4  # "Yes." / "No."
+# What the run's summary table shows: (column, metric key).
+SUMMARY = (("CHAIR_S", "chair_s"), ("CHAIR_I", "chair_i"), ("recall", "recall"), ("POPE F1", "pope_f1"),
+           ("partner halluc.", "partner_hallucination"), ("answer R_I", "mean_r_i"),
+           ("answer words", "mean_answer_words"))
 
 
 def _pope(model, processor, eval_cfg, split_dir: Path, images: set[str], out_dir: Path, trainer_kwargs: dict,

@@ -37,9 +37,11 @@ def base_row(base: Path | None) -> dict | None:
     """Iteration 0 from a base-only run, in the summary's column names."""
     if base is None:
         return None
+    from csr.eval.registry import summary_columns
     from csr.report import table_rows
 
-    return table_rows({0: json.loads((base / "iter_0" / "metrics.json").read_text())})[0]
+    metrics = json.loads((base / "iter_0" / "metrics.json").read_text())
+    return table_rows({0: metrics}, summary_columns(["shapesworld", "generate"]))[0]
 
 
 def load_runs(sweep: Path, base: Path | None) -> list[dict]:
