@@ -1,5 +1,5 @@
 """Troubleshooting-table cases for images (orientation, float and wide integer samples, unusable
-paths) and the CLIP weights; merged into tests/test_bad_input.py's CASES (rows: /work/notes/clip.md).
+paths) and the CLIP weights; merged into tests/test_bad_input.py's CASES.
 
 Pillow identifies a file by its content, not its extension: the files of error rows are named
 *.png because test_bad_input checks that an image error names a .png file.
@@ -18,7 +18,7 @@ from PIL import Image
 from csr.config import validate
 
 if TYPE_CHECKING:
-    from test_bad_input import Ctx
+    from scratch_prompts import Ctx
 
 
 def _record(image: str) -> dict:
@@ -97,9 +97,9 @@ def _symlink_loop(ctx: Ctx) -> dict[str, int]:
 
 
 def _null_weights(ctx: Ctx) -> object:
-    from test_config import _compose
+    from compose_config import compose_config
 
-    return validate(_compose("reward.clip.weights=null"))
+    return validate(compose_config("reward.clip.weights=null"))
 
 
 CASES: dict[tuple[str, str], Callable[[Ctx], object]] = {

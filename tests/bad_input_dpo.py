@@ -1,4 +1,4 @@
-"""Troubleshooting-table cases for DPO's inputs (merged into test_bad_input.CASES by the lead).
+"""Troubleshooting-table cases for DPO's inputs (merged into tests/test_bad_input.py's CASES).
 
 Rows (README "## Troubleshooting"):
 | image | changed on disk after the search | error: `changed on disk since the search read it` |
@@ -27,7 +27,7 @@ from csr.dpo.stage import run_dpo
 from csr.models.llava import load_llava
 
 if TYPE_CHECKING:
-    from test_bad_input import Ctx
+    from scratch_prompts import Ctx
 
 DPO = {"loss": "sigmoid", "beta": 0.1, "ipo_form": "mean", "label_smoothing": 0.0, "lr": 1e-3,
        "scheduler": "cosine", "warmup_ratio": 0.0, "epochs": 1, "batch_size": 1, "grad_accumulation": 1,

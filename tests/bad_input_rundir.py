@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from test_config import _compose
+from compose_config import compose_config
 
 from csr.config import validate
 from csr.lock import run_lock
@@ -16,7 +16,7 @@ from csr.tracking import sqlite_path, sqlite_uri
 
 
 def _start(run_dir: Path, *overrides: str) -> Loop:
-    loop = Loop(validate(_compose(f"run_dir={run_dir}", *overrides)))
+    loop = Loop(validate(compose_config(f"run_dir={run_dir}", *overrides)))
     with loop.open_run_dir():
         pass
     return loop

@@ -9,7 +9,7 @@ import shutil
 import socket
 from collections.abc import Callable
 
-from test_config import _compose
+from compose_config import compose_config
 
 from csr.cli import check_config
 from csr.config import validate
@@ -58,12 +58,12 @@ def _truncated_merged_model(ctx) -> object:
 
 
 def _config(*overrides: str) -> Callable[[object], object]:
-    return lambda ctx: validate(_compose(*overrides))
+    return lambda ctx: validate(compose_config(*overrides))
 
 
 def _unset_variable(ctx) -> object:
     os.environ.pop("CSR_UNSET_VARIABLE", None)
-    return validate(_compose("data.image_root=${oc.env:CSR_UNSET_VARIABLE}/images"))
+    return validate(compose_config("data.image_root=${oc.env:CSR_UNSET_VARIABLE}/images"))
 
 
 CASES: dict[tuple[str, str], Callable[[object], object]] = {
@@ -81,6 +81,6 @@ CASES: dict[tuple[str, str], Callable[[object], object]] = {
     ("config", "iteration negative"): _config("stage=search", "iteration=-1"),
     ("config", "a stage other than eval at iteration 0"): _config("stage=search", "iteration=0"),
     ("config", "unset environment variable in ${oc.env:...}"): _unset_variable,
-    ("config", "unknown evaluator"): lambda ctx: check_config(_compose("eval.evaluators=[generate,chiar]")),
+    ("config", "unknown evaluator"): lambda ctx: check_config(compose_config("eval.evaluators=[generate,chiar]")),
 }
 

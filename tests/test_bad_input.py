@@ -7,7 +7,6 @@ case here fails, and so does a case whose row is gone.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
@@ -19,8 +18,9 @@ from bad_input_clip import CASES as CLIP_CASES
 from bad_input_dpo import CASES as DPO_CASES
 from bad_input_rundir import CASES as RUNDIR_CASES
 from bad_input_runtime import CASES as RUNTIME_CASES
+from compose_config import compose_config
 from PIL import Image
-from test_config import _compose
+from scratch_prompts import Ctx
 
 from csr.config import validate
 from csr.data.images import load_image
@@ -43,33 +43,6 @@ def table_rows() -> list[tuple[str, str, str]]:
         if len(cells) == 3 and line.startswith("|") and cells[0] not in ("input", "---"):
             rows.append((cells[0], cells[1].replace("`", ""), cells[2]))
     return rows
-
-
-class Ctx:
-    """A scratch directory with a good image and a prompt-file writer; `on_error` as data.on_error."""
-
-    def __init__(self, tmp_path: Path, tiny_models, on_error: str):
-        self.tmp, self.tiny, self.on_error = tmp_path, tiny_models, on_error
-        self.images = tmp_path / "images"
-        self.images.mkdir(parents=True)
-        Image.new("RGB", (8, 8), (10, 20, 30)).save(self.images / "good.png")
-
-    def write(self, records, raw: bytes | None = None) -> str:
-        """Write the prompt file: `raw` bytes, or `records` after one good record (so a bad record
-        is found mid-file and a skip leaves something usable); returns its path."""
-        path = self.tmp / "prompts.json"
-        if raw is None:
-            good = [{"id": "ok", "image": "good.png", "input": "Describe.\n<image>"}]
-            raw = json.dumps(good + records if isinstance(records, list) and records else records).encode()
-        path.write_bytes(raw)
-        return str(path)
-
-    def prompts(self, records, raw: bytes | None = None) -> dict[str, int]:
-        """Load a prompt file holding `records` (or the bytes `raw`); returns the skip counts."""
-        return load_prompts(self.write(records, raw), str(self.images), on_error=self.on_error)[1]
-
-    def image(self, name: str) -> Image.Image:
-        return load_image(str(self.images), name)
 
 
 def record(rid: str = "r1", image: str = "good.png", text: str = "Describe the image.\n<image>") -> dict:
@@ -139,13 +112,13 @@ def _bomb(ctx: Ctx) -> Image.Image:
 
 
 def _config(*overrides: str) -> Callable[[Ctx], object]:
-    return lambda ctx: validate(_compose(*overrides))
+    return lambda ctx: validate(compose_config(*overrides))
 
 
 def _unknown_key(ctx: Ctx) -> object:
     from omegaconf import open_dict
 
-    cfg = _compose()
+    cfg = compose_config()
     with open_dict(cfg):
         cfg.search.beam_widht = 3
     return validate(cfg)

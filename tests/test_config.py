@@ -6,31 +6,12 @@ import re
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
+from compose_config import PATHS, RUN, compose_config
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from csr.cli import CONF_DIR
 from csr.config import Stage, validate
 from csr.errors import CSRError
-
-# run_dir, the MLflow store and the tiny paths interpolate ${hydra:runtime...}, which compose() without
-# the hydra config cannot resolve; these stand in for them.
-RUN = ["run_dir=/tmp/x", "logger.tracking_uri=sqlite:////tmp/x/mlflow.db"]
-PATHS = [
-    *RUN,
-    "model.path=/m",
-    "reward.clip.weights=/w",
-    "reward.clip.config_json=/c.json",
-    "data.prompt_file=/p.json",
-    "data.image_root=/i",
-    "data.shapesworld_root=/sw",
-    "eval.shapesworld_root=/sw",
-]
-
-
-def _compose(*overrides: str, paths: list[str] = PATHS) -> DictConfig:
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        return compose("config", overrides=[*paths, *overrides], return_hydra_config=False)
 
 
 def _fully_resolved(cfg: DictConfig) -> dict:
@@ -47,7 +28,7 @@ def test_conf_dir_is_the_repository_conf() -> None:
 
 
 def test_defaults_are_shapesworld() -> None:
-    typed = validate(_compose(paths=[*RUN, "data.shapesworld_root=/sw", "eval.shapesworld_root=/sw"]))
+    typed = validate(compose_config(paths=[*RUN, "data.shapesworld_root=/sw", "eval.shapesworld_root=/sw"]))
     assert (typed.model.name, typed.data.shapesworld_split, list(typed.eval.evaluators)) == (
         "shapesworld", "csr", ["shapesworld"])
     assert typed.eval.limit >= 500  # the held-out size
@@ -55,7 +36,7 @@ def test_defaults_are_shapesworld() -> None:
 
 
 def test_paper_groups_validate_with_paper_values() -> None:
-    typed = validate(_compose("search=default", "dpo=default"))
+    typed = validate(compose_config("search=default", "dpo=default"))
     assert typed.stage == Stage.all
     assert typed.iterations == 3
     assert typed.reward.lam == 0.9
@@ -79,14 +60,14 @@ def test_paper_groups_validate_with_paper_values() -> None:
 
 
 def test_validate_resolves_overrides_to_typed_values() -> None:
-    typed = validate(_compose("reward.lam=0.5", "search.beam_width=7", "stage=pairs", "seed=3"))
+    typed = validate(compose_config("reward.lam=0.5", "search.beam_width=7", "stage=pairs", "seed=3"))
     assert typed.reward.lam == 0.5 and typed.search.beam_width == 7
     assert typed.stage == Stage.pairs
     assert _fully_resolved(typed)["dpo"]["seed"] == 3
 
 
 def test_unknown_key_in_a_group_is_named() -> None:
-    cfg = _compose()
+    cfg = compose_config()
     with open_dict(cfg):
         cfg.search.beam_widht = 3
     with pytest.raises(CSRError, match=re.escape("'search.beam_widht'")):
@@ -94,7 +75,7 @@ def test_unknown_key_in_a_group_is_named() -> None:
 
 
 def test_unknown_top_level_key_is_named() -> None:
-    cfg = _compose()
+    cfg = compose_config()
     with open_dict(cfg):
         cfg.iteratoins = 2
     with pytest.raises(CSRError, match=re.escape("'iteratoins'")):
@@ -121,24 +102,24 @@ def test_unknown_top_level_key_is_named() -> None:
 )
 def test_bad_values_name_their_key(overrides: list[str], key: str) -> None:
     with pytest.raises(CSRError, match=re.escape(f"'{key}'")):
-        validate(_compose(*overrides))
+        validate(compose_config(*overrides))
 
 
 def test_keep_sum_message_names_all_three_keys() -> None:
     with pytest.raises(CSRError) as info:
-        validate(_compose("search.keep_top=2", "search.keep_bottom=4"))
+        validate(compose_config("search.keep_top=2", "search.keep_bottom=4"))
     message = str(info.value)
     assert "'search.keep_top'" in message and "'search.keep_bottom'" in message
     assert "'search.beam_width'" in message and "(2 + 4)" in message and "(5)" in message
 
 
 def test_keep_sum_equal_to_beam_width_is_allowed() -> None:
-    typed = validate(_compose("search.beam_width=3", "search.keep_top=1", "search.keep_bottom=2"))
+    typed = validate(compose_config("search.beam_width=3", "search.keep_top=1", "search.keep_bottom=2"))
     assert typed.search.beam_width == 3
 
 
 def test_train_projector_with_a_frozen_copy_is_allowed() -> None:
-    typed = validate(_compose("dpo.train_projector=true", "dpo.reference=frozen_copy"))
+    typed = validate(compose_config("dpo.train_projector=true", "dpo.reference=frozen_copy"))
     assert typed.dpo.train_projector is True
 
 
@@ -146,7 +127,7 @@ def test_train_projector_with_a_frozen_copy_is_allowed() -> None:
 def test_every_paper_experiment_composes_and_validates(name: str) -> None:
     # The experiments leave the data and CLIP weights to the user (???); fill them.
     paths = [*RUN, "reward.clip.weights=/w", "data.prompt_file=/p.json", "data.image_root=/i"]
-    typed = validate(_compose(f"experiment={name}", paths=paths))
+    typed = validate(compose_config(f"experiment={name}", paths=paths))
     resolved = _fully_resolved(typed)
     assert resolved["iterations"] == 3
     assert resolved["reward"]["lam"] == 0.9 and resolved["reward"]["clip"]["arch"] == "ViT-L-14-336-quickgelu"
@@ -160,7 +141,7 @@ def test_every_paper_experiment_composes_and_validates(name: str) -> None:
 def test_smoke_experiment_is_the_tiny_setup() -> None:
     paths = [*RUN, "model.path=/m", "reward.clip.weights=/w", "reward.clip.config_json=/c",
              "data.prompt_file=/p.json", "data.image_root=/i"]
-    typed = validate(_compose("experiment=smoke", paths=paths))
+    typed = validate(compose_config("experiment=smoke", paths=paths))
     assert (typed.model.name, typed.search.max_sentences, typed.dpo.lora.r, typed.eval.limit) == ("tiny_random", 3, 8, 4)
     assert typed.reward.clip.arch == "tiny-clip" and typed.eval.evaluators == ["generate"]
 
@@ -172,30 +153,30 @@ def test_experiment_names() -> None:
 @pytest.mark.parametrize(("name", "model"), [("paper_llava15_7b", "llava15_7b"), ("paper_llava15_13b", "llava15_13b")])
 def test_experiment_picks_its_model(name: str, model: str) -> None:
     paths = [*RUN, "reward.clip.weights=/w", "data.prompt_file=/p.json", "data.image_root=/i"]
-    typed = validate(_compose(f"experiment={name}", paths=paths))
+    typed = validate(compose_config(f"experiment={name}", paths=paths))
     assert typed.model.name == model
 
 
 @pytest.mark.parametrize("name", ["paper_llava15_7b", "paper_llava15_13b"])
 def test_experiment_leaves_data_to_the_user(name: str) -> None:
-    cfg = _compose(f"experiment={name}", paths=RUN)
+    cfg = compose_config(f"experiment={name}", paths=RUN)
     assert OmegaConf.is_missing(cfg.data, "prompt_file") and OmegaConf.is_missing(cfg.data, "image_root")
 
 
 @pytest.mark.parametrize("name", ["paper_llava15_7b", "paper_llava15_13b"])
 def test_experiment_requires_clip_weights(name: str) -> None:
-    cfg = _compose(f"experiment={name}", paths=RUN)
+    cfg = compose_config(f"experiment={name}", paths=RUN)
     assert cfg.reward.clip.arch == "ViT-L-14-336-quickgelu"
     weights = OmegaConf.to_container(cfg.reward.clip)["weights"]  # unresolved text
     assert "tiny" not in str(weights)
     assert OmegaConf.is_missing(cfg.reward.clip, "weights")
     with pytest.raises(CSRError, match="reward.clip.weights"):
-        validate(_compose(f"experiment={name}", paths=[*RUN, "data.prompt_file=/p.json", "data.image_root=/i"]))
+        validate(compose_config(f"experiment={name}", paths=[*RUN, "data.prompt_file=/p.json", "data.image_root=/i"]))
 
 
 @pytest.mark.parametrize("name", _names("trainer"))
 def test_every_trainer_composes_and_validates(name: str) -> None:
-    typed = validate(_compose(f"trainer={name}"))
+    typed = validate(compose_config(f"trainer={name}"))
     expected = {
         "cpu": ("cpu", "auto", "32-true"),
         "gpu": ("gpu", "auto", "bf16-mixed"),
@@ -219,7 +200,7 @@ def test_trainer_names() -> None:
 )
 def test_llava_models_compose_and_validate(name: str, path: str) -> None:
     paths = [p for p in PATHS if not p.startswith("model.path=")]
-    typed = validate(_compose(f"model={name}", paths=paths))
+    typed = validate(compose_config(f"model={name}", paths=paths))
     assert (typed.model.name, typed.model.path, typed.model.dtype) == (name, path, "bfloat16")
     _fully_resolved(typed)
 

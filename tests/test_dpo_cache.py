@@ -14,7 +14,7 @@ import pytest
 import torch
 from bad_input_dpo import CASES, dpo_pair, logged_reference_pass
 from PIL import Image
-from test_bad_input import Ctx
+from scratch_prompts import Ctx
 
 from csr.data.image_hash import file_sha256, image_sha256
 from csr.data.prompts import PromptRecord

@@ -14,7 +14,7 @@ import pytest
 import torch
 from bad_input_dpo import DPO, dpo_pair, logged_reference_pass
 from omegaconf import OmegaConf
-from test_bad_input import Ctx
+from scratch_prompts import Ctx
 
 from csr.data.image_hash import image_sha256
 from csr.dpo.data import PairDataset, collate

@@ -11,11 +11,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from compose_config import compose_config
 from csr_runs import run, tiny_env
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import open_dict
-from test_config import _compose
 
 from csr.cli import CONF_DIR
 from csr.config import validate
@@ -30,7 +30,7 @@ USER_FILES = ("project/.draft.tmp", "project/src/.main.py.tmp", ".cache/.x.tmp",
 
 def start(run_dir: Path, *overrides: str) -> Loop:
     """Open run_dir as `csr run_dir=... overrides` would, up to where the models would load."""
-    loop = Loop(validate(_compose(f"run_dir={run_dir}", *overrides)))
+    loop = Loop(validate(compose_config(f"run_dir={run_dir}", *overrides)))
     with loop.open_run_dir():
         pass
     return loop
