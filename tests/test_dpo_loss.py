@@ -8,8 +8,9 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from csr.dpo.data import IGNORE, answer_positions, collate, sequence_logps
+from csr.dpo.data import answer_positions, collate, sequence_logps
 from csr.dpo.loss import LOSSES, dpo_loss, reward_metrics
+from csr.models.chat import IGNORE
 
 # Pair 0: policy chosen -1, rejected -3; ref chosen -2, rejected -2
 #   logits = (-1 - -3) - (-2 - -2) = 2;  beta * logits = 0.2

@@ -12,9 +12,10 @@ import torch
 from bad_input_dpo import DPO
 
 from csr.data.tiny import write_tiny_prompts
-from csr.dpo.data import IGNORE, PairDataset, collate
+from csr.dpo.data import PairDataset, collate
 from csr.dpo.lora import wrap_lora
 from csr.dpo.module import concatenated_logps
+from csr.models.chat import IGNORE
 from csr.models.llava import load_llava
 
 

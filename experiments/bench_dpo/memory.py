@@ -79,7 +79,7 @@ def prepare() -> Path:
 
 def before_logps(model: torch.nn.Module, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
     """csr.dpo.module.concatenated_logps as it was (commit 5dd9474), for the comparison."""
-    from csr.dpo.data import IGNORE
+    from csr.models.chat import IGNORE
 
     out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                 pixel_values=torch.cat([batch["pixel_values"]] * 2), use_cache=False)
