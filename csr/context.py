@@ -20,17 +20,12 @@ class StageContext:
     k: int  # the iteration (0: the base model's evaluation)
     iter_dir: Path  # iter_<k>/, where the stage writes
     model_path: str  # the policy iteration k starts from (the base model, then iter_<k-1>/merged)
+    evaluated_path: str  # the model iteration k produced, which its evaluation scores (k = 0: the base model)
     trainer_kwargs: dict[str, Any]  # Lightning Trainer arguments for predict calls (device, ranks, precision)
-    fit_kwargs: dict[str, Any]  # ... and for DPO's fit (its strategy, logging interval)
     policy: Callable[[str], tuple[Any, Any]]  # path -> (model, processor), loaded once and shared
     scorer: Callable[[], Any]  # the CLIP reward model (csr/models/clip.ClipScorer), loaded once
     release_policy: Callable[[], None]  # frees the shared policy (DPO loads its own trainable copy)
     logger: Callable[[], Any]  # the iteration's Lightning logger (MLflow) or None, made when asked
-
-    @property
-    def evaluated_path(self) -> str:
-        """The model an evaluation of iteration k scores: the one it produced (k = 0: the base model)."""
-        return self.cfg.model.path if self.k == 0 else str(self.iter_dir / "merged")
 
     def require(self, name: str) -> Path:
         """iter_<k>/name, which an earlier stage wrote; a clear error when it did not."""

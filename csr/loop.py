@@ -27,7 +27,6 @@ from csr.config import Stage
 from csr.context import StageContext
 from csr.distributed import (
     barrier,
-    fit_strategy,
     is_global_zero,
     predict_strategy,
     rank_zero_value,
@@ -53,18 +52,16 @@ from csr.run_dir import (
     record_config,
 )
 from csr.run_info import run_info, run_info_params, sweep_run_name
+from csr.stage_run import STAGES as ITERATION_STAGES
 from csr.tracking import Tracker, flatten
 from csr.worlds import world_of
 
 log = logging.getLogger(__name__)
 
-ITERATION_STAGES = ("search", "reward", "pairs", "dpo", "merge", "eval")
-
-
 # Each stage's module: its `run(ctx: StageContext) -> dict` is the stage (csr/context.py). Imported
 # when the stage runs, so that `csr` checks its config before any model library loads.
-STAGES = {"search": "csr.search.stage", "reward": "csr.reward.stage", "pairs": "csr.pairs.build",
-          "dpo": "csr.dpo.stage", "merge": "csr.merge", "eval": "csr.eval.stage"}
+STAGE_MODULES = {"search": "csr.search.stage", "reward": "csr.reward.stage", "pairs": "csr.pairs.build",
+                 "dpo": "csr.dpo.stage", "merge": "csr.merge", "eval": "csr.eval.stage"}
 # Stages that only read and write files: under several devices rank 0 runs them alone.
 RANK_ZERO_STAGES = ("pairs", "merge")
 
@@ -126,9 +123,7 @@ class Loop:
     def context(self, k: int, run_id: str | None) -> StageContext:
         return StageContext(
             cfg=self.cfg, k=k, iter_dir=self.iter_dir(k), model_path=self.model_path(k),
-            trainer_kwargs=self.trainer_kwargs(),
-            fit_kwargs={**self.trainer_kwargs(), "strategy": fit_strategy(self.cfg.trainer),
-                        "log_every_n_steps": self.cfg.trainer.log_every_n_steps},
+            evaluated_path=self.model_path(k + 1), trainer_kwargs=self.trainer_kwargs(),
             policy=self.policy, scorer=self.scorer, release_policy=self.release_policy,
             logger=lambda: self.tracker.lightning_logger(run_id),
         )
@@ -173,7 +168,7 @@ class Loop:
             return {}
         log.info("iteration %d: %s", k, stage)
         with progress.stage(f"iteration {k} {stage}"):
-            stats = importlib.import_module(STAGES[stage]).run(self.context(k, run_id))
+            stats = importlib.import_module(STAGE_MODULES[stage]).run(self.context(k, run_id))
             if stage == "pairs" and self.world is not None:  # ground truth known: is the reward right?
                 stats.update(self.world.diagnose_pairs(self.cfg.data, d / "pairs.jsonl"))
         stats["seconds"] = round(time.time() - start, 3)

@@ -19,7 +19,7 @@ from csr.io import is_done
 
 log = logging.getLogger(__name__)
 
-STAGES = ("search", "reward", "pairs", "dpo", "merge", "eval")
+STAGES = ("search", "reward", "pairs", "dpo", "merge", "eval")  # an iteration's stages, in order (the loop's too)
 # What each stage writes into iter_<k>/ besides its marker. Not here: ref_logps.json, a cache keyed
 # by content (csr/dpo/reference.py) that stays right whatever changes.
 OUTPUTS = {

@@ -77,25 +77,21 @@ def test_an_item_without_its_record_fails_the_stage_naming_it(tmp_path):
 # -- launchers --------------------------------------------------------------------------------------
 
 
-def test_torchrun_environment(bare_env):
-    for name, value in {"TORCHELASTIC_RUN_ID": "r1", "RANK": "3", "LOCAL_RANK": "1", "GROUP_RANK": "1",
-                        "LOCAL_WORLD_SIZE": "2", "WORLD_SIZE": "4", "MASTER_ADDR": "10.0.0.7",
-                        "MASTER_PORT": "29511"}.items():
+@pytest.mark.parametrize(("variables", "environment", "expected"), [
+    ({"TORCHELASTIC_RUN_ID": "r1", "RANK": "3", "LOCAL_RANK": "1", "GROUP_RANK": "1", "LOCAL_WORLD_SIZE": "2",
+      "WORLD_SIZE": "4", "MASTER_ADDR": "10.0.0.7", "MASTER_PORT": "29511"},
+     "TorchElasticEnvironment", (3, 4, "10.0.0.7", 29511)),
+    # srun: the first node of the list; port 15000 + the job id's last 4 digits, as Lightning derives them
+    ({"SLURM_NTASKS": "4", "SLURM_NTASKS_PER_NODE": "2", "SLURM_PROCID": "3", "SLURM_LOCALID": "1",
+      "SLURM_NODEID": "1", "SLURM_JOB_NAME": "csr", "SLURM_JOB_ID": "812345", "SLURM_NODELIST": "gpu[07-08]"},
+     "SLURMEnvironment", (3, 4, "gpu07", 17345)),
+], ids=["torchrun", "srun"])
+def test_launcher_environment(bare_env, variables, environment, expected):
+    for name, value in variables.items():
         bare_env.setenv(name, value)
     env = _launcher()
-    assert type(env).__name__ == "TorchElasticEnvironment"
-    assert (env.global_rank(), env.world_size(), env.main_address, env.main_port) == (3, 4, "10.0.0.7", 29511)
-
-
-def test_srun_environment_address_and_port_as_lightning_derives_them(bare_env):
-    for name, value in {"SLURM_NTASKS": "4", "SLURM_NTASKS_PER_NODE": "2", "SLURM_PROCID": "3", "SLURM_LOCALID": "1",
-                        "SLURM_NODEID": "1", "SLURM_JOB_NAME": "csr", "SLURM_JOB_ID": "812345",
-                        "SLURM_NODELIST": "gpu[07-08]"}.items():
-        bare_env.setenv(name, value)
-    env = _launcher()
-    assert type(env).__name__ == "SLURMEnvironment"
-    # the first node of the list; port 15000 + the job id's last 4 digits
-    assert (env.global_rank(), env.world_size(), env.main_address, env.main_port) == (3, 4, "gpu07", 17345)
+    assert type(env).__name__ == environment
+    assert (env.global_rank(), env.world_size(), env.main_address, env.main_port) == expected
 
 
 def test_plain_env_vars_and_lightnings_own_launcher(bare_env):

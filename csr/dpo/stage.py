@@ -13,7 +13,7 @@ import pytorch_lightning as pl
 from torch.utils.data import DataLoader, DistributedSampler
 
 from csr.context import StageContext
-from csr.distributed import predict_strategy
+from csr.distributed import fit_strategy, predict_strategy
 from csr.dpo.checkpoint import SaveAdapter, trainable_params
 from csr.dpo.data import PairDataset, check_images, collate
 from csr.dpo.lora import wrap_lora
@@ -106,6 +106,8 @@ def run_dpo(*, model_path: str, pairs_path: Path, adapter_dir: Path, image_root:
 def run(ctx: StageContext) -> dict:
     """DPO stage: pairs.jsonl -> adapter/ (LoRA against the iteration's starting model)."""
     ctx.release_policy()  # DPO loads its own trainable copy; free the inference one
+    t = ctx.cfg.trainer  # DPO fits under the training strategy; predict calls use plain DDP
+    fit_kwargs = {**ctx.trainer_kwargs, "strategy": fit_strategy(t), "log_every_n_steps": t.log_every_n_steps}
     return run_dpo(model_path=ctx.model_path, pairs_path=ctx.require("pairs.jsonl"), adapter_dir=ctx.iter_dir / "adapter",
                    image_root=ctx.cfg.data.image_root, model_cfg=ctx.cfg.model, dpo_cfg=ctx.cfg.dpo,
-                   trainer_kwargs=ctx.fit_kwargs, logger=ctx.logger())
+                   trainer_kwargs=fit_kwargs, logger=ctx.logger())
