@@ -51,7 +51,7 @@ def _quiet_libraries() -> None:
 
 def check_config(cfg: DictConfig) -> DictConfig:
     """Everything the config alone decides, before a directory is made or a model loads."""
-    from csr.eval.registry import EVALUATORS
+    from csr.worlds import evaluators
 
     typed = validate(cfg)
     check_trainer(typed.trainer)
@@ -60,9 +60,10 @@ def check_config(cfg: DictConfig) -> DictConfig:
     from csr.models.clip import check_activation
 
     check_activation(typed.reward.clip.arch, typed.reward.clip.weights)
-    unknown = [name for name in typed.eval.evaluators if name not in EVALUATORS]
+    known = evaluators()
+    unknown = [name for name in typed.eval.evaluators if name not in known]
     if unknown:
-        raise CSRError(f"config key 'eval.evaluators': unknown evaluator {unknown[0]!r}; known: {sorted(EVALUATORS)}")
+        raise CSRError(f"config key 'eval.evaluators': unknown evaluator {unknown[0]!r}; known: {sorted(known)}")
     return typed
 
 

@@ -89,16 +89,21 @@ class SearchConfig:
 
 
 @dataclass
+class ShapesWorldDataConfig:
+    # ShapesWorld (csr/worlds/shapesworld/) writes its prompt split on first use: root/<split>/{prompts.json, images/}
+    root: str | None = None
+    split: str | None = None  # csr | val | test; null = no world (the prompt file already exists)
+    size: int = 1000
+
+
+@dataclass
 class DataConfig:
     prompt_file: str = "???"  # JSON list of {"id", "image", "input"} (the reference format)
     image_root: str = "???"
     limit: int | None = None  # prompts per iteration
     shuffle_seed: int | None = None  # null = file order
     on_error: str = "raise"  # raise | skip (a bad record is counted and skipped)
-    # ShapesWorld writes its prompt split on first use: root/<split>/{prompts.json, images/}
-    shapesworld_root: str | None = None
-    shapesworld_split: str | None = None  # csr | val | test; null = the prompt file already exists
-    shapesworld_size: int = 1000
+    shapesworld: ShapesWorldDataConfig = field(default_factory=ShapesWorldDataConfig)
 
 
 @dataclass
@@ -181,11 +186,16 @@ class PopeEvalConfig:
 
 
 @dataclass
+class ShapesWorldEvalConfig:
+    root: str | None = None  # where its held-out splits are written (on first use)
+    split: str = "test"  # held-out split: val to tune, test to report
+    pope_images: int = 200  # images probed with POPE questions
+
+
+@dataclass
 class EvalConfig:
-    evaluators: list[str] = field(default_factory=lambda: ["generate"])  # names in csr.eval.EVALUATORS
-    split: str = "test"  # shapesworld evaluator: held-out split (val to tune, test to report)
-    shapesworld_root: str | None = None
-    pope_images: int = 200  # shapesworld evaluator: images probed with POPE questions
+    evaluators: list[str] = field(default_factory=lambda: ["generate"])  # names in csr.worlds.evaluators()
+    shapesworld: ShapesWorldEvalConfig = field(default_factory=ShapesWorldEvalConfig)  # shapesworld evaluator
     coco: CocoEvalConfig = field(default_factory=CocoEvalConfig)  # coco_chair evaluator
     chair: ChairEvalConfig = field(default_factory=ChairEvalConfig)  # coco_chair evaluator
     pope: PopeEvalConfig = field(default_factory=PopeEvalConfig)  # pope evaluator

@@ -4,7 +4,7 @@ stages; it knows nothing of what a stage does."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +26,7 @@ class StageContext:
     scorer: Callable[[], Any]  # the CLIP reward model (csr/models/clip.ClipScorer), loaded once
     release_policy: Callable[[], None]  # frees the shared policy (DPO loads its own trainable copy)
     logger: Callable[[], Any]  # the iteration's Lightning logger (MLflow) or None, made when asked
+    evaluators: Mapping[str, Any]  # name -> csr/eval/registry.Evaluator: the benchmarks' and the worlds' (csr.worlds)
 
     def require(self, name: str) -> Path:
         """iter_<k>/name, which an earlier stage wrote; a clear error when it did not."""

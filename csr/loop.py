@@ -54,7 +54,7 @@ from csr.run_dir import (
 from csr.run_info import run_info, run_info_params, sweep_run_name
 from csr.stage_run import STAGES as ITERATION_STAGES
 from csr.tracking import Tracker, flatten
-from csr.worlds import world_of
+from csr.worlds import evaluators, world_of
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +125,7 @@ class Loop:
             cfg=self.cfg, k=k, iter_dir=self.iter_dir(k), model_path=self.model_path(k),
             evaluated_path=self.model_path(k + 1), trainer_kwargs=self.trainer_kwargs(),
             policy=self.policy, scorer=self.scorer, release_policy=self.release_policy,
-            logger=lambda: self.tracker.lightning_logger(run_id),
+            logger=lambda: self.tracker.lightning_logger(run_id), evaluators=evaluators(),
         )
 
     def release_policy(self) -> None:
@@ -291,7 +291,7 @@ class Loop:
             path = self.iter_dir(k) / "metrics.json"
             if path.exists():
                 rows[k] = read_json(path)
-        result = write_report(rows, self.run_dir, summary_columns(self.cfg.eval.evaluators))
+        result = write_report(rows, self.run_dir, summary_columns(evaluators(), self.cfg.eval.evaluators))
         if OmegaConf.select(self.cfg, "report.inspect", default=False):  # the browsable site, also in MLflow
             from csr.inspect import write_site
 

@@ -24,8 +24,9 @@ import sys
 from datetime import datetime
 from pathlib import Path
 
+from csr.config_upgrade import upgrade
 from csr.errors import CSRError
-from csr.io import atomic_write_json, read_json
+from csr.io import atomic_write_json, atomic_write_text, read_json
 from csr.run_dir import CHANGES
 from csr.run_info import run_info, version_differences
 from csr.tracking import flatten, sqlite_uri
@@ -45,10 +46,21 @@ def _from_run_dir(source: Path, into: Path) -> dict:
         shutil.copy(source / CHANGES, into / CHANGES)
         for entry in read_json(into / CHANGES):
             shutil.copy(source / entry["config"], into / entry["config"])
+    _upgrade_configs(into)
     (into / METRICS).mkdir(exist_ok=True)
     for path in source.glob("iter_*/metrics.json"):
         shutil.copy(path, into / METRICS / f"{path.parent.name}.json")
     return {"run_dir": str(source.resolve())}
+
+
+def _upgrade_configs(into: Path) -> None:
+    """The copied configs in today's key names (csr/config_upgrade.py): they become `csr`'s primary config."""
+    from omegaconf import OmegaConf
+
+    entries = read_json(into / CHANGES) if (into / CHANGES).exists() else []
+    for name in ["config.yaml", *(e["config"] for e in entries)]:
+        saved = OmegaConf.to_container(OmegaConf.load(into / name))
+        atomic_write_text(into / name, OmegaConf.to_yaml(OmegaConf.create(upgrade(saved))))
 
 
 def _from_mlflow(run_id: str, tracking_uri: str, into: Path) -> dict:
@@ -68,6 +80,7 @@ def _from_mlflow(run_id: str, tracking_uri: str, into: Path) -> dict:
             for entry in read_json(into / CHANGES):
                 client.download_artifacts(parent_id, entry["config"], str(into))
         _mlflow_metrics(client, client.get_run(parent_id), into / METRICS)
+        _upgrade_configs(into)
     except MlflowException as err:
         raise CSRError(f"MLflow run {run_id} in {tracking_uri}: {err.message}") from None
     return {"mlflow_run_id": parent_id, "tracking_uri": tracking_uri}
@@ -104,9 +117,9 @@ def check_splits(into: Path) -> None:
     generator version or content): the numbers would be of other images and questions."""
     from omegaconf import OmegaConf
 
-    from csr.data.shapesworld.splits import ensure_split, split_identity
+    from csr.worlds.shapesworld.splits import ensure_split, split_identity
 
-    root = OmegaConf.select(OmegaConf.load(into / "config.yaml"), "eval.shapesworld_root")
+    root = OmegaConf.select(OmegaConf.load(into / "config.yaml"), "eval.shapesworld.root")
     recorded = {}
     for path in sorted((into / METRICS).glob("iter_*.json")):
         for name, settings in eval_settings(read_json(path)).items():

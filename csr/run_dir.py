@@ -23,6 +23,7 @@ from typing import Any
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from csr.config_upgrade import upgrade
 from csr.errors import CSRError
 from csr.io import atomic_write_json, atomic_write_text, is_temp_name, read_json
 from csr.tracking import flatten
@@ -128,7 +129,7 @@ def is_exempt(key: str) -> bool:
 
 def _load(path: Path) -> dict[str, Any]:
     try:
-        return OmegaConf.to_container(OmegaConf.load(path))
+        return upgrade(OmegaConf.to_container(OmegaConf.load(path)))
     except (OSError, OmegaConfBaseException, ValueError) as err:
         raise CSRError(f"{path}: cannot read the run's recorded config ({err})") from None
 

@@ -17,8 +17,8 @@ PATHS = [
     "reward.clip.config_json=/c.json",
     "data.prompt_file=/p.json",
     "data.image_root=/i",
-    "data.shapesworld_root=/sw",
-    "eval.shapesworld_root=/sw",
+    "data.shapesworld.root=/sw",
+    "eval.shapesworld.root=/sw",
 ]
 
 

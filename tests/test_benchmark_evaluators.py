@@ -13,7 +13,7 @@ from csr.config import EvalConfig
 from csr.errors import CSRError
 from csr.eval.generate import image_set, set_digest
 from csr.eval.pope import pope_metrics, yes_no
-from csr.eval.registry import EVALUATORS
+from csr.eval.registry import BENCHMARKS
 from csr.io import read_jsonl
 from csr.models.llava import load_llava
 
@@ -46,7 +46,7 @@ IMAGES = [f"COCO_val2014_00000000000{i}.jpg" for i in (1, 2, 3)]
 def test_coco_chair_evaluator_on_fixture_files(tiny_models, tmp_path):
     cfg, common = _setup(tiny_models, tmp_path)
     (tmp_path / "c").mkdir()
-    chair = EVALUATORS["coco_chair"](out_dir=tmp_path / "c", **common)
+    chair = BENCHMARKS["coco_chair"].run(out_dir=tmp_path / "c", **common)
     assert chair["n"] == 3 and 0.0 <= chair["chair_s"] <= 1.0 and chair["skipped"] == 0
     assert len((tmp_path / "c" / "captions.jsonl").read_text().splitlines()) == 3
     assert chair["settings"] == {"prompt": "Please describe this image in detail.", "decoding": "greedy",
@@ -56,7 +56,7 @@ def test_coco_chair_evaluator_on_fixture_files(tiny_models, tmp_path):
 def test_pope_evaluator_on_fixture_files(tiny_models, tmp_path):
     cfg, common = _setup(tiny_models, tmp_path)
     (tmp_path / "p").mkdir()
-    pope = EVALUATORS["pope"](out_dir=tmp_path / "p", **common)
+    pope = BENCHMARKS["pope"].run(out_dir=tmp_path / "p", **common)
     questions = [json.loads(line) for line in (FIXTURES / "questions.jsonl").read_text().splitlines()]
     assert pope["n"] == len(questions) and 0.0 <= pope["yes_ratio"] <= 1.0 and pope["skipped"] == 0
     answers = {r["id"]: r["answer"] for r in read_jsonl(tmp_path / "p" / "answers.jsonl")}
@@ -90,7 +90,7 @@ def test_pope_evaluator_reads_answers_with_the_configured_parser(tiny_models, tm
     (out / "answers.jsonl").write_text("".join(json.dumps(
         {"id": str(q["question_id"]), "image": q["image"], "prompt": q["text"], "answer": a, "answer_tokens": 2,
          "finish": "eos"}) + "\n" for q, a in zip(questions, PLANTED, strict=True)))
-    pope = EVALUATORS["pope"](out_dir=out, **common)
+    pope = BENCHMARKS["pope"].run(out_dir=out, **common)
     assert {k: v for k, v in pope.items() if k not in ("settings", "skipped")} == pytest.approx(expected)
     assert pope["settings"]["parser"] == parser
 
@@ -102,7 +102,7 @@ def test_pope_evaluator_skips_a_bad_question_with_on_error_skip(tiny_models, tmp
     (tmp_path / "q.jsonl").write_text("\n".join([lines[0], json.dumps(bad), *lines[2:]]) + "\n")
     cfg.pope.questions = str(tmp_path / "q.jsonl")
     with pytest.raises(CSRError, match=r"q\.jsonl: line 2: label should be 'yes' or 'no'"):
-        EVALUATORS["pope"](out_dir=tmp_path, **common)
+        BENCHMARKS["pope"].run(out_dir=tmp_path, **common)
     (tmp_path / "p").mkdir()
-    pope = EVALUATORS["pope"](out_dir=tmp_path / "p", on_error="skip", **common)
+    pope = BENCHMARKS["pope"].run(out_dir=tmp_path / "p", on_error="skip", **common)
     assert pope["n"] == 5 and pope["skipped"] == 1 and pope["skipped/bad_record"] == 1

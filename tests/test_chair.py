@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 
-from csr.data.shapesworld.vocab import synonym_table
 from csr.errors import CSRError
 from csr.eval import chair_original
 from csr.eval.chair import (
@@ -23,6 +22,7 @@ from csr.eval.chair import (
 )
 from csr.eval.chair_singular import singularize
 from csr.eval.coco_synonyms import COCO_CATEGORIES, COCO_SYNONYMS
+from csr.worlds.shapesworld.vocab import synonym_table
 
 FIXTURES = Path(__file__).parent / "fixtures" / "coco"
 INSTANCES = FIXTURES / "instances.json"

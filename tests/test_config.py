@@ -28,8 +28,8 @@ def test_conf_dir_is_the_repository_conf() -> None:
 
 
 def test_defaults_are_shapesworld() -> None:
-    typed = validate(compose_config(paths=[*RUN, "data.shapesworld_root=/sw", "eval.shapesworld_root=/sw"]))
-    assert (typed.model.name, typed.data.shapesworld_split, list(typed.eval.evaluators)) == (
+    typed = validate(compose_config(paths=[*RUN, "data.shapesworld.root=/sw", "eval.shapesworld.root=/sw"]))
+    assert (typed.model.name, typed.data.shapesworld.split, list(typed.eval.evaluators)) == (
         "shapesworld", "csr", ["shapesworld"])
     assert typed.eval.limit >= 500  # the held-out size
     assert typed.model.path.endswith("csr/assets/shapesworld/llava")  # the ${asset:} resolver

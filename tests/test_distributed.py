@@ -46,7 +46,7 @@ def test_parts_merge_in_item_order_and_half_batches_are_dropped(tmp_path):
 
 PATHS = ["run_dir=/tmp/x", "logger.tracking_uri=null", "model.path=/m", "reward.clip.weights=/w",
          "data.prompt_file=/p.json", "data.image_root=/i"]
-SHAPESWORLD = ["data.shapesworld_root=/sw", "eval.shapesworld_root=/sw"]
+SHAPESWORLD = ["data.shapesworld.root=/sw", "eval.shapesworld.root=/sw"]
 
 
 def _trainer(*overrides: str, paths: tuple[str, ...] = (*PATHS, *SHAPESWORLD)):

@@ -17,7 +17,7 @@ from PIL import Image
 from csr.config import EvalConfig
 from csr.errors import CSRError
 from csr.eval.generate import image_set, set_digest, skip_counts
-from csr.eval.registry import EVALUATORS
+from csr.eval.registry import BENCHMARKS
 from csr.io import read_jsonl
 from csr.models.llava import load_llava
 
@@ -63,7 +63,7 @@ def _generate(llava, prompts: Path, images: Path, out: Path, on_error: str) -> d
     cfg = OmegaConf.structured(EvalConfig)
     cfg.max_new_tokens, cfg.batch_size = 6, 4
     out.mkdir()
-    return EVALUATORS["generate"](model=model, processor=processor, scorer=None, eval_cfg=cfg,
+    return BENCHMARKS["generate"].run(model=model, processor=processor, scorer=None, eval_cfg=cfg,
                                   prompt_file=str(prompts), image_root=str(images), out_dir=out,
                                   trainer_kwargs=CPU, on_error=on_error)
 

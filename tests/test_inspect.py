@@ -14,11 +14,11 @@ import pytest
 from csr_runs import sweep, tiny_env
 from PIL import Image
 
-from csr.data.shapesworld.vocab import synonym_table
 from csr.inspect.browser import Browser, chromium
 from csr.inspect.data import prompt_key, prompt_row, sibling_ranks, skip_reason, tree_view
 from csr.inspect.site import write_site
 from csr.io import read_jsonl
+from csr.worlds.shapesworld.vocab import synonym_table
 
 
 def _node(i: int, parent: int, text: str, r_t: float | None, r_i: float | None, reward=None, **flags) -> dict:

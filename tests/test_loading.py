@@ -21,7 +21,7 @@ def test_llava15_config_loads_a_saved_checkpoint(tiny_models, tmp_path):
         cfg = compose("config", overrides=[
             "model=llava15_7b", f"model.path={tiny_models.llava}", f"run_dir={tmp_path}",
             "data.prompt_file=/p.json", "data.image_root=/i", "reward.clip.weights=/w", "reward.clip.config_json=null",
-            "logger.tracking_uri=null", "data.shapesworld_root=/sw", "eval.shapesworld_root=/sw",
+            "logger.tracking_uri=null", "data.shapesworld.root=/sw", "eval.shapesworld.root=/sw",
         ])
     cfg = validate(cfg)
     assert cfg.model.dtype == "bfloat16"

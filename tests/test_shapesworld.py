@@ -7,11 +7,11 @@ import random
 import numpy as np
 import pytest
 
-from csr.data.shapesworld.splits import HELD_OUT_SIZE, ensure_split, ground_truth, split_identity
-from csr.data.shapesworld.text import describe, described_objects, question
-from csr.data.shapesworld.vocab import COLOURS, PAIRS, POSITIONS, SHAPES, synonym_table
-from csr.data.shapesworld.world import CELL, make, sample_scene
 from csr.eval.chair import chair_scores, mentioned_objects
+from csr.worlds.shapesworld.scenes import CELL, make, sample_scene
+from csr.worlds.shapesworld.splits import HELD_OUT_SIZE, ensure_split, ground_truth, split_identity
+from csr.worlds.shapesworld.text import describe, described_objects, question
+from csr.worlds.shapesworld.vocab import COLOURS, PAIRS, POSITIONS, SHAPES, synonym_table
 
 
 def test_same_seed_same_scene_and_pixels():
@@ -111,13 +111,13 @@ def test_shapesworld_evaluator_scores_its_answers_and_records_its_settings(tmp_p
     from csr.data.pope_questions import QUESTION_TEMPLATE, STRATEGIES
     from csr.eval.generate import image_set
     from csr.eval.pope import pope_metrics, read_pope_questions, yes_no
-    from csr.eval.shapesworld import evaluate_shapesworld
     from csr.io import read_jsonl
     from csr.models.llava import load_llava
+    from csr.worlds.shapesworld.evaluate import evaluate_shapesworld
 
     model, processor = load_llava(str(ASSETS / "shapesworld" / "llava"))
     cfg = OmegaConf.structured(EvalConfig)
-    cfg.shapesworld_root, cfg.limit, cfg.pope_images, cfg.max_new_tokens, cfg.batch_size = str(tmp_path), 24, 8, 96, 24
+    cfg.shapesworld.root, cfg.limit, cfg.shapesworld.pope_images, cfg.max_new_tokens, cfg.batch_size = str(tmp_path), 24, 8, 96, 24
     out = tmp_path / "out"
     out.mkdir()
     metrics = evaluate_shapesworld(model=model, processor=processor, scorer=None, eval_cfg=cfg, prompt_file="",

@@ -15,14 +15,14 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from csr.config import ASSETS
-from csr.data.shapesworld.splits import ensure_split, ground_truth
-from csr.data.shapesworld.text import sentence
-from csr.data.shapesworld.vocab import COLOURS, PAIRS, POSITIONS, synonym_table
-from csr.data.shapesworld.world import Obj, make
 from csr.eval.chair import chair_scores
 from csr.models.chat import generation_prompt
 from csr.models.clip import ClipScorer, load_clip
 from csr.models.llava import load_llava, special_token_ids
+from csr.worlds.shapesworld.scenes import Obj, make
+from csr.worlds.shapesworld.splits import ensure_split, ground_truth
+from csr.worlds.shapesworld.text import sentence
+from csr.worlds.shapesworld.vocab import COLOURS, PAIRS, POSITIONS, synonym_table
 
 LLAVA = ASSETS / "shapesworld" / "llava"
 CLIP = ASSETS / "shapesworld" / "clip"
@@ -74,7 +74,7 @@ def test_clip_scores_absent_partners_low():
 def test_a_short_csr_run_on_shapesworld(tmp_path):
     env = {**os.environ, "CSR_DATA_DIR": str(tmp_path / "data"), "HF_HUB_OFFLINE": "1"}
     cmd = [str(Path(sys.executable).parent / "csr"), "iterations=1", f"run_dir={tmp_path / 'run'}",
-           "data.limit=8", "data.shapesworld_size=16", "eval.limit=24", "eval.pope_images=8",
+           "data.limit=8", "data.shapesworld.size=16", "eval.limit=24", "eval.shapesworld.pope_images=8",
            "logger.tracking_uri=null"]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

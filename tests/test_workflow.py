@@ -9,18 +9,18 @@ from pathlib import Path
 import pytest
 from csr_runs import run, tiny_env
 
-from csr.data.shapesworld.splits import MARKER, ensure_split, split_identity
 from csr.errors import CSRError
 from csr.io import atomic_write_json, mark_done, read_json, read_jsonl
 from csr.reproduce import METRICS, check_splits, data_differences, settings_diff
 from csr.stage_run import OUTPUTS, STAGES, invalidate, stage_iteration
+from csr.worlds.shapesworld.splits import MARKER, ensure_split, split_identity
 
 SPLIT_N = 4  # a small split: written in well under a second
 
 
 def _source(into: Path, root: Path, identity: dict) -> None:
     (into / METRICS).mkdir(parents=True)
-    (into / "config.yaml").write_text(f"eval:\n  shapesworld_root: {root}\n")
+    (into / "config.yaml").write_text(f"eval:\n  shapesworld:\n    root: {root}\n")
     atomic_write_json(into / METRICS / "iter_0.json",
                       {"eval": {"shapesworld/settings": {"split": identity, "n_images": SPLIT_N}}})
 

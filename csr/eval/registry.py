@@ -1,23 +1,34 @@
 """Evaluators run on each iteration's model; each returns a flat dict of metrics.
 
-An evaluator is a module with one function of one signature (keyword arguments: model, processor,
-scorer, eval_cfg, prompt_file, image_root, out_dir, trainer_kwargs, on_error; see
-csr/eval/generate.py evaluate_generate) and a SUMMARY: the (column, metric key) pairs the run's
-summary table shows of it. Adding one: write both, list it here.
+An evaluator is one function of one signature (keyword arguments: model, processor, scorer, eval_cfg,
+prompt_file, image_root, out_dir, trainer_kwargs, on_error; see csr/eval/generate.py
+evaluate_generate) and its SUMMARY: the (column, metric key) pairs the run's summary table shows of
+it. The benchmarks' evaluators are listed here; a world brings its own (csr/worlds/), and
+`csr.worlds.evaluators()` is every one a run can name in `eval.evaluators`.
 """
 
-from csr.eval import benchmarks, generate, shapesworld
+from __future__ import annotations
 
-EVALUATORS = {
-    "shapesworld": shapesworld.evaluate_shapesworld,
-    "generate": generate.evaluate_generate,
-    "coco_chair": benchmarks.evaluate_coco_chair,
-    "pope": benchmarks.evaluate_pope,
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+
+from csr.eval import benchmarks, generate
+
+
+@dataclass(frozen=True)
+class Evaluator:
+    run: Callable[..., dict]
+    summary: tuple[tuple[str, str], ...]  # (column, metric key) of the run's summary table
+
+
+BENCHMARKS = {
+    "generate": Evaluator(generate.evaluate_generate, generate.SUMMARY),
+    "coco_chair": Evaluator(benchmarks.evaluate_coco_chair, benchmarks.COCO_CHAIR_SUMMARY),
+    "pope": Evaluator(benchmarks.evaluate_pope, benchmarks.POPE_SUMMARY),
 }
-SUMMARY = {"shapesworld": shapesworld.SUMMARY, "generate": generate.SUMMARY,
-           "coco_chair": benchmarks.COCO_CHAIR_SUMMARY, "pope": benchmarks.POPE_SUMMARY}
 
 
-def summary_columns(names) -> list[tuple[str, str]]:
-    """(column, "<evaluator>/<key>") of the given evaluators, in the registry's order."""
-    return [(column, f"{name}/{key}") for name in EVALUATORS if name in names for column, key in SUMMARY[name]]
+def summary_columns(evaluators: Mapping[str, Evaluator], names: Iterable[str]) -> list[tuple[str, str]]:
+    """(column, "<evaluator>/<key>") of the named evaluators, in the order of `evaluators`."""
+    names = set(names)
+    return [(column, f"{name}/{key}") for name, e in evaluators.items() if name in names for column, key in e.summary]

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from csr import progress
 from csr.context import StageContext
-from csr.eval.registry import EVALUATORS
 
 
 def run(ctx: StageContext) -> dict:
@@ -16,7 +15,7 @@ def run(ctx: StageContext) -> dict:
         out = ctx.iter_dir / "eval" / name
         out.mkdir(parents=True, exist_ok=True)
         with progress.stage(name):
-            result = EVALUATORS[name](
+            result = ctx.evaluators[name].run(
                 model=model, processor=processor, scorer=ctx.scorer(), eval_cfg=e,
                 prompt_file=e.prompt_file or data.prompt_file, image_root=e.image_root or data.image_root,
                 out_dir=out, trainer_kwargs=ctx.trainer_kwargs, on_error=data.on_error,

@@ -24,6 +24,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
+from csr.config_upgrade import upgrade
 from csr.data.prompts import resolve_image_path
 from csr.errors import CSRError
 from csr.eval.chair import caption_report
@@ -45,14 +46,14 @@ def _iterations(run_dir: Path) -> list[int]:
 
 def _config(run_dir: Path) -> Any:
     path = run_dir / "config.yaml"
-    return OmegaConf.load(path) if path.exists() else OmegaConf.create({})
+    return OmegaConf.create(upgrade(OmegaConf.to_container(OmegaConf.load(path)))) if path.exists() else OmegaConf.create({})
 
 
 def _truth(root: str | None, split: str | None) -> dict[str, set[str]] | None:
     """ShapesWorld ground truth of a split, when the run used one and its files are still there."""
     if root is None or split is None or not (Path(root) / split / "ground_truth.json").exists():
         return None
-    from csr.data.shapesworld.splits import ground_truth
+    from csr.worlds.shapesworld.splits import ground_truth
 
     return ground_truth(Path(root) / split)
 
@@ -61,8 +62,9 @@ def eval_image_root(cfg: Any, evaluator: str) -> str | None:
     """Where an evaluator read its images (as csr.eval's evaluators resolve them)."""
     e = cfg.get("eval", {})
     if evaluator == "shapesworld":
-        root = e.get("shapesworld_root")
-        return str(Path(root) / e.get("split", "test") / "images") if root else None
+        world = e.get("shapesworld", {})
+        root = world.get("root")
+        return str(Path(root) / world.get("split", "test") / "images") if root else None
     if evaluator == "coco_chair":
         return e.get("coco", {}).get("image_root")
     if evaluator == "pope":
@@ -141,11 +143,11 @@ def build(run_dir: Path, out: Path) -> dict:
                 "prune_by": cfg.get("search", {}).get("prune_by", "calibrated"),
                 "lower_is_better": pairs_cfg.get("rule", "mean") == "reference"}
     filters = list(pairs_cfg.get("filters", ["empty", "repetition"]))
-    truth = _truth(d.get("shapesworld_root"), d.get("shapesworld_split"))
-    eval_truth = _truth(e.get("shapesworld_root"), e.get("split"))
+    truth = _truth(d.get("shapesworld", {}).get("root"), d.get("shapesworld", {}).get("split"))
+    eval_truth = _truth(e.get("shapesworld", {}).get("root"), e.get("shapesworld", {}).get("split"))
     synonyms = None
     if truth is not None or eval_truth is not None:
-        from csr.data.shapesworld.vocab import synonym_table
+        from csr.worlds.shapesworld.vocab import synonym_table
 
         synonyms = synonym_table()
     images = _Images(out)

@@ -77,7 +77,7 @@ def _prompts(prompt_file: Path, image_root: Path, n: int) -> tuple[list[str], li
 def shapesworld(n_prompts: int = 16) -> Workload:
     """(a) The shipped ShapesWorld model, or the `csr-make-tiny` model while the assets are not shipped."""
     if (ASSETS / "llava" / "config.json").exists():
-        from csr.data.shapesworld.splits import ensure_split
+        from csr.worlds.shapesworld.splits import ensure_split
 
         model, processor = load_llava(str(ASSETS / "llava"))
         clip_json = ASSETS / "clip" / "shapesworld-clip.json"

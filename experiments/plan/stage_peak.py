@@ -70,7 +70,7 @@ def load(name: str) -> tuple[Workload, Path, str]:
         w = tiny()
         return w, CACHE / "tiny_data" / "images", str(CACHE / "tiny" / "clip" / "tiny-clip.json")
     if name == "shapesworld":
-        from csr.data.shapesworld.splits import ensure_split
+        from csr.worlds.shapesworld.splits import ensure_split
 
         w = shapesworld(n_prompts=8)
         clip_json = Path(__file__).resolve().parents[2] / "csr/assets/shapesworld/clip/shapesworld-clip.json"

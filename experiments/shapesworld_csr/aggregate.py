@@ -39,9 +39,10 @@ def base_row(base: Path | None) -> dict | None:
         return None
     from csr.eval.registry import summary_columns
     from csr.report import table_rows
+    from csr.worlds import evaluators
 
     metrics = json.loads((base / "iter_0" / "metrics.json").read_text())
-    return table_rows({0: metrics}, summary_columns(["shapesworld", "generate"]))[0]
+    return table_rows({0: metrics}, summary_columns(evaluators(), ["shapesworld", "generate"]))[0]
 
 
 def load_runs(sweep: Path, base: Path | None) -> list[dict]:

@@ -14,9 +14,9 @@ import torch
 from torch.utils.data import IterableDataset
 from transformers import get_cosine_schedule_with_warmup
 
-from csr.data.shapesworld.text import DESCRIBE_PROMPTS, describe, question
 from csr.models.chat import IGNORE, generation_prompt
-from csr.models.shapesworld.pool import Pool
+from csr.worlds.shapesworld.pool import Pool
+from csr.worlds.shapesworld.text import DESCRIBE_PROMPTS, describe, question
 
 
 class SFTStream(IterableDataset):

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import random
 
-from csr.data.shapesworld.vocab import COLOURS, PAIRS, POSITIONS, SHAPES, SIZES
-from csr.data.shapesworld.world import Obj, Scene
+from csr.worlds.shapesworld.scenes import Obj, Scene
+from csr.worlds.shapesworld.vocab import COLOURS, PAIRS, POSITIONS, SHAPES, SIZES
 
 SENTENCE_TEMPLATES = (
     "There is a {size} {colour} {shape} in the {position}.",

@@ -14,10 +14,10 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from csr.data.shapesworld.text import sentence
-from csr.data.shapesworld.vocab import COLOURS, PAIRS, POSITIONS, SHAPES, SIZES
-from csr.data.shapesworld.world import Obj, Scene
-from csr.models.shapesworld.pool import Pool
+from csr.worlds.shapesworld.pool import Pool
+from csr.worlds.shapesworld.scenes import Obj, Scene
+from csr.worlds.shapesworld.text import sentence
+from csr.worlds.shapesworld.vocab import COLOURS, PAIRS, POSITIONS, SHAPES, SIZES
 
 log = logging.getLogger(__name__)
 

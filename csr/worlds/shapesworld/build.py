@@ -25,17 +25,17 @@ import torch
 from torch.utils.data import DataLoader
 from transformers import LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
 
-from csr.data.shapesworld.text import DESCRIBE_PROMPTS, QUESTION, SENTENCE_TEMPLATES
-from csr.data.shapesworld.vocab import COLOURS, POSITIONS, SHAPES, SIZES, synonym_table
 from csr.io import atomic_write_json
 from csr.models.clip import save_clip
 from csr.models.llava import save_llava
-from csr.models.shapesworld.clip_train import train_clip
-from csr.models.shapesworld.convert import hf_vision_config, open_clip_visual_to_hf
-from csr.models.shapesworld.pool import render_pool
-from csr.models.shapesworld.sft import SFTModule, SFTStream, collate_sft
-from csr.models.shapesworld.tower import pretrain_tower
 from csr.models.tiny import build_tokenizer, make_processor
+from csr.worlds.shapesworld.clip_train import train_clip
+from csr.worlds.shapesworld.convert import hf_vision_config, open_clip_visual_to_hf
+from csr.worlds.shapesworld.pool import render_pool
+from csr.worlds.shapesworld.sft import SFTModule, SFTStream, collate_sft
+from csr.worlds.shapesworld.text import DESCRIBE_PROMPTS, QUESTION, SENTENCE_TEMPLATES
+from csr.worlds.shapesworld.tower import pretrain_tower
+from csr.worlds.shapesworld.vocab import COLOURS, POSITIONS, SHAPES, SIZES, synonym_table
 
 log = logging.getLogger(__name__)
 

@@ -21,10 +21,10 @@ from pathlib import Path
 from tqdm import tqdm
 
 from csr.data.pope_questions import STRATEGIES, cooccurrence_counts, sample_pope_questions
-from csr.data.shapesworld.text import DESCRIBE_PROMPTS
-from csr.data.shapesworld.vocab import SHAPES
-from csr.data.shapesworld.world import make, sample_scene
 from csr.io import atomic_write_json, atomic_write_text
+from csr.worlds.shapesworld.scenes import make, sample_scene
+from csr.worlds.shapesworld.text import DESCRIBE_PROMPTS
+from csr.worlds.shapesworld.vocab import SHAPES
 
 # first seed of each split; training images use seeds below 10^7
 SPLIT_SEEDS = {"csr": 10_000_000, "val": 20_000_000, "test": 30_000_000}

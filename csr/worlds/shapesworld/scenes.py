@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageChops, ImageDraw
 
-from csr.data.shapesworld.vocab import COLOURS, PAIRS, POSITIONS, SHAPES, SIZES
+from csr.worlds.shapesworld.vocab import COLOURS, PAIRS, POSITIONS, SHAPES, SIZES
 
 IMAGE_SIZE = 64
 CELL = IMAGE_SIZE // 2

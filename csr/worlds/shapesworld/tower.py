@@ -13,8 +13,8 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from csr.data.shapesworld.vocab import COLOURS, POSITIONS, SHAPES, SIZES
-from csr.models.shapesworld.pool import Pool
+from csr.worlds.shapesworld.pool import Pool
+from csr.worlds.shapesworld.vocab import COLOURS, POSITIONS, SHAPES, SIZES
 
 log = logging.getLogger(__name__)
 

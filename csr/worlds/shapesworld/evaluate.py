@@ -11,12 +11,12 @@ from pathlib import Path
 
 from csr.data.pope_questions import QUESTION_TEMPLATE, STRATEGIES
 from csr.data.prompts import PromptRecord
-from csr.data.shapesworld.splits import HELD_OUT_SIZE, ensure_split, ground_truth, split_identity
-from csr.data.shapesworld.vocab import PAIRS, synonym_table
 from csr.errors import CSRError
 from csr.eval.chair import caption_report, chair_scores
 from csr.eval.generate import DECODING, answer_metrics, generate_answers, image_set, skip_counts
 from csr.eval.pope import pope_metrics, read_pope_questions, yes_no
+from csr.worlds.shapesworld.splits import HELD_OUT_SIZE, ensure_split, ground_truth, split_identity
+from csr.worlds.shapesworld.vocab import PAIRS, synonym_table
 
 
 def partner_hallucination_rate(answers: list[dict], truth: dict[str, set[str]]) -> float:
@@ -74,7 +74,7 @@ def evaluate_shapesworld(*, model, processor, scorer, eval_cfg, prompt_file: str
         raise CSRError(f"config key 'eval.limit': {eval_cfg.limit} is more than the {HELD_OUT_SIZE} images of a"
                        f" ShapesWorld held-out split")
     # Always the whole split, whatever the limit: its POPE negatives are drawn over all of it.
-    split_dir = ensure_split(eval_cfg.shapesworld_root, eval_cfg.split, HELD_OUT_SIZE)
+    split_dir = ensure_split(eval_cfg.shapesworld.root, eval_cfg.shapesworld.split, HELD_OUT_SIZE)
     truth = ground_truth(split_dir)
     ids = sorted(truth)[: eval_cfg.limit]
     describe = [PromptRecord(id=i, image=f"{i}.png", prompt=DESCRIBE_PROMPT, raw="") for i in ids]
@@ -86,7 +86,7 @@ def evaluate_shapesworld(*, model, processor, scorer, eval_cfg, prompt_file: str
     metrics = chair_scores([a["answer"] for a in answers], [truth[a["id"]] for a in answers], synonym_table())
     metrics.update(answer_metrics(answers))
     metrics["partner_hallucination"] = partner_hallucination_rate(answers, truth)
-    pope, pope_skips, shown = _pope(model, processor, eval_cfg, split_dir, {f"{i}.png" for i in ids[: eval_cfg.pope_images]},
+    pope, pope_skips, shown = _pope(model, processor, eval_cfg, split_dir, {f"{i}.png" for i in ids[: eval_cfg.shapesworld.pope_images]},
                                     out_dir, trainer_kwargs, on_error)
     metrics.update(pope)
     metrics.update(skip_counts(Counter(skips) + pope_skips))

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from csr.data.shapesworld.world import Scene, make
+from csr.worlds.shapesworld.scenes import Scene, make
 
 # open_clip's and CLIPImageProcessor's default normalisation (OpenAI CLIP).
 MEAN = torch.tensor([0.48145466, 0.4578275, 0.40821073]).view(1, 3, 1, 1)

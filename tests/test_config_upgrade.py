@@ -1,0 +1,38 @@
+"""Configs saved before a key was renamed read as today's (csr/config_upgrade.py): resumed, reproduced
+and inspected under the current schema."""
+
+from __future__ import annotations
+
+from compose_config import compose_config
+from omegaconf import OmegaConf
+
+from csr.config import validate
+from csr.config_upgrade import upgrade
+from csr.reproduce import _upgrade_configs
+from csr.run_dir import check_resume
+
+BEFORE = {"data": {"shapesworld_root": "/sw", "shapesworld_split": "csr", "shapesworld_size": 1000, "limit": 200},
+          "eval": {"split": "val", "shapesworld_root": "/sw", "pope_images": 40, "limit": 500}}
+AFTER = {"data": {"shapesworld": {"root": "/sw", "split": "csr", "size": 1000}, "limit": 200},
+         "eval": {"shapesworld": {"root": "/sw", "split": "val", "pope_images": 40}, "limit": 500}}
+
+
+def test_renamed_keys_move_to_their_blocks():
+    assert upgrade(BEFORE) == AFTER
+    assert upgrade(AFTER) == AFTER  # today's configs are left as they are
+    assert BEFORE["eval"]["split"] == "val"  # the input is not changed
+
+
+def test_an_old_run_dir_resumes_without_a_diff(tmp_path):
+    text = OmegaConf.to_yaml(compose_config("eval.shapesworld.split=val", "eval.shapesworld.pope_images=40"), resolve=True)
+    saved = OmegaConf.to_container(OmegaConf.create(text))
+    data, evaluation = saved["data"].pop("shapesworld"), saved["eval"].pop("shapesworld")
+    saved["data"].update({f"shapesworld_{key}": value for key, value in data.items()})  # as csr wrote it before
+    saved["eval"].update(shapesworld_root=evaluation["root"], split=evaluation["split"],
+                         pope_images=evaluation["pope_images"])
+    (tmp_path / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(saved)))
+    assert check_resume(tmp_path, text, []) == {}
+    _upgrade_configs(tmp_path)  # what csr-reproduce does with a copied config: it validates as today's
+    typed = validate(OmegaConf.load(tmp_path / "config.yaml"))
+    assert (typed.eval.shapesworld.split, typed.eval.shapesworld.pope_images, typed.data.shapesworld.split) == (
+        "val", 40, "csr")
