@@ -50,3 +50,16 @@ def sweep(tmp_path_factory: pytest.TempPathFactory, env: dict) -> Path:
             "dpo.batch_size=2", *SMOKE, env=env, cwd=base)
         (base / "done").touch()
     return base
+
+
+def ddp_run(tmp_path_factory: pytest.TempPathFactory, env: dict) -> Path:
+    """The sweep's lam 0.9 run on 2 CPU processes under Lightning's launcher (DPO batch 1 each), made
+    once per test session (tests/test_ranks.py resumes a copy of it under torchrun)."""
+    ddp = tmp_path_factory.getbasetemp() / "csr_ddp"
+    if not (ddp.parent / "csr_ddp.done").exists():
+        ddp.mkdir(exist_ok=True)
+        run("csr", *SMOKE, "reward.lam=0.9", f"run_dir={ddp}", "logger.tracking_uri=null", "dpo.batch_size=1",
+            "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.precision=32-true",
+            "trainer.deterministic=true", env=env, cwd=ddp)
+        (ddp.parent / "csr_ddp.done").touch()
+    return ddp

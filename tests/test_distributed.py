@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from csr_runs import SMOKE, run, sweep, tiny_env
+from csr_runs import ddp_run, sweep, tiny_env
 from hydra import compose, initialize_config_dir
 from safetensors.torch import load_file
 
@@ -97,19 +97,6 @@ def test_bad_strategy_settings_fail_at_start(override, message):
 
 
 # -- 2-process DDP ----------------------------------------------------------------------------------
-
-
-def ddp_run(tmp_path_factory: pytest.TempPathFactory, env: dict) -> Path:
-    """The sweep's lam 0.9 run on 2 CPU processes under Lightning's launcher (DPO batch 1 each), made
-    once per test session (tests/test_ranks.py resumes a copy of it under torchrun)."""
-    ddp = tmp_path_factory.getbasetemp() / "csr_ddp"
-    if not (ddp.parent / "csr_ddp.done").exists():
-        ddp.mkdir(exist_ok=True)
-        run("csr", *SMOKE, "reward.lam=0.9", f"run_dir={ddp}", "logger.tracking_uri=null", "dpo.batch_size=1",
-            "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.precision=32-true",
-            "trainer.deterministic=true", env=env, cwd=ddp)
-        (ddp.parent / "csr_ddp.done").touch()
-    return ddp
 
 
 @pytest.fixture(scope="module")

@@ -1,16 +1,13 @@
-"""A fast subset of experiments/fault_matrix: SIGKILL inside three stages and a SIGTERM outside the
-batch loops, rerun, compare (tests/test_signals.py has SIGTERM and SIGINT inside search and DPO)."""
+"""A fast subset of experiments/fault_matrix through its harness (tests/fault_harness.py): SIGKILL
+inside three stages and a SIGTERM outside the batch loops, rerun, compare (tests/test_signals.py has
+SIGTERM and SIGINT inside search and DPO)."""
 
 from __future__ import annotations
 
 import random
-import sys
-from pathlib import Path
 
+import fault_harness
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "experiments" / "fault_matrix"))
-import matrix  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -19,7 +16,7 @@ pytestmark = pytest.mark.slow
 def reference(tmp_path_factory):
     out = tmp_path_factory.getbasetemp() / "fault_matrix"  # shared with tests/test_signals.py
     out.mkdir(exist_ok=True)
-    env, reference = matrix.setup(out)
+    env, reference = fault_harness.setup(out)
     return out, env, reference
 
 
@@ -32,7 +29,7 @@ def test_kills_inside_stages_resume_to_identical_output(reference):
         ("pairs", "replace:iter_2/pairs.jsonl:1"),  # whole-file write cut before its rename
         ("merge", "SIGTERM@save_dir:iter_1/merged:1"),  # stops on the spot: exit 143, MLflow KILLED
     ]
-    outcomes = matrix.run_matrix(out, faults, env, ref)
+    outcomes = fault_harness.run_matrix(out, faults, env, ref)
     for o in outcomes:
         assert o.killed, f"{o.fault}: the fault never fired, or stopped wrongly: exit {o.exit_code} {o.stop_problems}"
         assert o.resumed, f"{o.fault}: the rerun failed (see {out / 'logs'})"
@@ -56,7 +53,7 @@ def test_compare_sees_a_lost_record_and_a_changed_tensor(reference, tmp_path):
     first = next(iter(tensors))
     tensors[first] = tensors[first] + 1e-6
     save_file(tensors, adapter)
-    differences, lost, duplicated = matrix.compare(ref, run)
+    differences, lost, duplicated = fault_harness.compare(ref, run)
     assert (lost, duplicated) == (1, 1)
     assert "content differs in iter_1/search.jsonl" in differences
     assert "tensors differ in iter_2/adapter/adapter_model.safetensors" in differences

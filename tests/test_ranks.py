@@ -198,8 +198,7 @@ def test_a_rank_with_no_batch_left_still_takes_part(tmp_path):
 def test_csr_under_torchrun_completes_a_crashed_search(tiny_models, tmp_path_factory, tmp_path):
     import shutil
 
-    from csr_runs import tiny_env
-    from test_distributed import ddp_run
+    from csr_runs import ddp_run, tiny_env
 
     env = tiny_env(tiny_models)
     ddp = ddp_run(tmp_path_factory, env)

@@ -1,23 +1,19 @@
 """SIGTERM and SIGINT: the run stops at a safe point, says how to resume, exits 143 / 130, leaves no
 MLflow run RUNNING, and the resumed run is the uninterrupted one byte for byte.
 
-The end-to-end cases send the signal from inside a tiny run through experiments/fault_matrix's
-inject.py and compare with its reference run (imported as tests/test_fault_matrix.py does).
+The end-to-end cases send the signal from inside a tiny run through the fault harness
+(tests/fault_harness.py, fault_inject.py) and compare with its reference run.
 """
 
 from __future__ import annotations
 
 import os
 import signal
-import sys
-from pathlib import Path
 
+import fault_harness
 import pytest
 
 from csr import signals
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "experiments" / "fault_matrix"))
-import matrix  # noqa: E402
 
 
 @pytest.fixture
@@ -64,7 +60,7 @@ def test_a_deferred_signal_stops_at_the_end_of_the_loop_and_none_after_closing(h
 def reference(tmp_path_factory):
     out = tmp_path_factory.getbasetemp() / "fault_matrix"  # shared with tests/test_fault_matrix.py
     out.mkdir(exist_ok=True)
-    env, ref = matrix.setup(out)
+    env, ref = fault_harness.setup(out)
     return out, env, ref
 
 
@@ -85,7 +81,7 @@ def test_signal_stops_reports_and_resumes_identically(reference, stage, fault, c
     run_dir = out / "runs" / f"{name}_{stage}"
     logs = out / "logs"
     logs.mkdir(exist_ok=True)
-    outcome = matrix.run_fault(ref, run_dir, stage, fault, env, logs)
+    outcome = fault_harness.run_fault(ref, run_dir, stage, fault, env, logs)
     log = (logs / f"{run_dir.name}.log").read_text()
     assert outcome.exit_code == code, log[-3000:]
     assert outcome.stop_problems == [], log[-3000:]  # resume line, no traceback, MLflow parent KILLED

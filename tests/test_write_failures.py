@@ -11,13 +11,10 @@ import hashlib
 import shlex
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
+import fault_harness
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "experiments" / "fault_matrix"))
-import matrix  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -31,16 +28,16 @@ def _namespace_prefix() -> list[str]:
 
 def _digests(root: Path) -> dict[str, str]:
     return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file() and not matrix.is_volatile(p)}
+            for p in sorted(root.rglob("*")) if p.is_file() and not fault_harness.is_volatile(p)}
 
 
 @pytest.fixture(scope="module")
 def first_iteration(tmp_path_factory):
     """A run directory whose iteration 1 is finished (iterations=1 of the fault-matrix settings)."""
     out = tmp_path_factory.mktemp("write_failures")
-    env, _ = matrix.setup(out, reference=False)
+    env, _ = fault_harness.setup(out, reference=False)
     run = out / "iter1_run"
-    command = matrix.csr_command(run, None)
+    command = fault_harness.csr_command(run, None)
     subprocess.run([*command, "iterations=1"], env=env, check=True, capture_output=True)
     return env, run
 
@@ -50,7 +47,7 @@ def _run_on_small_fs(tmp_path: Path, env: dict, run: Path, mount_options: str, r
     mnt, log = tmp_path / "mnt", tmp_path / "csr.log"
     mnt.mkdir()
     inside = mnt / "run"
-    csr = shlex.join(matrix.csr_command(inside, None))
+    csr = shlex.join(fault_harness.csr_command(inside, None))
     script = "\n".join([
         "set -e",
         f"mount -t tmpfs -o {mount_options} tmpfs {mnt}",
@@ -82,7 +79,7 @@ def test_disk_full_is_a_clear_error_and_resumes(first_iteration, tmp_path):
     assert (after / "iter_2" / "dpo.done.json").exists()  # what finished before the disk filled is kept
     assert not (after / "iter_2" / "merge.done.json").exists()
     # Space again (the copy on the host disk): the same command finishes the run.
-    subprocess.run(matrix.csr_command(after, None), env=env, check=True, capture_output=True)
+    subprocess.run(fault_harness.csr_command(after, None), env=env, check=True, capture_output=True)
     assert (after / "iter_2" / "eval.done.json").exists() and not (after / "iter_2" / "merged.tmp").exists()
 
 

@@ -1,6 +1,6 @@
 """Run `csr` with one fault planted: the process SIGKILLs itself (or sends itself a signal) at a chosen point.
 
-    python experiments/fault_matrix/inject.py FAULT [csr overrides ...]
+    python tests/fault_inject.py FAULT [csr overrides ...]
 
 FAULT is `[SIGNAL@]hook:target:n`: kill at the n-th time `hook` fires for `target` (a path fragment
 such as `iter_1/search.jsonl`, or `iter_2/dpo` for a stage marker). With `SIGTERM@` or `SIGINT@`
