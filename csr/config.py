@@ -13,6 +13,22 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import InterpolationResolutionError, OmegaConfBaseException
 
+from csr.choices import (
+    CALIBRATIONS,
+    CHAIR_VARIANTS,
+    DECODING_STRATEGIES,
+    DPO_LOSSES,
+    DPO_REFERENCES,
+    DTYPES,
+    IPO_FORMS,
+    ON_ERROR,
+    PAIR_FILTERS,
+    PAIR_RULES,
+    POPE_PARSERS,
+    PRUNE_BY,
+    SCHEDULERS,
+    TEXT_SCORES,
+)
 from csr.errors import CSRError
 from csr.tracking import sqlite_uri
 
@@ -33,11 +49,12 @@ class Stage(StrEnum):
     eval = "eval"
 
 
+
 @dataclass
 class ModelConfig:
     name: str = "tiny_random"
     path: str = "???"  # local HF checkpoint directory or a model name already in the HF cache
-    dtype: str = "float32"  # float32 | bfloat16 | float16
+    dtype: str = "float32"  # one of DTYPES
     attn_implementation: str | None = "sdpa"  # eager | sdpa | flash_attention_2 | null (library default)
 
 
@@ -51,8 +68,8 @@ class ClipConfig:
 @dataclass
 class RewardConfig:
     lam: float = 0.9  # weight of R_I (image relevance) against R_T (self-reward)
-    calibration: str = "rank"  # rank | zscore | raw
-    text_score: str = "mean_logprob"  # form of R_T: mean_logprob | sum_logprob | prob
+    calibration: str = "rank"  # one of CALIBRATIONS
+    text_score: str = "mean_logprob"  # form of R_T: one of TEXT_SCORES
     clip: ClipConfig = field(default_factory=ClipConfig)
     batch_size: int = 64  # sentences per CLIP text batch
 
@@ -61,7 +78,7 @@ class RewardConfig:
 class DecodingConfig:
     # How the K candidates of one node are made distinct. `diverse_greedy` is the reference's group
     # beam search with one beam per group (Hamming diversity penalty, deterministic); `sample` draws.
-    strategy: str = "diverse_greedy"  # diverse_greedy | sample
+    strategy: str = "diverse_greedy"  # one of DECODING_STRATEGIES
     diversity_penalty: float = 3.0
     temperature: float = 1.0
     top_p: float = 1.0
@@ -77,7 +94,7 @@ class SearchConfig:
     max_new_tokens_per_sentence: int = 70
     max_sentences: int = 8
     max_answer_tokens: int = 256  # answer tokens only, never prompt or image tokens
-    prune_by: str = "calibrated"  # calibrated | lm
+    prune_by: str = "calibrated"  # one of PRUNE_BY
     delimiters: list[str] = field(default_factory=lambda: ["."])
     decoding: DecodingConfig = field(default_factory=DecodingConfig)
     prompts_per_batch: int = 4  # prompts searched together (their nodes decode in one batch)
@@ -102,7 +119,7 @@ class DataConfig:
     image_root: str = "???"
     limit: int | None = None  # prompts per iteration
     shuffle_seed: int | None = None  # null = file order
-    on_error: str = "raise"  # raise | skip (a bad record is counted and skipped)
+    on_error: str = "raise"  # one of ON_ERROR
     shapesworld: ShapesWorldDataConfig = field(default_factory=ShapesWorldDataConfig)
 
 
@@ -110,8 +127,8 @@ class DataConfig:
 class PairsConfig:
     # How an answer is scored: `mean` = mean calibrated R over its sentences (csr's rule);
     # `reference` = the authors' construct.py (ranks per sibling set, lower is better, / (sentences + 1)).
-    rule: str = "mean"  # mean | reference
-    filters: list[str] = field(default_factory=lambda: ["empty", "repetition"])  # empty|repetition|non_latin
+    rule: str = "mean"  # one of PAIR_RULES
+    filters: list[str] = field(default_factory=lambda: ["empty", "repetition"])  # some of PAIR_FILTERS
     export_llava: bool = True  # pairs_llava.json, the reference code's conversation layout
     export_trl: bool = True  # pairs_trl.jsonl, TRL DPOTrainer's prompt/chosen/rejected/images
 
@@ -127,12 +144,12 @@ class LoraConfig:
 
 @dataclass
 class DPOConfig:
-    loss: str = "sigmoid"  # sigmoid | ipo | hinge | robust
+    loss: str = "sigmoid"  # one of DPO_LOSSES
     beta: float = 0.1
-    ipo_form: str = "mean"  # ipo only: mean = log-ratios / completion length (TRL 1.16) | sum
+    ipo_form: str = "mean"  # one of IPO_FORMS
     label_smoothing: float = 0.0  # sigmoid: cDPO (TRL 1.16's sigmoid ignores it); robust: label noise rate
     lr: float = 1.0e-7
-    scheduler: str = "cosine"  # cosine | constant
+    scheduler: str = "cosine"  # one of SCHEDULERS
     warmup_ratio: float = 0.03
     epochs: int = 1
     batch_size: int = 1  # pairs per micro-batch
@@ -141,7 +158,7 @@ class DPOConfig:
     max_grad_norm: float = 1.0
     lora: LoraConfig = field(default_factory=LoraConfig)
     train_projector: bool = False
-    reference: str = "precomputed"  # precomputed | adapter_disabled | frozen_copy
+    reference: str = "precomputed"  # one of DPO_REFERENCES
     gradient_checkpointing: bool = False  # recompute layer activations in backward: less memory, more time
     seed: int = 0
 
@@ -173,7 +190,7 @@ class CocoEvalConfig:
 class ChairEvalConfig:
     # original = LisaAnne/Hallucination chair.py as the literature runs it (quirks included);
     # fixed = csr's corrections (README table). COCO only: ShapesWorld has its own exact vocabulary.
-    variant: str = "original"  # original | fixed
+    variant: str = "original"  # one of CHAIR_VARIANTS
 
 
 @dataclass
@@ -182,7 +199,7 @@ class PopeEvalConfig:
     image_root: str | None = None
     # official = POPE's evaluate.py rule (first sentence, commas dropped, split on spaces, No/no/not);
     # robust = any punctuation separates words, case ignored. Applies to every POPE answer.
-    parser: str = "official"  # official | robust
+    parser: str = "official"  # one of POPE_PARSERS
 
 
 @dataclass
@@ -251,19 +268,19 @@ class RootConfig:
 
 
 _CHOICES = {
-    "model.dtype": ("float32", "bfloat16", "float16"),
-    "reward.calibration": ("rank", "zscore", "raw"),
-    "reward.text_score": ("mean_logprob", "sum_logprob", "prob"),
-    "search.prune_by": ("calibrated", "lm"),
-    "search.decoding.strategy": ("diverse_greedy", "sample"),
-    "data.on_error": ("raise", "skip"),
-    "pairs.rule": ("mean", "reference"),
-    "dpo.ipo_form": ("mean", "sum"),
-    "eval.chair.variant": ("original", "fixed"),
-    "eval.pope.parser": ("official", "robust"),
-    "dpo.loss": ("sigmoid", "ipo", "hinge", "robust"),
-    "dpo.scheduler": ("cosine", "constant"),
-    "dpo.reference": ("precomputed", "adapter_disabled", "frozen_copy"),
+    "model.dtype": DTYPES,
+    "reward.calibration": CALIBRATIONS,
+    "reward.text_score": TEXT_SCORES,
+    "search.prune_by": PRUNE_BY,
+    "search.decoding.strategy": DECODING_STRATEGIES,
+    "data.on_error": ON_ERROR,
+    "pairs.rule": PAIR_RULES,
+    "dpo.ipo_form": IPO_FORMS,
+    "eval.chair.variant": CHAIR_VARIANTS,
+    "eval.pope.parser": POPE_PARSERS,
+    "dpo.loss": DPO_LOSSES,
+    "dpo.scheduler": SCHEDULERS,
+    "dpo.reference": DPO_REFERENCES,
 }
 
 # key -> (predicate, what must hold)
@@ -352,6 +369,6 @@ def validate(cfg: DictConfig) -> DictConfig:
             " dpo.train_projector=true (the trained projector would move the reference too); use frozen_copy"
         )
     for name in typed.pairs.filters:
-        if name not in ("empty", "repetition", "non_latin"):
+        if name not in PAIR_FILTERS:
             raise CSRError(f"config key 'pairs.filters': unknown filter {name!r}")
     return typed

@@ -8,10 +8,11 @@ import math
 import pytest
 import torch
 
+from csr.choices import CALIBRATIONS, TEXT_SCORES
 from csr.models.clip import image_relevance
 from csr.pairs.rules import reference_ranks
-from csr.reward.calibration import CALIBRATIONS, calibrate, rank_normalise, zscore_normalise
-from csr.reward.scores import TEXT_SCORES, text_score
+from csr.reward.calibration import calibrate, rank_normalise, zscore_normalise
+from csr.reward.scores import text_score
 
 # sqrt(3/2): the z-score of the extremes of three evenly spaced values (population std sqrt(2/3) * step).
 C = math.sqrt(1.5)

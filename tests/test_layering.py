@@ -11,7 +11,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "csr"
 # Lowest first: a unit (a top-level module or a subpackage of csr) imports only units of earlier
 # groups. The same list is in the README ("Architecture").
 LAYERS = [
-    {"errors", "config_upgrade"},
+    {"errors", "config_upgrade", "choices"},
     {"io"},
     {"signals", "lock", "progress", "distributed", "tracking"},
     {"config", "context", "run_info", "run_dir", "report", "plan"},

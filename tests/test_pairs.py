@@ -7,10 +7,11 @@ from pathlib import Path
 
 import pytest
 
+from csr.choices import PAIR_FILTERS as FILTERS
+from csr.choices import PAIR_RULES as RULES
 from csr.pairs.build import build_pairs, make_pair, to_llava, to_trl
 from csr.pairs.rules import (
     MIN_SENTENCE_CHARS,
-    RULES,
     margin,
     reference_path_score,
     reference_sentence_value,
@@ -19,7 +20,6 @@ from csr.pairs.rules import (
     too_short,
 )
 from csr.pairs.select import (
-    FILTERS,
     SKIP_IDENTICAL,
     SKIP_NAN,
     SKIP_TIED,

@@ -17,13 +17,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from csr.choices import ON_ERROR
 from csr.errors import CSRError
 from csr.io import read_json
 
 log = logging.getLogger(__name__)
 
 IMAGE_PLACEHOLDER = "<image>"
-ON_ERROR_CHOICES = ("raise", "skip")
 
 
 @dataclass(frozen=True)
@@ -137,8 +137,8 @@ def load_prompts(
     after skipping bad records and shuffling, so it always yields `limit`
     good records when the file has that many.
     """
-    if on_error not in ON_ERROR_CHOICES:
-        raise CSRError(f"data.on_error must be one of {ON_ERROR_CHOICES}, got {on_error!r}")
+    if on_error not in ON_ERROR:
+        raise CSRError(f"data.on_error must be one of {ON_ERROR}, got {on_error!r}")
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
         raise CSRError(f"data.limit must be a positive integer or null, got {limit!r}")
     file = Path(path)

@@ -22,8 +22,9 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from csr.choices import IPO_FORMS
+
 LossFn = Callable[[torch.Tensor, float, float], torch.Tensor]
-IPO_FORMS = ("mean", "sum")
 
 
 def _sigmoid(logits: torch.Tensor, beta: float, label_smoothing: float) -> torch.Tensor:

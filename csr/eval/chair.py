@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from csr.choices import CHAIR_VARIANTS
 from csr.errors import CSRError
 from csr.eval import chair_original
 from csr.eval.coco_synonyms import (
@@ -45,7 +46,6 @@ from csr.io import read_json, read_text_file
 
 StrPath = str | os.PathLike[str]
 StrPaths = StrPath | Sequence[StrPath]  # one annotation file, or several read as one (train + val)
-VARIANTS = ("original", "fixed")
 
 # Letters only: punctuation, digits and apostrophes split words ("dog's" -> "dog", "s").
 _WORD = re.compile(r"[^\W\d_]+")
@@ -334,8 +334,8 @@ def coco_chair(generated_jsonl: StrPath, instances_json: StrPaths, captions_json
     are exactly "", as LURE's to_chair.py (the converter CSR's CHAIR went through) does, and says
     how many in `n_empty_skipped`.
     """
-    if variant not in VARIANTS:
-        raise CSRError(f"CHAIR variant {variant!r}: expected one of {', '.join(VARIANTS)}")
+    if variant not in CHAIR_VARIANTS:
+        raise CSRError(f"CHAIR variant {variant!r}: expected one of {', '.join(CHAIR_VARIANTS)}")
     where = " nor ".join(", ".join(str(p) for p in _paths(files)) for files in (instances_json, captions_json))
     if variant == "fixed":
         table = coco_synonym_table()

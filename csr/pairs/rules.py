@@ -30,16 +30,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from csr.choices import PAIR_RULES
 from csr.pairs.select import SKIP_IDENTICAL, SKIP_NAN, SKIP_TOO_FEW, Choice, select_pair
 
-RULES = ("mean", "reference")
 MIN_SENTENCE_CHARS = 4  # score.py keeps a candidate only if its new text has at least 4 characters
 SHORT_SENTENCE = "short_sentence"  # why an answer is not a candidate under the reference rule
 
 
 def check_rule(rule: str) -> str:
-    if rule not in RULES:
-        raise ValueError(f"unknown pair rule {rule!r}; expected one of {RULES}")
+    if rule not in PAIR_RULES:
+        raise ValueError(f"unknown pair rule {rule!r}; expected one of {PAIR_RULES}")
     return rule
 
 

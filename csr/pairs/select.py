@@ -6,12 +6,13 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from csr.choices import PAIR_FILTERS
+
 SKIP_TOO_FEW = "fewer_than_2_answers"
 SKIP_IDENTICAL = "chosen_equals_rejected"
 SKIP_TIED = "tied_scores"
 SKIP_NAN = "nan_score"
 
-FILTERS = ("empty", "repetition", "non_latin")
 
 
 @dataclass(frozen=True)
@@ -67,6 +68,6 @@ def failed_filter(text: str, filters: Sequence[str]) -> str | None:
             return "repetition"
         if name == "non_latin" and _NON_LATIN.search(text):
             return "non_latin"
-        if name not in FILTERS:
-            raise ValueError(f"unknown pair filter {name!r}; expected some of {FILTERS}")
+        if name not in PAIR_FILTERS:
+            raise ValueError(f"unknown pair filter {name!r}; expected some of {PAIR_FILTERS}")
     return None

@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-CALIBRATIONS = ("rank", "zscore", "raw")
+from csr.choices import CALIBRATIONS
 
 
 def rank_normalise(values: Sequence[float]) -> list[float]:

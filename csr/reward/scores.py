@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-TEXT_SCORES = ("mean_logprob", "sum_logprob", "prob")
+from csr.choices import TEXT_SCORES
 
 
 def text_score(token_logprobs: Sequence[float], form: str = "mean_logprob") -> float:

@@ -1,0 +1,18 @@
+"""Every choice list of the config, here only: `validate()` (csr/config.py) checks each key against its
+list at start, the modules that implement the choices import them, and the YAML files, the schema and
+the README point here. A pure module (no imports), so that the pure math can import it too."""
+
+DTYPES = ("float32", "bfloat16", "float16")  # model.dtype
+CALIBRATIONS = ("rank", "zscore", "raw")  # reward.calibration: how R_T and R_I are put on one scale per sibling set
+TEXT_SCORES = ("mean_logprob", "sum_logprob", "prob")  # reward.text_score: the form of R_T
+DECODING_STRATEGIES = ("diverse_greedy", "sample")  # diverse_greedy: the reference's group beam search, 1 beam/group
+PRUNE_BY = ("calibrated", "lm")  # calibrated: the paper's running calibrated reward; lm: R_T (the reference code)
+ON_ERROR = ("raise", "skip")  # data.on_error: a bad record raises naming it, or is counted and skipped
+PAIR_RULES = ("mean", "reference")  # mean: csr's mean calibrated R; reference: the authors' construct.py ranks
+PAIR_FILTERS = ("empty", "repetition", "non_latin")  # the reference code's clean-up of candidate answers
+DPO_LOSSES = ("sigmoid", "ipo", "hinge", "robust")
+IPO_FORMS = ("mean", "sum")  # ipo only: mean = log-ratios / completion length (TRL 1.16); sum
+SCHEDULERS = ("cosine", "constant")
+DPO_REFERENCES = ("precomputed", "adapter_disabled", "frozen_copy")  # how the frozen reference's log-probs are had
+CHAIR_VARIANTS = ("original", "fixed")  # original: chair.py as papers ran it; fixed: csr's corrections
+POPE_PARSERS = ("official", "robust")  # official: POPE's evaluate.py; robust: csr's reading of the first words
