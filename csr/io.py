@@ -126,6 +126,29 @@ def read_text_file(path: StrPath, what: str = "file") -> str:
         raise CSRError(f"{p}: {what} is not valid UTF-8 ({exc})") from None
 
 
+
+def read_records(path: StrPath) -> list[tuple[int, dict[str, Any]]]:
+    """A JSONL input file as (line number, record) pairs; blank lines are skipped.
+
+    For the benchmarks' files (csr/eval/). Unlike read_jsonl (for our own crash-resumable outputs), a
+    missing file or any bad line is an error: these are inputs someone handed us.
+    """
+    p = Path(path)
+    text = read_text_file(p)
+    records = []
+    # split("\n"), not splitlines(): JSON strings may hold U+2028 and friends unescaped.
+    for lineno, line in enumerate(text.split("\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise CSRError(f"{p}: line {lineno}: invalid JSON ({exc.msg})") from None
+        if not isinstance(record, dict):
+            raise CSRError(f"{p}: line {lineno}: expected a JSON object, got {type(record).__name__}")
+        records.append((lineno, record))
+    return records
+
 def read_json(path: StrPath, what: str = "file") -> Any:
     """Read a JSON file; a missing or malformed file is a CSRError naming it."""
     p = Path(path)

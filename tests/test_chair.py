@@ -17,11 +17,10 @@ from csr.eval.chair import (
     coco_synonym_table,
     load_coco_ground_truth,
     load_original_ground_truth,
-    mentioned_objects,
-    read_records,
 )
 from csr.eval.chair_singular import singularize
 from csr.eval.coco_synonyms import COCO_CATEGORIES, COCO_SYNONYMS
+from csr.io import read_records
 from csr.worlds.shapesworld.vocab import synonym_table
 
 FIXTURES = Path(__file__).parent / "fixtures" / "coco"
@@ -54,7 +53,7 @@ COCO = coco_synonym_table()
     ],
 )
 def test_mentioned_objects_coco(text: str, expected: list[str]) -> None:
-    assert mentioned_objects(text, COCO) == expected
+    assert caption_report(text, (), COCO)["mentioned"] == expected
 
 
 @pytest.mark.parametrize(
@@ -67,12 +66,12 @@ def test_mentioned_objects_coco(text: str, expected: list[str]) -> None:
     ],
 )
 def test_mentioned_objects_shapesworld(text: str, expected: list[str]) -> None:
-    assert mentioned_objects(text, synonym_table()) == expected
+    assert caption_report(text, (), synonym_table())["mentioned"] == expected
 
 
 def test_empty_category_consumes_a_phrase_without_naming_an_object() -> None:
     table = {"sign": "sign", "plus sign": "cross", "road sign": ""}
-    assert mentioned_objects("A road sign, a plus sign and a sign.", table) == ["cross", "sign"]
+    assert caption_report("A road sign, a plus sign and a sign.", (), table)["mentioned"] == ["cross", "sign"]
 
 
 def test_coco_synonym_table_is_the_original() -> None:

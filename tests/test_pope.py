@@ -285,3 +285,14 @@ def test_read_pope_questions_skip_counts_bad_lines(tmp_path: Path) -> None:
     assert skipped == {"bad_record": 2, "duplicate_id": 1}
     with pytest.raises(CSRError, match=r"q\.jsonl: line 2: label should be 'yes' or 'no'"):
         read_pope_questions(tmp_path / "q.jsonl", "raise")
+
+
+def test_csr_pope_scores_an_answers_file(capsys) -> None:
+    from csr.eval.pope import main
+
+    main([str(FIXTURES / "questions.jsonl"), str(FIXTURES / "answers.jsonl")])
+    assert json.loads(capsys.readouterr().out) == pytest.approx(
+        {"accuracy": 4 / 6, "precision": 2 / 3, "recall": 2 / 3, "f1": 2 / 3, "yes_ratio": 0.5, "n": 6})
+    with pytest.raises(SystemExit) as info:
+        main([str(FIXTURES / "questions.jsonl"), str(FIXTURES / "absent.jsonl")])
+    assert info.value.code == 2 and "csr-pope: error: " in capsys.readouterr().err

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -16,14 +15,6 @@ from csr.errors import CSRError
 from csr.models.chat import IGNORE, generation_prompt
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Encoded:
-    prompt_ids: list[int]
-    chosen_ids: list[int]
-    rejected_ids: list[int]
-    pixel_values: torch.Tensor  # [3, H, W]
 
 
 def check_images(pairs: list[dict], image_root: str) -> list[str]:

@@ -24,12 +24,10 @@ never negate, and COCO-style captions rarely do.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from csr.choices import CHAIR_VARIANTS
@@ -42,7 +40,7 @@ from csr.eval.coco_synonyms import (
     PHRASE_REWRITES,
     VEHICLE_WORDS,
 )
-from csr.io import read_json, read_text_file
+from csr.io import read_json, read_records
 
 StrPath = str | os.PathLike[str]
 StrPaths = StrPath | Sequence[StrPath]  # one annotation file, or several read as one (train + val)
@@ -116,17 +114,6 @@ def _mentions(text: str, index: _Index) -> list[str]:
     return found
 
 
-def mentioned_objects(text: str, synonyms: dict[str, str]) -> list[str]:
-    """Categories `text` mentions, in order of first mention, each once.
-
-    `synonyms` maps a word or phrase to its category.  Longer phrases win ("hot dog" is not a dog);
-    plurals are singularised when the singular is in the table.  A phrase mapped to "" is consumed
-    without naming an object: that is how the COCO table keeps the "baby" of "baby elephant" from
-    counting as a person.  Negation is not understood (see the module docstring).
-    """
-    return _mentions(text, _index(synonyms))
-
-
 def coco_synonym_table() -> dict[str, str]:
     """CHAIR's COCO table, word or phrase -> one of the 80 categories, with the original's phrase rules."""
     table = {word.lower(): category for category, words in COCO_SYNONYMS.items() for word in words}
@@ -187,29 +174,6 @@ def chair_scores(captions: Sequence[str], gt: Sequence[Collection[str]], synonym
         "mean_mentions": _ratio(n_mentions, n),
         "n": n,
     }
-
-
-def read_records(path: StrPath) -> list[tuple[int, dict[str, Any]]]:
-    """A JSONL input file as (line number, record) pairs; blank lines are skipped.
-
-    Shared with csr.eval.pope.  Unlike csr.io.read_jsonl (for our own crash-resumable outputs), a
-    missing file or any bad line is an error: these are inputs someone handed us.
-    """
-    p = Path(path)
-    text = read_text_file(p)
-    records = []
-    # split("\n"), not splitlines(): JSON strings may hold U+2028 and friends unescaped.
-    for lineno, line in enumerate(text.split("\n"), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise CSRError(f"{p}: line {lineno}: invalid JSON ({exc.msg})") from None
-        if not isinstance(record, dict):
-            raise CSRError(f"{p}: line {lineno}: expected a JSON object, got {type(record).__name__}")
-        records.append((lineno, record))
-    return records
 
 
 def _field(record: Any, key: str, kind: type, path: StrPath, where: str) -> Any:

@@ -12,8 +12,9 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from csr.choices import POPE_PARSERS
 from csr.errors import CSRError
-from csr.eval.chair import StrPath, read_records
+from csr.io import StrPath, read_records
 
 log = logging.getLogger(__name__)
 
@@ -166,3 +167,23 @@ def pope_from_files(questions_path: StrPath, answers_path: StrPath, parser: str 
     predictions = [yes_no(answers[qid], parser) for qid in ids]
     labels = [q["label"] == "yes" for q in questions]
     return pope_metrics(predictions, labels)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`csr-pope QUESTIONS ANSWERS [--parser official|robust]`: score answers written anywhere (another
+    model's, the paper's released ones) against a POPE question file, as POPE's evaluate.py reads them."""
+    import argparse
+    import json
+    import sys
+
+    parser = argparse.ArgumentParser(prog="csr-pope", description="Score an answers JSONL against a POPE question "
+                                     "file, answers read as POPE's evaluate.py reads them (or --parser robust).")
+    parser.add_argument("questions", help="POPE question file (JSONL: question_id, image, text, label)")
+    parser.add_argument("answers", help="answers (JSONL: question_id and text or answer), one per question")
+    parser.add_argument("--parser", choices=POPE_PARSERS, default="official")
+    args = parser.parse_args(argv)
+    try:
+        print(json.dumps(pope_from_files(args.questions, args.answers, args.parser), indent=2))
+    except CSRError as err:
+        print(f"csr-pope: error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None

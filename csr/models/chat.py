@@ -23,15 +23,6 @@ def generation_prompt(processor: Any, prompt: str) -> str:
     return processor.apply_chat_template(user_turn(prompt), add_generation_prompt=True)
 
 
-def full_conversation(processor: Any, prompt: str, answer: str) -> tuple[str, str]:
-    """(templated prompt, answer) so that their concatenation is the whole training sequence.
-
-    The answer is appended as text after the generation prompt, the way generation produced it,
-    so DPO scores exactly the tokens the search wrote (a leading space included).
-    """
-    return generation_prompt(processor, prompt), answer
-
-
 def context_length(model: Any) -> int | None:
     """The language model's trained context (positions beyond it give garbage, not an error)."""
     return getattr(model.config.get_text_config(), "max_position_embeddings", None)
