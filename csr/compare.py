@@ -24,7 +24,7 @@ from omegaconf import OmegaConf
 
 from csr.errors import CSRError
 from csr.io import atomic_write_text, read_json
-from csr.tracking import flatten
+from csr.tracking import flatten, loop_runs
 
 # Metrics shown unless --metrics says otherwise; every eval/* metric a run has is added.
 DEFAULT_METRICS = ["pairs/pairs", "pairs/margin", "pairs/chosen/score", "pairs/rejected/score",
@@ -81,43 +81,9 @@ def runs_from_dirs(paths: list[Path]) -> list[Run]:
 
 
 def runs_from_mlflow(tracking_uri: str, experiment: str | None, run_ids: list[str]) -> list[Run]:
-    """The loops' parent runs (of an experiment, or the parents of the given runs) with their nested
-    iteration runs. Iteration 0 (the base model's evaluation) lives in the parent at step 0."""
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(tracking_uri=tracking_uri)
-    if run_ids:
-        parents = []
-        for run_id in run_ids:
-            run = client.get_run(run_id)
-            parent_id = run.data.tags.get("mlflow.parentRunId")
-            parents.append(client.get_run(parent_id) if parent_id else run)
-        experiment_ids = sorted({p.info.experiment_id for p in parents})
-    else:
-        found = client.get_experiment_by_name(experiment or "csr")
-        if found is None:
-            raise CSRError(f"{tracking_uri}: no experiment named {experiment or 'csr'!r}")
-        experiment_ids = [found.experiment_id]
-        parents = None
-    every = client.search_runs(experiment_ids, max_results=50000, order_by=["attributes.start_time ASC"])
-    if parents is None:
-        parents = [r for r in every if "mlflow.parentRunId" not in r.data.tags]
-    unique = list({p.info.run_id: p for p in parents}.values())
-    runs = []
-    for parent in unique:
-        pid = parent.info.run_id
-        metrics: dict[int, dict[str, float]] = {}
-        for child in every:
-            if child.data.tags.get("mlflow.parentRunId") == pid and "csr.iteration" in child.data.tags:
-                metrics[int(child.data.tags["csr.iteration"])] = dict(child.data.metrics)
-        base = {key: m.value for key in parent.data.metrics if key.startswith("eval/")
-                for m in client.get_metric_history(pid, key) if m.step == 0}
-        if base:
-            metrics[0] = base
-        run_dir = parent.data.tags.get("csr.run_dir")
-        local = Path(run_dir) if run_dir and Path(run_dir).is_dir() else None
-        runs.append(Run(parent.info.run_name or pid, dict(parent.data.params), metrics, local))
-    return runs
+    """The loops' parent runs (of an experiment, or the parents of the given runs) with their iterations."""
+    return [Run(name, params, metrics, Path(run_dir) if run_dir and Path(run_dir).is_dir() else None)
+            for name, params, metrics, run_dir in loop_runs(tracking_uri, experiment, run_ids)]
 
 
 # -- the table --------------------------------------------------------------------------------------

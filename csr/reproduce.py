@@ -29,7 +29,7 @@ from csr.errors import CSRError
 from csr.io import atomic_write_json, atomic_write_text, read_json
 from csr.run_dir import CHANGES
 from csr.run_info import run_info, version_differences
-from csr.tracking import flatten, sqlite_uri
+from csr.tracking import download_loop, flatten, sqlite_uri
 
 SOURCE_DIR = "reproduced_from"  # inside the new run: the source's config.yaml, run_info.json, source.json
 METRICS = "metrics"  # inside SOURCE_DIR: the source's iter_<k>.json (its iter_<k>/metrics.json)
@@ -66,35 +66,9 @@ def _upgrade_configs(into: Path) -> None:
 def _from_mlflow(run_id: str, tracking_uri: str, into: Path) -> dict:
     """The loop's parent run holds config.yaml and run_info.json as artifacts (an iteration run's
     id leads to its parent)."""
-    from mlflow.exceptions import MlflowException
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(tracking_uri=tracking_uri)
-    try:
-        run = client.get_run(run_id)
-        parent_id = run.data.tags.get("mlflow.parentRunId", run_id)
-        for name in ("config.yaml", "run_info.json"):
-            client.download_artifacts(parent_id, name, str(into))
-        if CHANGES in {a.path for a in client.list_artifacts(parent_id)}:
-            client.download_artifacts(parent_id, CHANGES, str(into))
-            for entry in read_json(into / CHANGES):
-                client.download_artifacts(parent_id, entry["config"], str(into))
-        _mlflow_metrics(client, client.get_run(parent_id), into / METRICS)
-        _upgrade_configs(into)
-    except MlflowException as err:
-        raise CSRError(f"MLflow run {run_id} in {tracking_uri}: {err.message}") from None
+    parent_id = download_loop(run_id, tracking_uri, into, CHANGES, into / METRICS)
+    _upgrade_configs(into)
     return {"mlflow_run_id": parent_id, "tracking_uri": tracking_uri}
-
-
-def _mlflow_metrics(client, parent, into: Path) -> None:
-    """Iteration 0's metrics.json is an artifact of the parent run, iteration k's of its nested run."""
-    into.mkdir(exist_ok=True)
-    children = client.search_runs([parent.info.experiment_id],
-                                  filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
-    for k, run in [(0, parent), *((r.data.tags.get("csr.iteration"), r) for r in children)]:
-        if "metrics.json" in {a.path for a in client.list_artifacts(run.info.run_id)}:
-            client.download_artifacts(run.info.run_id, "metrics.json", str(into))
-            (into / "metrics.json").replace(into / f"iter_{k}.json")
 
 
 # -- the evaluation data must be the source's ----------------------------------------------------------

@@ -223,3 +223,74 @@ class Tracker:
         from pytorch_lightning.loggers import MLFlowLogger
 
         return MLFlowLogger(experiment_name=self.experiment_name, tracking_uri=self.uri, run_id=run_id)
+
+
+# -- reading loops back (csr-compare, csr-reproduce) -------------------------------------------------
+
+
+def loop_runs(tracking_uri: str, experiment: str | None,
+              run_ids: list[str]) -> list[tuple[str, dict[str, str], dict[int, dict[str, float]], str | None]]:
+    """(name, params, iteration -> metrics, the csr.run_dir tag) of each loop's parent run: of an
+    experiment, or the parents of the given runs. Iteration 0 (the base model's evaluation) lives in the
+    parent at step 0, iteration k in its nested run."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri)
+    if run_ids:
+        parents = []
+        for run_id in run_ids:
+            run = client.get_run(run_id)
+            parent_id = run.data.tags.get("mlflow.parentRunId")
+            parents.append(client.get_run(parent_id) if parent_id else run)
+        experiment_ids = sorted({p.info.experiment_id for p in parents})
+    else:
+        found = client.get_experiment_by_name(experiment or "csr")
+        if found is None:
+            raise CSRError(f"{tracking_uri}: no experiment named {experiment or 'csr'!r}")
+        experiment_ids = [found.experiment_id]
+        parents = None
+    every = client.search_runs(experiment_ids, max_results=50000, order_by=["attributes.start_time ASC"])
+    if parents is None:
+        parents = [r for r in every if "mlflow.parentRunId" not in r.data.tags]
+    loops = []
+    for parent in {p.info.run_id: p for p in parents}.values():
+        pid = parent.info.run_id
+        metrics: dict[int, dict[str, float]] = {}
+        for child in every:
+            if child.data.tags.get("mlflow.parentRunId") == pid and "csr.iteration" in child.data.tags:
+                metrics[int(child.data.tags["csr.iteration"])] = dict(child.data.metrics)
+        base = {key: m.value for key in parent.data.metrics if key.startswith("eval/")
+                for m in client.get_metric_history(pid, key) if m.step == 0}
+        if base:
+            metrics[0] = base
+        loops.append((parent.info.run_name or pid, dict(parent.data.params), metrics, parent.data.tags.get("csr.run_dir")))
+    return loops
+
+
+def download_loop(run_id: str, tracking_uri: str, into: Path, changes: str, metrics_dir: Path) -> str:
+    """The files a loop's parent run holds (config.yaml, run_info.json, the `changes` file and the configs
+    it names) into `into`, each iteration's metrics.json as metrics_dir/iter_<k>.json; returns the
+    parent's id (an iteration run's id leads to its parent)."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri)
+    try:
+        parent_id = client.get_run(run_id).data.tags.get("mlflow.parentRunId", run_id)
+        for name in ("config.yaml", "run_info.json"):
+            client.download_artifacts(parent_id, name, str(into))
+        if changes in {a.path for a in client.list_artifacts(parent_id)}:
+            client.download_artifacts(parent_id, changes, str(into))
+            for entry in read_json(into / changes):
+                client.download_artifacts(parent_id, entry["config"], str(into))
+        parent = client.get_run(parent_id)
+        metrics_dir.mkdir(exist_ok=True)
+        children = client.search_runs([parent.info.experiment_id],
+                                      filter_string=f"tags.mlflow.parentRunId = '{parent_id}'")
+        for k, run in [(0, parent), *((r.data.tags.get("csr.iteration"), r) for r in children)]:
+            if "metrics.json" in {a.path for a in client.list_artifacts(run.info.run_id)}:
+                client.download_artifacts(run.info.run_id, "metrics.json", str(metrics_dir))
+                (metrics_dir / "metrics.json").replace(metrics_dir / f"iter_{k}.json")
+    except MlflowException as err:
+        raise CSRError(f"MLflow run {run_id} in {tracking_uri}: {err.message}") from None
+    return parent_id
