@@ -1,4 +1,5 @@
-"""The ShapesWorld evaluator: CHAIR and recall of greedy descriptions, POPE from yes/no answers.
+"""The ShapesWorld evaluator: CHAIR and recall of greedy descriptions, their well-formedness and
+attribute binding errors (grammar.py), POPE from yes/no answers.
 
 Ground truth is exact (the generator knows every object), so hallucination is measured, not
 estimated. Answers go through the same generation module as every evaluator.
@@ -15,7 +16,14 @@ from csr.errors import CSRError
 from csr.eval.chair import caption_report, chair_scores
 from csr.eval.generate import DECODING, answer_metrics, generate_answers, image_set, skip_counts
 from csr.eval.pope import pope_metrics, read_pope_questions, yes_no
-from csr.worlds.shapesworld.splits import HELD_OUT_SIZE, ensure_split, ground_truth, split_identity
+from csr.worlds.shapesworld.grammar import grammar_metrics
+from csr.worlds.shapesworld.splits import (
+    HELD_OUT_SIZE,
+    ensure_split,
+    ground_truth,
+    scene_objects,
+    split_identity,
+)
 from csr.worlds.shapesworld.vocab import PAIRS, synonym_table
 
 
@@ -38,7 +46,8 @@ POPE_MAX_NEW_TOKENS = 4  # "Yes." / "No."
 # What the run's summary table shows: (column, metric key).
 SUMMARY = (("CHAIR_S", "chair_s"), ("CHAIR_I", "chair_i"), ("recall", "recall"), ("POPE F1", "pope_f1"),
            ("partner halluc.", "partner_hallucination"), ("answer R_I", "mean_r_i"),
-           ("answer words", "mean_answer_words"))
+           ("answer words", "mean_answer_words"), ("well-formed", "well_formed"),
+           ("binding errors", "binding_errors"))
 
 
 def _pope(model, processor, eval_cfg, split_dir: Path, images: set[str], out_dir: Path, trainer_kwargs: dict,
@@ -86,6 +95,8 @@ def evaluate_shapesworld(*, model, processor, scorer, eval_cfg, prompt_file: str
     metrics = chair_scores([a["answer"] for a in answers], [truth[a["id"]] for a in answers], synonym_table())
     metrics.update(answer_metrics(answers))
     metrics["partner_hallucination"] = partner_hallucination_rate(answers, truth)
+    objects = scene_objects(split_dir)
+    metrics.update(grammar_metrics([a["answer"] for a in answers], [objects[a["id"]] for a in answers]))
     pope, pope_skips, shown = _pope(model, processor, eval_cfg, split_dir, {f"{i}.png" for i in ids[: eval_cfg.shapesworld.pope_images]},
                                     out_dir, trainer_kwargs, on_error)
     metrics.update(pope)

@@ -100,5 +100,10 @@ def split_identity(split_dir: str | Path) -> dict:
 
 def ground_truth(split_dir: str | Path) -> dict[str, set[str]]:
     """prompt id -> the categories really in the image."""
+    return {k: {o["shape"] for o in objects} for k, objects in scene_objects(split_dir).items()}
+
+
+def scene_objects(split_dir: str | Path) -> dict[str, list[dict]]:
+    """prompt id -> the image's objects ({"shape", "colour", "position", "size"})."""
     truth = json.loads((Path(split_dir) / "ground_truth.json").read_text())
-    return {k: {o["shape"] for o in v["objects"]} for k, v in truth.items()}
+    return {k: v["objects"] for k, v in truth.items()}

@@ -28,10 +28,14 @@ DESCRIBE_PROMPTS = (
 QUESTION = "Is there a {shape} in the image?"
 
 
+def sentence_text(template: str, **fields: str) -> str:
+    """A template filled in, with the article English wants ("an orange")."""
+    return template.format(**fields).replace("a orange", "an orange").replace("A orange", "An orange")
+
+
 def sentence(obj: Obj, rng: random.Random) -> str:
-    text = rng.choice(SENTENCE_TEMPLATES).format(size=obj.size, colour=obj.colour, shape=obj.shape,
-                                                 position=obj.position)
-    return text.replace("a orange", "an orange").replace("A orange", "An orange")
+    return sentence_text(rng.choice(SENTENCE_TEMPLATES), size=obj.size, colour=obj.colour, shape=obj.shape,
+                         position=obj.position)
 
 
 def described_objects(scene: Scene, rng: random.Random, noise: float) -> list[Obj]:
