@@ -248,6 +248,11 @@ def forward(
 
     shared = cache is not None and bool(cache.layers) and isinstance(cache.layers[0], _SharedPrefixLayer)
     kwargs = {"logits_to_keep": 1} if input_ids.shape[1] > 1 else {}  # a prefill needs its last logits only
+    if shared and input_ids.shape[1] == 1:
+        # One new token per row sees all of its row but the holes: its mask is the padding mask. Given as
+        # the 4D mask the attention reads, transformers builds none (its builder asks the device whether
+        # any position is padded: a wait for the GPU at every token).
+        attention_mask = attention_mask[:, None, None, :].bool()
     with _shared_prefix(model, cache) if shared else nullcontext():
         out = model(
             input_ids=to(input_ids),
