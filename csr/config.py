@@ -102,6 +102,9 @@ class SearchConfig:
     # cap on the KV-cache tokens a decode batch holds besides the shared prompt prefixes (one per
     # prompt): rows x (answer so far + one sentence); bounds memory on long answers
     max_batch_tokens: int = 65536
+    # finished rows leave a decode batch (a copy of every layer's cache) once they are this share of its
+    # rows; until then they only cost their share of the batch's compute (0 = as soon as one finishes)
+    compact_fraction: float = 0.25
     seed: int = 0
 
 
@@ -299,6 +302,7 @@ _RANGES = {
     "search.prompts_per_batch": (lambda v: v >= 1, ">= 1"),
     "search.max_batch_rows": (lambda v: v >= 1, ">= 1"),
     "search.max_batch_tokens": (lambda v: v >= 1, ">= 1"),
+    "search.compact_fraction": (lambda v: 0 <= v <= 1, "in [0, 1]"),
     "search.decoding.temperature": (lambda v: v > 0, "> 0"),
     "search.decoding.top_p": (lambda v: 0 < v <= 1, "in (0, 1]"),
     "dpo.beta": (lambda v: v > 0, "> 0"),

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
+import pytest
 import torch
 from transformers import DynamicCache
 
-from csr.search.decode import DecodeSettings, Rows, decode_sentences
+from csr.search.decode import DecodeSettings, Rows, choose_step, decode_sentences
 
 V, EOS, DOT, IMAGE = 12, 2, 9, 4
 
@@ -123,3 +124,78 @@ def test_ending_is_never_penalised_for_diversity():
     out = decode_sentences(model, rows([first] * 3, [100] * 3, groups=[0, 1, 2], nodes=[0, 0, 0]),
                            settings(diversity_penalty=3.0))
     assert [s.finish for s in out] == ["eos"] * 3
+
+
+# The token choice before it moved to the logits' device (commit 4299347): on the host, one row at a time
+# for the bookkeeping. The device version must choose exactly the same tokens with the same log-probs.
+def _host_sample(scores: torch.Tensor, s: DecodeSettings) -> torch.Tensor:
+    scores = scores / s.temperature
+    if s.top_k > 0:
+        kth = torch.topk(scores, min(s.top_k, scores.shape[-1])).values[:, -1:]
+        scores = scores.masked_fill(scores < kth, float("-inf"))
+    if s.top_p < 1.0:
+        sorted_scores, order = torch.sort(scores, descending=True)
+        cumulative = sorted_scores.softmax(-1).cumsum(-1)
+        drop = cumulative - sorted_scores.softmax(-1) > s.top_p
+        scores = scores.masked_fill(drop.scatter(1, order, drop), float("-inf"))
+    return torch.multinomial(scores.softmax(-1), 1, generator=s.generator).squeeze(1)
+
+
+def _host_diverse_greedy(scores, groups, nodes, penalty, exempt):
+    chosen = torch.empty(len(groups), dtype=torch.long)
+    node_index = {n: i for i, n in enumerate(dict.fromkeys(nodes))}
+    counts = torch.zeros(len(node_index), scores.shape[-1])
+    rows_by_group: dict[int, list[int]] = {}
+    for r, g in enumerate(groups):
+        rows_by_group.setdefault(g, []).append(r)
+    for g in sorted(rows_by_group):
+        rows = torch.tensor(rows_by_group[g])
+        idx = torch.tensor([node_index[nodes[r]] for r in rows_by_group[g]])
+        picks = (scores[rows] - penalty * counts[idx]).argmax(-1)
+        chosen[rows] = picks
+        if g < 0:
+            continue
+        counts.index_put_((idx, picks), torch.ones(len(rows)), accumulate=True)
+        counts[:, exempt] = 0.0
+    return chosen
+
+
+def _host_step(logits, choosing, empty, groups, nodes, s):
+    """Tokens and log-probs of the `choosing` rows as the host loop computed them."""
+    logits = logits.cpu()
+    logprobs = torch.log_softmax(logits, dim=-1)  # over the whole batch, as before
+    pick = torch.tensor(choosing)
+    scores = logprobs[pick].clone() if s.strategy == "diverse_greedy" else logits[pick].clone()
+    scores[:, s.suppress_ids] = float("-inf")
+    scores[torch.tensor([j in empty for j in range(len(choosing))]), s.eos_id] = float("-inf")
+    if s.strategy == "diverse_greedy":
+        tokens = _host_diverse_greedy(scores, groups, nodes, s.diversity_penalty, [s.eos_id, *s.delimiter_ids])
+    else:
+        tokens = _host_sample(scores, s)
+    return [int(t) for t in tokens], [float(logprobs[i, int(t)]) for i, t in zip(choosing, tokens, strict=True)]
+
+
+@pytest.mark.parametrize("strategy, top_k, top_p", [("diverse_greedy", 0, 1.0), ("sample", 0, 1.0),
+                                                    ("sample", 50, 1.0), ("sample", 0, 0.9)])
+def test_device_token_choice_equals_the_host_choice(strategy, top_k, top_p):
+    torch.manual_seed(0)
+    vocab, k = 1000, 5
+    # 4 nodes x K candidates; row 3 only feeds (chooses nothing), rows 0 and 7 peek, rows 5..9 are empty.
+    # Sharpened logits: candidates of one node often want the same tokens, so the penalty has work to do.
+    logits = (torch.randn(4 * k, vocab) * 4).float()
+    logits[:, 7] += 12.0
+    choosing = [r for r in range(4 * k) if r != 3]
+    groups = [-1 if r in (0, 7) else r % k for r in choosing]
+    nodes = [r // k for r in choosing]
+    empty = [j for j, r in enumerate(choosing) if 5 <= r < 10]
+    for trial in range(3):
+        settings = DecodeSettings(strategy=strategy, eos_id=EOS, delimiter_ids=frozenset({DOT, 11}),
+                                  suppress_ids=[IMAGE, 7 + trial], max_new_tokens=10, top_k=top_k, top_p=top_p,
+                                  temperature=0.7, diversity_penalty=3.0)
+        settings.generator = torch.Generator().manual_seed(trial)
+        expected = _host_step(logits, choosing, empty, groups, nodes, settings)
+        settings.generator = torch.Generator().manual_seed(trial)
+        tokens, ids, lps = choose_step(logits, choosing, empty, groups, nodes, settings)
+        assert (ids, lps) == expected  # exact: same ops, same order, float32
+        assert tokens.tolist() == [ids[choosing.index(r)] if r in choosing else 0 for r in range(4 * k)]
+        assert len(set(ids)) > 1 and IMAGE not in ids and 7 + trial not in ids

@@ -20,6 +20,7 @@ from csr.data.tiny import write_tiny_prompts
 from csr.models.clip import ClipScorer, load_clip
 from csr.models.llava import load_llava, special_token_ids
 from csr.reward.tree import FINISH_DELIMITER, FINISH_TOKENS, Node
+from csr.search import kv
 from csr.search.decode import DecodeSettings, _diverse_greedy
 from csr.search.engine import SearchSettings, TreeSearch, prefill
 
@@ -100,3 +101,21 @@ def test_a_peeking_row_costs_its_siblings_nothing():
     scores = torch.tensor([[0.0, 3.0, 2.9, 0.0], [0.0, 3.0, 2.9, 0.0], [0.0, 3.0, 2.9, 0.0]])
     picks = _diverse_greedy(scores, groups=[-1, 0, 1], nodes=[0, 0, 0], penalty=3.0, exempt=[3])
     assert picks.tolist() == [1, 1, 2]  # group 0 is not pushed off token 1 by the peek; group 1 is, by group 0
+
+
+@pytest.mark.parametrize("fraction", [0.0, 1.0])
+def test_when_finished_rows_leave_the_batch_changes_nothing(setup, fraction, monkeypatch):
+    # 0: a row leaves as soon as it finishes; 1: finished rows stay until the whole batch is done.
+    model, processor, clip, search, decode, inputs = setup
+    assert decode.compact_fraction == 0.25  # the default, as in conf/search/default.yaml
+    compactions = []
+    keep_rows = kv.keep_rows
+    monkeypatch.setattr(kv, "keep_rows", lambda cache, rows: compactions.append(len(rows)) or keep_rows(cache, rows))
+    default = fast(setup)
+    by_default = len(compactions)
+    other = TreeSearch(model, processor, search, replace(decode, compact_fraction=fraction), ClipScorer(clip).relevance)
+    assert_same(default, other.search(*inputs))
+    if fraction == 0.0:
+        assert len(compactions) > 2 * by_default > 0  # it did compact more often
+    else:
+        assert len(compactions) == by_default  # never

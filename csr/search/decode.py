@@ -1,19 +1,24 @@
 """Decode one sentence per row, for many rows at once, from KV caches that hold their context.
 
 A row stops at EOS, at a sentence delimiter, after `max_new_tokens` tokens, or when its answer
-reaches its token budget. Rows that stop leave the batch, so they cost no more compute. After a
+reaches its token budget. Rows that stop leave the batch once they are a share of it
+(`compact_fraction`: dropping rows copies every layer's cache), so they soon cost no more compute. After a
 delimiter a row is decoded for one more token only to learn whether the model would end its
 answer there (EOS): then the sentence is final; that token is never part of the text.
 
 A row marked `keep` (its sentence may be continued) leaves with a `Continuation`: its sentence's
 own KV and the logits of the next token, so the next step starts from there without re-reading the
 sentence. A kept row cut at `max_new_tokens` stays one step longer to feed its last token.
+
+The token choice runs where the logits are (on the GPU in a real run): per step only the chosen ids and
+their log-probs come to the host, where the per-row bookkeeping lives.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 import torch
 
@@ -32,7 +37,8 @@ class DecodeSettings:
     temperature: float = 1.0
     top_p: float = 1.0
     top_k: int = 0
-    generator: torch.Generator | None = None
+    generator: torch.Generator | None = None  # on the logits' device
+    compact_fraction: float = 0.25  # search.compact_fraction: finished rows leave once they are this share
 
 
 @dataclass
@@ -78,6 +84,28 @@ def _sample(scores: torch.Tensor, s: DecodeSettings) -> torch.Tensor:
     return torch.multinomial(scores.softmax(-1), 1, generator=s.generator).squeeze(1)
 
 
+@lru_cache(maxsize=256)
+def _index(values: tuple[int, ...], device: torch.device) -> torch.Tensor:
+    """`values` on `device`, copied once per distinct batch make-up (it changes only when rows finish,
+    start peeking or feeding), not once per step."""
+    return kv.device_index(values, device)
+
+
+@lru_cache(maxsize=64)
+def _group_plan(groups: tuple[int, ...], nodes: tuple[int, ...], device: torch.device
+                ) -> tuple[int, list[tuple[int, torch.Tensor, torch.Tensor]]]:
+    """The number of nodes, and per group in the order groups choose: (group, its rows, each row's node
+    index), on `device`."""
+    node_index = {n: i for i, n in enumerate(dict.fromkeys(nodes))}
+    rows_by_group: dict[int, list[int]] = {}
+    for r, g in enumerate(groups):
+        rows_by_group.setdefault(g, []).append(r)
+    plan = [(g, _index(tuple(rows_by_group[g]), device), _index(tuple(node_index[nodes[r]] for r in rows_by_group[g]),
+                                                                 device))
+            for g in sorted(rows_by_group)]
+    return len(node_index), plan
+
+
 def _diverse_greedy(scores: torch.Tensor, groups: Sequence[int], nodes: Sequence[int], penalty: float,
                     exempt: list[int]) -> torch.Tensor:
     """Group beam search with one beam per group: group g pays `penalty` for every token that groups
@@ -86,38 +114,60 @@ def _diverse_greedy(scores: torch.Tensor, groups: Sequence[int], nodes: Sequence
     nothing to the penalty.
 
     Ending tokens (EOS, delimiters) are `exempt`: candidates should differ in what they say, and
-    penalising the end pushes later groups to ramble on past the point where they are done."""
-    chosen = torch.empty(len(groups), dtype=torch.long)
-    node_index = {n: i for i, n in enumerate(dict.fromkeys(nodes))}
-    counts = torch.zeros(len(node_index), scores.shape[-1])
-    rows_by_group: dict[int, list[int]] = {}
-    for r, g in enumerate(groups):
-        rows_by_group.setdefault(g, []).append(r)
-    for g in sorted(rows_by_group):
-        rows = torch.tensor(rows_by_group[g])
-        idx = torch.tensor([node_index[nodes[r]] for r in rows_by_group[g]])
+    penalising the end pushes later groups to ramble on past the point where they are done.
+
+    Runs where `scores` are: one pass per group (K of them), each vectorised over the group's rows."""
+    device = scores.device
+    n_nodes, plan = _group_plan(tuple(groups), tuple(nodes), device)
+    chosen = torch.empty(len(groups), dtype=torch.long, device=device)
+    counts = torch.zeros(n_nodes, scores.shape[-1], device=device)
+    exempt_t = _index(tuple(exempt), device)
+    for g, rows, idx in plan:
         picks = (scores[rows] - penalty * counts[idx]).argmax(-1)
         chosen[rows] = picks
         if g < 0:  # a finished candidate only peeks; like a done group in group beam search, it costs no one
             continue
-        counts.index_put_((idx, picks), torch.ones(len(rows)), accumulate=True)
-        counts[:, exempt] = 0.0
+        counts.index_put_((idx, picks), torch.ones(len(rows), device=device), accumulate=True)
+        counts[:, exempt_t] = 0.0
     return chosen
 
 
-def _choose(logits: torch.Tensor, logprobs: torch.Tensor, rows: Rows, active: list[int], out: list[Sentence],
-            peeking: list[bool], s: DecodeSettings) -> torch.Tensor:
-    """The next token of each of the `active` rows."""
+def _choose(logits: torch.Tensor, logprobs: torch.Tensor, empty: Sequence[int], groups: Sequence[int],
+            nodes: Sequence[int], s: DecodeSettings) -> torch.Tensor:
+    """The next token of each row of `logits` / `logprobs` [N, V], on their device. `empty`: the rows
+    whose sentence has no token yet; `groups` (-1: the row only peeks for EOS) and `nodes` per row."""
     scores = logprobs.clone() if s.strategy == "diverse_greedy" else logits.clone()
-    scores[:, s.suppress_ids] = float("-inf")
-    empty = torch.tensor([not out[r].token_ids for r in active])
-    scores[empty, s.eos_id] = float("-inf")  # a sentence has at least one token
+    scores[:, _index(tuple(s.suppress_ids), scores.device)] = float("-inf")
+    scores[_index(tuple(empty), scores.device), s.eos_id] = float("-inf")  # a sentence has at least one token
     if s.strategy != "diverse_greedy":
         return _sample(scores, s)
-    # Rows that only peek for EOS after a delimiter take no part in the diversity penalty.
-    groups = [-1 if peeking[r] else rows.group[r] for r in active]
-    return _diverse_greedy(scores, groups, [rows.node[r] for r in active], s.diversity_penalty,
-                           [s.eos_id, *s.delimiter_ids])
+    return _diverse_greedy(scores, groups, nodes, s.diversity_penalty, [s.eos_id, *s.delimiter_ids])
+
+
+def choose_step(logits: torch.Tensor, choosing: Sequence[int], empty: Sequence[int], groups: Sequence[int],
+                nodes: Sequence[int], s: DecodeSettings) -> tuple[torch.Tensor, list[int], list[float]]:
+    """One decode step's token choice, where `logits` [B, V] are. The batch rows `choosing` choose
+    (the others get token 0: they only feed, or have finished). Returns every batch row's token (on the
+    device, to feed the next forward) and, on the host, each choosing row's token and raw log-prob: the
+    step's one transfer to the host, 2 numbers per row instead of its logits."""
+    pick = _index(tuple(choosing), logits.device)
+    picked = logits[pick]
+    logprobs = torch.log_softmax(picked, dim=-1)
+    chosen = _choose(picked, logprobs, empty, groups, nodes, s)
+    tokens = torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device)
+    tokens[pick] = chosen
+    # float64 holds both a token id and a float32 log-prob exactly
+    host = torch.stack([chosen.double(), logprobs.gather(1, chosen[:, None])[:, 0].double()]).cpu()
+    ids, lps = host.tolist()
+    return tokens, [int(t) for t in ids], lps
+
+
+def _compact(finished: int, rows: int, fraction: float) -> bool:
+    """Whether to drop the finished rows from the batch now. Dropping copies every layer's cache, and
+    until then a finished row only costs its share of the batch's compute, which a GPU runs in the
+    same time as long as the batch does not fill it; so they go once they are `fraction` of the rows
+    (0: as soon as one finishes)."""
+    return finished > 0 and finished >= fraction * rows
 
 
 @torch.inference_mode()
@@ -125,54 +175,62 @@ def decode_sentences(model: torch.nn.Module, rows: Rows, s: DecodeSettings) -> l
     n = len(rows.budget)
     keep = rows.keep or [False] * n
     out = [Sentence() for _ in range(n)]
-    active = list(range(n))  # original row index of each row still in the batch
+    batch = list(range(n))  # original row index of each row of the batch (cache, mask, logits)
+    done = [False] * n  # finished: waits in the batch, ignored, until the batch is compacted
     peeking = [False] * n  # wrote a delimiter: the next token only tells whether the answer ends
     feeding = [False] * n  # kept row cut at max_new_tokens: in the batch only to feed its last token
     start = rows.attention_mask.shape[1]  # the cache column of each row's first new token
-    cache, mask, logits, position = rows.cache, rows.attention_mask, rows.next_logits.float(), rows.next_position
-    while active:
-        logprobs = torch.log_softmax(logits, dim=-1)
+    logits = rows.next_logits.float()
+    cache, mask, position = rows.cache, rows.attention_mask.to(logits.device), rows.next_position.to(logits.device)
+    while True:
         # Rows that only feed choose nothing, so the others choose (and sample) exactly as without them.
-        choosing = [i for i, r in enumerate(active) if not feeding[r]]
-        tokens = torch.zeros(len(active), dtype=torch.long)
+        choosing = [i for i, r in enumerate(batch) if not done[r] and not feeding[r]]
+        chosen: list[int] = []
+        lps: list[float] = []
         if choosing:
-            pick = torch.tensor(choosing)
-            tokens[pick] = _choose(logits[pick], logprobs[pick], rows, [active[i] for i in choosing], out, peeking, s)
-        stay = []
-        for i, r in enumerate(active):
-            token, sentence = int(tokens[i]), out[r]
+            tokens, chosen, lps = choose_step(
+                logits, choosing, [j for j, i in enumerate(choosing) if not out[batch[i]].token_ids],
+                [-1 if peeking[batch[i]] else rows.group[batch[i]] for i in choosing],
+                [rows.node[batch[i]] for i in choosing], s)
+        else:
+            tokens = torch.zeros(len(batch), dtype=torch.long, device=logits.device)
+        picked = dict(zip(choosing, zip(chosen, lps, strict=True), strict=True))
+        for i, r in enumerate(batch):
+            if done[r]:
+                continue
+            sentence = out[r]
             if peeking[r] or feeding[r]:
+                token = picked[i][0] if peeking[r] else None
                 sentence.finish = FINISH_TOKENS if feeding[r] else FINISH_EOS if token == s.eos_id else FINISH_DELIMITER
                 if keep[r] and sentence.finish != FINISH_EOS:
                     end = start + len(sentence.token_ids)
                     sentence.state = Continuation(kv.segment(cache, i, start, end), logits[i].clone())
+                done[r] = True
                 continue
+            token, logprob = picked[i]
             if token == s.eos_id:
-                sentence.finish = FINISH_EOS
+                sentence.finish, done[r] = FINISH_EOS, True
                 continue
             sentence.token_ids.append(token)
-            sentence.logprobs.append(float(logprobs[i, token]))
+            sentence.logprobs.append(logprob)
             if len(sentence.token_ids) >= rows.budget[r]:
-                sentence.finish = FINISH_BUDGET
+                sentence.finish, done[r] = FINISH_BUDGET, True
             elif token in s.delimiter_ids:
                 peeking[r] = True
-                stay.append(i)
             elif len(sentence.token_ids) >= s.max_new_tokens:
                 if keep[r]:
                     feeding[r] = True
-                    stay.append(i)
                 else:
-                    sentence.finish = FINISH_TOKENS
-            else:
-                stay.append(i)
+                    sentence.finish, done[r] = FINISH_TOKENS, True
+        stay = [i for i, r in enumerate(batch) if not done[r]]
         if not stay:
             break
-        stay_t = torch.tensor(stay)
-        if len(stay) < len(active):  # finished rows leave the batch
-            kv.keep_rows(cache, stay_t)
-            mask, position = mask[stay_t], position[stay_t]
-        active = [active[i] for i in stay]
-        mask = torch.cat([mask, mask.new_ones(len(stay), 1)], dim=1)
-        logits, cache = kv.forward(model, tokens[stay_t].unsqueeze(1), mask, position.unsqueeze(1), cache=cache)
+        if _compact(len(batch) - len(stay), len(batch), s.compact_fraction):
+            kv.keep_rows(cache, stay)
+            index = _index(tuple(stay), logits.device)
+            mask, position, tokens = mask[index], position[index], tokens[index]
+            batch = [batch[i] for i in stay]
+        mask = torch.cat([mask, mask.new_ones(len(batch), 1)], dim=1)
+        logits, cache = kv.forward(model, tokens.unsqueeze(1), mask, position.unsqueeze(1), cache=cache)
         position = position + 1
     return out

@@ -2,10 +2,10 @@
 
 The search prefills each prompt once. A decode batch then holds, per row, only that row's answer so
 far and the sentence it is writing; the prompt prefix (image included, ~600 tokens for LLaVA-1.5) stays
-one copy per prompt, shared by all its rows. Attention over it is one matrix product per prompt for
-all its rows instead of one read of a private copy per row: decoding on a long image prefix is bound by
-reading keys and values, so this is what makes many candidates cheap. Every sentence keeps only its own
-keys/values (a `Segment`); a node's rows are assembled from the segments on its path.
+one copy per prompt, shared by all its rows. Attention over it is one batched matrix product for all
+prompts and rows instead of one read of a private copy per row: decoding on a long image prefix is bound
+by reading keys and values, so this is what makes many candidates cheap. Every sentence keeps only its
+own keys/values (a `Segment`); a node's rows are assembled from the segments on its path.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from contextvars import ContextVar
+from dataclasses import dataclass
 
 import torch
 from transformers import AttentionInterface, DynamicCache
@@ -27,32 +28,57 @@ _NAME = "csr_shared_prefix"
 _ACTIVE: ContextVar[DynamicCache | None] = ContextVar("csr_shared_prefix_cache", default=None)
 
 
+def device_index(values: Sequence[int], device: torch.device | str) -> torch.Tensor:
+    """A long tensor of `values` on `device`. On a GPU it is copied from pinned memory without waiting:
+    a plain host-to-device copy makes the host wait for every kernel queued before it."""
+    if torch.device(device).type != "cuda":
+        return torch.tensor(values, dtype=torch.long, device=device)
+    return torch.tensor(values, dtype=torch.long).pin_memory().to(device, non_blocking=True)
+
+
+@dataclass(frozen=True)
+class Blocks:
+    """Where a decode batch's rows sit when they are padded into one block of `width` slots per prompt,
+    for prompts `first` .. `first + count - 1` of the prefix (a slice of it: a view, no copy). Rows come
+    prompt by prompt (a batch is a run of consecutive live nodes), so few slots are padding.
+
+    Built on the host from the host's list of owners, once per batch make-up, and shared by every layer."""
+
+    owner: tuple[int, ...]  # owner[r]: the prefix row (prompt) that row r continues
+    first: int
+    count: int
+    width: int  # slots per prompt: the most rows any prompt has
+    prompt: torch.Tensor  # [R] on the device: owner[r] - first
+    slot: torch.Tensor  # [R] on the device: row r's slot within its prompt's block
+
+
+def blocks(owner: Sequence[int], device: torch.device | str) -> Blocks:
+    first = min(owner)
+    seen: dict[int, int] = {}
+    slot = []
+    for p in owner:
+        slot.append(seen.get(p, 0))
+        seen[p] = slot[-1] + 1
+    index = device_index([p - first for p in owner] + slot, device)  # one copy for both
+    return Blocks(owner=tuple(owner), first=first, count=max(owner) - first + 1, width=max(seen.values()),
+                  prompt=index[: len(owner)], slot=index[len(owner) :])
+
+
 class _SharedPrefixLayer(DynamicLayer):
     """One layer of a decode batch: the prompts' prefix keys/values [P, H, Lp, D], shared by the rows of
     each prompt, and per row its own tokens [R, H, n, D] with spare room, written in place (a plain
     DynamicLayer re-allocates and copies the whole cache at every token)."""
 
-    def __init__(self, prefix_k: torch.Tensor, prefix_v: torch.Tensor, owner: torch.Tensor, keys: torch.Tensor,
+    def __init__(self, prefix_k: torch.Tensor, prefix_v: torch.Tensor, layout: Blocks, keys: torch.Tensor,
                  values: torch.Tensor, length: int):
         super().__init__()
         self.device, self.is_initialized = keys.device, True
-        self.prefix_k, self.prefix_v, self.owner = prefix_k, prefix_v, owner  # owner[r]: row r's prompt
+        self.prefix_k, self.prefix_v, self.layout = prefix_k, prefix_v, layout
         self._k, self._v, self._n = keys, values, length
         self._views()
-        self._runs()
 
     def _views(self) -> None:
         self.keys, self.values = self._k[:, :, : self._n], self._v[:, :, : self._n]
-
-    def _runs(self) -> None:
-        """(prompt, first row, end row) of each run of rows of one prompt: nodes come prompt by prompt, so
-        a prompt's rows are usually one run, and a run is a slice (a view, no copy)."""
-        self.runs: list[tuple[int, int, int]] = []
-        for r, p in enumerate(self.owner.tolist()):
-            if self.runs and self.runs[-1][0] == p:
-                self.runs[-1] = (p, self.runs[-1][1], r + 1)
-            else:
-                self.runs.append((p, r, r + 1))
 
     @property
     def prefix_length(self) -> int:
@@ -76,39 +102,53 @@ class _SharedPrefixLayer(DynamicLayer):
         self._views()
         return self.keys, self.values
 
-    def batch_select_indices(self, indices: torch.Tensor) -> None:
-        indices = indices.to(self._k.device)
+    def select(self, indices: torch.Tensor, layout: Blocks) -> None:
+        """Keep the rows `indices` (on the device), whose layout the caller built once for all layers."""
         self._k, self._v = self._k.index_select(0, indices), self._v.index_select(0, indices)
-        self.owner = self.owner.index_select(0, indices)
+        self.layout = layout
         self._views()
-        self._runs()
+
+
+def _to_blocks(x: torch.Tensor, layout: Blocks, kv_heads: int) -> torch.Tensor:
+    """Rows [R, H, q, *] -> per-prompt blocks [P, Hkv, width * H/Hkv * q, *], padding slots zero. Query
+    head h reads key head h // (H/Hkv) (as repeat_kv lays them out), so a block's queries of one key head
+    are one matrix: grouped-query attention reads each prompt's one copy of the prefix as it is."""
+    rows, heads, q, last = x.shape
+    out = x.new_zeros(layout.count, kv_heads, layout.width, heads // kv_heads * q, last)
+    out[layout.prompt, :, layout.slot] = x.reshape(rows, kv_heads, heads // kv_heads * q, last)
+    return out.view(layout.count, kv_heads, -1, last)
+
+
+def _from_blocks(x: torch.Tensor, layout: Blocks, heads: int, q: int) -> torch.Tensor:
+    """The inverse of `_to_blocks`: [P, Hkv, width * H/Hkv * q, *] -> rows [R, H, q, *]."""
+    count, kv_heads, _, last = x.shape
+    rows = x.view(count, kv_heads, layout.width, -1, last)[layout.prompt, :, layout.slot]
+    return rows.view(len(layout.owner), heads, q, last)
 
 
 def _shared_prefix_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
     """Attention of each row over [its prompt's shared prefix | its own tokens], as one softmax.
 
-    Any other call (a prefill, the vision tower, training) goes to sdpa unchanged."""
+    The prefix part is one batched product for all prompts (rows padded into per-prompt blocks), a fixed
+    number of kernels per layer whatever the batch's make-up. Any other call (a prefill, the vision
+    tower, training) goes to sdpa unchanged."""
     cache = _ACTIVE.get()
     layer_idx = getattr(module, "layer_idx", None)
     layer = cache.layers[layer_idx] if cache is not None and layer_idx is not None else None
     if not isinstance(layer, _SharedPrefixLayer):
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       **kwargs)
+    layout = layer.layout
+    prompts = slice(layout.first, layout.first + layout.count)
+    pk, pv = layer.prefix_k[prompts], layer.prefix_v[prompts]  # [P, Hkv, Lp, D], views
     groups = getattr(module, "num_key_value_groups", 1)
-    pk, pv = repeat_kv(layer.prefix_k, groups), repeat_kv(layer.prefix_v, groups)
-    key, value = repeat_kv(key, groups), repeat_kv(value, groups)
+    key, value = repeat_kv(key, groups), repeat_kv(value, groups)  # the rows' own tokens: few, copied
     rows, heads, q, dim = query.shape
-    lp = pk.shape[2]
     scale = scaling if scaling is not None else dim**-0.5
 
-    def run(a: int, b: int, x: torch.Tensor) -> torch.Tensor:  # rows a..b of [R, H, q, *] as [H, n*q, *]
-        return x[a:b].transpose(0, 1).reshape(heads, (b - a) * q, x.shape[-1])
-
-    scores = query.new_empty(rows, heads, q, lp + key.shape[2], dtype=torch.float32)
-    for p, a, b in layer.runs:  # the prefix is read once per run of rows, not once per row
-        s = torch.matmul(run(a, b, query), pk[p].transpose(-1, -2))
-        scores[a:b, :, :, :lp] = s.reshape(heads, b - a, q, lp).transpose(0, 1)
-    scores[..., lp:] = torch.matmul(query, key.transpose(-1, -2))
+    prefix_scores = torch.matmul(_to_blocks(query, layout, pk.shape[1]), pk.transpose(-1, -2))
+    scores = torch.cat([_from_blocks(prefix_scores, layout, heads, q), torch.matmul(query, key.transpose(-1, -2))],
+                       dim=-1).float()
     scores *= scale
     if attention_mask is not None:
         if attention_mask.dtype == torch.bool:
@@ -116,10 +156,9 @@ def _shared_prefix_attention(module, query, key, value, attention_mask, dropout=
         else:
             scores += attention_mask
     weights = scores.softmax(-1).to(value.dtype)
+    lp = pk.shape[2]
     out = torch.matmul(weights[..., lp:], value)
-    for p, a, b in layer.runs:
-        o = torch.matmul(run(a, b, weights[..., :lp]), pv[p])
-        out[a:b] += o.reshape(heads, b - a, q, dim).transpose(0, 1)
+    out += _from_blocks(torch.matmul(_to_blocks(weights[..., :lp], layout, pk.shape[1]), pv), layout, heads, q)
     return out.transpose(1, 2).contiguous(), None
 
 
@@ -140,9 +179,19 @@ def _shared_prefix(model: torch.nn.Module, cache: DynamicCache) -> Iterator[None
         _ACTIVE.reset(token)
 
 
-def keep_rows(cache: DynamicCache, rows: torch.Tensor) -> None:
-    """Drop every row of `cache` not in `rows`, in place (rows that finished leave the batch)."""
-    cache.batch_select_indices(rows)
+def keep_rows(cache: DynamicCache, rows: Sequence[int]) -> None:
+    """Drop every row of `cache` not in `rows`, in place (rows that finished leave the batch). The new
+    layout is worked out once on the host, not once per layer."""
+    layers = cache.layers
+    device = layers[0].keys.device if layers else "cpu"
+    indices = device_index(rows, device)
+    if not layers or not isinstance(layers[0], _SharedPrefixLayer):
+        cache.batch_select_indices(indices)
+        return
+    owner = layers[0].layout.owner
+    layout = blocks([owner[r] for r in rows], device)
+    for layer in layers:
+        layer.select(indices, layout)
 
 
 def segment(cache: DynamicCache, row: int, start: int, stop: int) -> Segment:
@@ -158,7 +207,7 @@ def assemble(prefix: DynamicCache, prompt_rows: Sequence[int], answers: Sequence
     row prompt_rows[i] (shared, not copied) with the segments answers[i] (an answer so far, sentence by
     sentence), right-padded to `width` tokens (holes the attention mask hides), then room for `spare`."""
     rows = len(answers) * repeats
-    owner = torch.tensor(prompt_rows).repeat_interleave(repeats)
+    layout = blocks([p for p in prompt_rows for _ in range(repeats)], prefix.layers[0].keys.device)
     cache = DynamicCache()
     for layer, prompt_layer in enumerate(prefix.layers):
         pk, pv = prompt_layer.keys, prompt_layer.values
@@ -174,7 +223,7 @@ def assemble(prefix: DynamicCache, prompt_rows: Sequence[int], answers: Sequence
                 k_buf[block, :, at : at + k.shape[1]] = k
                 v_buf[block, :, at : at + v.shape[1]] = v
                 at += k.shape[1]
-        cache.layers.append(_SharedPrefixLayer(pk, pv, owner.to(pk.device), k_buf, v_buf, width))
+        cache.layers.append(_SharedPrefixLayer(pk, pv, layout, k_buf, v_buf, width))
     return cache
 
 
@@ -186,8 +235,8 @@ def forward(
     cache: DynamicCache | None = None,
     pixel_values: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, DynamicCache]:
-    """One cached forward; returns the float32 logits of each row's last input position (on the CPU,
-    where the search's bookkeeping lives) and the grown cache (on the model's device).
+    """One cached forward; returns the float32 logits of each row's last input position and the grown
+    cache, both on the model's device: the token choice runs there, so nothing waits for the host.
 
     Positions are passed explicitly because rows carry padding (left before the prompt, holes
     after answers of different lengths), and the model cannot infer them from the cache length.
@@ -199,6 +248,11 @@ def forward(
 
     shared = cache is not None and bool(cache.layers) and isinstance(cache.layers[0], _SharedPrefixLayer)
     kwargs = {"logits_to_keep": 1} if input_ids.shape[1] > 1 else {}  # a prefill needs its last logits only
+    if shared and input_ids.shape[1] == 1:
+        # One new token per row sees all of its row but the holes: its mask is the padding mask. Given as
+        # the 4D mask the attention reads, transformers builds none (its builder asks the device whether
+        # any position is padded: a wait for the GPU at every token).
+        attention_mask = attention_mask[:, None, None, :].bool()
     with _shared_prefix(model, cache) if shared else nullcontext():
         out = model(
             input_ids=to(input_ids),
@@ -209,4 +263,4 @@ def forward(
             use_cache=True,
             **kwargs,
         )
-    return out.logits[:, -1].float().cpu(), out.cache
+    return out.logits[:, -1].float(), out.cache

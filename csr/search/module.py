@@ -67,7 +67,9 @@ class SearchModule(RecordPredictor):
         if good:
             # Seeded by the prompts themselves, so a resumed run samples what the first run would have.
             ids = ",".join(p.id for p in good).encode()
-            self.engine.decode.generator = torch.Generator().manual_seed(self.seed + zlib.crc32(ids))
+            # On the policy's device: the tokens are sampled where the logits are.
+            generator = torch.Generator(device=self.policy.device)
+            self.engine.decode.generator = generator.manual_seed(self.seed + zlib.crc32(ids))
             trees = self.engine.search([p.prompt for p in good], images, [p.image for p in good])
             for prompt, nodes, digest in zip(good, trees, digests, strict=True):
                 out[prompt.id] = tree_record(prompt, nodes, digest)

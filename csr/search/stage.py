@@ -35,6 +35,7 @@ def build_module(model, processor, scorer, cfg) -> SearchModule:
         strategy=d.strategy, eos_id=tok.eos_token_id, delimiter_ids=delimiter_ids(tok, list(s.delimiters)),
         suppress_ids=special_token_ids(processor), max_new_tokens=s.max_new_tokens_per_sentence,
         diversity_penalty=d.diversity_penalty, temperature=d.temperature, top_p=d.top_p, top_k=d.top_k,
+        compact_fraction=s.compact_fraction,
     )
     relevance = scorer.relevance if s.prune_by == "calibrated" else None
     module = SearchModule(model, processor, settings, decode, relevance, cfg.data.image_root, cfg.data.on_error, s.seed)

@@ -68,7 +68,7 @@ class Run:
         return self.tokens / self.seconds
 
 
-def run_engine(engine: str, w: Workload, repeats: int = 1, prefill_copies: bool = False, **caps) -> Run:
+def run_engine(engine: str, w: Workload, repeats: int = 1, **caps) -> Run:
     """The best of `repeats` runs (the machine is shared; the minimum is the least disturbed)."""
     best = None
     for _ in range(repeats):
@@ -77,7 +77,7 @@ def run_engine(engine: str, w: Workload, repeats: int = 1, prefill_copies: bool 
             scorer = ClipScorer(w.clip, device=str(w.model.device))  # a fresh image cache: every run pays its encodes
             search = TreeSearch(w.model, w.processor, settings, decode, scorer.relevance).search
         else:
-            search = ReferenceSearch(w.model, w.processor, settings, decode, w.clip, prefill_copies).search
+            search = ReferenceSearch(w.model, w.processor, settings, decode, w.clip).search
         n, cuda = w.shape.prompts, w.model.device.type == "cuda"
         if cuda:  # on a GPU the memory that matters is the device's
             torch.cuda.synchronize()

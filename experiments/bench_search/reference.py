@@ -8,7 +8,7 @@ What the reference code did, and what this keeps:
 
 It is a conservative baseline: the prefill runs once per node and is shared by its K candidates, and
 candidates that finish leave the batch. HF `generate` with K beams, which the reference code called,
-prefills K copies of the input (vision tower included): `prefill_copies=True` does that too.
+prefills K copies of the input (vision tower included): generate_loop.py is that baseline.
 
 The decoding rules are csr's (`search.decoding.strategy=diverse_greedy`: one beam per group with the
 Hamming diversity penalty; EOS and delimiters exempt; after a delimiter, one peek for EOS), written
@@ -40,14 +40,12 @@ from csr.search.engine import SearchSettings, add_children, answer_ids
 
 
 class ReferenceSearch:
-    def __init__(self, model, processor, settings: SearchSettings, decode: DecodeSettings, clip: ClipBundle | None,
-                 prefill_copies: bool = False):
+    def __init__(self, model, processor, settings: SearchSettings, decode: DecodeSettings, clip: ClipBundle | None):
         if decode.strategy != "diverse_greedy":
             raise ValueError("the reference baseline is deterministic: use search.decoding.strategy=diverse_greedy")
         self.model, self.processor, self.s, self.d, self.clip = model, processor, settings, decode, clip
         self.tokenizer = processor.tokenizer
         self.image_encodes = 0
-        self.prefill_copies = prefill_copies
 
     def search(self, prompts: Sequence[str], images: Sequence[Image.Image], image_keys: Sequence[str]) -> list[list[Node]]:
         return [self._search_one(p, im) for p, im in zip(prompts, images, strict=True)]
@@ -99,11 +97,8 @@ class ReferenceSearch:
         inputs = self.processor(images=[image], text=[generation_prompt(self.processor, prompt)], return_tensors="pt")
         ids = torch.cat([inputs["input_ids"], torch.tensor([answer], dtype=torch.long)], dim=1)
         cache, pixels = DynamicCache(), inputs["pixel_values"].to(self.model.dtype)
-        if self.prefill_copies:  # as `generate(num_beams=K)`: K identical rows through the whole model
-            logits = self._forward(ids.expand(k, -1), cache, pixels.expand(k, -1, -1, -1))
-        else:
-            logits = self._forward(ids, cache, pixels).expand(k, -1)
-            cache.batch_repeat_interleave(k)
+        logits = self._forward(ids, cache, pixels).expand(k, -1)
+        cache.batch_repeat_interleave(k)
         budget = self.s.max_answer_tokens - len(answer)
         out = [Sentence() for _ in range(k)]
         active, peeking = list(range(k)), [False] * k  # candidate index of each batch row

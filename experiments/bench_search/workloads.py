@@ -114,8 +114,21 @@ L7B_VISION = dict(image_size=336, patch_size=14, hidden_size=1024, intermediate_
                   num_attention_heads=16, projection_dim=768)
 
 
-def _random_llava(llama: dict, vision: dict, seed: int, device: str, dtype: torch.dtype):
+# LLaVA-1.5's vocabulary size (Vicuna's 32000 + image and pad): per-token costs grow with it (the LM head,
+# log-softmax, the token choice, and the logits a host-side choice would copy off the device).
+VOCAB = 32064
+
+
+def _tokenizer(vocab: int):
+    """The tiny BPE tokenizer padded with plain added tokens ('<w123>') to `vocab` entries, so that a
+    random model can write any of them and every sentence still decodes to text."""
     tokenizer = build_tokenizer()
+    tokenizer.add_tokens([f"<w{i}>" for i in range(vocab - len(tokenizer))])
+    return tokenizer
+
+
+def _random_llava(llama: dict, vision: dict, seed: int, device: str, dtype: torch.dtype, vocab: int = VOCAB):
+    tokenizer = _tokenizer(vocab)
     config = LlavaConfig(
         vision_config=CLIPVisionConfig(**vision),
         text_config=LlamaConfig(vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
@@ -153,7 +166,7 @@ def mid(n_prompts: int = 4, seed: int = 0) -> Workload:
     """(b) A random-weight LLaVA-shaped model with 576 image tokens, built in memory, float32 on the CPU."""
     model, processor = _random_llava(MID_LLAMA, MID_VISION, seed, "cpu", torch.float32)
     clip = _random_clip("mid-clip", MID_CLIP, seed, "cpu")
-    note = ("random weights; LM 8 layers, hidden 512, vocab 400; CLIP-ViT tower 336 px / patch 14 "
+    note = (f"random weights; LM 8 layers, hidden 512, vocab {VOCAB}; CLIP-ViT tower 336 px / patch 14 "
             "(576 image tokens, 4 layers, width 256); open_clip ViT of the same shape for R_I")
     # LLaVA-1.5's detailed descriptions run ~100 tokens, ~6 sentences (random weights never write '.', so
     # every sentence runs to its 16-token cap).
@@ -166,7 +179,7 @@ def llava7b(n_prompts: int = 4, seed: int = 0, device: str = "cuda") -> Workload
     """(c) LLaVA-1.5-7B's shapes with random weights in bfloat16, for a GPU."""
     model, processor = _random_llava(L7B_LLAMA, L7B_VISION, seed, device, torch.bfloat16)
     clip = _random_clip("ViT-L-14-336", None, seed, device)
-    note = f"random weights, LLaVA-1.5-7B shapes (Vicuna-7B + ViT-L/14-336, vocab 400), bfloat16 on {device}"
+    note = f"random weights, LLaVA-1.5-7B shapes (Vicuna-7B + ViT-L/14-336, vocab {VOCAB}), bfloat16 on {device}"
     shape = Shape(beam_width=3, candidates_per_step=5, max_sentences=4, max_new_tokens=24, max_answer_tokens=128,
                   prompts=n_prompts)
     return Workload("llava7b", note, model, processor, clip, *_tiny_images(n_prompts), shape=shape)

@@ -1,0 +1,62 @@
+"""csr's search throughput against its batch knobs, on the mid model (CPU; for choosing GPU presets).
+
+    .venv/bin/python experiments/bench_search/batch_sweep.py --threads 1
+
+Searches the same 8 prompts in batches of `search.prompts_per_batch` prompts, each decode batch capped
+at `search.max_batch_rows` rows, and prints one JSON line per point (also written to batch_sweep.json):
+candidate tokens per second, best of 2 runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+from measure import run_engine
+from workloads import mid
+
+from csr.models.clip import ClipScorer
+from csr.search.engine import TreeSearch
+
+HERE = Path(__file__).resolve().parent
+PROMPTS = 8
+PROMPTS_PER_BATCH = [1, 2, 4, 8]
+MAX_BATCH_ROWS = [32, 64, 128]
+
+
+def tokens_per_s(w, prompts_per_batch: int, max_batch_rows: int, repeats: int) -> float:
+    best = 0.0
+    for _ in range(repeats):
+        settings, decode = w.settings(max_batch_rows=max_batch_rows)
+        search = TreeSearch(w.model, w.processor, settings, decode, ClipScorer(w.clip).relevance).search
+        tokens, t0 = 0, time.perf_counter()
+        for a in range(0, PROMPTS, prompts_per_batch):
+            b = a + prompts_per_batch
+            tokens += sum(len(n.token_ids) for t in search(w.prompts[a:b], w.images[a:b], w.keys[a:b]) for n in t)
+        best = max(best, tokens / (time.perf_counter() - t0))
+    return best
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    w = mid(n_prompts=PROMPTS).with_shape(max_sentences=2, max_new_tokens=12, max_answer_tokens=64, prompts=PROMPTS)
+    run_engine("csr", w.with_shape(max_sentences=1, prompts=1))  # warm-up
+    points = []
+    for p in PROMPTS_PER_BATCH:
+        for rows in MAX_BATCH_ROWS:
+            points.append({"prompts_per_batch": p, "max_batch_rows": rows,
+                           "tok_s": round(tokens_per_s(w, p, rows, args.repeats), 1)})
+            print(json.dumps(points[-1]), flush=True)
+    env = f"torch {torch.__version__}, {args.threads} threads, CPU, float32; mid model, {PROMPTS} prompts, {w.shape}"
+    (HERE / "batch_sweep.json").write_text(json.dumps({"env": env, "points": points}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
