@@ -1,8 +1,10 @@
-"""Saved configs written before a key was renamed read as today's: a run directory, an MLflow run or
-a config.yaml from an earlier csr resumes, reproduces and inspects under the current schema.
+"""Saved configs written before a key was renamed or added read as today's: a run directory, an MLflow
+run or a config.yaml from an earlier csr resumes, reproduces and inspects under the current schema.
 
 Each rename is (old dotted key, new dotted key); a saved config holding the old key gets its value at
-the new one (the new key wins when both are there, which a saved config never has).
+the new one (the new key wins when both are there, which a saved config never has). Each added key
+is (dotted key, the value that does what csr did before the key existed): a reproduction of an old
+run runs as it ran, and resuming it under today's default is a config change like any other.
 """
 
 from __future__ import annotations
@@ -17,6 +19,9 @@ RENAMED = (
     ("eval.shapesworld_root", "eval.shapesworld.root"),
     ("eval.split", "eval.shapesworld.split"),
     ("eval.pope_images", "eval.shapesworld.pope_images"),
+)
+ADDED = (
+    ("search.compact_fraction", 0.0),  # finished rows left the decode batch at once (2026-12)
 )
 
 
@@ -35,6 +40,11 @@ def upgrade(saved: dict[str, Any]) -> dict[str, Any]:
         for part in new_parents:
             target = target.setdefault(part, {})
         target.setdefault(new_leaf, value)
+    for key, before in ADDED:
+        *parents, leaf = key.split(".")
+        holder = _walk(out, parents)
+        if holder is not None and leaf not in holder:  # a saved config without the key's whole block is no csr run's
+            holder[leaf] = before
     return out
 
 
