@@ -109,3 +109,17 @@ def test_the_math_imports_no_model_library():
         if libraries:
             offending[rel] = sorted(libraries)
     assert offending == {}
+
+
+def test_tests_import_helpers_not_experiments_or_each_other():
+    wrong = []
+    for path in sorted(Path(__file__).parent.glob("*.py")):
+        if path.name == Path(__file__).name:  # this file names what it looks for
+            continue
+        text = path.read_text()
+        for module in _imports(path):
+            if module.split(".")[0].startswith("test_"):
+                wrong.append(f"{path.name} imports {module}")
+        if "sys.path" in text:
+            wrong.append(f"{path.name} changes sys.path")
+    assert wrong == []

@@ -7,12 +7,13 @@ parent's cache. In deterministic mode both must write the same trees with the sa
 
 from __future__ import annotations
 
-import sys
 from dataclasses import replace
-from pathlib import Path
 
 import pytest
 import torch
+from reference_search import (
+    ReferenceSearch,  # the reference algorithm: a test oracle, not part of the package
+)
 
 from csr.data.images import load_image
 from csr.data.prompts import load_prompts
@@ -23,10 +24,6 @@ from csr.reward.tree import FINISH_DELIMITER, FINISH_TOKENS, Node
 from csr.search import kv
 from csr.search.decode import DecodeSettings, _diverse_greedy
 from csr.search.engine import SearchSettings, TreeSearch, prefill
-
-# The baseline is benchmark code, not part of the package.
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments" / "bench_search"))
-from reference import ReferenceSearch  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import ctypes
 import gc
+import sys
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
-from reference import ReferenceSearch
 from workloads import Workload
+
+# The reference algorithm is the tests' oracle (tests/reference_search.py); the benchmark times it.
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tests"))
+from reference_search import ReferenceSearch  # noqa: E402
 
 from csr.models.clip import ClipScorer
 from csr.reward.tree import Node

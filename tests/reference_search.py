@@ -1,4 +1,5 @@
-"""The reference CSR search, re-implemented faithfully as the benchmark baseline (not part of `csr`).
+"""The reference CSR search, re-implemented faithfully: the oracle tests/test_search_equivalence.py holds
+csr's engine to, and the baseline experiments/bench_search times (not part of `csr`).
 
 What the reference code did, and what this keeps:
 - every node is expanded alone: a full forward over image + prompt + the answer so far (the vision
