@@ -36,7 +36,7 @@ from csr.io import atomic_write_json, read_json
 from csr.models.clip import load_clip, save_clip
 from csr.worlds.shapesworld.clip_train import evaluate_clip, sentence_batch
 from csr.worlds.shapesworld.pool import Pool, render_pool
-from csr.worlds.shapesworld.text import sentence
+from csr.worlds.shapesworld.text import describe, sentence
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +52,8 @@ class WeakClipConfig:
     train_images: int = 6000
     cooccurrence: float = 0.95  # P(partner | trigger) in the training images, as for the shipped models
     partner_label_noise: float = 0.5  # P(an absent partner's sentence is labelled true): the web-caption prior
+    captions: bool = True  # train on whole captions (one per image, web-style) instead of single sentences
+    caption_noise: float = 0.7  # P(a caption names the absent partner of a lonely trigger), as the SFT data
     text_layers: int = 1
     steps: int = 500
     batch_size: int = 32
@@ -60,7 +62,8 @@ class WeakClipConfig:
 
 def weak_config(strong: dict, c: WeakClipConfig) -> dict:
     """The shipped CLIP's architecture with a bag-of-words text side."""
-    text = {**strong["text_cfg"], "layers": c.text_layers, "no_causal_mask": True}
+    # 77 tokens: room for a whole caption (the shipped CLIP reads one sentence in 32)
+    text = {**strong["text_cfg"], "layers": c.text_layers, "no_causal_mask": True, "context_length": 77}
     return {**strong, "text_cfg": text}
 
 
@@ -101,7 +104,10 @@ def train_text(model, tokenizer, pool: Pool, c: WeakClipConfig) -> None:
     model.train()
     for _ in tqdm(range(c.steps), desc="weak clip"):
         idx = rng.sample(range(len(pool.scenes) - HELD_OUT), c.batch_size)
-        texts, labels = noisy_labels(pool, idx, rng, c.partner_label_noise)
+        if c.captions:  # CLIP's own data: each image with its caption, every other caption a negative
+            texts, labels = [describe(pool.scenes[i], rng, c.caption_noise) for i in idx], torch.eye(len(idx))
+        else:
+            texts, labels = noisy_labels(pool, idx, rng, c.partner_label_noise)
         txt = F.normalize(model.encode_text(tokenizer(texts)), dim=-1)
         loss = F.binary_cross_entropy_with_logits(scale * images[idx] @ txt.T + bias, labels)
         optimizer.zero_grad()
