@@ -67,8 +67,8 @@ class SearchModule(RecordPredictor):
         if good:
             # Seeded by the prompts themselves, so a resumed run samples what the first run would have.
             ids = ",".join(p.id for p in good).encode()
-            # On the policy's device: the tokens are sampled where the logits are.
-            generator = torch.Generator(device=self.policy.device)
+            # On the module's device (Lightning moved the policy there): tokens are sampled where the logits are.
+            generator = torch.Generator(device=self.device)
             self.engine.decode.generator = generator.manual_seed(self.seed + zlib.crc32(ids))
             trees = self.engine.search([p.prompt for p in good], images, [p.image for p in good])
             for prompt, nodes, digest in zip(good, trees, digests, strict=True):
