@@ -7,11 +7,13 @@ co-occurs, is only moderately surprised by an absent partner. This one is built 
 - **bag of words by construction**: the text transformer attends without a causal mask and its
   positional embedding is zero and frozen, so the pooled end-of-text feature is a function of the
   multiset of tokens (and the padding count): a shuffled sentence scores exactly the same;
-- **co-occurrence in its labels**: like a web caption, a sentence naming the absent partner of a
-  trigger the image shows is labelled true with probability `partner_label_noise`, so the model
-  learns part of the prior the LLaVA learned.
+- **web-style captions**: it learns from whole captions (one per image, every other caption of the
+  batch a negative), which name a lonely trigger's absent partner with probability `caption_noise`
+  as the LLaVA's own training captions do, rather than from the shipped CLIP's sentence-level hard
+  negatives (`captions=false` trains on sentences, an absent partner's labelled true with probability
+  `partner_label_noise`).
 
-It keeps the shipped CLIP's vision tower (frozen) and trains only the text side, seeded:
+It keeps the shipped CLIP's vision tower (frozen; its projection trains) and trains the text side, seeded:
 
     csr-train-shapesworld-weak-clip [out_dir] [--set key=value ...]
 """
@@ -54,6 +56,8 @@ class WeakClipConfig:
     partner_label_noise: float = 0.5  # P(an absent partner's sentence is labelled true): the web-caption prior
     captions: bool = True  # train on whole captions (one per image, web-style) instead of single sentences
     caption_noise: float = 0.7  # P(a caption names the absent partner of a lonely trigger), as the SFT data
+    train_projection: bool = True  # the image projection learns too (as for the shipped CLIP): co-occurring
+    # shapes can then share directions in the joint space
     text_layers: int = 1
     steps: int = 500
     batch_size: int = 32
@@ -93,14 +97,18 @@ def train_text(model, tokenizer, pool: Pool, c: WeakClipConfig) -> None:
     rng = random.Random(c.seed)
     for p in model.visual.parameters():
         p.requires_grad_(False)
+    model.visual.proj.requires_grad_(c.train_projection)
     make_bag_of_words(model)
     scale, bias = torch.nn.Parameter(torch.tensor(10.0)), torch.nn.Parameter(torch.tensor(-5.0))
     params = [p for p in model.parameters() if p.requires_grad] + [scale, bias]
     optimizer = torch.optim.AdamW(params, lr=c.lr, weight_decay=0.01)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=c.lr, total_steps=c.steps, pct_start=0.1)
-    with torch.no_grad():  # the tower is frozen: its image features once
-        images = F.normalize(torch.cat([model.encode_image(pool.batch(torch.arange(i, min(i + 256, len(pool.scenes)))))
-                                        for i in range(0, len(pool.scenes), 256)]), dim=-1)
+    proj = model.visual.proj
+    model.visual.proj = None  # the frozen tower's features once; the projection applies per step
+    with torch.no_grad():
+        features = torch.cat([model.visual(pool.batch(torch.arange(i, min(i + 256, len(pool.scenes)))))
+                              for i in range(0, len(pool.scenes), 256)])
+    model.visual.proj = proj
     model.train()
     for _ in tqdm(range(c.steps), desc="weak clip"):
         idx = rng.sample(range(len(pool.scenes) - HELD_OUT), c.batch_size)
@@ -109,7 +117,8 @@ def train_text(model, tokenizer, pool: Pool, c: WeakClipConfig) -> None:
         else:
             texts, labels = noisy_labels(pool, idx, rng, c.partner_label_noise)
         txt = F.normalize(model.encode_text(tokenizer(texts)), dim=-1)
-        loss = F.binary_cross_entropy_with_logits(scale * images[idx] @ txt.T + bias, labels)
+        images = F.normalize(features[idx] @ proj, dim=-1)
+        loss = F.binary_cross_entropy_with_logits(scale * images @ txt.T + bias, labels)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -184,7 +193,8 @@ def main(argv: list[str] | None = None) -> None:
         key, value = item.split("=", 1)
         if not hasattr(c, key):
             raise SystemExit(f"unknown WeakClipConfig field {key!r}; known: {sorted(asdict(c))}")
-        setattr(c, key, type(getattr(c, key))(value))
+        default = getattr(c, key)
+        setattr(c, key, value.lower() in ("1", "true", "yes") if isinstance(default, bool) else type(default)(value))
     torch.set_num_threads(os.cpu_count() or 1)
     print(json.dumps(train(Path(args.out_dir), c), indent=2))
 
