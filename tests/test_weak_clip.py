@@ -63,3 +63,17 @@ def test_only_an_images_absent_partner_sentences_are_relabelled(pool):
     assert sum(k == "absent_partner" for k in kinds) == len(changed)  # noise 1: every one of them
     _, none = noisy_labels(pool, idx, random.Random(5), noise=0.0)
     assert torch.equal(none, plain)
+
+
+def test_the_shipped_weak_clip_loads_through_its_preset():
+    from compose_config import compose_config
+
+    from csr.config import validate
+    from csr.models.clip import ClipScorer, load_clip
+
+    paths = ["run_dir=/tmp/x", "logger.tracking_uri=null", "data.shapesworld.root=/sw", "eval.shapesworld.root=/sw"]
+    clip = validate(compose_config("reward=shapesworld_weak", paths=paths)).reward.clip
+    scorer = ClipScorer(load_clip(clip.arch, clip.weights, clip.config_json))
+    metrics = read_json(SHIPPED / "clip_weak" / "weak_clip_metrics.json")
+    assert scorer.model.positional_embedding.abs().max() == 0 and not scorer.prefix_exact  # a bag of words
+    assert 0.5 < metrics["clip/auc_binding_swap"] < 0.6 and metrics["clip/word_order_max_r_i_change"] < 1e-4
