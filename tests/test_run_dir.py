@@ -183,9 +183,7 @@ def test_a_question_mark_in_the_path_keeps_the_store_where_it_belongs(tmp_path):
 
 # -- end to end: `csr` and `csr-reproduce` on the tiny models -----------------------------------------
 
-TINY = ["model=tiny_random", "reward=clip", "data=tiny", "search=default", "dpo=default", "eval=default",
-        "search.max_sentences=3", "search.max_new_tokens_per_sentence=6", "search.max_answer_tokens=16",
-        "data.limit=2", "search.prompts_per_batch=2", "iterations=1"]
+TINY = ["experiment=smoke", "data.limit=2", "search.prompts_per_batch=2", "iterations=1"]
 
 
 @pytest.fixture(scope="module")
