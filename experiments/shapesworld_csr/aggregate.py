@@ -21,7 +21,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import yaml  # noqa: E402
 
-METRICS = ["CHAIR_S", "CHAIR_I", "recall", "POPE F1", "partner halluc.", "answer R_I", "gap", "pairs"]
+METRICS = ["CHAIR_S", "CHAIR_I", "recall", "POPE F1", "partner halluc.", "answer R_I", "well-formed", "binding errors",
+           "gap", "pairs"]
 # two-sided 95% t quantiles by degrees of freedom (n - 1)
 T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
 
