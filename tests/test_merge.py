@@ -137,12 +137,13 @@ def test_paper_sized_update_is_lost_by_a_bf16_merge_and_kept_by_ours(tiny_models
     after = _weights(d / "merged")
     elements_new, lost_new, cosine_new = _kept(updates, before, after)
     assert stats["save_dtype"] == "float32" and _file_dtypes(d / "merged") == {torch.float32}
-    # Lost now: 5 of 81,920, updates under float32's own spacing (|delta| < ~1e-9 next to 0.02).
-    assert elements_new == elements and lost_new / elements < 1e-4 and cosine_new > 0.9999
+    # Lost now: a handful of 81,920 (5 and 9 seen: which updates fall under float32's own spacing, |delta| < ~1e-9
+    # next to 0.02, depends on the matmul's summation order, i.e. on the thread count), against 87% in bf16.
+    assert elements_new == elements and lost_new / elements < 1e-3 and cosine_new > 0.9999
     # The stage measured the same losses itself: bfloat16 would lose them, what it saved keeps them.
     assert stats["update/elements"] == elements
     assert stats["update/lost_fraction_loaded"] == pytest.approx(lost / elements, abs=0.02)
-    assert stats["update/lost_fraction_saved"] < 1e-4 and stats["update/cosine_saved"] > 0.9999
+    assert stats["update/lost_fraction_saved"] < 1e-3 and stats["update/cosine_saved"] > 0.9999
     assert stats["check/passed"] and stats["check/pairs"] == 4
     assert stats["check/max_abs_diff"] < 1e-4 < stats["check/max_abs_update"]
 
