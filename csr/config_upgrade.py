@@ -9,6 +9,7 @@ run runs as it ran, and resuming it under today's default is a config change lik
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 RENAMED = (
@@ -28,7 +29,7 @@ ADDED = (
 def upgrade(saved: dict[str, Any]) -> dict[str, Any]:
     """`saved` (a plain container, as OmegaConf.to_container gives) with every renamed key moved; the
     input is not changed."""
-    out = _copy(saved)
+    out = copy.deepcopy(saved)
     for old, new in RENAMED:
         *old_parents, old_leaf = old.split(".")
         holder = _walk(out, old_parents)
@@ -54,7 +55,3 @@ def _walk(tree: dict[str, Any], parts: list[str]) -> dict[str, Any] | None:
         if not isinstance(tree, dict):
             return None
     return tree
-
-
-def _copy(tree: Any) -> Any:
-    return {k: _copy(v) for k, v in tree.items()} if isinstance(tree, dict) else tree

@@ -31,6 +31,7 @@ from csr.models.llava import save_llava
 from csr.models.tiny import build_tokenizer, make_processor
 from csr.worlds.shapesworld.clip_train import train_clip
 from csr.worlds.shapesworld.convert import hf_vision_config, open_clip_visual_to_hf
+from csr.worlds.shapesworld.overrides import set_fields
 from csr.worlds.shapesworld.pool import render_pool
 from csr.worlds.shapesworld.sft import SFTModule, SFTStream, collate_sft
 from csr.worlds.shapesworld.text import DESCRIBE_PROMPTS, QUESTION, SENTENCE_TEMPLATES
@@ -157,10 +158,6 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO)
     c = TrainConfig()
-    for item in args.set:
-        key, value = item.split("=", 1)
-        if not hasattr(c, key):
-            raise SystemExit(f"unknown TrainConfig field {key!r}; known: {sorted(asdict(c))}")
-        setattr(c, key, type(getattr(c, key))(value))
+    set_fields(c, args.set)
     torch.set_num_threads(os.cpu_count() or 1)
     print(json.dumps(train(Path(args.out_dir), c), indent=2))

@@ -57,7 +57,7 @@ def sentence_batch(pool: Pool, idx: list[int], rng: random.Random) -> tuple[list
     return texts, labels, kinds
 
 
-def _auc(pos: torch.Tensor, neg: torch.Tensor) -> float:
+def auc(pos: torch.Tensor, neg: torch.Tensor) -> float:
     if len(pos) == 0 or len(neg) == 0:
         return float("nan")
     return float((pos[:, None] > neg[None, :]).float().mean() + 0.5 * (pos[:, None] == neg[None, :]).float().mean())
@@ -106,8 +106,8 @@ def evaluate_clip(model, tokenizer, pool: Pool, indices, seed: int) -> dict:
         for r, label, kind in zip(r_i.tolist(), labels[0].tolist(), kinds, strict=True):
             scores.setdefault("true" if label else kind, []).append(r)
     pos = torch.tensor(scores.pop("true"))
-    metrics = {f"clip/auc_{kind}": _auc(pos, torch.tensor(v)) for kind, v in sorted(scores.items())}
-    metrics["clip/auc_all"] = _auc(pos, torch.tensor([x for v in scores.values() for x in v]))
+    metrics = {f"clip/auc_{kind}": auc(pos, torch.tensor(v)) for kind, v in sorted(scores.items())}
+    metrics["clip/auc_all"] = auc(pos, torch.tensor([x for v in scores.values() for x in v]))
     metrics["clip/mean_r_i_true"] = float(pos.mean())
     log.info("clip: %s", metrics)
     return metrics

@@ -36,7 +36,8 @@ from tqdm import tqdm
 
 from csr.io import atomic_write_json, read_json
 from csr.models.clip import load_clip, save_clip
-from csr.worlds.shapesworld.clip_train import evaluate_clip, sentence_batch
+from csr.worlds.shapesworld.clip_train import auc, evaluate_clip, sentence_batch
+from csr.worlds.shapesworld.overrides import set_fields
 from csr.worlds.shapesworld.pool import Pool, render_pool
 from csr.worlds.shapesworld.text import describe, sentence
 
@@ -152,9 +153,8 @@ def failure_metrics(model, tokenizer, pool: Pool, indices, seed: int) -> dict:
             t, s = _r_i(model, tokenizer, image, [text, sentence(swap, rng)])
             true.append(t)
             swapped.append(s)
-    pos, neg = torch.tensor(true), torch.tensor(swapped)
-    auc = float((pos[:, None] > neg[None, :]).float().mean() + 0.5 * (pos[:, None] == neg[None, :]).float().mean())
-    return {"clip/word_order_max_r_i_change": order_diff, "clip/auc_binding_swap": auc, "clip/n_binding_swaps": len(true)}
+    return {"clip/word_order_max_r_i_change": order_diff, "clip/auc_binding_swap": auc(torch.tensor(true), torch.tensor(swapped)),
+            "clip/n_binding_swaps": len(true)}
 
 
 def train(out_dir: Path, c: WeakClipConfig, strong_dir: Path = SHIPPED / "clip") -> dict:
@@ -189,12 +189,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO)
     c = WeakClipConfig()
-    for item in args.set:
-        key, value = item.split("=", 1)
-        if not hasattr(c, key):
-            raise SystemExit(f"unknown WeakClipConfig field {key!r}; known: {sorted(asdict(c))}")
-        default = getattr(c, key)
-        setattr(c, key, value.lower() in ("1", "true", "yes") if isinstance(default, bool) else type(default)(value))
+    set_fields(c, args.set)
     torch.set_num_threads(os.cpu_count() or 1)
     print(json.dumps(train(Path(args.out_dir), c), indent=2))
 
