@@ -20,6 +20,7 @@ from csr.choices import (
     DPO_LOSSES,
     DPO_REFERENCES,
     DTYPES,
+    FAMILIES,
     IPO_FORMS,
     ON_ERROR,
     PAIR_FILTERS,
@@ -54,6 +55,7 @@ class Stage(StrEnum):
 class ModelConfig:
     name: str = "tiny_random"
     path: str = "???"  # local HF checkpoint directory or a model name already in the HF cache
+    family: str = "llava"  # one of FAMILIES: the adapter in csr/models/families/ that knows this checkpoint's shape
     dtype: str = "float32"  # one of DTYPES
     attn_implementation: str | None = "sdpa"  # eager | sdpa | flash_attention_2 | null (library default)
 
@@ -141,8 +143,9 @@ class LoraConfig:
     r: int = 128
     alpha: int = 256
     dropout: float = 0.05
-    # Every linear layer of the language model; lm_head, the vision tower and projector are excluded.
-    target_modules: str = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
+    # A regex over module names; null: the family's (every linear layer of its language model; lm_head,
+    # the vision tower and the projector excluded).
+    target_modules: str | None = None
 
 
 @dataclass
@@ -272,6 +275,7 @@ class RootConfig:
 
 _CHOICES = {
     "model.dtype": DTYPES,
+    "model.family": FAMILIES,
     "reward.calibration": CALIBRATIONS,
     "reward.text_score": TEXT_SCORES,
     "search.prune_by": PRUNE_BY,

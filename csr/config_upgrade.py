@@ -23,6 +23,7 @@ RENAMED = (
 )
 ADDED = (
     ("search.compact_fraction", 0.0),  # finished rows left the decode batch at once (2026-12)
+    ("model.family", "llava"),  # csr ran LLaVA-1.5 only (2026-12)
 )
 
 

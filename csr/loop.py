@@ -140,13 +140,13 @@ class Loop:
     # -- models, loaded lazily and shared between the stages of an iteration --------------------------
 
     def policy(self, path: str):
-        from csr.models.llava import load_llava
+        from csr.models.checkpoint import load_model
 
         if self._policy is None or self._policy[0] != path:
             self._policy = None
             gc.collect()
             m = self.cfg.model
-            model, processor = load_llava(path, dtype=m.dtype, attn_implementation=m.attn_implementation)
+            model, processor = load_model(path, family=m.family, dtype=m.dtype, attn_implementation=m.attn_implementation)
             self._policy = (path, model, processor)
         return self._policy[1], self._policy[2]
 

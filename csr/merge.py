@@ -26,7 +26,9 @@ from peft.utils import ModulesToSaveWrapper
 from csr.context import StageContext
 from csr.errors import CSRError
 from csr.io import read_jsonl, replace_dir
-from csr.models.llava import DTYPES, load_llava, save_llava
+from csr.models.checkpoint import DTYPES, load_model, save_model
+from csr.models.families import get_family
+from csr.models.families.base import Family
 
 log = logging.getLogger(__name__)
 
@@ -103,22 +105,22 @@ def check_logps(adapter: torch.Tensor, merged: torch.Tensor, base: torch.Tensor)
             "check/max_abs_update": float((adapter - base).abs().max()), "check/passed": bool((diff <= limit).all())}
 
 
-def pair_logps(model, batch: dict, device: str) -> torch.Tensor:
+def pair_logps(model, batch: dict, device: str, family: Family) -> torch.Tensor:
+    from csr.dpo.data import to_device
     from csr.dpo.module import concatenated_logps  # csr.dpo imports this module
 
-    batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
     with torch.no_grad():
-        return torch.cat(concatenated_logps(model, batch)).float().cpu()
+        return torch.cat(concatenated_logps(model, to_device(batch, device), family)).float().cpu()
 
 
-def check_batch(pairs_path: Path, processor, image_root: str) -> dict | None:
+def check_batch(pairs_path: Path, processor, image_root: str, family: Family) -> dict | None:
     """The first CHECK_PAIRS pairs as one DPO batch (chosen and rejected rows), None without pairs."""
     from csr.dpo.data import PairDataset, collate
 
     pairs = read_jsonl(pairs_path)[:CHECK_PAIRS] if pairs_path.exists() else []
     if not pairs:
         return None
-    dataset = PairDataset(pairs, processor, image_root)
+    dataset = PairDataset(pairs, processor, image_root, family)
     return collate([dataset[i] for i in range(len(dataset))], pad_id=processor.tokenizer.pad_token_id)
 
 
@@ -134,7 +136,9 @@ def run_merge(base_path: str, iter_dir: Path, model_cfg, accelerator: str, image
     (model + processor) that from_pretrained loads; checked against the adapter model on
     iter_dir/pairs.jsonl. No adapter (an iteration without pairs): the starting model is copied."""
     adapter_dir, out_dir = iter_dir / "adapter", iter_dir / "merged"
-    model, processor = load_llava(base_path, dtype="float32", attn_implementation=model_cfg.attn_implementation)
+    family = get_family(model_cfg.family)
+    model, processor = load_model(base_path, family=model_cfg.family, dtype="float32",
+                                  attn_implementation=model_cfg.attn_implementation)
     stats: dict = {"adapter_found": adapter_dir.exists()}
     save_dtype = model_cfg.dtype
     if adapter_dir.exists():
@@ -154,15 +158,15 @@ def run_merge(base_path: str, iter_dir: Path, model_cfg, accelerator: str, image
             for weight, delta in updates(model):
                 saved.add(weight, delta, DTYPES[save_dtype])
         stats.update({**loaded.as_metrics("loaded"), **saved.as_metrics("saved"), "update/elements": saved.elements})
-        batch = check_batch(iter_dir / "pairs.jsonl", processor, image_root)
+        batch = check_batch(iter_dir / "pairs.jsonl", processor, image_root, family)
         if batch is not None:
-            adapter_logps = pair_logps(model, batch, device)
+            adapter_logps = pair_logps(model, batch, device, family)
             with model.disable_adapter():
-                base_logps = pair_logps(model, batch, device)
+                base_logps = pair_logps(model, batch, device, family)
         model = model.merge_and_unload()
         model.to(DTYPES[save_dtype]).float()  # the weights as saved, so the check sees what is written
         if batch is not None:
-            stats.update(check_logps(adapter_logps, pair_logps(model, batch, device), base_logps))
+            stats.update(check_logps(adapter_logps, pair_logps(model, batch, device, family), base_logps))
             if not stats["check/passed"]:
                 raise CSRError(f"merge: the merged model's log-probs differ from the adapter model's by "
                                f"{stats['check/max_abs_diff']:.3g} (update {stats['check/max_abs_update']:.3g}) on "
@@ -171,7 +175,7 @@ def run_merge(base_path: str, iter_dir: Path, model_cfg, accelerator: str, image
     stats["save_dtype"] = save_dtype
     tmp = out_dir.with_name(out_dir.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    save_llava(model.to(DTYPES[save_dtype]), processor, str(tmp))
+    save_model(model.to(DTYPES[save_dtype]), processor, str(tmp))
     replace_dir(tmp, out_dir)
     return stats
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from csr import plan as P
+from csr.models.families import get_family
 
 # llava-hf/llava-1.5-{7b,13b}-hf's config.json: Vicuna-1.5 (vocab 32064 with <image> and <pad>) and
 # CLIP ViT-L/14-336 (24 layers, LLaVA takes the features of layer -2, 576 patch tokens, no CLS).
@@ -89,7 +90,8 @@ def training(cfg: DictConfig, devices: int, answer_logits: bool) -> P.Training:
         if strategy == "zero3" and "offload_optimizer" in zero:
             strategy = "zero3_offload"
     bucket = int(((t.deepspeed or {}).get("zero_optimization", {}) or {}).get("reduce_bucket_size", 16_777_216))
-    modules = tuple(m for m in P.LORA_MODULES if m in dpo.lora.target_modules)
+    targets = dpo.lora.target_modules or get_family(cfg.model.family).lora_targets()
+    modules = tuple(m for m in P.LORA_MODULES if m in targets)
     return P.Training(pairs=dpo.batch_size, lora_r=dpo.lora.r, lora_dropout=dpo.lora.dropout > 0, modules=modules,
                       strategy=strategy, devices=devices, reference=dpo.reference,
                       checkpointing=bool(OmegaConf.select(cfg, "dpo.gradient_checkpointing", default=False)),

@@ -24,7 +24,8 @@ from csr.data.image_hash import image_sha256
 from csr.dpo.data import PairDataset
 from csr.dpo.reference import pair_key, precompute_reference, reference_settings
 from csr.dpo.stage import run_dpo
-from csr.models.llava import load_llava
+from csr.models.checkpoint import load_model
+from csr.models.families import get_family
 
 if TYPE_CHECKING:
     from scratch_prompts import Ctx
@@ -47,7 +48,7 @@ def train(ctx: Ctx, pairs: list[dict], model_path: str) -> dict:
     iteration.mkdir(exist_ok=True)
     (iteration / "pairs.jsonl").write_text("".join(json.dumps(p) + "\n" for p in pairs))
     return run_dpo(model_path=model_path, pairs_path=iteration / "pairs.jsonl", adapter_dir=iteration / "adapter",
-                   image_root=str(ctx.images), model_cfg=OmegaConf.create({"dtype": "float32", "attn_implementation": "sdpa"}),
+                   image_root=str(ctx.images), model_cfg=OmegaConf.create({"family": "llava", "dtype": "float32", "attn_implementation": "sdpa"}),
                    dpo_cfg=OmegaConf.create(DPO), trainer_kwargs={"accelerator": "cpu", "devices": 1}, logger=None)
 
 
@@ -60,7 +61,7 @@ def _changed_image(ctx: Ctx) -> object:
 
 def logged_reference_pass(ctx: Ctx, pairs: list[dict], dtype: str = "float32") -> str:
     """Run the reference pass into ctx's ref_logps.json; the last line it logged."""
-    model, processor = load_llava(ctx.tiny.llava, dtype=dtype)
+    model, processor = load_model(ctx.tiny.llava, dtype=dtype)
     keys = [pair_key(p, image_sha256(str(ctx.images), p["image"])) for p in pairs]
     settings = reference_settings(ctx.tiny.llava, dtype, "sdpa", "32-true")
     lines: list[str] = []
@@ -71,7 +72,7 @@ def logged_reference_pass(ctx: Ctx, pairs: list[dict], dtype: str = "float32") -
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
     try:
-        precompute_reference(model, PairDataset(pairs, processor, str(ctx.images)), keys, settings,
+        precompute_reference(model, PairDataset(pairs, processor, str(ctx.images), get_family("llava")), keys, settings,
                              processor.tokenizer.pad_token_id, 1, ctx.tmp / "ref_logps.json",
                              {"accelerator": "cpu", "devices": 1, "enable_progress_bar": False})
     finally:

@@ -13,7 +13,7 @@ from compose_config import compose_config
 
 from csr.cli import check_config
 from csr.config import validate
-from csr.models.llava import load_llava
+from csr.models.checkpoint import load_model
 from csr.tracking import Tracker
 
 
@@ -54,7 +54,7 @@ def _truncated_merged_model(ctx) -> object:
     shutil.copytree(ctx.tiny.llava, merged)
     weights = merged / "model.safetensors"
     os.truncate(weights, weights.stat().st_size // 2)  # a copy or a full disk cut it short
-    return load_llava(str(merged))
+    return load_model(str(merged))
 
 
 def _config(*overrides: str) -> Callable[[object], object]:

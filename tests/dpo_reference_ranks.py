@@ -17,7 +17,7 @@ def main(model: str, iteration: Path, image_root: str, devices: int) -> None:
     kwargs = {"accelerator": "cpu", "devices": devices, "strategy": "ddp" if devices > 1 else "auto",
               "precision": "32-true", "deterministic": True, "enable_progress_bar": False}
     run_dpo(model_path=model, pairs_path=iteration / "pairs.jsonl", adapter_dir=iteration / "adapter",
-            image_root=image_root, model_cfg=OmegaConf.create({"dtype": "float32", "attn_implementation": "sdpa"}),
+            image_root=image_root, model_cfg=OmegaConf.create({"family": "llava", "dtype": "float32", "attn_implementation": "sdpa"}),
             dpo_cfg=OmegaConf.create(DPO), trainer_kwargs=kwargs, logger=None)
 
 

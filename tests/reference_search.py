@@ -110,8 +110,8 @@ class ReferenceSearch:
             for row, g in enumerate(active):
                 token, sentence = tokens[row], out[g]
                 if peeking[g]:
-                    sentence.finish = FINISH_EOS if token == d.eos_id else FINISH_DELIMITER
-                elif token == d.eos_id:
+                    sentence.finish = FINISH_EOS if token in d.end_ids else FINISH_DELIMITER
+                elif token in d.end_ids:
                     sentence.finish = FINISH_EOS
                 else:
                     sentence.token_ids.append(token)
@@ -141,10 +141,10 @@ class ReferenceSearch:
         scores[:, d.suppress_ids] = float("-inf")
         for row, sentence in enumerate(sentences):
             if not sentence.token_ids:
-                scores[row, d.eos_id] = float("-inf")  # a sentence has at least one token
+                scores[row, sorted(d.end_ids)] = float("-inf")  # a sentence has at least one token
         chosen = [0] * len(groups)
         taken = torch.zeros(scores.shape[-1])
-        exempt = [d.eos_id, *d.delimiter_ids]
+        exempt = [*sorted(d.end_ids), *d.delimiter_ids]
         for row in sorted(range(len(groups)), key=lambda r: -1 if peeking[r] else groups[r]):
             if peeking[row]:
                 chosen[row] = int(scores[row].argmax())

@@ -27,8 +27,9 @@ from csr.data.images import load_image
 from csr.data.prompts import load_prompts
 from csr.errors import CSRError
 from csr.models.chat import drop_overlong
+from csr.models.checkpoint import load_model
 from csr.models.clip import load_clip
-from csr.models.llava import load_llava
+from csr.models.families import get_family
 from csr.pairs.select import select_pair
 
 README = Path(__file__).resolve().parent.parent / "README.md"
@@ -50,10 +51,10 @@ def record(rid: str = "r1", image: str = "good.png", text: str = "Describe the i
 
 
 def _overlong(ctx: Ctx) -> dict[str, int]:
-    model, processor = load_llava(ctx.tiny.llava)
+    model, processor = load_model(ctx.tiny.llava)
     path = ctx.write([record("long", text="word " * 600 + "<image>")])
     records, _ = load_prompts(path, str(ctx.images))
-    _, skipped = drop_overlong(records, processor, model, 16, ctx.on_error, path)
+    _, skipped = drop_overlong(records, processor, model, get_family("llava"), str(ctx.images), 16, ctx.on_error, path)
     return {"too_long": skipped}
 
 
@@ -129,7 +130,7 @@ def _processor_mismatch(ctx: Ctx) -> object:
     shutil.copytree(ctx.tiny.llava, model)
     for f in ("tokenizer.json", "tokenizer_config.json", "processor_config.json", "chat_template.jinja"):
         shutil.copy(SHAPESWORLD / "llava" / f, model / f)  # another checkpoint's processor
-    return load_llava(str(model))
+    return load_model(str(model))
 
 
 def _clip_mismatch(ctx: Ctx) -> object:
@@ -169,7 +170,7 @@ CASES: dict[tuple[str, str], Callable[[Ctx], object]] = {
     ("config", "reward.lam outside [0, 1]"): _config("reward.lam=1.5"),
     ("config", "beam width 0 or negative"): _config("search.beam_width=-1"),
     ("config", "keep_top + keep_bottom > beam width"): _config("search.keep_top=3", "search.keep_bottom=3"),
-    ("config", "model path missing"): lambda ctx: load_llava(str(ctx.tmp / "no_model")),
+    ("config", "model path missing"): lambda ctx: load_model(str(ctx.tmp / "no_model")),
     ("config", "processor that does not match the model"): _processor_mismatch,
     ("config", "CLIP weights that do not match the architecture"): _clip_mismatch,
     ("pairs", "chosen == rejected"): _pairs([0.9, 0.1], [" A cat.", "A cat. "]),

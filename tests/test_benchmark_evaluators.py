@@ -15,7 +15,7 @@ from csr.eval.generate import image_set, set_digest
 from csr.eval.pope import pope_metrics, yes_no
 from csr.eval.registry import BENCHMARKS
 from csr.io import read_jsonl
-from csr.models.llava import load_llava
+from csr.models.checkpoint import load_model
 
 FIXTURES = Path(__file__).parent / "fixtures" / "coco"
 
@@ -28,7 +28,7 @@ def _images(root: Path) -> Path:
 
 
 def _setup(tiny_models, tmp_path: Path):
-    model, processor = load_llava(tiny_models.llava)
+    model, processor = load_model(tiny_models.llava)
     images = _images(tmp_path / "val2014")
     cfg = OmegaConf.structured(EvalConfig)
     cfg.max_new_tokens, cfg.batch_size = 8, 4

@@ -11,7 +11,8 @@ from csr.config import _CHOICES, validate
 from csr.dpo.loss import LOSSES
 from csr.errors import CSRError
 from csr.eval.pope import PARSERS
-from csr.models.llava import DTYPES
+from csr.models.checkpoint import DTYPES
+from csr.models.families import _WHERE
 from csr.pairs.rules import _SELECT
 from csr.plan import DTYPE_BYTES
 from csr.reward.calibration import _NORMALISERS
@@ -20,7 +21,9 @@ from csr.reward.calibration import _NORMALISERS
 @pytest.mark.parametrize(("table", "names"), [
     (LOSSES, choices.DPO_LOSSES), (PARSERS, choices.POPE_PARSERS), (DTYPES, choices.DTYPES),
     (DTYPE_BYTES, choices.DTYPES), (_SELECT, choices.PAIR_RULES), (_NORMALISERS, choices.CALIBRATIONS),
-], ids=["dpo.loss", "eval.pope.parser", "model.dtype", "plan dtypes", "pairs.rule", "reward.calibration"])
+    (_WHERE, choices.FAMILIES),
+], ids=["dpo.loss", "eval.pope.parser", "model.dtype", "plan dtypes", "pairs.rule", "reward.calibration",
+        "model.family"])
 def test_each_implementation_table_covers_its_choice_list(table, names):
     assert sorted(table) == sorted(names)
 

@@ -16,8 +16,8 @@ from csr.data.prompts import load_prompts
 from csr.data.tiny import write_tiny_prompts
 from csr.errors import CSRError
 from csr.eval.generate import GenerateModule
+from csr.models.checkpoint import load_model
 from csr.models.clip import ClipScorer, encode_text_prefix, load_clip, real_length, text_prefix_is_exact
-from csr.models.llava import load_llava
 from csr.reward.module import RewardModule
 from csr.search.stage import build_module
 
@@ -52,7 +52,7 @@ def _fresh(tiny_models, root: str, name: str, texts: list[str]) -> list[float]:
 
 
 def test_same_names_in_two_roots_each_stage_scores_its_own_image(tiny_models, roots) -> None:
-    model, processor = load_llava(tiny_models.llava)
+    model, processor = load_model(tiny_models.llava)
     scorer = ClipScorer(_tiny_clip(tiny_models))  # one scorer for the whole run, as Loop.scorer() gives
     (train_file, train_root), (eval_file, eval_root) = roots["train"], roots["eval"]
     train_prompts, _ = load_prompts(train_file, train_root)
@@ -96,7 +96,7 @@ def test_cache_is_keyed_by_content(tiny_models) -> None:
 
 
 def test_scorer_is_a_submodule_of_every_module_that_scores(tiny_models, tmp_path) -> None:
-    model, processor = load_llava(tiny_models.llava)
+    model, processor = load_model(tiny_models.llava)
     scorer = ClipScorer(_tiny_clip(tiny_models))
     cfg = OmegaConf.structured(RootConfig)
     cfg.data.image_root = str(tmp_path)

@@ -20,7 +20,7 @@ class Bigram(torch.nn.Module):
         super().__init__()
         self.table = table
 
-    def forward(self, input_ids, attention_mask, position_ids, pixel_values, cache, use_cache):
+    def forward(self, input_ids, attention_mask, position_ids, cache, use_cache, pixel_values=None):
         assert attention_mask.shape[1] == cache.get_seq_length() + input_ids.shape[1]  # mask covers cache + new
         r, t = input_ids.shape
         cache.update(torch.zeros(r, 1, t, 1), torch.zeros(r, 1, t, 1), 0)
@@ -47,7 +47,7 @@ def rows(first: list[torch.Tensor], budget: list[int], groups=None, nodes=None) 
 
 
 def settings(max_new_tokens: int = 10, **kw) -> DecodeSettings:
-    return DecodeSettings(strategy="diverse_greedy", eos_id=EOS, delimiter_ids=frozenset({DOT}), suppress_ids=[IMAGE],
+    return DecodeSettings(strategy="diverse_greedy", end_ids=frozenset({EOS}), delimiter_ids=frozenset({DOT}), suppress_ids=[IMAGE],
                           max_new_tokens=max_new_tokens, **kw)
 
 
@@ -167,9 +167,9 @@ def _host_step(logits, choosing, empty, groups, nodes, s):
     pick = torch.tensor(choosing)
     scores = logprobs[pick].clone() if s.strategy == "diverse_greedy" else logits[pick].clone()
     scores[:, s.suppress_ids] = float("-inf")
-    scores[torch.tensor([j in empty for j in range(len(choosing))]), s.eos_id] = float("-inf")
+    scores[torch.tensor([j in empty for j in range(len(choosing))])[:, None] & torch.isin(torch.arange(scores.shape[1]), torch.tensor(sorted(s.end_ids)))] = float("-inf")
     if s.strategy == "diverse_greedy":
-        tokens = _host_diverse_greedy(scores, groups, nodes, s.diversity_penalty, [s.eos_id, *s.delimiter_ids])
+        tokens = _host_diverse_greedy(scores, groups, nodes, s.diversity_penalty, [*sorted(s.end_ids), *s.delimiter_ids])
     else:
         tokens = _host_sample(scores, s)
     return [int(t) for t in tokens], [float(logprobs[i, int(t)]) for i, t in zip(choosing, tokens, strict=True)]
@@ -189,7 +189,7 @@ def test_device_token_choice_equals_the_host_choice(strategy, top_k, top_p):
     nodes = [r // k for r in choosing]
     empty = [j for j, r in enumerate(choosing) if 5 <= r < 10]
     for trial in range(3):
-        settings = DecodeSettings(strategy=strategy, eos_id=EOS, delimiter_ids=frozenset({DOT, 11}),
+        settings = DecodeSettings(strategy=strategy, end_ids=frozenset({EOS}), delimiter_ids=frozenset({DOT, 11}),
                                   suppress_ids=[IMAGE, 7 + trial], max_new_tokens=10, top_k=top_k, top_p=top_p,
                                   temperature=0.7, diversity_penalty=3.0)
         settings.generator = torch.Generator().manual_seed(trial)

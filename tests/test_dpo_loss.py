@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from csr.dpo.data import answer_positions, collate, sequence_logps
+from csr.dpo.data import answer_positions, collate, concat_padded, sequence_logps
 from csr.dpo.loss import LOSSES, dpo_loss, reward_metrics
 from csr.models.chat import IGNORE
 
@@ -236,13 +236,23 @@ PAD = 99
 
 def _items(with_ref: bool) -> list[dict]:
     a = {"id": "a", "prompt_ids": [1, 2, 3], "chosen_ids": [4, 5], "rejected_ids": [6],
-         "pixel_values": torch.full((3, 2, 2), 1.0)}
+         "prompt_types": {"token_type_ids": [0, 1, 0]}, "image": {"pixel_values": torch.full((1, 3, 2, 2), 1.0)}}
     b = {"id": "b", "prompt_ids": [7], "chosen_ids": [8, 9, 10, 11], "rejected_ids": [12, 13],
-         "pixel_values": torch.full((3, 2, 2), 2.0)}
+         "prompt_types": {"token_type_ids": [1]}, "image": {"pixel_values": torch.full((1, 3, 2, 2), 2.0)}}
     if with_ref:
         a.update(ref_chosen=-1.5, ref_rejected=-2.5)
         b.update(ref_chosen=-3.0, ref_rejected=-4.0)
     return [a, b]
+
+
+def test_concat_padded_pads_every_dim_after_the_first() -> None:
+    # two pairs' images of 2 and 3 crops (tiling families): the batch holds 3 slots each, zero-padded
+    a, b = torch.ones(1, 2, 3, 4, 4), torch.full((1, 3, 3, 4, 4), 2.0)
+    out = concat_padded([a, b])
+    assert out.shape == (2, 3, 3, 4, 4)
+    assert out[0, :2].eq(1).all() and out[0, 2].eq(0).all() and out[1].eq(2).all()
+    # patch lists (Qwen) only concatenate
+    assert concat_padded([torch.ones(6, 8), torch.ones(10, 8)]).shape == (16, 8)
 
 
 def test_collate_layout() -> None:
@@ -267,8 +277,16 @@ def test_collate_layout() -> None:
         [IGNORE, IGNORE, IGNORE, 6, IGNORE],
         [IGNORE, 12, 13, IGNORE, IGNORE],
     ]
-    assert batch["pixel_values"].shape == (2, 3, 2, 2)  # one per pair: its chosen and rejected rows share it
-    assert batch["pixel_values"][:, 0, 0, 0].tolist() == [1.0, 2.0]
+    # token types: the prompt's, then text (0) for the answer and the padding
+    assert batch["types"]["token_type_ids"].tolist() == [
+        [0, 1, 0, 0, 0],
+        [1, 0, 0, 0, 0],
+        [0, 1, 0, 0, 0],
+        [1, 0, 0, 0, 0],
+    ]
+    pixels = batch["image"]["pixel_values"]
+    assert pixels.shape == (2, 3, 2, 2)  # one per pair: its chosen and rejected rows share it
+    assert pixels[:, 0, 0, 0].tolist() == [1.0, 2.0]
     assert batch["chosen_lengths"].tolist() == [2, 4]  # answer tokens per completion, prompt not counted
     assert batch["rejected_lengths"].tolist() == [1, 2]
     assert "ref_chosen" not in batch and "ref_rejected" not in batch

@@ -36,7 +36,7 @@ def test_nan_reference_logp_stops_dpo_at_its_batch_and_saves_nothing(tiny_models
     entries[3]["chosen"] = float("nan")
     cache = {"settings": reference_settings(tiny_models.llava, "float32", "sdpa", "32-true"), "pairs": entries}
     (iteration / "ref_logps.json").write_text(json.dumps(cache))
-    model_cfg = OmegaConf.create({"dtype": "float32", "attn_implementation": "sdpa"})
+    model_cfg = OmegaConf.create({"family": "llava", "dtype": "float32", "attn_implementation": "sdpa"})
     kwargs = {"accelerator": "cpu", "devices": 1, "deterministic": True, "enable_progress_bar": False}
     with pytest.raises(CSRError) as info:
         run_dpo(model_path=tiny_models.llava, pairs_path=iteration / "pairs.jsonl", adapter_dir=iteration / "adapter",

@@ -22,7 +22,8 @@ from csr.dpo.module import concatenated_logps
 from csr.dpo.reference import pair_key, pending_key, reference_settings
 from csr.dpo.stage import run_dpo
 from csr.io import read_json
-from csr.models.llava import load_llava
+from csr.models.checkpoint import load_model
+from csr.models.families import get_family
 
 TESTS = Path(__file__).resolve().parent
 ANSWERS = [" A red square.", " A blue star on the left.", " Two green circles.", " A cross at the top right."]
@@ -44,7 +45,7 @@ def _dpo(ctx: Ctx, pairs: list[dict], precision: str) -> dict:
     # One step over both pairs: the logged metrics are step 0's, before any update.
     dpo = OmegaConf.create({**DPO, "batch_size": len(pairs)})
     return run_dpo(model_path=ctx.tiny.llava, pairs_path=iteration / "pairs.jsonl", adapter_dir=iteration / "adapter",
-                   image_root=str(ctx.images), model_cfg=OmegaConf.create({"dtype": "float32", "attn_implementation": "sdpa"}),
+                   image_root=str(ctx.images), model_cfg=OmegaConf.create({"family": "llava", "dtype": "float32", "attn_implementation": "sdpa"}),
                    dpo_cfg=dpo, trainer_kwargs={"accelerator": "cpu", "devices": 1, "precision": precision,
                                                 "enable_progress_bar": False}, logger=None)
 
@@ -65,10 +66,10 @@ def test_policy_and_reference_log_probs_agree_at_step_0(ctx: Ctx, precision: str
     if precision == "bf16-mixed":
         # The reference as it was computed before (plain float32, no autocast) is off by ~8e-4 on this
         # tiny model, hundreds of times the tolerance (more on a real one, whose logits are far from flat).
-        model, processor = load_llava(ctx.tiny.llava)
-        batch = collate([PairDataset(pairs, processor, str(ctx.images))[i] for i in range(2)], processor.tokenizer.pad_token_id)
+        model, processor = load_model(ctx.tiny.llava)
+        batch = collate([PairDataset(pairs, processor, str(ctx.images), get_family("llava"))[i] for i in range(2)], processor.tokenizer.pad_token_id)
         with torch.inference_mode():
-            plain, _ = concatenated_logps(model, batch)
+            plain, _ = concatenated_logps(model, batch, get_family("llava"))
         assert (plain - torch.tensor([e["chosen"] for e in cache["pairs"]])).abs().max() > 1e-4
 
 

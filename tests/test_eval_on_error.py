@@ -19,7 +19,7 @@ from csr.errors import CSRError
 from csr.eval.generate import image_set, set_digest, skip_counts
 from csr.eval.registry import BENCHMARKS
 from csr.io import read_jsonl
-from csr.models.llava import load_llava
+from csr.models.checkpoint import load_model
 
 CPU = {"accelerator": "cpu", "devices": 1}
 GOOD = [{"id": "a", "image": "a.png", "input": "<image>\nDescribe the image."},
@@ -44,7 +44,7 @@ def test_skip_counts() -> None:
 
 @pytest.fixture(scope="module")
 def llava(tiny_models):
-    return load_llava(tiny_models.llava)
+    return load_model(tiny_models.llava)
 
 
 def _root(tmp_path: Path, records: list[dict]) -> tuple[Path, Path]:

@@ -13,7 +13,7 @@ from PIL import Image
 from csr.cli import CONF_DIR
 from csr.config import validate
 from csr.models.chat import generation_prompt
-from csr.models.llava import load_llava
+from csr.models.checkpoint import load_model
 
 
 def test_llava15_config_loads_a_saved_checkpoint(tiny_models, tmp_path):
@@ -25,7 +25,7 @@ def test_llava15_config_loads_a_saved_checkpoint(tiny_models, tmp_path):
         ])
     cfg = validate(cfg)
     assert cfg.model.dtype == "bfloat16"
-    model, processor = load_llava(cfg.model.path, dtype=cfg.model.dtype, attn_implementation=cfg.model.attn_implementation)
+    model, processor = load_model(cfg.model.path, dtype=cfg.model.dtype, attn_implementation=cfg.model.attn_implementation)
     assert next(model.parameters()).dtype == torch.bfloat16
     inputs = processor(images=[Image.new("RGB", (32, 32))], text=[generation_prompt(processor, "Describe it.")],
                        return_tensors="pt")
@@ -36,7 +36,7 @@ def test_llava15_config_loads_a_saved_checkpoint(tiny_models, tmp_path):
 
 
 def test_chat_template_keeps_the_raw_prompt_once(tiny_models):
-    _, processor = load_llava(tiny_models.llava)
+    _, processor = load_model(tiny_models.llava)
     text = generation_prompt(processor, "Describe the image.")
     assert text == "USER: <image>\nDescribe the image. ASSISTANT:"
 

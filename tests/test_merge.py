@@ -17,7 +17,7 @@ from csr.data.tiny import write_tiny_prompts
 from csr.dpo.lora import save_adapter, wrap_lora
 from csr.errors import CSRError
 from csr.merge import UpdateStats, check_logps, run_merge, stored_update
-from csr.models.llava import load_llava, save_llava
+from csr.models.checkpoint import load_model, save_model
 
 LORA = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
 
@@ -66,8 +66,8 @@ def _iteration(tmp_path: Path, base: str, b_std: float, seed: int = 0) -> tuple[
     pairs = [{"id": p["id"], "image": p["image"], "prompt": "Describe the image.", "chosen": " A red square.",
               "rejected": " A blue star and a moon."} for p in prompts]
     (d / "pairs.jsonl").write_text("".join(json.dumps(p) + "\n" for p in pairs))
-    model, _ = load_llava(base)
-    policy = wrap_lora(model, 8, 16, 0.0, LORA, train_projector=False)
+    model, _ = load_model(base)
+    policy = wrap_lora(model, 8, 16, 0.0, LORA, projector=None)
     torch.manual_seed(seed)
     with torch.no_grad():
         for name, param in policy.named_parameters():
@@ -79,15 +79,15 @@ def _iteration(tmp_path: Path, base: str, b_std: float, seed: int = 0) -> tuple[
 
 def _bf16_base(tiny_models, tmp_path: Path) -> str:
     """The tiny LLaVA stored in bfloat16, as llava-1.5-7b-hf is stored in 16 bits."""
-    model, processor = load_llava(tiny_models.llava)
+    model, processor = load_model(tiny_models.llava)
     out = tmp_path / "base_bf16"
-    save_llava(model.to(torch.bfloat16), processor, str(out))
+    save_model(model.to(torch.bfloat16), processor, str(out))
     return str(out)
 
 
 def _true_updates(base: str, adapter: Path) -> dict[str, torch.Tensor]:
     """name -> float32 delta of every LoRA layer (B A * scale, computed in float32)."""
-    model = PeftModel.from_pretrained(load_llava(base)[0], str(adapter))
+    model = PeftModel.from_pretrained(load_model(base)[0], str(adapter))
     out = {}
     for name, module in model.named_modules():
         if hasattr(module, "lora_A") and "default" in module.lora_A:
@@ -113,7 +113,7 @@ def _kept(updates: dict, before: dict, after: dict) -> tuple[int, int, float]:
 
 def _weights(path: Path) -> dict[str, torch.Tensor]:
     """The checkpoint's weights loaded exactly (float32 holds bfloat16 values exactly)."""
-    return load_llava(str(path))[0].state_dict()
+    return load_model(str(path))[0].state_dict()
 
 
 def _file_dtypes(path: Path) -> set[torch.dtype]:
@@ -129,11 +129,11 @@ def test_paper_sized_update_is_lost_by_a_bf16_merge_and_kept_by_ours(tiny_models
     before = _weights(Path(base))
 
     # The old merge: base loaded in model.dtype (bfloat16), merged and saved there.
-    old = PeftModel.from_pretrained(load_llava(base, dtype="bfloat16")[0], str(d / "adapter")).merge_and_unload()
+    old = PeftModel.from_pretrained(load_model(base, dtype="bfloat16")[0], str(d / "adapter")).merge_and_unload()
     elements, lost, cosine = _kept(updates, before, old.state_dict())
     assert lost / elements > 0.5 and cosine < 0.9  # measured: 0.867 of the elements lost, cosine 0.512
 
-    stats = run_merge(base, d, OmegaConf.create({"dtype": "bfloat16", "attn_implementation": "sdpa"}), "cpu", images)
+    stats = run_merge(base, d, OmegaConf.create({"family": "llava", "dtype": "bfloat16", "attn_implementation": "sdpa"}), "cpu", images)
     after = _weights(d / "merged")
     elements_new, lost_new, cosine_new = _kept(updates, before, after)
     assert stats["save_dtype"] == "float32" and _file_dtypes(d / "merged") == {torch.float32}
@@ -151,7 +151,7 @@ def test_paper_sized_update_is_lost_by_a_bf16_merge_and_kept_by_ours(tiny_models
 def test_a_large_update_survives_bf16_and_is_saved_in_model_dtype(tiny_models, tmp_path):
     base = _bf16_base(tiny_models, tmp_path)
     d, images = _iteration(tmp_path, base, b_std=3e-2)  # |delta| ~1e-2: bfloat16 keeps it
-    stats = run_merge(base, d, OmegaConf.create({"dtype": "bfloat16", "attn_implementation": "sdpa"}), "cpu", images)
+    stats = run_merge(base, d, OmegaConf.create({"family": "llava", "dtype": "bfloat16", "attn_implementation": "sdpa"}), "cpu", images)
     assert stats["save_dtype"] == "bfloat16" and stats["update/lost_fraction_saved"] < 0.01
     assert _file_dtypes(d / "merged") == {torch.bfloat16}
     assert stats["check/passed"]  # on the bfloat16 weights as saved
@@ -159,9 +159,9 @@ def test_a_large_update_survives_bf16_and_is_saved_in_model_dtype(tiny_models, t
 
 def test_float32_merge_writes_what_the_old_merge_wrote(tiny_models, tmp_path):
     d, images = _iteration(tmp_path, tiny_models.llava, b_std=1e-2)
-    stats = run_merge(tiny_models.llava, d, OmegaConf.create({"dtype": "float32", "attn_implementation": "sdpa"}),
+    stats = run_merge(tiny_models.llava, d, OmegaConf.create({"family": "llava", "dtype": "float32", "attn_implementation": "sdpa"}),
                       "cpu", images)
-    old = PeftModel.from_pretrained(load_llava(tiny_models.llava)[0], str(d / "adapter")).merge_and_unload()
+    old = PeftModel.from_pretrained(load_model(tiny_models.llava)[0], str(d / "adapter")).merge_and_unload()
     saved = load_file(d / "merged" / "model.safetensors")
     assert all(torch.equal(saved[k], v) for k, v in old.state_dict().items() if k in saved)
     assert stats["save_dtype"] == "float32" and stats["update/lost_fraction_saved"] == 0.0
@@ -176,6 +176,6 @@ def test_a_wrong_merge_is_refused_and_not_saved(tiny_models, tmp_path, monkeypat
 
     monkeypatch.setattr(LoraLinear, "get_delta_weight", doubled)
     with pytest.raises(CSRError, match="merged model's log-probs differ from the adapter model's"):
-        run_merge(tiny_models.llava, d, OmegaConf.create({"dtype": "float32", "attn_implementation": "sdpa"}),
+        run_merge(tiny_models.llava, d, OmegaConf.create({"family": "llava", "dtype": "float32", "attn_implementation": "sdpa"}),
                   "cpu", images)
     assert not (d / "merged").exists()

@@ -1,4 +1,4 @@
-"""Tiny checkpoints go through the same loaders as real ones: load_llava / load_clip."""
+"""Tiny checkpoints go through the same loaders as real ones: load_model / load_clip."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ from PIL import Image
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from csr.errors import CSRError
+from csr.models.checkpoint import load_model, save_model, special_token_ids
 from csr.models.clip import RANDOM_WEIGHTS, ClipScorer, load_clip
-from csr.models.llava import load_llava, save_llava, special_token_ids
 from csr.models.tiny import CLIP_CONFIG, TinyPaths, build_tiny, main
 
 PROMPT = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Describe the image."}]}]
@@ -23,7 +23,7 @@ TEXTS = ["There is a red circle in the top left.", "A blue dog.  Two spaces. End
 
 @pytest.fixture(scope="module")
 def llava(tiny_models: TinyPaths):
-    return load_llava(tiny_models.llava, dtype="float32")
+    return load_model(tiny_models.llava, dtype="float32")
 
 
 @pytest.fixture(scope="module")
@@ -72,35 +72,36 @@ def test_special_token_ids(llava) -> None:
     assert tokenizer.eos_token_id not in ids
 
 
-def test_save_llava_round_trip(llava, tmp_path: Path) -> None:
+def test_save_model_round_trip(llava, tmp_path: Path) -> None:
     model, processor = llava
-    save_llava(model, processor, str(tmp_path))
-    model2, _ = load_llava(str(tmp_path))
+    save_model(model, processor, str(tmp_path))
+    model2, _ = load_model(str(tmp_path))
     batch = processor(images=_image(), text=processor.apply_chat_template(PROMPT), return_tensors="pt")
     with torch.no_grad():
         assert torch.equal(model(**batch).logits, model2(**batch).logits)
 
 
-def test_load_llava_errors(tmp_path: Path, tiny_models: TinyPaths) -> None:
+def test_load_model_errors(tmp_path: Path, tiny_models: TinyPaths) -> None:
     missing = str(tmp_path / "no-such-model")
     with pytest.raises(CSRError, match="no-such-model"):
-        load_llava(missing)
+        load_model(missing)
     with pytest.raises(CSRError, match="not-an-org/not-a-model"):
-        load_llava("not-an-org/not-a-model")
+        load_model("not-an-org/not-a-model")
     llama_dir = tmp_path / "llama"
     config = LlamaConfig(
         vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2
     )
     LlamaForCausalLM(config).save_pretrained(llama_dir)
-    with pytest.raises(CSRError, match=r"llama.*model_type='llama'"):
-        load_llava(str(llama_dir))
+    with pytest.raises(CSRError, match=r"llama.*model_type='llama', which no csr family loads \(families: llava, "
+                       r"llava_next, .*gemma3"):
+        load_model(str(llama_dir))
     config_only = tmp_path / "config-only"
     config_only.mkdir()
     shutil.copy(os.path.join(tiny_models.llava, "config.json"), config_only)
     with pytest.raises(CSRError, match="incomplete checkpoint"):
-        load_llava(str(config_only))
+        load_model(str(config_only))
     with pytest.raises(CSRError, match="model.dtype"):
-        load_llava(tiny_models.llava, dtype="float8")
+        load_model(tiny_models.llava, dtype="float8")
 
 
 def test_build_tiny_is_idempotent(tiny_models: TinyPaths, capsys: pytest.CaptureFixture[str]) -> None:

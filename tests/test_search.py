@@ -11,8 +11,8 @@ from csr.data.images import load_image
 from csr.data.prompts import load_prompts
 from csr.data.tiny import write_tiny_prompts
 from csr.models.chat import generation_prompt
+from csr.models.checkpoint import load_model, special_token_ids
 from csr.models.clip import ClipScorer, load_clip
-from csr.models.llava import load_llava, special_token_ids
 from csr.reward.tree import Node, path_to
 from csr.search.stage import build_module
 
@@ -25,7 +25,7 @@ def setup(tiny_models, tmp_path_factory):
     cfg.model.path = tiny_models.llava
     cfg.data.prompt_file, cfg.data.image_root = str(data / "prompts.json"), str(data / "images")
     cfg.search.max_sentences, cfg.search.max_new_tokens_per_sentence, cfg.search.max_answer_tokens = 3, 4, 10
-    model, processor = load_llava(tiny_models.llava)
+    model, processor = load_model(tiny_models.llava)
     scorer = ClipScorer(load_clip(tiny_models.clip_arch, tiny_models.clip_weights, tiny_models.clip_config))
     prompts, _ = load_prompts(cfg.data.prompt_file, cfg.data.image_root)
     return cfg, model, processor, scorer, prompts

@@ -18,8 +18,9 @@ from reference_search import (
 from csr.data.images import load_image
 from csr.data.prompts import load_prompts
 from csr.data.tiny import write_tiny_prompts
+from csr.models.checkpoint import load_model, special_token_ids
 from csr.models.clip import ClipScorer, load_clip
-from csr.models.llava import load_llava, special_token_ids
+from csr.models.families import get_family
 from csr.reward.tree import FINISH_DELIMITER, FINISH_TOKENS, Node
 from csr.search import kv
 from csr.search.decode import DecodeSettings, _diverse_greedy
@@ -30,7 +31,7 @@ from csr.search.engine import SearchSettings, TreeSearch, prefill
 def setup(tiny_models, tmp_path_factory):
     data = tmp_path_factory.mktemp("data")
     write_tiny_prompts(data, n=3)  # the three prompt templates: three prompt lengths
-    model, processor = load_llava(tiny_models.llava)
+    model, processor = load_model(tiny_models.llava)
     clip = load_clip(tiny_models.clip_arch, tiny_models.clip_weights, tiny_models.clip_config)
     records, _ = load_prompts(str(data / "prompts.json"), str(data / "images"))
     images = [load_image(str(data / "images"), r.image) for r in records]
@@ -43,7 +44,7 @@ def setup(tiny_models, tmp_path_factory):
     # With random weights '.' hardly ever comes, so a quarter of the vocabulary ends a sentence: rows
     # then finish at different steps (delimiter, peek, cap, budget) and answers differ in length.
     decode = DecodeSettings(
-        strategy="diverse_greedy", eos_id=tok.eos_token_id, delimiter_ids=frozenset(range(0, len(tok), 4)),
+        strategy="diverse_greedy", end_ids=frozenset({tok.eos_token_id}), delimiter_ids=frozenset(range(0, len(tok), 4)),
         suppress_ids=special_token_ids(processor), max_new_tokens=5,
     )
     inputs = ([r.prompt for r in records], images, [r.image for r in records])
@@ -52,7 +53,7 @@ def setup(tiny_models, tmp_path_factory):
 
 def fast(setup, **caps) -> list[list[Node]]:
     model, processor, clip, search, decode, inputs = setup
-    return TreeSearch(model, processor, replace(search, **caps), decode, ClipScorer(clip).relevance).search(*inputs)
+    return TreeSearch(model, processor, get_family("llava"), replace(search, **caps), decode, ClipScorer(clip).relevance).search(*inputs)
 
 
 def assert_same(a: list[list[Node]], b: list[list[Node]]) -> None:
@@ -73,7 +74,7 @@ def test_fast_engine_writes_the_reference_trees(setup):
 
 def test_the_edge_cases_are_exercised(setup):
     *_, inputs = setup
-    prefix = prefill(setup[0], setup[1], inputs[0], inputs[1])
+    prefix = prefill(setup[0], setup[1], get_family("llava"), inputs[0], inputs[1])
     assert len(set(prefix.length.tolist())) > 1  # prompts of different lengths: left padding in the batch
     trees = fast(setup)
     finishes = {n.finish for t in trees for n in t[1:]}
@@ -88,7 +89,7 @@ def test_batching_changes_nothing(setup):
     together = fast(setup)
     assert_same(together, fast(setup, max_batch_rows=search.candidates_per_step))  # one node per batch
     assert_same(together, fast(setup, max_batch_tokens=1))  # the token cap also leaves one node per batch
-    engine = TreeSearch(model, processor, search, decode, ClipScorer(clip).relevance)
+    engine = TreeSearch(model, processor, get_family("llava"), search, decode, ClipScorer(clip).relevance)
     alone = [engine.search(*(x[i : i + 1] for x in inputs))[0] for i in range(len(inputs[0]))]
     assert_same(together, alone)
 
@@ -110,7 +111,7 @@ def test_when_finished_rows_leave_the_batch_changes_nothing(setup, fraction, mon
     monkeypatch.setattr(kv, "keep_rows", lambda cache, rows: compactions.append(len(rows)) or keep_rows(cache, rows))
     default = fast(setup)
     by_default = len(compactions)
-    other = TreeSearch(model, processor, search, replace(decode, compact_fraction=fraction), ClipScorer(clip).relevance)
+    other = TreeSearch(model, processor, get_family("llava"), search, replace(decode, compact_fraction=fraction), ClipScorer(clip).relevance)
     assert_same(default, other.search(*inputs))
     if fraction == 0.0:
         assert len(compactions) > 2 * by_default > 0  # it did compact more often

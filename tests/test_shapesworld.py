@@ -112,10 +112,10 @@ def test_shapesworld_evaluator_scores_its_answers_and_records_its_settings(tmp_p
     from csr.eval.generate import image_set
     from csr.eval.pope import pope_metrics, read_pope_questions, yes_no
     from csr.io import read_jsonl
-    from csr.models.llava import load_llava
+    from csr.models.checkpoint import load_model
     from csr.worlds.shapesworld.evaluate import evaluate_shapesworld
 
-    model, processor = load_llava(str(ASSETS / "shapesworld" / "llava"))
+    model, processor = load_model(str(ASSETS / "shapesworld" / "llava"))
     cfg = OmegaConf.structured(EvalConfig)
     cfg.shapesworld.root, cfg.limit, cfg.shapesworld.pope_images, cfg.max_new_tokens, cfg.batch_size = str(tmp_path), 24, 8, 96, 24
     out = tmp_path / "out"

@@ -17,8 +17,8 @@ from PIL import Image
 from csr.config import ASSETS
 from csr.eval.chair import chair_scores
 from csr.models.chat import generation_prompt
+from csr.models.checkpoint import load_model, special_token_ids
 from csr.models.clip import ClipScorer, load_clip
-from csr.models.llava import load_llava, special_token_ids
 from csr.worlds.shapesworld.scenes import Obj, make
 from csr.worlds.shapesworld.splits import ensure_split, ground_truth
 from csr.worlds.shapesworld.text import sentence
@@ -31,7 +31,7 @@ BASE_CHAIR_S = (0.2, 0.5)  # measured 0.25 on this 80-image slice
 
 
 def test_base_model_hallucinates_in_the_documented_range(tmp_path):
-    model, processor = load_llava(str(LLAVA))
+    model, processor = load_model(str(LLAVA))
     split = ensure_split(tmp_path, "test", 80)
     truth = ground_truth(split)
     ids = sorted(truth)

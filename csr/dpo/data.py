@@ -12,7 +12,8 @@ from csr.data.image_hash import file_sha256
 from csr.data.images import load_image
 from csr.data.prompts import resolve_image_path
 from csr.errors import CSRError
-from csr.models.chat import IGNORE, generation_prompt
+from csr.models.chat import IGNORE
+from csr.models.families.base import Family
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +49,10 @@ def check_images(pairs: list[dict], image_root: str) -> list[str]:
 
 
 class PairDataset(Dataset):
-    def __init__(self, pairs: list[dict], processor: Any, image_root: str, ref_logps: list[tuple[float, float]] | None = None):
+    def __init__(self, pairs: list[dict], processor: Any, image_root: str, family: Family,
+                 ref_logps: list[tuple[float, float]] | None = None):
         self.pairs, self.processor, self.image_root, self.ref_logps = pairs, processor, image_root, ref_logps
+        self.family = family
 
     def __len__(self) -> int:
         return len(self.pairs)
@@ -60,18 +63,21 @@ class PairDataset(Dataset):
             image = load_image(self.image_root, pair["image"])
         except CSRError as err:
             raise CSRError(f"pair id={pair['id']!r}: {err}") from None
-        inputs = self.processor(images=[image], text=[generation_prompt(self.processor, pair["prompt"])], return_tensors="pt")
-        tok = self.processor.tokenizer
+        family, tok = self.family, self.processor.tokenizer
+        inputs = family.encode(self.processor, [family.chat_prompt(self.processor, pair["prompt"])], [image])
+        end = family.answer_end_id(self.processor)  # the chat template's end of turn
 
         def answer(text: str) -> list[int]:
-            return tok(text, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+            return tok(text, add_special_tokens=False)["input_ids"] + [end]
 
         item = {
             "id": pair["id"],
             "prompt_ids": inputs["input_ids"][0].tolist(),
             "chosen_ids": answer(pair["chosen"]),
             "rejected_ids": answer(pair["rejected"]),
-            "pixel_values": inputs["pixel_values"][0],
+            # token types of the prompt (text 0 / image): answers and padding are text
+            "prompt_types": {key: inputs[key][0].tolist() for key in family.token_keys},
+            "image": {key: inputs[key] for key in family.image_keys if key in inputs},  # batch dim 1
         }
         if self.ref_logps is not None:
             item["ref_chosen"], item["ref_rejected"] = self.ref_logps[i]
@@ -80,19 +86,23 @@ class PairDataset(Dataset):
 
 def collate(items: list[dict], pad_id: int) -> dict[str, Any]:
     """Chosen rows first, then rejected rows (one concatenated forward), right-padded; one image per
-    pair (both rows of a pair share it: the vision tower runs once per image)."""
-    sequences, labels = [], []
+    pair (both rows of a pair share it: the vision tower runs once per image). `image` holds the
+    family's image inputs of the pairs, `types` its token types per row."""
+    sequences, labels, types = [], [], {key: [] for key in items[0]["prompt_types"]}
     for side in ("chosen_ids", "rejected_ids"):
         for item in items:
             sequences.append(item["prompt_ids"] + item[side])
             labels.append([IGNORE] * len(item["prompt_ids"]) + item[side])
+            for key, prompt_types in item["prompt_types"].items():
+                types[key].append(prompt_types + [0] * len(item[side]))
     width = max(len(s) for s in sequences)
     batch = {
         "ids": [item["id"] for item in items],
         "input_ids": torch.tensor([s + [pad_id] * (width - len(s)) for s in sequences]),
         "attention_mask": torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in sequences]),
         "labels": torch.tensor([lab + [IGNORE] * (width - len(lab)) for lab in labels]),
-        "pixel_values": torch.stack([item["pixel_values"] for item in items]),
+        "types": {key: torch.tensor([t + [0] * (width - len(t)) for t in rows]) for key, rows in types.items()},
+        "image": {key: concat_padded([item["image"][key] for item in items]) for key in items[0]["image"]},
     }
     # Answer tokens (+ EOS) per completion: what IPO's per-token form divides by (TRL's completion mask).
     batch["chosen_lengths"] = torch.tensor([len(item["chosen_ids"]) for item in items])
@@ -101,6 +111,24 @@ def collate(items: list[dict], pad_id: int) -> dict[str, Any]:
         batch["ref_chosen"] = torch.tensor([item["ref_chosen"] for item in items])
         batch["ref_rejected"] = torch.tensor([item["ref_rejected"] for item in items])
     return batch
+
+
+def concat_padded(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """One tensor from per-example processor outputs: each zero-padded in every dim after the first to
+    the largest, then concatenated on dim 0. Tiling families pad a batch's images to its most crops
+    (and drop all-zero crops again); patch-list families (Qwen) only concatenate."""
+    shape = [max(t.shape[d] for t in tensors) for d in range(1, tensors[0].dim())]
+    padded = []
+    for t in tensors:
+        pad = [p for d in reversed(range(1, t.dim())) for p in (0, shape[d - 1] - t.shape[d])]
+        padded.append(torch.nn.functional.pad(t, pad) if any(pad) else t)
+    return torch.cat(padded)
+
+
+def to_device(batch: dict, device: torch.device | str) -> dict:
+    """`batch` with every tensor (nested dicts included) on `device`."""
+    return {k: to_device(v, device) if isinstance(v, dict) else v.to(device) if isinstance(v, torch.Tensor) else v
+            for k, v in batch.items()}
 
 
 def answer_positions(labels: torch.Tensor) -> torch.Tensor:

@@ -9,17 +9,16 @@ from peft import LoraConfig, get_peft_model
 
 from csr.io import replace_dir, safetensors_write_errors
 
-PROJECTOR = "multi_modal_projector"
 
-
-def wrap_lora(model, r: int, alpha: int, dropout: float, target_modules: str, train_projector: bool):
+def wrap_lora(model, r: int, alpha: int, dropout: float, target_modules: str, projector: str | None):
     """LoRA on the language model's linear layers (regex); everything else frozen.
 
-    `train_projector` trains the projector fully (the reference code did), saved with the adapter.
+    `projector` (the family's projector module, with dpo.train_projector) is trained fully (the
+    reference code did) and saved with the adapter; merge writes it into the checkpoint.
     """
     config = LoraConfig(
         r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=target_modules,
-        modules_to_save=[PROJECTOR] if train_projector else None, task_type=None,
+        modules_to_save=[projector] if projector else None, task_type=None,
     )
     return get_peft_model(model, config)
 

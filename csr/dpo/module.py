@@ -12,24 +12,31 @@ from csr.dpo.data import answer_positions, sequence_logps
 from csr.dpo.loss import dpo_loss, reward_metrics
 from csr.dpo.schedule import lr_factor
 from csr.errors import CSRError
+from csr.models.families.base import Family, feature_list
 
 
-def concatenated_logps(model: torch.nn.Module, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+def concatenated_logps(model: torch.nn.Module, batch: dict, family: Family) -> tuple[torch.Tensor, torch.Tensor]:
     """Chosen and rejected answers' summed log-probs from one forward over both halves of the batch.
 
     The vision tower and projector run once per pair's image (its two rows share it) and the LM head
     only at answer positions; both equal the full computation to the bit (tests/test_dpo_memory.py).
     """
-    images = model.get_image_features(pixel_values=batch["pixel_values"].to(next(model.parameters()).dtype))
+    image = family.image_inputs(batch["image"], next(model.parameters()).dtype)
+    images = model.get_image_features(**image)
     # A fresh output holding only the features: the tower's hidden states are freed before the LM runs.
-    shared = BaseModelOutputWithPooling(pooler_output=list(images.pooler_output) * 2)
+    shared = BaseModelOutputWithPooling(pooler_output=feature_list(images) * 2)
     del images
+    # What the LM still needs of the images besides their features (Qwen's grids give its positions),
+    # once per row: chosen rows, then rejected rows, as the features.
+    again = {key: torch.cat([image[key], image[key]]) for key in family.forward_keys if key in image}
     out = model(
         input_ids=batch["input_ids"],
         attention_mask=batch["attention_mask"],
         mm_encoder_outputs={"image": shared},
         logits_to_keep=answer_positions(batch["labels"]),
         use_cache=False,
+        **again,
+        **batch["types"],
     )
     logps = sequence_logps(out.logits, batch["labels"])
     half = logps.shape[0] // 2
@@ -37,11 +44,11 @@ def concatenated_logps(model: torch.nn.Module, batch: dict) -> tuple[torch.Tenso
 
 
 class DPOModule(pl.LightningModule):
-    def __init__(self, policy, reference: str, ref_model: torch.nn.Module | None, *, beta: float, loss: str,
+    def __init__(self, policy, reference: str, ref_model: torch.nn.Module | None, family: Family, *, beta: float, loss: str,
                  label_smoothing: float, ipo_form: str, lr: float, weight_decay: float, scheduler: str, warmup_ratio: float,
                  total_steps: int):
         super().__init__()
-        self.policy, self.reference, self.ref_model = policy, reference, ref_model
+        self.policy, self.reference, self.ref_model, self.family = policy, reference, ref_model, family
         self.beta, self.loss_type, self.label_smoothing, self.ipo_form = beta, loss, label_smoothing, ipo_form
         self.lr, self.weight_decay, self.scheduler = lr, weight_decay, scheduler
         self.warmup_steps = math.ceil(warmup_ratio * total_steps)
@@ -70,11 +77,11 @@ class DPOModule(pl.LightningModule):
         with torch.no_grad():
             if self.reference == "adapter_disabled":
                 with self.policy.disable_adapter():
-                    return concatenated_logps(self.policy, batch)
-            return concatenated_logps(self.ref_model, batch)
+                    return concatenated_logps(self.policy, batch, self.family)
+            return concatenated_logps(self.ref_model, batch, self.family)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        policy_chosen, policy_rejected = concatenated_logps(self.policy, batch)
+        policy_chosen, policy_rejected = concatenated_logps(self.policy, batch, self.family)
         ref_chosen, ref_rejected = self.reference_logps(batch)
         losses, chosen_rewards, rejected_rewards = dpo_loss(
             policy_chosen, policy_rejected, ref_chosen.to(policy_chosen), ref_rejected.to(policy_chosen),

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from csr.distributed import barrier, is_global_zero
-from csr.dpo.data import PairDataset, collate
+from csr.dpo.data import PairDataset, collate, to_device
 from csr.dpo.module import concatenated_logps
 from csr.io import atomic_write_json, read_json, read_jsonl
 from csr.predict import RecordPredictor, predict_to_jsonl
@@ -108,8 +108,7 @@ class ReferenceModule(RecordPredictor):
 
     def predict_step(self, batch: list[dict], batch_idx: int = 0) -> list[dict]:
         tensors = collate([self.dataset[item["index"]] for item in batch], self.pad_id)
-        tensors = {k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in tensors.items()}
-        chosen, rejected = concatenated_logps(self.model, tensors)
+        chosen, rejected = concatenated_logps(self.model, to_device(tensors, self.device), self.dataset.family)
         return [{"key": item["key"], "id": self.dataset.pairs[item["index"]]["id"], "chosen": c, "rejected": r}
                 for item, c, r in zip(batch, chosen.tolist(), rejected.tolist(), strict=True)]
 

@@ -20,7 +20,8 @@ from csr.dpo.lora import wrap_lora
 from csr.dpo.module import DPOModule
 from csr.dpo.reference import pair_key, precompute_reference, reference_settings
 from csr.io import read_jsonl
-from csr.models.llava import load_llava
+from csr.models.checkpoint import load_model
+from csr.models.families import get_family
 from csr.progress import bar_callbacks
 from csr.signals import StopOnSignal
 
@@ -46,11 +47,13 @@ def run_dpo(*, model_path: str, pairs_path: Path, adapter_dir: Path, image_root:
         return {"pairs": 0, "steps": 0}
     digests = check_images(pairs, image_root)  # before any model loads: a changed image stops here
     pl.seed_everything(dpo_cfg.seed, workers=True)
-    model, processor = load_llava(model_path, dtype=model_cfg.dtype, attn_implementation=model_cfg.attn_implementation)
+    family = get_family(model_cfg.family)
+    model, processor = load_model(model_path, family=model_cfg.family, dtype=model_cfg.dtype,
+                                  attn_implementation=model_cfg.attn_implementation)
     pad_id = processor.tokenizer.pad_token_id
     ref_model, ref_logps = None, None
     if dpo_cfg.reference == "precomputed":
-        dataset = PairDataset(pairs, processor, image_root)
+        dataset = PairDataset(pairs, processor, image_root, family)
         keys = [pair_key(p, d) for p, d in zip(pairs, digests, strict=True)]
         predict_kwargs = reference_trainer_kwargs(trainer_kwargs)
         settings = reference_settings(model_path, model_cfg.dtype, model_cfg.attn_implementation,
@@ -70,8 +73,9 @@ def run_dpo(*, model_path: str, pairs_path: Path, adapter_dir: Path, image_root:
         # Non-reentrant: gradients reach LoRA's weights without the inputs requiring grad.
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     lora = dpo_cfg.lora
-    policy = wrap_lora(model, lora.r, lora.alpha, lora.dropout, lora.target_modules, dpo_cfg.train_projector)
-    dataset = PairDataset(pairs, processor, image_root, ref_logps)
+    targets = lora.target_modules or family.lora_targets()
+    policy = wrap_lora(model, lora.r, lora.alpha, lora.dropout, targets, family.projector if dpo_cfg.train_projector else None)
+    dataset = PairDataset(pairs, processor, image_root, family, ref_logps)
     kwargs = dict(trainer_kwargs)  # a caller's callbacks (a benchmark's timer) run beside csr's own
     callbacks = [StopOnSignal(), SaveAdapter(policy, adapter_dir), *bar_callbacks(kwargs, "pair batches"),
                  *kwargs.pop("callbacks", [])]
@@ -91,7 +95,7 @@ def run_dpo(*, model_path: str, pairs_path: Path, adapter_dir: Path, image_root:
     per_rank = math.ceil(math.ceil(len(dataset) / world_size) / dpo_cfg.batch_size)
     steps = math.ceil(per_rank / dpo_cfg.grad_accumulation) * dpo_cfg.epochs
     module = DPOModule(
-        policy, dpo_cfg.reference, ref_model, beta=dpo_cfg.beta, loss=dpo_cfg.loss,
+        policy, dpo_cfg.reference, ref_model, family, beta=dpo_cfg.beta, loss=dpo_cfg.loss,
         label_smoothing=dpo_cfg.label_smoothing, ipo_form=dpo_cfg.ipo_form, lr=dpo_cfg.lr,
         weight_decay=dpo_cfg.weight_decay, scheduler=dpo_cfg.scheduler, warmup_ratio=dpo_cfg.warmup_ratio, total_steps=steps,
     )

@@ -19,8 +19,9 @@ from csr.data.images import load_image
 from csr.data.prompts import PromptRecord, load_prompts
 from csr.errors import CSRError
 from csr.io import read_jsonl
-from csr.models.chat import drop_overlong, generation_prompt
-from csr.models.llava import special_token_ids
+from csr.models.chat import drop_overlong
+from csr.models.checkpoint import special_token_ids
+from csr.models.families import family_for
 from csr.predict import RecordPredictor, predict_to_jsonl
 
 log = logging.getLogger(__name__)
@@ -37,7 +38,9 @@ class GenerateModule(RecordPredictor):
         self.policy, self.processor, self.image_root = model, processor, image_root
         self.max_new_tokens, self.scorer = max_new_tokens, scorer
         self.on_error, self.source = on_error, source  # source: the input file, named in errors
-        self.suppress = special_token_ids(processor)
+        self.family = family_for(model)
+        self.end_ids = self.family.end_token_ids(processor, model)
+        self.suppress = special_token_ids(processor, self.end_ids)
 
     def predict_step(self, batch: list[PromptRecord], batch_idx: int = 0) -> list[dict]:
         good, images, out = [], [], {}
@@ -58,19 +61,20 @@ class GenerateModule(RecordPredictor):
 
     @torch.inference_mode()
     def answer(self, batch: list[PromptRecord], images: list) -> list[dict]:
-        texts = [generation_prompt(self.processor, p.prompt) for p in batch]
-        inputs = self.processor(images=images, text=texts, return_tensors="pt", padding=True)
-        inputs["pixel_values"] = inputs["pixel_values"].to(self.policy.dtype)
+        family = self.family
+        inputs = family.encode(self.processor, [family.chat_prompt(self.processor, p.prompt) for p in batch], images)
+        inputs.update(family.image_inputs(inputs, self.policy.dtype))
         tok = self.processor.tokenizer
         out = self.policy.generate(
             **inputs, do_sample=False, max_new_tokens=self.max_new_tokens,  # counts answer tokens only
-            eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, suppress_tokens=self.suppress,
+            eos_token_id=sorted(self.end_ids), pad_token_id=tok.pad_token_id, suppress_tokens=self.suppress,
         )
         records = []
         for prompt, image, row in zip(batch, images, out[:, inputs["input_ids"].shape[1]:], strict=True):
             ids = row.tolist()
-            ended = tok.eos_token_id in ids
-            ids = ids[: ids.index(tok.eos_token_id)] if ended else [t for t in ids if t != tok.pad_token_id]
+            end = next((i for i, t in enumerate(ids) if t in self.end_ids), None)
+            ended = end is not None
+            ids = ids[:end] if ended else [t for t in ids if t != tok.pad_token_id]
             answer = tok.decode(ids, skip_special_tokens=True)
             record = {"id": prompt.id, "image": prompt.image, "prompt": prompt.prompt, "answer": answer,
                       "answer_tokens": len(ids), "finish": "eos" if ended else "max_new_tokens"}
@@ -123,7 +127,8 @@ def generate_answers(model, processor, scorer, records: list[PromptRecord], imag
     `source` (the input file) and the record, or with on_error="skip" is left out and counted.
     With `scorer` each answer also gets its R_I; the evaluators all answer through here."""
     source = source or f"{out_path.parent.name} eval prompts"
-    records, too_long = drop_overlong(records, processor, model, max_new_tokens, on_error, source)
+    records, too_long = drop_overlong(records, processor, model, family_for(model), image_root, max_new_tokens,
+                                      on_error, source)
     module = GenerateModule(model, processor, str(image_root), max_new_tokens, scorer, on_error, str(source))
     module.counts = f"{out_path.stem} batches"  # an evaluator may write several files
     predict_to_jsonl(module, records, out_path, batch_size=batch_size, trainer_kwargs=trainer_kwargs)

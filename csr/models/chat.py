@@ -5,6 +5,9 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from PIL import Image
+
+from csr.data.prompts import resolve_image_path
 from csr.errors import CSRError
 
 # The label of positions no loss is taken on (prompt, image, padding): torch's cross_entropy ignore_index.
@@ -28,28 +31,41 @@ def context_length(model: Any) -> int | None:
     return getattr(model.config.get_text_config(), "max_position_embeddings", None)
 
 
-def prompt_tokens(processor: Any, prompt: str, image_tokens: int) -> int:
-    """Tokens the model reads for one prompt: the templated text, its <image> expanded."""
-    return len(processor.tokenizer(generation_prompt(processor, prompt)).input_ids) + image_tokens - 1
-
-
-def drop_overlong(records: list, processor: Any, model: Any, answer_tokens: int, on_error: str,
-                  source: str) -> tuple[list, int]:
-    """Records whose prompt plus `answer_tokens` fit the model's context; the rest raise (naming
-    `source` and the record) or, with on_error="skip", are dropped and counted."""
+def drop_overlong(records: list, processor: Any, model: Any, family: Any, image_root: str, answer_tokens: int,
+                  on_error: str, source: str) -> tuple[list, int]:
+    """Records whose prompt (its image's real token count included) plus `answer_tokens` fit the
+    model's context; the rest raise (naming `source` and the record) or, with on_error="skip", are
+    dropped and counted. An image costs what the processor makes of its size (tiling and dynamic
+    resolution families), so each distinct size is measured once on a blank image of that size."""
     limit = context_length(model)
     if limit is None:
         return records, 0
-    image_tokens = getattr(model.config, "image_seq_length", 1)
+    image_cost: dict[tuple[int, int], int] = {}
+    probe = "x"
+    probe_text = len(processor.tokenizer(family.chat_prompt(processor, probe)).input_ids)
     kept = []
     for record in records:
-        n = prompt_tokens(processor, record.prompt, image_tokens)
+        size = _image_size(image_root, record.image)
+        if size not in image_cost:  # the image's tokens: a prompt's length with it, less the text's
+            image_cost[size] = family.prompt_length(processor, probe, Image.new("RGB", size)) - probe_text
+        n = len(processor.tokenizer(family.chat_prompt(processor, record.prompt)).input_ids) + image_cost[size]
         if n + answer_tokens <= limit:
             kept.append(record)
             continue
-        message = (f"{source}: record id={record.id!r}: prompt is {n} tokens (with {image_tokens} image tokens); "
-                   f"with up to {answer_tokens} answer tokens it exceeds the model context of {limit}")
+        message = (f"{source}: record id={record.id!r}: prompt is {n} tokens (its image {size[0]}x{size[1]} is "
+                   f"{image_cost[size] + 1} of them); with up to {answer_tokens} answer tokens it exceeds the model "
+                   f"context of {limit}")
         if on_error != "skip":
             raise CSRError(message)
         log.warning("skipping %s", message)
     return kept, len(records) - len(kept)
+
+
+def _image_size(image_root: str, image: str) -> tuple[int, int]:
+    """An image's (width, height) from its header; (1, 1) where it cannot be read (the stage that loads
+    it names the file; one token short here at worst)."""
+    try:
+        with Image.open(resolve_image_path(image_root, image)) as im:
+            return im.size
+    except (OSError, ValueError):
+        return (1, 1)

@@ -1,7 +1,7 @@
-"""Tiny random-weight LLaVA and open_clip checkpoints, so the whole pipeline runs offline on a CPU.
+"""Tiny random-weight VLM (any family) and open_clip checkpoints, so the whole pipeline runs offline on a CPU.
 
 They are saved in the same formats as real checkpoints and must be loaded back through
-`load_llava` / `load_clip`, so tests exercise the real loading code path.
+`load_model` / `load_clip`, so tests exercise the real loading code path.
 """
 
 from __future__ import annotations
@@ -14,31 +14,13 @@ from dataclasses import asdict, dataclass
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import (
-    CLIPImageProcessor,
-    CLIPVisionConfig,
-    LlamaConfig,
-    LlavaConfig,
-    LlavaForConditionalGeneration,
-    LlavaProcessor,
-    PreTrainedTokenizerFast,
-)
+from transformers import PreTrainedTokenizerFast
 
+from csr.choices import FAMILIES
 from csr.data.tiny import write_tiny_prompts
 from csr.models.clip import load_clip, save_clip
-from csr.models.llava import save_llava
+from csr.models.families import get_family
 
-# The LLaVA-1.5 template from llava-hf: images first, then text, "USER: " / "ASSISTANT:" roles.
-LLAVA_CHAT_TEMPLATE = (
-    "{% for message in messages %}{% if message['role'] != 'system' %}{{ message['role'].upper() + ': '}}"
-    "{% endif %}{% for content in message['content'] | selectattr('type', 'equalto', 'image') %}"
-    "{{ '<image>\n' }}{% endfor %}{% if message['role'] != 'assistant' %}"
-    "{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}"
-    "{{ content['text'] + ' '}}{% endfor %}{% else %}"
-    "{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}"
-    "{% generation %}{{ content['text'] + ' '}}{% endgeneration %}{% endfor %}{% endif %}{% endfor %}"
-    "{% if add_generation_prompt %}{{ 'ASSISTANT:' }}{% endif %}"
-)
 SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<pad>", "<image>"]
 IMAGE_SIZE = 32
 PATCH_SIZE = 8
@@ -110,62 +92,7 @@ def build_tokenizer(corpus: list[str] | None = None, vocab_size: int = 400) -> P
         add_bos_token=True,  # like the Llama tokenizer of LLaVA-1.5
         add_eos_token=False,
     )
-    tokenizer.chat_template = LLAVA_CHAT_TEMPLATE
     return tokenizer
-
-
-def _build_llava(out_dir: str, seed: int) -> None:
-    tokenizer = build_tokenizer()
-    image_token_id = tokenizer.convert_tokens_to_ids("<image>")
-    num_patches = (IMAGE_SIZE // PATCH_SIZE) ** 2
-    config = LlavaConfig(
-        vision_config=CLIPVisionConfig(
-            image_size=IMAGE_SIZE,
-            patch_size=PATCH_SIZE,
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            projection_dim=32,
-        ),
-        text_config=LlamaConfig(
-            vocab_size=len(tokenizer),
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=4,
-            max_position_embeddings=512,
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-        ),
-        image_token_id=image_token_id,  # alias of image_token_index in transformers 5
-        image_seq_length=num_patches,
-        vision_feature_select_strategy="default",
-        vision_feature_layer=-2,
-        projector_hidden_act="gelu",
-    )
-    torch.manual_seed(seed)
-    model = LlavaForConditionalGeneration(config)
-    model.generation_config.bos_token_id = tokenizer.bos_token_id
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    save_llava(model, make_processor(tokenizer, IMAGE_SIZE, PATCH_SIZE), out_dir)
-
-
-def make_processor(tokenizer: PreTrainedTokenizerFast, image_size: int, patch_size: int) -> LlavaProcessor:
-    return LlavaProcessor(
-        image_processor=CLIPImageProcessor(
-            size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}
-        ),
-        tokenizer=tokenizer,
-        patch_size=patch_size,
-        vision_feature_select_strategy="default",
-        image_token="<image>",
-        num_additional_image_tokens=1,  # the CLS token, dropped again by the "default" strategy
-        chat_template=LLAVA_CHAT_TEMPLATE,
-    )
 
 
 def _build_clip(clip_dir: str, seed: int) -> tuple[str, str]:
@@ -192,7 +119,7 @@ def build_tiny(out_dir: str, seed: int = 0) -> TinyPaths:
     clip_dir = os.path.join(out_dir, "clip")
     os.makedirs(llava_dir, exist_ok=True)
     os.makedirs(clip_dir, exist_ok=True)
-    _build_llava(llava_dir, seed)
+    get_family("llava").build_tiny(llava_dir, seed)
     clip_config, clip_weights = _build_clip(clip_dir, seed)
     paths = TinyPaths(
         llava=llava_dir, clip_weights=clip_weights, clip_config=clip_config, clip_arch=CLIP_ARCH
@@ -200,6 +127,21 @@ def build_tiny(out_dir: str, seed: int = 0) -> TinyPaths:
     with open(marker, "w") as f:
         json.dump({"seed": seed, "paths": asdict(paths)}, f, indent=2)
     return paths
+
+
+def build_tiny_family(out_dir: str, family: str, seed: int = 0) -> str:
+    """The tiny checkpoint of `family` under out_dir/<family> (built, or reused if complete for this seed)."""
+    model_dir = os.path.join(os.path.abspath(out_dir), family)
+    marker = os.path.join(model_dir, MARKER)
+    if os.path.isfile(marker):
+        with open(marker) as f:
+            if json.load(f).get("seed") == seed:
+                return model_dir
+    os.makedirs(model_dir, exist_ok=True)
+    get_family(family).build_tiny(model_dir, seed)
+    with open(marker, "w") as f:
+        json.dump({"seed": seed, "family": family}, f)
+    return model_dir
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -211,8 +153,12 @@ def main(argv: list[str] | None = None) -> None:
                         help="where to write them (default: $CSR_TINY_DIR, else ./.tiny)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--prompts", type=int, default=8, help="synthetic prompts written to OUT_DIR/data")
+    parser.add_argument("--family", choices=FAMILIES, default="llava",
+                        help="the model family; a family other than llava is written to OUT_DIR/<family>")
     args = parser.parse_args(argv)
     paths = asdict(build_tiny(args.out_dir, args.seed))
+    if args.family != "llava":
+        paths[args.family] = build_tiny_family(args.out_dir, args.family, args.seed)
     paths["prompts"] = str(write_tiny_prompts(os.path.join(args.out_dir, "data"), args.prompts, args.seed))
     print(json.dumps(paths, indent=2))
 

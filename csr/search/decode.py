@@ -16,7 +16,7 @@ their log-probs come to the host, where the per-row bookkeeping lives.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 
@@ -29,7 +29,7 @@ from csr.search import kv
 @dataclass
 class DecodeSettings:
     strategy: str  # diverse_greedy | sample
-    eos_id: int
+    end_ids: frozenset[int]  # tokens that end an answer: eos, the chat template's end of turn
     delimiter_ids: frozenset[int]
     suppress_ids: list[int]  # special tokens the model must never write (image, pad, bos, ...)
     max_new_tokens: int
@@ -53,6 +53,10 @@ class Rows:
     group: list[int]  # candidate index within its node (diversity is across groups of a node)
     node: list[int]  # which node the row expands
     keep: list[bool] | None = None  # rows whose sentence may be continued (None: no row)
+    # Per row, what turns a token's count of real tokens before it into its position id (multimodal RoPE
+    # offsets), and the family's rule for it (Family.decode_positions); None: the count is the position.
+    offset: torch.Tensor | None = None  # [R]
+    to_positions: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
 
 
 @dataclass
@@ -138,10 +142,11 @@ def _choose(logits: torch.Tensor, logprobs: torch.Tensor, empty: Sequence[int], 
     whose sentence has no token yet; `groups` (-1: the row only peeks for EOS) and `nodes` per row."""
     scores = logprobs.clone() if s.strategy == "diverse_greedy" else logits.clone()
     scores[:, _index(tuple(s.suppress_ids), scores.device)] = float("-inf")
-    scores[_index(tuple(empty), scores.device), s.eos_id] = float("-inf")  # a sentence has at least one token
+    ends = _index(tuple(sorted(s.end_ids)), scores.device)
+    scores[_index(tuple(empty), scores.device)[:, None], ends] = float("-inf")  # a sentence has at least one token
     if s.strategy != "diverse_greedy":
         return _sample(scores, s)
-    return _diverse_greedy(scores, groups, nodes, s.diversity_penalty, [s.eos_id, *s.delimiter_ids])
+    return _diverse_greedy(scores, groups, nodes, s.diversity_penalty, [*sorted(s.end_ids), *s.delimiter_ids])
 
 
 def choose_step(logits: torch.Tensor, choosing: Sequence[int], empty: Sequence[int], groups: Sequence[int],
@@ -182,6 +187,7 @@ def decode_sentences(model: torch.nn.Module, rows: Rows, s: DecodeSettings) -> l
     start = rows.attention_mask.shape[1]  # the cache column of each row's first new token
     logits = rows.next_logits.float()
     cache, mask, position = rows.cache, rows.attention_mask.to(logits.device), rows.next_position.to(logits.device)
+    offset = rows.offset.to(logits.device) if rows.offset is not None else None
     while True:
         # Rows that only feed choose nothing, so the others choose (and sample) exactly as without them.
         choosing = [i for i, r in enumerate(batch) if not done[r] and not feeding[r]]
@@ -201,14 +207,14 @@ def decode_sentences(model: torch.nn.Module, rows: Rows, s: DecodeSettings) -> l
             sentence = out[r]
             if peeking[r] or feeding[r]:
                 token = picked[i][0] if peeking[r] else None
-                sentence.finish = FINISH_TOKENS if feeding[r] else FINISH_EOS if token == s.eos_id else FINISH_DELIMITER
+                sentence.finish = FINISH_TOKENS if feeding[r] else FINISH_EOS if token in s.end_ids else FINISH_DELIMITER
                 if keep[r] and sentence.finish != FINISH_EOS:
                     end = start + len(sentence.token_ids)
                     sentence.state = Continuation(kv.segment(cache, i, start, end), logits[i].clone())
                 done[r] = True
                 continue
             token, logprob = picked[i]
-            if token == s.eos_id:
+            if token in s.end_ids:
                 sentence.finish, done[r] = FINISH_EOS, True
                 continue
             sentence.token_ids.append(token)
@@ -229,8 +235,12 @@ def decode_sentences(model: torch.nn.Module, rows: Rows, s: DecodeSettings) -> l
             kv.keep_rows(cache, stay)
             index = _index(tuple(stay), logits.device)
             mask, position, tokens = mask[index], position[index], tokens[index]
+            offset = offset[index] if offset is not None else None
             batch = [batch[i] for i in stay]
         mask = torch.cat([mask, mask.new_ones(len(batch), 1)], dim=1)
-        logits, cache = kv.forward(model, tokens.unsqueeze(1), mask, position.unsqueeze(1), cache=cache)
+        step = position.unsqueeze(1)
+        if rows.to_positions is not None:
+            step = rows.to_positions(step, offset)
+        logits, cache = kv.forward(model, tokens.unsqueeze(1), mask, step, cache=cache)
         position = position + 1
     return out

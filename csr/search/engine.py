@@ -1,4 +1,4 @@
-"""Sentence-level tree search for a batch of prompts on a LLaVA-style policy.
+"""Sentence-level tree search for a batch of prompts on a VLM policy of any family.
 
 One prefill per (image, prompt). Every sentence the decoder writes leaves with its own keys/values
 and the logits of the token after it, so a node continues from its parent's cache: its decode rows
@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 from PIL import Image
 
-from csr.models.chat import generation_prompt
+from csr.models.families.base import Family
 from csr.reward.scores import text_score
 from csr.reward.tree import ROOT, Node, new_root, path_to, settle_step
 from csr.search import kv
@@ -53,28 +53,31 @@ class Prefix:
     mask: torch.Tensor  # [P, Lp]
     last_logits: torch.Tensor  # [P, V]
     length: torch.Tensor  # [P] real prompt tokens, image tokens included
+    offset: torch.Tensor  # [P] a later token's position id = its count of real tokens before it + offset
 
 
-def prefill(model: torch.nn.Module, processor, prompts: Sequence[str], images: Sequence[Image.Image]) -> Prefix:
-    texts = [generation_prompt(processor, p) for p in prompts]
-    inputs = processor(images=list(images), text=texts, return_tensors="pt", padding=True)
+def prefill(model: torch.nn.Module, processor, family: Family, prompts: Sequence[str],
+            images: Sequence[Image.Image]) -> Prefix:
+    texts = [family.chat_prompt(processor, p) for p in prompts]
+    inputs = family.encode(processor, texts, images)
     mask = inputs["attention_mask"]
-    position = (mask.cumsum(-1) - 1).clamp(min=0)
-    pixel_values = inputs["pixel_values"].to(model.dtype)
+    position, offset = family.prefill_positions(model, inputs)
+    extra = {**family.image_inputs(inputs, model.dtype), **{key: inputs[key] for key in family.token_keys}}
     with torch.inference_mode():
-        logits, cache = kv.forward(model, inputs["input_ids"], mask, position, pixel_values=pixel_values)
-    return Prefix(cache=cache, mask=mask, last_logits=logits, length=mask.sum(-1))
+        logits, cache = kv.forward(model, inputs["input_ids"], mask, position, inputs=extra)
+    return Prefix(cache=cache, mask=mask, last_logits=logits, length=mask.sum(-1), offset=offset)
 
 
 class TreeSearch:
-    def __init__(self, model, processor, settings: SearchSettings, decode: DecodeSettings, relevance: RelevanceFn | None):
-        self.model, self.processor, self.s, self.decode = model, processor, settings, decode
+    def __init__(self, model, processor, family: Family, settings: SearchSettings, decode: DecodeSettings,
+                 relevance: RelevanceFn | None):
+        self.model, self.processor, self.family, self.s, self.decode = model, processor, family, settings, decode
         self.tokenizer = processor.tokenizer
         self.relevance = relevance  # needed during the search only when pruning by the calibrated reward
 
     def search(self, prompts: Sequence[str], images: Sequence[Image.Image], image_keys: Sequence[str]) -> list[list[Node]]:
         """The full tree of every prompt (nodes[i].id == i)."""
-        prefix = prefill(self.model, self.processor, prompts, images)
+        prefix = prefill(self.model, self.processor, self.family, prompts, images)
         trees = [[new_root()] for _ in prompts]
         # (prompt, node id) -> the node's continuation, kept while the node or a descendant is live
         states: dict[tuple[int, int], Continuation] = {}
@@ -153,6 +156,8 @@ class TreeSearch:
             node=expand.tolist(),
             # a child at the last depth is final whatever it writes: nothing will continue it
             keep=[nodes[i].depth + 1 < self.s.max_sentences for i in expand],
+            offset=prefix.offset[prompt_rows][expand],
+            to_positions=self.family.decode_positions,
         )
         return decode_sentences(self.model, rows, self.decode)
 

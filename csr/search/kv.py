@@ -26,6 +26,9 @@ Segment = list[tuple[torch.Tensor, torch.Tensor]]
 
 _NAME = "csr_shared_prefix"
 _ACTIVE: ContextVar[DynamicCache | None] = ContextVar("csr_shared_prefix_cache", default=None)
+# Per row and cache column, how many real tokens back from the new token the column's token is: a
+# sliding-window layer must count real positions, not columns (holes sit between a prefix and its answer).
+_DISTANCE: ContextVar[torch.Tensor | None] = ContextVar("csr_shared_prefix_distance", default=None)
 
 
 def device_index(values: Sequence[int], device: torch.device | str) -> torch.Tensor:
@@ -155,6 +158,9 @@ def _shared_prefix_attention(module, query, key, value, attention_mask, dropout=
             scores.masked_fill_(~attention_mask, float("-inf"))
         else:
             scores += attention_mask
+    window = kwargs.get("sliding_window")
+    if window:  # this layer sees the last `window` real positions only (Mistral, Gemma 3, Qwen2 sliding layers)
+        scores.masked_fill_((_DISTANCE.get() >= window)[:, None, None, :], float("-inf"))
     weights = scores.softmax(-1).to(value.dtype)
     lp = pk.shape[2]
     out = torch.matmul(weights[..., lp:], value)
@@ -167,16 +173,17 @@ AttentionMaskInterface.register(_NAME, sdpa_mask)
 
 
 @contextmanager
-def _shared_prefix(model: torch.nn.Module, cache: DynamicCache) -> Iterator[None]:
+def _shared_prefix(model: torch.nn.Module, cache: DynamicCache, distance: torch.Tensor) -> Iterator[None]:
     """Route the language model's attention through `_shared_prefix_attention` for one forward."""
     config = model.get_decoder().config
-    before, token = config._attn_implementation, _ACTIVE.set(cache)
+    before, token, dist = config._attn_implementation, _ACTIVE.set(cache), _DISTANCE.set(distance)
     config._attn_implementation = _NAME
     try:
         yield
     finally:
         config._attn_implementation = before
         _ACTIVE.reset(token)
+        _DISTANCE.reset(dist)
 
 
 def keep_rows(cache: DynamicCache, rows: Sequence[int]) -> None:
@@ -233,13 +240,14 @@ def forward(
     attention_mask: torch.Tensor,
     position_ids: torch.Tensor,
     cache: DynamicCache | None = None,
-    pixel_values: torch.Tensor | None = None,
+    inputs: dict[str, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, DynamicCache]:
     """One cached forward; returns the float32 logits of each row's last input position and the grown
     cache, both on the model's device: the token choice runs there, so nothing waits for the host.
 
     Positions are passed explicitly because rows carry padding (left before the prompt, holes
     after answers of different lengths), and the model cannot infer them from the cache length.
+    `inputs`: the family's other forward inputs (images, token types), for a prefill.
     """
     device = getattr(model, "device", None)
 
@@ -248,17 +256,21 @@ def forward(
 
     shared = cache is not None and bool(cache.layers) and isinstance(cache.layers[0], _SharedPrefixLayer)
     kwargs = {"logits_to_keep": 1} if input_ids.shape[1] > 1 else {}  # a prefill needs its last logits only
+    kwargs.update((key, to(value)) for key, value in (inputs or {}).items())
+    distance = None
     if shared and input_ids.shape[1] == 1:
+        attention_mask = to(attention_mask)
+        real = attention_mask.cumsum(-1)
+        distance = real[:, -1:] - real  # the new token is the last column
         # One new token per row sees all of its row but the holes: its mask is the padding mask. Given as
         # the 4D mask the attention reads, transformers builds none (its builder asks the device whether
         # any position is padded: a wait for the GPU at every token).
         attention_mask = attention_mask[:, None, None, :].bool()
-    with _shared_prefix(model, cache) if shared else nullcontext():
+    with _shared_prefix(model, cache, distance) if shared else nullcontext():
         out = model(
             input_ids=to(input_ids),
             attention_mask=to(attention_mask),
             position_ids=to(position_ids),
-            pixel_values=to(pixel_values),
             cache=cache if cache is not None else DynamicCache(),
             use_cache=True,
             **kwargs,

@@ -12,6 +12,7 @@ from csr.data.image_hash import image_sha256
 from csr.data.images import load_image
 from csr.data.prompts import PromptRecord
 from csr.errors import CSRError
+from csr.models.families.base import Family
 from csr.predict import RecordPredictor
 from csr.reward.tree import Node
 from csr.search.decode import DecodeSettings
@@ -44,12 +45,12 @@ def skip_record(prompt: PromptRecord, reason: str, message: str) -> dict:
 class SearchModule(RecordPredictor):
     counts = "prompt batches"
     def __init__(
-        self, model, processor, settings: SearchSettings, decode: DecodeSettings,
+        self, model, processor, family: Family, settings: SearchSettings, decode: DecodeSettings,
         relevance: RelevanceFn | None, image_root: str, on_error: str, seed: int,
     ):
         super().__init__()
         self.policy = model
-        self.engine = TreeSearch(model, processor, settings, decode, relevance)
+        self.engine = TreeSearch(model, processor, family, settings, decode, relevance)
         self.image_root, self.on_error, self.seed = image_root, on_error, seed
 
     def predict_step(self, batch: list[PromptRecord], batch_idx: int = 0) -> list[dict]:

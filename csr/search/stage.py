@@ -8,7 +8,8 @@ from csr.context import StageContext
 from csr.data.prompts import load_prompts
 from csr.io import read_jsonl
 from csr.models.chat import drop_overlong
-from csr.models.llava import special_token_ids
+from csr.models.checkpoint import special_token_ids
+from csr.models.families import get_family
 from csr.predict import predict_to_jsonl
 from csr.search.decode import DecodeSettings
 from csr.search.engine import SearchSettings
@@ -23,6 +24,8 @@ def delimiter_ids(tokenizer, delimiters: list[str]) -> frozenset[int]:
 
 def build_module(model, processor, scorer, cfg) -> SearchModule:
     s, tok = cfg.search, processor.tokenizer
+    family = get_family(cfg.model.family)
+    end_ids = family.end_token_ids(processor, model)
     settings = SearchSettings(
         beam_width=s.beam_width, candidates_per_step=s.candidates_per_step, keep_top=s.keep_top,
         keep_bottom=s.keep_bottom, max_sentences=s.max_sentences, max_answer_tokens=s.max_answer_tokens,
@@ -32,13 +35,13 @@ def build_module(model, processor, scorer, cfg) -> SearchModule:
     )
     d = s.decoding
     decode = DecodeSettings(
-        strategy=d.strategy, eos_id=tok.eos_token_id, delimiter_ids=delimiter_ids(tok, list(s.delimiters)),
-        suppress_ids=special_token_ids(processor), max_new_tokens=s.max_new_tokens_per_sentence,
+        strategy=d.strategy, end_ids=frozenset(end_ids), delimiter_ids=delimiter_ids(tok, list(s.delimiters)),
+        suppress_ids=special_token_ids(processor, end_ids), max_new_tokens=s.max_new_tokens_per_sentence,
         diversity_penalty=d.diversity_penalty, temperature=d.temperature, top_p=d.top_p, top_k=d.top_k,
         compact_fraction=s.compact_fraction,
     )
     relevance = scorer.relevance if s.prune_by == "calibrated" else None
-    module = SearchModule(model, processor, settings, decode, relevance, cfg.data.image_root, cfg.data.on_error, s.seed)
+    module = SearchModule(model, processor, family, settings, decode, relevance, cfg.data.image_root, cfg.data.on_error, s.seed)
     if relevance is not None:
         module.clip = scorer  # a registered submodule: Lightning moves CLIP to the search's device
     return module
@@ -49,8 +52,8 @@ def run_search(*, model, processor, scorer, cfg, out_path: Path, trainer_kwargs:
         cfg.data.prompt_file, cfg.data.image_root, limit=cfg.data.limit,
         shuffle_seed=cfg.data.shuffle_seed, on_error=cfg.data.on_error,
     )
-    prompts, too_long = drop_overlong(prompts, processor, model, cfg.search.max_answer_tokens, cfg.data.on_error,
-                                      cfg.data.prompt_file)
+    prompts, too_long = drop_overlong(prompts, processor, model, get_family(cfg.model.family), cfg.data.image_root,
+                                      cfg.search.max_answer_tokens, cfg.data.on_error, cfg.data.prompt_file)
     if too_long:
         load_skips = {**load_skips, "too_long": too_long}
     module = build_module(model, processor, scorer, cfg)

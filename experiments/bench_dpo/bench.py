@@ -31,7 +31,8 @@ from workloads import CACHE, mid, shapesworld  # noqa: E402
 
 from csr.data.tiny import write_tiny_prompts  # noqa: E402
 from csr.io import atomic_write_text  # noqa: E402
-from csr.models.llava import save_llava  # noqa: E402
+from csr.models.checkpoint import save_model  # noqa: E402
+from csr.models.families import get_family  # noqa: E402
 
 PAIRS_PER_STEP, WARMUP_STEPS, STEPS = 2, 2, 8
 TRAINERS = ("csr_adapter_disabled", "trl", "csr_precomputed")
@@ -45,7 +46,7 @@ def prepare(name: str) -> dict:
     w = shapesworld() if name == "small" else mid()
     model_dir = out / f"llava_{w.name}"  # "small" is the shipped ShapesWorld model once it exists, else tiny
     if not (model_dir / "config.json").exists():
-        save_llava(w.model, w.processor, str(model_dir))
+        save_model(w.model, w.processor, str(model_dir))
     data = out / "data"
     prompts = json.loads(write_tiny_prompts(data, n=8).read_text())
     rng = random.Random(0)
@@ -67,10 +68,10 @@ def sequence_tokens(paths: dict) -> float:
     """Real (unpadded) tokens per optimizer step: prompt with image tokens + answer + EOS, chosen and rejected."""
     from csr.dpo.data import PairDataset
     from csr.io import read_jsonl
-    from csr.models.llava import load_llava
+    from csr.models.checkpoint import load_model
 
-    _, processor = load_llava(paths["model"])
-    ds = PairDataset(read_jsonl(Path(paths["pairs"])), processor, paths["images"])
+    _, processor = load_model(paths["model"])
+    ds = PairDataset(read_jsonl(Path(paths["pairs"])), processor, paths["images"], get_family("llava"))
     per_pair = [2 * len(ds[i]["prompt_ids"]) + len(ds[i]["chosen_ids"]) + len(ds[i]["rejected_ids"]) for i in range(len(ds))]
     return statistics.mean(per_pair) * PAIRS_PER_STEP
 
@@ -112,7 +113,7 @@ def run_trl(paths: dict) -> list[float]:
     from csr.config import LoraConfig as CsrLora
     from csr.io import read_jsonl
     from csr.models.chat import generation_prompt
-    from csr.models.llava import load_llava
+    from csr.models.checkpoint import load_model
 
     class Timer(TrainerCallback):
         def __init__(self):
@@ -124,7 +125,7 @@ def run_trl(paths: dict) -> list[float]:
         def on_step_end(self, *args, **kwargs):  # after backward and the optimizer step
             self.times.append(time.perf_counter() - self.t0)
 
-    model, processor = load_llava(paths["model"])
+    model, processor = load_model(paths["model"])
     pairs = read_jsonl(Path(paths["pairs"]))
     rows = {"prompt": [generation_prompt(processor, p["prompt"]) for p in pairs],
             "chosen": [p["chosen"] for p in pairs], "rejected": [p["rejected"] for p in pairs],

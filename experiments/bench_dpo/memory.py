@@ -49,8 +49,9 @@ def prepare() -> Path:
     from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
 
     from csr.data.tiny import write_tiny_prompts
-    from csr.models.llava import save_llava
-    from csr.models.tiny import build_tokenizer, make_processor
+    from csr.models.checkpoint import save_model
+    from csr.models.families.llava import make_processor
+    from csr.models.tiny import build_tokenizer
 
     out = CACHE / "dpo_memory"
     if (out / "pairs.json").exists():
@@ -64,7 +65,7 @@ def prepare() -> Path:
         vision_feature_select_strategy="default", vision_feature_layer=-2, projector_hidden_act="gelu",
     )
     torch.manual_seed(0)
-    save_llava(LlavaForConditionalGeneration(config).eval(), make_processor(tokenizer, 336, 14), str(out / "model"))
+    save_model(LlavaForConditionalGeneration(config).eval(), make_processor(tokenizer, 336, 14), str(out / "model"))
     prompts = json.loads(write_tiny_prompts(out / "data", n=PAIRS).read_text())
     rng = random.Random(0)
 
@@ -82,7 +83,7 @@ def before_logps(model: torch.nn.Module, batch: dict) -> tuple[torch.Tensor, tor
     from csr.models.chat import IGNORE
 
     out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                pixel_values=torch.cat([batch["pixel_values"]] * 2), use_cache=False)
+                pixel_values=torch.cat([batch["image"]["pixel_values"]] * 2), use_cache=False)
     logits, labels = out.logits[:, :-1].float(), batch["labels"][:, 1:]
     token = torch.gather(logits.log_softmax(-1), 2, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
     logps = (token * (labels != IGNORE)).sum(-1)
@@ -103,13 +104,14 @@ def child(variant: str, threads: int, out: Path) -> None:
     from csr.dpo.lora import wrap_lora
     from csr.dpo.loss import dpo_loss
     from csr.dpo.module import concatenated_logps
-    from csr.models.llava import load_llava
+    from csr.models.checkpoint import load_model
+    from csr.models.families import get_family
 
     torch.set_num_threads(threads)
     root = CACHE / "dpo_memory"
-    model, processor = load_llava(str(root / "model"))
+    model, processor = load_model(str(root / "model"))
     pairs = json.loads((root / "pairs.json").read_text())
-    batch = collate([PairDataset(pairs, processor, str(root / "data" / "images"))[i] for i in range(PAIRS)],
+    batch = collate([PairDataset(pairs, processor, str(root / "data" / "images"), get_family("llava"))[i] for i in range(PAIRS)],
                     processor.tokenizer.pad_token_id)
     if variant == "after_checkpointing":
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})

@@ -19,6 +19,7 @@ from measure import run_engine
 from workloads import mid
 
 from csr.models.clip import ClipScorer
+from csr.models.families import get_family
 from csr.search.engine import TreeSearch
 
 HERE = Path(__file__).resolve().parent
@@ -31,7 +32,7 @@ def tokens_per_s(w, prompts_per_batch: int, max_batch_rows: int, repeats: int) -
     best = 0.0
     for _ in range(repeats):
         settings, decode = w.settings(max_batch_rows=max_batch_rows)
-        search = TreeSearch(w.model, w.processor, settings, decode, ClipScorer(w.clip).relevance).search
+        search = TreeSearch(w.model, w.processor, get_family("llava"), settings, decode, ClipScorer(w.clip).relevance).search
         tokens, t0 = 0, time.perf_counter()
         for a in range(0, PROMPTS, prompts_per_batch):
             b = a + prompts_per_batch

@@ -35,7 +35,7 @@ class GenerateLoop:
         inputs["pixel_values"] = inputs["pixel_values"].to(self.model.dtype)
         out = self.model.generate(
             **inputs, do_sample=False, num_beams=k, num_return_sequences=k,
-            max_new_tokens=min(self.d.max_new_tokens, budget), eos_token_id=[self.d.eos_id, *self.d.delimiter_ids],
+            max_new_tokens=min(self.d.max_new_tokens, budget), eos_token_id=[*sorted(self.d.end_ids), *self.d.delimiter_ids],
             suppress_tokens=self.d.suppress_ids, pad_token_id=tok.pad_token_id,
         )
         return out[:, inputs["input_ids"].shape[1] :].tolist()

@@ -84,7 +84,7 @@ class StubModel(torch.nn.Module):
         super().__init__()
         self.logits = logits
 
-    def forward(self, input_ids, attention_mask, position_ids, pixel_values, cache, use_cache):
+    def forward(self, input_ids, attention_mask, position_ids, cache, use_cache, pixel_values=None):
         r = input_ids.shape[0]
         cache.update(torch.zeros(r, 1, 1, 1), torch.zeros(r, 1, 1, 1), 0)
         return SimpleNamespace(logits=self.logits[:r, None], cache=cache)
@@ -95,7 +95,7 @@ def decode_step(steps: int = 16) -> dict:
     torch.manual_seed(0)
     logits = torch.randn(ROWS, VOCAB)
     logits[:, :4] = -1e4  # eos/specials never win: every row writes `steps` tokens
-    s = DecodeSettings(strategy="diverse_greedy", eos_id=2, delimiter_ids=frozenset({3}), suppress_ids=[0, 1],
+    s = DecodeSettings(strategy="diverse_greedy", end_ids=frozenset({2}), delimiter_ids=frozenset({3}), suppress_ids=[0, 1],
                        max_new_tokens=steps)
 
     def run():

@@ -18,6 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tests"))
 from reference_search import ReferenceSearch  # noqa: E402
 
 from csr.models.clip import ClipScorer
+from csr.models.families import get_family
 from csr.reward.tree import Node
 from csr.search.engine import TreeSearch
 
@@ -80,7 +81,7 @@ def run_engine(engine: str, w: Workload, repeats: int = 1, **caps) -> Run:
         settings, decode = w.settings(**caps)
         if engine == "csr":
             scorer = ClipScorer(w.clip, device=str(w.model.device))  # a fresh image cache: every run pays its encodes
-            search = TreeSearch(w.model, w.processor, settings, decode, scorer.relevance).search
+            search = TreeSearch(w.model, w.processor, get_family("llava"), settings, decode, scorer.relevance).search
         else:
             search = ReferenceSearch(w.model, w.processor, settings, decode, w.clip).search
         n, cuda = w.shape.prompts, w.model.device.type == "cuda"

@@ -15,9 +15,10 @@ from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForCon
 from csr.data.images import load_image
 from csr.data.prompts import load_prompts
 from csr.data.tiny import write_tiny_prompts
+from csr.models.checkpoint import load_model, special_token_ids
 from csr.models.clip import ClipBundle, load_clip
-from csr.models.llava import load_llava, special_token_ids
-from csr.models.tiny import build_tiny, build_tokenizer, make_processor
+from csr.models.families.llava import make_processor
+from csr.models.tiny import build_tiny, build_tokenizer
 from csr.search.decode import DecodeSettings
 from csr.search.engine import SearchSettings
 from csr.search.stage import delimiter_ids
@@ -63,7 +64,7 @@ class Workload:
             max_batch_rows=max_batch_rows, max_batch_tokens=max_batch_tokens,
         )
         decode = DecodeSettings(
-            strategy="diverse_greedy", eos_id=tok.eos_token_id, delimiter_ids=delimiter_ids(tok, ["."]),
+            strategy="diverse_greedy", end_ids=frozenset({tok.eos_token_id}), delimiter_ids=delimiter_ids(tok, ["."]),
             suppress_ids=special_token_ids(self.processor), max_new_tokens=s.max_new_tokens, diversity_penalty=3.0,
         )
         return search, decode
@@ -79,7 +80,7 @@ def shapesworld(n_prompts: int = 16) -> Workload:
     if (ASSETS / "llava" / "config.json").exists():
         from csr.worlds.shapesworld.splits import ensure_split
 
-        model, processor = load_llava(str(ASSETS / "llava"))
+        model, processor = load_model(str(ASSETS / "llava"))
         clip_json = ASSETS / "clip" / "shapesworld-clip.json"
         clip = load_clip("shapesworld-clip", str(ASSETS / "clip" / "shapesworld-clip.safetensors"), str(clip_json))
         split = ensure_split(CACHE / "shapesworld", "csr", n_prompts)
@@ -88,7 +89,7 @@ def shapesworld(n_prompts: int = 16) -> Workload:
         shape = Shape(beam_width=3, candidates_per_step=5, max_sentences=4, max_new_tokens=24, max_answer_tokens=96)
     else:
         paths = build_tiny(str(CACHE / "tiny"))
-        model, processor = load_llava(paths.llava)
+        model, processor = load_model(paths.llava)
         clip = load_clip(paths.clip_arch, paths.clip_weights, paths.clip_config)
         data = CACHE / "tiny_data"
         prompt_file = write_tiny_prompts(data, n=n_prompts)

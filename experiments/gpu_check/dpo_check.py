@@ -38,8 +38,10 @@ from csr.dpo.checkpoint import SaveAdapter, trainable_params
 from csr.dpo.data import PairDataset, collate
 from csr.dpo.lora import wrap_lora
 from csr.dpo.module import DPOModule
-from csr.models.llava import load_llava, save_llava
-from csr.models.tiny import build_tokenizer, make_processor
+from csr.models.checkpoint import load_model, save_model
+from csr.models.families import get_family
+from csr.models.families.llava import make_processor
+from csr.models.tiny import build_tokenizer
 
 LORA = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
 R, ALPHA = 128, 256
@@ -116,19 +118,19 @@ def main() -> None:
     layers = config.text_config.num_hidden_layers
     torch.manual_seed(0)
     dtype = "float32" if args.cpu_dry_run else "bfloat16"
-    save_llava(LlavaForConditionalGeneration(config).to(getattr(torch, dtype)), make_processor(tokenizer, IMAGE, PATCH),
+    save_model(LlavaForConditionalGeneration(config).to(getattr(torch, dtype)), make_processor(tokenizer, IMAGE, PATCH),
                str(args.out / "model"))
     report["build_s"] = round(time.time() - start, 1)
 
     pl.seed_everything(0, verbose=False)
-    model, processor = load_llava(str(args.out / "model"), dtype=dtype)
+    model, processor = load_model(str(args.out / "model"), dtype=dtype)
     model.train()  # as run_dpo trains it
-    policy = wrap_lora(model, R, ALPHA, 0.0, LORA, train_projector=False)
+    policy = wrap_lora(model, R, ALPHA, 0.0, LORA, projector=None)
     pairs, images = write_pairs(args.out, args.pairs)
-    loader = DataLoader(PairDataset(pairs, processor, images), batch_size=1,
+    loader = DataLoader(PairDataset(pairs, processor, images, get_family("llava")), batch_size=1,
                         collate_fn=partial(collate, pad_id=processor.tokenizer.pad_token_id))
     steps = 1 if args.cpu_dry_run else args.pairs
-    module = DPOModule(policy, "adapter_disabled", None, beta=0.1, loss="sigmoid", label_smoothing=0.0, ipo_form="mean",
+    module = DPOModule(policy, "adapter_disabled", None, get_family("llava"), beta=0.1, loss="sigmoid", label_smoothing=0.0, ipo_form="mean",
                        lr=1e-4, weight_decay=0.0, scheduler="constant", warmup_ratio=0.0, total_steps=steps)
     adapter = args.out / "adapter"
     snapshot = Snapshot(policy)
@@ -144,7 +146,7 @@ def main() -> None:
     if torch.cuda.is_available():
         report["peak_gpu_gb"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
 
-    base, _ = load_llava(str(args.out / "model"), dtype=dtype)
+    base, _ = load_model(str(args.out / "model"), dtype=dtype)
     reloaded = {n: p.detach().float() for n, p in PeftModel.from_pretrained(base, str(adapter)).named_parameters()
                 if "lora_" in n}
     report["adapter_tensors"] = len(reloaded)

@@ -27,6 +27,7 @@ sys.path.insert(0, str(HERE.parent / "bench_search"))  # the benchmark models ar
 from workloads import CACHE, Shape, Workload, mid, shapesworld  # noqa: E402
 
 from csr import plan as P  # noqa: E402
+from csr.models.families import get_family  # noqa: E402
 from csr.plan_cli import ANSWER_LOGITS_DEFAULT, clip_dims, llava_dims  # noqa: E402
 
 # LoRA as each workload's config trains it: ShapesWorld's r16, the paper's r128 on the mid model.
@@ -51,12 +52,12 @@ def tiny(n_prompts: int = 8) -> Workload:
     from workloads import _prompts
 
     from csr.data.tiny import write_tiny_prompts
+    from csr.models.checkpoint import load_model
     from csr.models.clip import load_clip
-    from csr.models.llava import load_llava
     from csr.models.tiny import build_tiny
 
     paths = build_tiny(str(CACHE / "tiny"))
-    model, processor = load_llava(paths.llava)
+    model, processor = load_model(paths.llava)
     clip = load_clip(paths.clip_arch, paths.clip_weights, paths.clip_config)
     data = CACHE / "tiny_data"
     prompts = _prompts(write_tiny_prompts(data, n=n_prompts), data / "images", n_prompts)
@@ -132,7 +133,7 @@ def run_search(w: Workload, root: Path) -> Run:
 
     search, decode = w.settings()
     scorer = ClipScorer(w.clip)
-    engine = TreeSearch(w.model, w.processor, search, decode, scorer.relevance)
+    engine = TreeSearch(w.model, w.processor, get_family("llava"), search, decode, scorer.relevance)
     n = w.shape.prompts
     base = held(w.model, scorer)
     trees, peak = profiled(lambda: engine.search(w.prompts[:n], w.images[:n], w.keys[:n]))
@@ -155,7 +156,7 @@ def pair_batch(w: Workload, root: Path):
     pairs = [{"id": str(i), "image": w.keys[i], "prompt": w.prompts[i],
               "chosen": answer_text(tok, w.shape.max_answer_tokens, 0),
               "rejected": answer_text(tok, w.shape.max_answer_tokens - 3, 5)} for i in range(PAIRS)]
-    dataset = PairDataset(pairs, w.processor, str(root), [(-10.0, -12.0)] * PAIRS)
+    dataset = PairDataset(pairs, w.processor, str(root), get_family("llava"), [(-10.0, -12.0)] * PAIRS)
     items = [dataset[i] for i in range(PAIRS)]
     answer = max(len(it[side]) for it in items for side in ("chosen_ids", "rejected_ids")) - 1
     prompt = max(len(it["prompt_ids"]) for it in items) - image_tokens(w)
@@ -170,7 +171,7 @@ def run_reference(w: Workload, root: Path) -> Run:
 
     def forward():  # what the reference pass's predict step runs (Lightning predicts under inference mode)
         with torch.inference_mode():
-            return concatenated_logps(w.model, batch)
+            return concatenated_logps(w.model, batch, get_family("llava"))
 
     _, peak = profiled(forward)
     return Run(base + peak, prompt, answer)
@@ -186,11 +187,11 @@ def run_dpo(w: Workload, root: Path) -> Run:
     base = held(w.model)
 
     def steps() -> None:  # DPOModule.training_step + what Lightning does around it (32-true, clipping 1.0)
-        policy = wrap_lora(w.model, r, alpha, DROPOUT, r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)", False)
+        policy = wrap_lora(w.model, r, alpha, DROPOUT, r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)", None)
         policy.train()
         optimizer = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=1e-4)
         for _ in range(2):  # the second step holds AdamW's moments
-            chosen, rejected = concatenated_logps(policy, batch)
+            chosen, rejected = concatenated_logps(policy, batch, get_family("llava"))
             losses, _, _ = dpo_loss(chosen, rejected, batch["ref_chosen"], batch["ref_rejected"], beta=0.1,
                                     loss_type="sigmoid", label_smoothing=0.0, ipo_form="mean",
                                     chosen_lengths=batch["chosen_lengths"], rejected_lengths=batch["rejected_lengths"])

@@ -26,9 +26,10 @@ from torch.utils.data import DataLoader
 from transformers import LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
 
 from csr.io import atomic_write_json
+from csr.models.checkpoint import save_model
 from csr.models.clip import save_clip
-from csr.models.llava import save_llava
-from csr.models.tiny import build_tokenizer, make_processor
+from csr.models.families.llava import make_processor
+from csr.models.tiny import build_tokenizer
 from csr.worlds.shapesworld.clip_train import train_clip
 from csr.worlds.shapesworld.convert import hf_vision_config, open_clip_visual_to_hf
 from csr.worlds.shapesworld.overrides import set_fields
@@ -144,7 +145,7 @@ def train(out_dir: Path, c: TrainConfig) -> dict:
     trainer.fit(module, loader)
     metrics["sft/final_loss"] = float(trainer.logged_metrics["sft/loss"])
     model.eval()
-    save_llava(model.to(torch.bfloat16), processor, str(out_dir / "llava"))  # bf16 on disk: half the size
+    save_model(model.to(torch.bfloat16), processor, str(out_dir / "llava"))  # bf16 on disk: half the size
     metrics["seconds"] = round(time.time() - start, 1)
     atomic_write_json(out_dir / "train_config.json", asdict(c))
     atomic_write_json(out_dir / "train_metrics.json", metrics)
