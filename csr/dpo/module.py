@@ -24,7 +24,7 @@ def concatenated_logps(model: torch.nn.Module, batch: dict, family: Family) -> t
     image = family.image_inputs(batch["image"], next(model.parameters()).dtype)
     images = model.get_image_features(**image)
     # A fresh output holding only the features: the tower's hidden states are freed before the LM runs.
-    shared = BaseModelOutputWithPooling(pooler_output=feature_list(images) * 2)
+    shared = BaseModelOutputWithPooling(pooler_output=family.repeat_features(feature_list(images), 2))
     del images
     # What the LM still needs of the images besides their features (Qwen's grids give its positions),
     # once per row: chosen rows, then rejected rows, as the features.

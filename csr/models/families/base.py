@@ -89,6 +89,11 @@ class Family:
         tokenizer = processor.tokenizer
         return tokenizer.convert_tokens_to_ids(self.turn_end) if self.turn_end else tokenizer.eos_token_id
 
+    def repeat_features(self, features: list[torch.Tensor], times: int) -> Any:
+        """Per-image features repeated `times` over, as the forward takes them in `mm_encoder_outputs`
+        (DPO's chosen and rejected rows share their pair's image)."""
+        return features * times
+
     # -- checkpoints ----------------------------------------------------------------------------------
 
     def processor_problems(self, model: Any, processor: Any) -> list[str]:
