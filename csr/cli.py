@@ -83,8 +83,9 @@ def check_tiny_files(cfg) -> None:
         value = OmegaConf.select(cfg, key)
         under_tiny = isinstance(value, str) and ("/.tiny/" in value or (tiny and value.startswith(tiny)))
         if under_tiny and not Path(value).exists():
+            family = f" --family {cfg.model.family}" if key == "model.path" and cfg.model.family != "llava" else ""
             raise CSRError(f"config key {key!r}: {value} does not exist: build the tiny models and prompts first "
-                           f"with `csr-make-tiny {tiny or '.tiny'}` (it writes $CSR_TINY_DIR, else ./.tiny)")
+                           f"with `csr-make-tiny {tiny or '.tiny'}{family}` (it writes $CSR_TINY_DIR, else ./.tiny)")
 
 
 def stopped_at(loop) -> str:
