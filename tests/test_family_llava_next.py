@@ -20,14 +20,14 @@ from csr.models.families import get_family
 from csr.models.families.base import LINEAR, feature_list
 from csr.models.families.llava import make_processor as llava_processor
 from csr.models.families.llava_next import (
+    ONEVISION_SPECIAL_TOKENS,
     TINY_IMAGE_SIZE,
     TINY_PATCH_SIZE,
     TINY_SLIDING_WINDOW,
-    build_onevision_tokenizer,
     make_next_processor,
     make_onevision_processor,
 )
-from csr.models.tiny import build_tokenizer
+from csr.models.tiny import build_chatml_tokenizer, build_tokenizer
 
 NAMES = ("llava_next", "llava_onevision")
 PROMPTS = ["Describe the image in detail.", "What is it?"]  # of different lengths
@@ -86,10 +86,10 @@ def test_wrong_processor_is_refused(built, tmp_path: Path) -> None:
         # Patches of 4px: the processor writes 4x the tokens the tower's 8px patches make.
         other_count = make_next_processor(build_tokenizer(), TINY_IMAGE_SIZE, TINY_PATCH_SIZE // 2)
         wider = make_next_processor(build_tokenizer(), 48, TINY_PATCH_SIZE)
-        other_family = make_onevision_processor(build_onevision_tokenizer(), TINY_IMAGE_SIZE, 16)
+        other_family = make_onevision_processor(build_chatml_tokenizer(ONEVISION_SPECIAL_TOKENS), TINY_IMAGE_SIZE, 16)
     else:
-        other_count = make_onevision_processor(build_onevision_tokenizer(), TINY_IMAGE_SIZE, 9)
-        wider = make_onevision_processor(build_onevision_tokenizer(), 48, 16)
+        other_count = make_onevision_processor(build_chatml_tokenizer(ONEVISION_SPECIAL_TOKENS), TINY_IMAGE_SIZE, 9)
+        wider = make_onevision_processor(build_chatml_tokenizer(ONEVISION_SPECIAL_TOKENS), 48, 16)
         other_family = make_next_processor(build_tokenizer(), TINY_IMAGE_SIZE, TINY_PATCH_SIZE)
     [problem] = family.processor_problems(model, other_count)
     assert re.fullmatch(r"the processor writes \d+ image tokens for a probe image, the model makes \d+ features",

@@ -6,13 +6,12 @@ import math
 
 import pytorch_lightning as pl
 import torch
-from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from csr.dpo.data import answer_positions, sequence_logps
 from csr.dpo.loss import dpo_loss, reward_metrics
 from csr.dpo.schedule import lr_factor
 from csr.errors import CSRError
-from csr.models.families.base import Family, feature_list
+from csr.models.families.base import Family
 
 
 def concatenated_logps(model: torch.nn.Module, batch: dict, family: Family) -> tuple[torch.Tensor, torch.Tensor]:
@@ -23,8 +22,7 @@ def concatenated_logps(model: torch.nn.Module, batch: dict, family: Family) -> t
     """
     image = family.image_inputs(batch["image"], next(model.parameters()).dtype)
     images = model.get_image_features(**image)
-    # A fresh output holding only the features: the tower's hidden states are freed before the LM runs.
-    shared = BaseModelOutputWithPooling(pooler_output=family.repeat_features(feature_list(images), 2))
+    shared = family.repeat_image_outputs(images, 2)
     del images
     # What the LM still needs of the images besides their features (Qwen's grids give its positions),
     # once per row: chosen rows, then rejected rows, as the features.

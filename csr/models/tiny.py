@@ -41,6 +41,23 @@ class TinyPaths:
     clip_arch: str
 
 
+def build_chatml_tokenizer(special_tokens: list[str]) -> PreTrainedTokenizerFast:
+    """A byte-level BPE tokenizer shaped like Qwen2's (no bos, <|im_end|> the eos, <|endoftext|> the pad),
+    with `special_tokens` (<|endoftext|> first, as at the real vocabulary's first special id)."""
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.Punctuation(), pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)]
+    )
+    backend.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=special_tokens,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    backend.train_from_iterator(_corpus(), trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend, eos_token="<|im_end|>", pad_token="<|endoftext|>",
+        extra_special_tokens=[t for t in special_tokens if t not in ("<|im_end|>", "<|endoftext|>")],
+    )
+
+
 def _corpus() -> list[str]:
     """~200 simple image descriptions plus prompt words, so common text gets real BPE merges."""
     colors = ["red", "blue", "green", "yellow", "black", "white", "orange", "purple"]

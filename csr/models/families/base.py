@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 
 import torch
 from PIL import Image
+from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from csr.models.chat import generation_prompt
 
@@ -39,6 +40,8 @@ class Family:
     language_model: ClassVar[str] = "language_model"
     # The token that ends an assistant turn in the chat template (None: the tokenizer's eos).
     turn_end: ClassVar[str | None] = None
+    # The chat template writes the bos token itself: the tokenizer must not add a second one.
+    template_writes_bos: ClassVar[bool] = False
 
     # -- prompts and processor outputs ---------------------------------------------------------------
 
@@ -49,8 +52,9 @@ class Family:
     def encode(self, processor: Any, texts: Sequence[str], images: Sequence[Image.Image]) -> dict[str, torch.Tensor]:
         """The processor's outputs for a left-padded batch, one image per text. Several processors want
         one image list per prompt; all accept it."""
+        extra = {"add_special_tokens": False} if self.template_writes_bos else {}
         return dict(processor(images=[[image] for image in images], text=list(texts), return_tensors="pt",
-                              padding=True))
+                              padding=True, **extra))
 
     def image_inputs(self, inputs: dict[str, torch.Tensor], dtype: torch.dtype) -> dict[str, torch.Tensor]:
         """The image part of `inputs`, floating tensors cast to the model's dtype."""
@@ -88,6 +92,11 @@ class Family:
         """The token written after an answer in a DPO pair (what the model emits to end its turn)."""
         tokenizer = processor.tokenizer
         return tokenizer.convert_tokens_to_ids(self.turn_end) if self.turn_end else tokenizer.eos_token_id
+
+    def repeat_image_outputs(self, outputs: Any, times: int) -> BaseModelOutputWithPooling:
+        """get_image_features' outputs for images repeated `times` over, holding only what the forward
+        reads from `mm_encoder_outputs` (the tower's hidden states are freed before the LM runs)."""
+        return BaseModelOutputWithPooling(pooler_output=self.repeat_features(feature_list(outputs), times))
 
     def repeat_features(self, features: list[torch.Tensor], times: int) -> Any:
         """Per-image features repeated `times` over, as the forward takes them in `mm_encoder_outputs`

@@ -9,11 +9,9 @@ tokens needs no token types: generate passes none after the prefill.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 import torch
-from PIL import Image
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import (
     Gemma3Config,
@@ -59,11 +57,7 @@ class Gemma3(Family):
     # The bidirectional attention over each image's soft tokens is built from these (1 = image).
     token_keys = ("token_type_ids",)
     turn_end = "<end_of_turn>"
-
-    def encode(self, processor: Any, texts: Sequence[str], images: Sequence[Image.Image]) -> dict[str, torch.Tensor]:
-        """The template already writes <bos>; the tokenizer would add a second one."""
-        return dict(processor(images=[[image] for image in images], text=list(texts), return_tensors="pt",
-                              padding=True, add_special_tokens=False))
+    template_writes_bos = True  # "<bos>" opens the template
 
     def repeat_features(self, features: list[torch.Tensor], times: int) -> torch.Tensor:
         """Gemma 3's forward takes the features as one tensor (it calls .to and .shape on them)."""
@@ -146,7 +140,7 @@ def build_tokenizer() -> PreTrainedTokenizerFast:
         extra_special_tokens={"boi_token": "<start_of_image>", "eoi_token": "<end_of_image>",
                               "image_token": "<image_soft_token>", "start_of_turn_token": "<start_of_turn>",
                               "end_of_turn_token": "<end_of_turn>"},
-        add_bos_token=True,  # like Gemma's tokenizer: the template's <bos> makes it a trap (see Gemma3.encode)
+        add_bos_token=True,  # like Gemma's tokenizer: the template's <bos> makes it a trap (template_writes_bos)
         add_eos_token=False,
     )
 

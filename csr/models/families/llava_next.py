@@ -19,7 +19,6 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import (
     CLIPVisionConfig,
     LlavaNextConfig,
@@ -146,8 +145,9 @@ class LlavaOneVision(LlavaNext):
 
     def build_tiny(self, out_dir: str, seed: int) -> None:
         from csr.models.checkpoint import save_model
+        from csr.models.tiny import build_chatml_tokenizer
 
-        tokenizer = build_onevision_tokenizer()
+        tokenizer = build_chatml_tokenizer(ONEVISION_SPECIAL_TOKENS)
         ids = tokenizer.convert_tokens_to_ids
         config = LlavaOnevisionConfig(
             vision_config=SiglipVisionConfig(image_size=TINY_IMAGE_SIZE, patch_size=TINY_PATCH_SIZE, hidden_size=32,
@@ -212,22 +212,4 @@ def make_onevision_processor(tokenizer: PreTrainedTokenizerFast, image_size: int
         vision_feature_select_strategy="full",
         vision_aspect_ratio="anyres_max_9",
         chat_template=ONEVISION_CHAT_TEMPLATE,
-    )
-
-
-def build_onevision_tokenizer() -> PreTrainedTokenizerFast:
-    """A byte-level BPE tokenizer shaped like Qwen2's: no bos, <|im_end|> the eos, <|endoftext|> the pad."""
-    from csr.models.tiny import _corpus
-
-    backend = Tokenizer(models.BPE())
-    backend.pre_tokenizer = pre_tokenizers.Sequence(
-        [pre_tokenizers.Punctuation(), pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)]
-    )
-    backend.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=ONEVISION_SPECIAL_TOKENS,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    backend.train_from_iterator(_corpus(), trainer)
-    return PreTrainedTokenizerFast(
-        tokenizer_object=backend, eos_token="<|im_end|>", pad_token="<|endoftext|>",
-        extra_special_tokens=["<|im_start|>", "<image>", "<video>"],
     )
