@@ -205,6 +205,35 @@ def test_llava_models_compose_and_validate(name: str, path: str) -> None:
     _fully_resolved(typed)
 
 
+# Every family's real-size presets: (preset, family, Hugging Face id).
+FAMILY_PRESETS = [
+    ("llava_next_7b", "llava_next", "llava-hf/llava-v1.6-mistral-7b-hf"),
+    ("llava_onevision_7b", "llava_onevision", "llava-hf/llava-onevision-qwen2-7b-ov-hf"),
+    ("qwen2_vl_7b", "qwen2_vl", "Qwen/Qwen2-VL-7B-Instruct"),
+    ("qwen2_5_vl_3b", "qwen2_5_vl", "Qwen/Qwen2.5-VL-3B-Instruct"),
+    ("qwen2_5_vl_7b", "qwen2_5_vl", "Qwen/Qwen2.5-VL-7B-Instruct"),
+    ("qwen3_vl_8b", "qwen3_vl", "Qwen/Qwen3-VL-8B-Instruct"),
+    ("idefics3_8b", "idefics3", "HuggingFaceM4/Idefics3-8B-Llama3"),
+    ("smolvlm_2b", "smolvlm", "HuggingFaceTB/SmolVLM-Instruct"),
+    ("gemma3_4b", "gemma3", "google/gemma-3-4b-it"),
+    ("gemma3_12b", "gemma3", "google/gemma-3-12b-it"),
+]
+
+
+@pytest.mark.parametrize(("name", "family", "path"), FAMILY_PRESETS)
+def test_family_presets_compose_and_validate(name: str, family: str, path: str) -> None:
+    paths = [p for p in PATHS if not p.startswith("model.path=")]
+    typed = validate(compose_config(f"model={name}", paths=paths))
+    assert (typed.model.name, typed.model.family, typed.model.path, typed.model.dtype) == (name, family, path, "bfloat16")
+
+
+def test_every_family_has_a_preset() -> None:
+    from csr.choices import FAMILIES
+
+    assert {family for _, family, _ in FAMILY_PRESETS} | {"llava"} == set(FAMILIES)
+    assert {name for name, _, _ in FAMILY_PRESETS} <= set(_names("model"))
+
+
 # The base file of each group (the one its variants inherit from) and the schema: where the YAML
 # sets a key, it sets the schema's default, so `csr --help`, csr/config.py and conf/ say the same.
 BASE_FILES = ["dpo/default.yaml", "search/default.yaml", "pairs/default.yaml", "eval/default.yaml",
