@@ -25,8 +25,8 @@ import torch
 from PIL import Image
 from transformers import DynamicCache
 
-from csr.models.chat import generation_prompt
 from csr.models.clip import ClipBundle
+from csr.models.families import Family, get_family
 from csr.reward.tree import (
     FINISH_BUDGET,
     FINISH_DELIMITER,
@@ -41,11 +41,13 @@ from csr.search.engine import SearchSettings, add_children, answer_ids
 
 
 class ReferenceSearch:
-    def __init__(self, model, processor, settings: SearchSettings, decode: DecodeSettings, clip: ClipBundle | None):
+    def __init__(self, model, processor, settings: SearchSettings, decode: DecodeSettings, clip: ClipBundle | None,
+                 family: Family | None = None):
         if decode.strategy != "diverse_greedy":
             raise ValueError("the reference baseline is deterministic: use search.decoding.strategy=diverse_greedy")
         self.model, self.processor, self.s, self.d, self.clip = model, processor, settings, decode, clip
         self.tokenizer = processor.tokenizer
+        self.family = family or get_family("llava")
         self.image_encodes = 0
 
     def search(self, prompts: Sequence[str], images: Sequence[Image.Image], image_keys: Sequence[str]) -> list[list[Node]]:
@@ -81,13 +83,31 @@ class ReferenceSearch:
         text_emb = self.clip.model.encode_text(self.clip.tokenizer([text]).to(device), normalize=True)[0]
         return max(100.0 * float(text_emb @ image_emb), 0.0)
 
-    def _forward(self, ids: torch.Tensor, cache: DynamicCache, pixel_values=None) -> torch.Tensor:
+    def _prefill(self, prompt: str, image: Image.Image, answer: list[int], cache: DynamicCache) -> torch.Tensor:
+        """One unpadded forward over image + prompt + answer (the family's own positions); sets the
+        offset that places the tokens decoded after it."""
+        f, device = self.family, self.model.device
+        inputs = f.encode(self.processor, [f.chat_prompt(self.processor, prompt)], [image])
+        extra = torch.tensor([answer], dtype=torch.long)
+        inputs["input_ids"] = torch.cat([inputs["input_ids"], extra], dim=1)
+        inputs["attention_mask"] = torch.ones_like(inputs["input_ids"])
+        for key in f.token_keys:  # answer tokens are text
+            inputs[key] = torch.cat([inputs[key], torch.zeros_like(extra)], dim=1)
+        position, self.offset = f.prefill_positions(self.model, inputs)
+        rest = {**f.image_inputs(inputs, self.model.dtype), **{key: inputs[key] for key in f.token_keys}}
+        out = self.model(input_ids=inputs["input_ids"].to(device), attention_mask=inputs["attention_mask"].to(device),
+                         position_ids=position.to(device), **{k: v.to(device) for k, v in rest.items()},
+                         cache=cache, use_cache=True, logits_to_keep=1)
+        return out.logits[:, -1].float().cpu()
+
+    def _forward(self, ids: torch.Tensor, cache: DynamicCache) -> torch.Tensor:
+        """One decode step: each row's token at the next real position (plus the prompt's offset)."""
         length = cache.get_seq_length()
-        position = torch.arange(length, length + ids.shape[1]).expand(ids.shape[0], -1)
-        mask = torch.ones(ids.shape[0], length + ids.shape[1], dtype=torch.long)
+        rows = ids.shape[0]
+        position = self.family.decode_positions(torch.full((rows, 1), length), self.offset.expand(rows))
+        mask = torch.ones(rows, length + 1, dtype=torch.long)
         device = self.model.device
         out = self.model(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=position.to(device),
-                         pixel_values=None if pixel_values is None else pixel_values.to(device),
                          cache=cache, use_cache=True, logits_to_keep=1)
         return out.logits[:, -1].float().cpu()
 
@@ -95,10 +115,8 @@ class ReferenceSearch:
     def _candidates(self, prompt: str, image: Image.Image, answer: list[int]) -> list[Sentence]:
         """K candidate next sentences of one node, decoded from a full prefill of image + prompt + answer."""
         k, d = self.s.candidates_per_step, self.d
-        inputs = self.processor(images=[image], text=[generation_prompt(self.processor, prompt)], return_tensors="pt")
-        ids = torch.cat([inputs["input_ids"], torch.tensor([answer], dtype=torch.long)], dim=1)
-        cache, pixels = DynamicCache(), inputs["pixel_values"].to(self.model.dtype)
-        logits = self._forward(ids, cache, pixels).expand(k, -1)
+        cache = DynamicCache()
+        logits = self._prefill(prompt, image, answer, cache).expand(k, -1)
         cache.batch_repeat_interleave(k)
         budget = self.s.max_answer_tokens - len(answer)
         out = [Sentence() for _ in range(k)]

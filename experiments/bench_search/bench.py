@@ -19,13 +19,13 @@ import matplotlib
 import torch
 from generate_loop import GenerateLoop
 from measure import assert_same_trees, run_engine, same_prompts, warm_up
-from workloads import Workload, llava7b, mid, shapesworld
+from workloads import Workload, llava7b, mid, qwen25_mid, shapesworld
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
-BUILDERS = {"shapesworld": shapesworld, "mid": mid, "llava7b": llava7b}
+BUILDERS = {"shapesworld": shapesworld, "mid": mid, "qwen25_mid": qwen25_mid, "llava7b": llava7b}
 # Scaling sweeps on the mid model (one knob at a time, the rest at SWEEP_BASE: a shorter search than the
 # mid workload's, so that the reference's runs fit in minutes).
 SWEEP_BASE = {"prompts": 2, "max_sentences": 3, "max_new_tokens": 12, "max_answer_tokens": 64}
@@ -141,11 +141,16 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="csr runs per point (best kept)")
     parser.add_argument("--no-scaling", action="store_true")
     parser.add_argument("--workloads", default="shapesworld,mid",
-                        help="comma-separated: shapesworld, mid (CPU), llava7b (needs a GPU: --no-scaling)")
+                        help="comma-separated: shapesworld, mid, qwen25_mid (CPU), llava7b (needs a GPU: --no-scaling)")
+    parser.add_argument("--families", action="store_true",
+                        help="the other families' workloads (qwen25_mid) alone: results_families.json and "
+                             "README's families block, the LLaVA results untouched")
     parser.add_argument("--csr-only", action="store_true",
                         help="time csr's engine alone and print it (to compare two versions of the engine)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.families:
+        args.workloads, args.no_scaling = "qwen25_mid", True
     if args.csr_only:
         for name in args.workloads.split(","):
             w = BUILDERS[name]()
@@ -158,8 +163,9 @@ def main() -> None:
     for name in args.workloads.split(","):
         w = BUILDERS[name]()
         warm_up(w)
-        # mid only: the generate loop prefills K copies of image + prompt + answer per node, minutes on a CPU
-        rows.append(compare(w, args.repeats, generate=name != "shapesworld"))
+        # mid only: the generate loop prefills K copies of image + prompt + answer per node, minutes on a
+        # CPU (and it is written for LLaVA)
+        rows.append(compare(w, args.repeats, generate=name in ("mid", "llava7b")))
         notes[w.name] = w.note
         print(json.dumps(rows[-1]), flush=True)
     sweeps: dict[str, list[dict]] = {}
@@ -174,14 +180,14 @@ def main() -> None:
     device = f"{torch.cuda.get_device_name()}, bfloat16" if gpu else f"{platform.machine()} CPU, float32"
     env = (f"torch {torch.__version__}, {args.threads} threads, {device}; csr best of {args.repeats} runs, "
            f"reference 1 run; total {time.time() - started:.0f} s")
-    suffix = "_gpu" if gpu else ""
+    suffix = "_gpu" if gpu else "_families" if args.families else ""
     (HERE / f"results{suffix}.json").write_text(json.dumps({"env": env, "workloads": rows, "scaling": sweeps}, indent=1))
     plot_speedup(rows, HERE / f"speedup{suffix}.png")
     block = f"Measured: {env}.\n\n" + workload_table(rows, notes) + f"\n![speed-up](speedup{suffix}.png)\n"
     if sweeps:
         plot_scaling(sweeps, HERE / "scaling.png")
         block += "\n### Scaling\n\n" + scaling_table(sweeps) + "\n![scaling](scaling.png)\n"
-    write_readme(block, "results-gpu" if gpu else "results")
+    write_readme(block, "results-gpu" if gpu else "results-families" if args.families else "results")
 
 
 if __name__ == "__main__":

@@ -81,9 +81,9 @@ def run_engine(engine: str, w: Workload, repeats: int = 1, **caps) -> Run:
         settings, decode = w.settings(**caps)
         if engine == "csr":
             scorer = ClipScorer(w.clip, device=str(w.model.device))  # a fresh image cache: every run pays its encodes
-            search = TreeSearch(w.model, w.processor, get_family("llava"), settings, decode, scorer.relevance).search
+            search = TreeSearch(w.model, w.processor, get_family(w.family), settings, decode, scorer.relevance).search
         else:
-            search = ReferenceSearch(w.model, w.processor, settings, decode, w.clip).search
+            search = ReferenceSearch(w.model, w.processor, settings, decode, w.clip, get_family(w.family)).search
         n, cuda = w.shape.prompts, w.model.device.type == "cuda"
         if cuda:  # on a GPU the memory that matters is the device's
             torch.cuda.synchronize()

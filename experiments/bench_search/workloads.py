@@ -51,6 +51,7 @@ class Workload:
     images: list[Image.Image]
     keys: list[str]
     shape: Shape
+    family: str = "llava"  # model.family: the engine and the reference go through its adapter
 
     def with_shape(self, **changes) -> Workload:
         return replace(self, shape=replace(self.shape, **changes))
@@ -174,6 +175,51 @@ def mid(n_prompts: int = 4, seed: int = 0) -> Workload:
     shape = Shape(beam_width=3, candidates_per_step=5, max_sentences=6, max_new_tokens=16, max_answer_tokens=128,
                   prompts=n_prompts)
     return Workload("mid", note, model, processor, clip, *_tiny_images(n_prompts), shape=shape)
+
+
+# (b') Qwen2.5-VL's geometry scaled down as (b): 672 px images, patch 14, 2x2 merge -> 576 image tokens,
+# a window-attention tower, an 8-layer LM with grouped-query attention (7B's 28 query / 4 key heads)
+# and multimodal RoPE.
+QWEN_MID_TEXT = dict(hidden_size=512, intermediate_size=1408, num_hidden_layers=8, num_attention_heads=8,
+                     num_key_value_heads=2, max_position_embeddings=4096,
+                     rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": [8, 12, 12]})
+QWEN_MID_VISION = dict(depth=4, hidden_size=256, intermediate_size=1024, num_heads=4, out_hidden_size=512,
+                       patch_size=14, spatial_merge_size=2, temporal_patch_size=2, window_size=112,
+                       fullatt_block_indexes=[3])
+QWEN_MID_PIXELS = 672 * 672
+
+
+def qwen25_mid(n_prompts: int = 4, seed: int = 0) -> Workload:
+    """(b') A random-weight Qwen2.5-VL-shaped model with 576 image tokens, float32 on the CPU."""
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+    from csr.models.families.qwen_vl import SPECIAL_TOKENS, Qwen25VL
+    from csr.models.tiny import build_chatml_tokenizer
+
+    tokenizer = build_chatml_tokenizer(SPECIAL_TOKENS)
+    tokenizer.add_tokens([f"<w{i}>" for i in range(VOCAB - len(tokenizer))])
+    ids = tokenizer.convert_tokens_to_ids
+    config = Qwen2_5_VLConfig(
+        vision_config=QWEN_MID_VISION,
+        text_config=dict(vocab_size=len(tokenizer), bos_token_id=None, eos_token_id=ids("<|im_end|>"),
+                         pad_token_id=tokenizer.pad_token_id, **QWEN_MID_TEXT),
+        image_token_id=ids("<|image_pad|>"), video_token_id=ids("<|video_pad|>"),
+        vision_start_token_id=ids("<|vision_start|>"), vision_end_token_id=ids("<|vision_end|>"),
+    )
+    config.text_config._attn_implementation = config.vision_config._attn_implementation = "sdpa"
+    torch.manual_seed(seed)
+    model = Qwen2_5_VLForConditionalGeneration(config).eval()
+    processor = Qwen25VL().make_processor(tokenizer, min_pixels=QWEN_MID_PIXELS, max_pixels=QWEN_MID_PIXELS)
+    for part in (processor.image_processor, processor.video_processor):
+        part.patch_size = 14
+    processor.tokenizer.padding_side = "left"
+    clip = _random_clip("mid-clip", MID_CLIP, seed, "cpu")
+    note = (f"random weights; Qwen2.5-VL shape: LM 8 layers, hidden 512, 8 query / 2 key heads, mRoPE, vocab {VOCAB}; "
+            "windowed ViT 4 layers, width 256, 672 px / patch 14, 2x2 merge (576 image tokens)")
+    shape = Shape(beam_width=3, candidates_per_step=5, max_sentences=6, max_new_tokens=16, max_answer_tokens=128,
+                  prompts=n_prompts)
+    return Workload("qwen25_mid", note, model, processor, clip, *_tiny_images(n_prompts), shape=shape,
+                    family="qwen2_5_vl")
 
 
 def llava7b(n_prompts: int = 4, seed: int = 0, device: str = "cuda") -> Workload:
