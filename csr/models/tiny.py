@@ -41,19 +41,26 @@ class TinyPaths:
     clip_arch: str
 
 
-def build_chatml_tokenizer(special_tokens: list[str]) -> PreTrainedTokenizerFast:
-    """A byte-level BPE tokenizer shaped like Qwen2's (no bos, <|im_end|> the eos, <|endoftext|> the pad),
-    with `special_tokens` (<|endoftext|> first, as at the real vocabulary's first special id)."""
-    backend = Tokenizer(models.BPE())
+def train_byte_bpe(special_tokens: list[str], unk_token: str | None = None, corpus: list[str] | None = None,
+                   vocab_size: int = 400) -> Tokenizer:
+    """Byte-level BPE trained on the tiny corpus: decode(encode(text)) == text, and punctuation never
+    merges into words. Every family's tiny tokenizer wraps one, with its own special tokens."""
+    backend = Tokenizer(models.BPE(unk_token=unk_token))
     backend.pre_tokenizer = pre_tokenizers.Sequence(
         [pre_tokenizers.Punctuation(), pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)]
     )
     backend.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=special_tokens,
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=special_tokens,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    backend.train_from_iterator(_corpus(), trainer)
+    backend.train_from_iterator(corpus or _corpus(), trainer)
+    return backend
+
+
+def build_chatml_tokenizer(special_tokens: list[str]) -> PreTrainedTokenizerFast:
+    """A byte-level BPE tokenizer shaped like Qwen2's (no bos, <|im_end|> the eos, <|endoftext|> the pad),
+    with `special_tokens` (<|endoftext|> first, as at the real vocabulary's first special id)."""
     return PreTrainedTokenizerFast(
-        tokenizer_object=backend, eos_token="<|im_end|>", pad_token="<|endoftext|>",
+        tokenizer_object=train_byte_bpe(special_tokens), eos_token="<|im_end|>", pad_token="<|endoftext|>",
         extra_special_tokens=[t for t in special_tokens if t not in ("<|im_end|>", "<|endoftext|>")],
     )
 
@@ -86,21 +93,9 @@ def _corpus() -> list[str]:
 
 
 def build_tokenizer(corpus: list[str] | None = None, vocab_size: int = 400) -> PreTrainedTokenizerFast:
-    """Byte-level BPE: decode(encode(text)) == text, and punctuation never merges into words."""
-    backend = Tokenizer(models.BPE(unk_token="<unk>"))
-    backend.pre_tokenizer = pre_tokenizers.Sequence(
-        [pre_tokenizers.Punctuation(), pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)]
-    )
-    backend.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=SPECIAL_TOKENS,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    backend.train_from_iterator(corpus or _corpus(), trainer)
+    """The tiny LLaVA's tokenizer: byte-level BPE (train_byte_bpe) with Llama's special tokens."""
     tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=backend,
+        tokenizer_object=train_byte_bpe(SPECIAL_TOKENS, "<unk>", corpus, vocab_size),
         bos_token="<s>",
         eos_token="</s>",
         unk_token="<unk>",

@@ -12,7 +12,6 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import (
     Gemma3Config,
     Gemma3ForConditionalGeneration,
@@ -124,18 +123,10 @@ class Gemma3(Family):
 
 def build_tokenizer() -> PreTrainedTokenizerFast:
     """A byte-level BPE tokenizer with Gemma 3's special tokens, named as its processor reads them."""
-    from csr.models.tiny import _corpus
+    from csr.models.tiny import train_byte_bpe
 
-    backend = Tokenizer(models.BPE(unk_token="<unk>"))
-    backend.pre_tokenizer = pre_tokenizers.Sequence(
-        [pre_tokenizers.Punctuation(), pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)]
-    )
-    backend.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=SPECIAL_TOKENS,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    backend.train_from_iterator(_corpus(), trainer)
     return PreTrainedTokenizerFast(
-        tokenizer_object=backend, bos_token="<bos>", eos_token="<eos>", unk_token="<unk>", pad_token="<pad>",
+        tokenizer_object=train_byte_bpe(SPECIAL_TOKENS, "<unk>"), bos_token="<bos>", eos_token="<eos>", unk_token="<unk>", pad_token="<pad>",
         # Gemma3Processor reads these by name (tokenizer.boi_token, .image_token_id, ...).
         extra_special_tokens={"boi_token": "<start_of_image>", "eoi_token": "<end_of_image>",
                               "image_token": "<image_soft_token>", "start_of_turn_token": "<start_of_turn>",

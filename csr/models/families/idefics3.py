@@ -20,7 +20,6 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import (
     Idefics3Config,
     Idefics3ForConditionalGeneration,
@@ -135,18 +134,10 @@ class SmolVLM(Idefics3):
 def build_tokenizer() -> PreTrainedTokenizerFast:
     """A byte-level BPE tokenizer with Idefics3's special tokens; it adds <|begin_of_text|> as Llama 3's does
     (the template writes it too: see Family.template_writes_bos)."""
-    from csr.models.tiny import _corpus
+    from csr.models.tiny import train_byte_bpe
 
-    backend = Tokenizer(models.BPE())
-    backend.pre_tokenizer = pre_tokenizers.Sequence(
-        [pre_tokenizers.Punctuation(), pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)]
-    )
-    backend.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=SPECIAL_TOKENS,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    backend.train_from_iterator(_corpus(), trainer)
     return PreTrainedTokenizerFast(
-        tokenizer_object=backend, bos_token="<|begin_of_text|>", eos_token="<|end_of_text|>", pad_token="<pad>",
+        tokenizer_object=train_byte_bpe(SPECIAL_TOKENS), bos_token="<|begin_of_text|>", eos_token="<|end_of_text|>", pad_token="<pad>",
         extra_special_tokens=[t for t in SPECIAL_TOKENS if t not in ("<|begin_of_text|>", "<|end_of_text|>", "<pad>")],
         add_bos_token=True, add_eos_token=False,
     )
