@@ -73,6 +73,9 @@ class Idefics3(Family):
     template_writes_bos = True
     config_class: Any = Idefics3Config
     vision_config_class: Any = Idefics3VisionConfig
+    processor_class: Any = Idefics3Processor
+    image_processor_class: Any = Idefics3ImageProcessor
+    video_processor_class: Any = None
 
     def processor_problems(self, model: Any, processor: Any) -> list[str]:
         """Crops must be the tower's size; then the base probe compares the tokens written for an image
@@ -112,8 +115,10 @@ class Idefics3(Family):
                        tokens_per_crop: int = TINY_TOKENS_PER_CROP) -> Any:
         """A processor cutting images of up to GRID x GRID crops of `crop` px, `tokens_per_crop` tokens each."""
         sizes = dict(size={"longest_edge": GRID * crop}, max_image_size={"longest_edge": crop})
-        return Idefics3Processor(image_processor=Idefics3ImageProcessor(**sizes), tokenizer=tokenizer,
-                                 image_seq_len=tokens_per_crop, chat_template=CHAT_TEMPLATE)
+        # SmolVLM's processor requires a video processor, though csr sends images only.
+        video = {"video_processor": self.video_processor_class(**sizes)} if self.video_processor_class else {}
+        return self.processor_class(image_processor=self.image_processor_class(**sizes), tokenizer=tokenizer,
+                                    image_seq_len=tokens_per_crop, chat_template=CHAT_TEMPLATE, **video)
 
 
 class SmolVLM(Idefics3):
@@ -122,13 +127,9 @@ class SmolVLM(Idefics3):
     model_class = SmolVLMForConditionalGeneration
     config_class = SmolVLMConfig
     vision_config_class = SmolVLMVisionConfig
-
-    def make_processor(self, tokenizer: PreTrainedTokenizerFast, crop: int = TINY_CROP,
-                       tokens_per_crop: int = TINY_TOKENS_PER_CROP) -> Any:
-        sizes = dict(size={"longest_edge": GRID * crop}, max_image_size={"longest_edge": crop})
-        return SmolVLMProcessor(image_processor=SmolVLMImageProcessor(**sizes), tokenizer=tokenizer,
-                                video_processor=SmolVLMVideoProcessor(**sizes), image_seq_len=tokens_per_crop,
-                                chat_template=CHAT_TEMPLATE)
+    processor_class = SmolVLMProcessor
+    image_processor_class = SmolVLMImageProcessor
+    video_processor_class = SmolVLMVideoProcessor
 
 
 def build_tokenizer() -> PreTrainedTokenizerFast:
