@@ -19,3 +19,5 @@ SCHEDULERS = ("cosine", "constant")
 DPO_REFERENCES = ("precomputed", "adapter_disabled", "frozen_copy")  # how the frozen reference's log-probs are had
 CHAIR_VARIANTS = ("original", "fixed")  # original: chair.py as papers ran it; fixed: csr's corrections
 POPE_PARSERS = ("official", "robust")  # official: POPE's evaluate.py; robust: csr's reading of the first words
+# data.shapesworld.split (or null: no world) and eval.shapesworld.split: csr/worlds/shapesworld/splits.py SPLIT_SEEDS
+SHAPESWORLD_SPLITS = ("csr", "val", "test", "fresh")

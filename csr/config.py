@@ -28,6 +28,7 @@ from csr.choices import (
     POPE_PARSERS,
     PRUNE_BY,
     SCHEDULERS,
+    SHAPESWORLD_SPLITS,
     TEXT_SCORES,
 )
 from csr.errors import CSRError
@@ -114,7 +115,7 @@ class SearchConfig:
 class ShapesWorldDataConfig:
     # ShapesWorld (csr/worlds/shapesworld/) writes its prompt split on first use: root/<split>/{prompts.json, images/}
     root: str | None = None
-    split: str | None = None  # csr | val | test; null = no world (the prompt file already exists)
+    split: str | None = None  # csr | val | test | fresh (SHAPESWORLD_SPLITS); null = no world (the prompt file already exists)
     size: int = 1000
 
 
@@ -211,7 +212,7 @@ class PopeEvalConfig:
 @dataclass
 class ShapesWorldEvalConfig:
     root: str | None = None  # where its held-out splits are written (on first use)
-    split: str = "test"  # held-out split: val to tune, test to report
+    split: str = "test"  # held-out split: val to tune, test to report, fresh (unused seeds) to confirm
     pope_images: int = 200  # images probed with POPE questions
 
 
@@ -288,6 +289,8 @@ _CHOICES = {
     "dpo.loss": DPO_LOSSES,
     "dpo.scheduler": SCHEDULERS,
     "dpo.reference": DPO_REFERENCES,
+    "data.shapesworld.split": (*SHAPESWORLD_SPLITS, None),
+    "eval.shapesworld.split": SHAPESWORLD_SPLITS,
 }
 
 # key -> (predicate, what must hold)

@@ -7,9 +7,16 @@ import random
 import numpy as np
 import pytest
 
+from csr.choices import SHAPESWORLD_SPLITS
 from csr.eval.chair import caption_report, chair_scores
 from csr.worlds.shapesworld.scenes import CELL, make, sample_scene
-from csr.worlds.shapesworld.splits import HELD_OUT_SIZE, ensure_split, ground_truth, split_identity
+from csr.worlds.shapesworld.splits import (
+    HELD_OUT_SIZE,
+    SPLIT_SEEDS,
+    ensure_split,
+    ground_truth,
+    split_identity,
+)
 from csr.worlds.shapesworld.text import describe, described_objects, question
 from csr.worlds.shapesworld.vocab import COLOURS, PAIRS, POSITIONS, SHAPES, synonym_table
 
@@ -102,6 +109,19 @@ def test_split_files(tmp_path):
     assert again == d
     pope = (d / "pope_adversarial.jsonl").read_text().splitlines()
     assert pope and all('"label"' in line for line in pope)
+
+
+def test_splits_are_disjoint_seed_ranges_the_config_knows():
+    assert tuple(SPLIT_SEEDS) == SHAPESWORLD_SPLITS  # what validate() accepts is what ensure_split can write
+    starts = sorted(SPLIT_SEEDS.values())
+    # each split's range (at most the csr pool's size, 10^6) ends before the next one starts
+    assert all(b - a >= 1_000_000 for a, b in zip(starts, starts[1:], strict=False)) and starts[0] >= 10_000_000
+
+
+def test_the_fresh_split_is_new_images(tmp_path):
+    fresh, test = ensure_split(tmp_path, "fresh", 20), ensure_split(tmp_path, "test", 20)
+    assert split_identity(fresh)["sha256"] != split_identity(test)["sha256"]
+    assert sorted(ground_truth(fresh)) == [f"fresh_{i:06d}" for i in range(20)]
 
 
 def test_shapesworld_evaluator_scores_its_answers_and_records_its_settings(tmp_path):

@@ -26,8 +26,10 @@ from csr.worlds.shapesworld.scenes import make, sample_scene
 from csr.worlds.shapesworld.text import DESCRIBE_PROMPTS
 from csr.worlds.shapesworld.vocab import SHAPES
 
-# first seed of each split; training images use seeds below 10^7
-SPLIT_SEEDS = {"csr": 10_000_000, "val": 20_000_000, "test": 30_000_000}
+# first seed of each split; training images use seeds below 10^7 (the weak CLIP's from 10^7 up, the csr
+# split's range, at the training co-occurrence). `fresh` is a seed range no model, study or tuning used
+# before it was added: a second test set, to check that a result is not a property of `test`'s images.
+SPLIT_SEEDS = {"csr": 10_000_000, "val": 20_000_000, "test": 30_000_000, "fresh": 50_000_000}
 HELD_OUT_COOCCURRENCE = 0.5
 PROBE_FRACTION = 0.5
 # Bumped whenever the files of a split change, so splits cached on disk are written again
