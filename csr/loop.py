@@ -32,6 +32,7 @@ from csr.distributed import (
     rank_zero_value,
     start_ranks,
 )
+from csr.errors import CSRError
 from csr.io import (
     atomic_write_json,
     atomic_write_text,
@@ -216,6 +217,13 @@ class Loop:
     def prepare_data(self) -> None:
         if self.world is not None:
             self.world.prepare(self.cfg.data)
+        # The prompts are first read by iteration 1's search, after the base model's evaluation: a wrong
+        # path must fail at start, not minutes in.
+        reads_prompts = self.cfg.stage == "search" or self.cfg.stage == "all" and any(
+            not is_done(self.iter_dir(k), "search") for k in range(1, self.cfg.iterations + 1))
+        prompts = Path(self.cfg.data.prompt_file)
+        if reads_prompts and not prompts.is_file():
+            raise CSRError(f"{prompts}: prompt file not found (config key 'data.prompt_file')")
 
     def run(self) -> dict:
         start_ranks(self.cfg.trainer)  # srun / torchrun: all ranks meet here before any file is read

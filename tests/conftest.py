@@ -3,13 +3,24 @@ test may set (Hydra's config, Lightning's rank) is put back after each test."""
 
 from __future__ import annotations
 
-from pathlib import Path
+import os
 
-import pytest
-from hydra.core.hydra_config import HydraConfig
-from pytorch_lightning.utilities.rank_zero import rank_zero_only
+# The suite runs on two xdist workers (pyproject addopts: -n 2): one intra-op thread in each worker and in
+# every process it starts, or four threads fight over two cores, many times slower than two.
+if "PYTEST_XDIST_WORKER" in os.environ:
+    os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = "1"
 
-from csr.models.tiny import TinyPaths, build_tiny, build_tiny_family
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from hydra.core.hydra_config import HydraConfig  # noqa: E402
+from pytorch_lightning.utilities.rank_zero import rank_zero_only  # noqa: E402
+
+from csr.models.tiny import TinyPaths, build_tiny, build_tiny_family  # noqa: E402
+
+if "PYTEST_XDIST_WORKER" in os.environ:
+    torch.set_num_threads(1)  # in case a plugin imported torch before the variable was set
 
 
 @pytest.fixture(scope="session")
