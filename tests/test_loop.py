@@ -123,4 +123,4 @@ def test_bad_input_fails_with_a_clear_message(env, tmp_path, override, message):
     assert proc.returncode != 0
     assert message in proc.stdout + proc.stderr
     assert "Traceback" not in proc.stdout + proc.stderr
-    assert "iteration 0: eval" not in proc.stdout + proc.stderr  # refused at start, not after the base eval
+    assert "iteration 0: eval done" not in proc.stdout + proc.stderr  # refused at start, not after the base eval
