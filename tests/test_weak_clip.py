@@ -18,6 +18,7 @@ from csr.worlds.shapesworld.weak_clip import (
     SHIPPED,
     STRONG,
     WeakClipConfig,
+    lone_partner,
     make_bag_of_words,
     noisy_labels,
     weak_config,
@@ -77,3 +78,14 @@ def test_the_shipped_weak_clip_loads_through_its_preset():
     metrics = read_json(SHIPPED / "clip_weak" / "weak_clip_metrics.json")
     assert scorer.model.positional_embedding.abs().max() == 0 and not scorer.prefix_exact  # a bag of words
     assert 0.5 < metrics["clip/auc_binding_swap"] < 0.6 and metrics["clip/word_order_max_r_i_change"] < 1e-4
+    assert 0.70 <= metrics["clip/auc_absent_partner"] <= 0.80  # issue 19's aim for real CLIP's sensitivity
+
+
+def test_a_lone_partner_is_a_partner_without_its_trigger():
+    from csr.worlds.shapesworld.scenes import Obj, Scene
+
+    def scene(*shapes):
+        return Scene(tuple(Obj(s, "red", "top left", "small") for s in shapes))
+
+    assert lone_partner(scene("moon", "circle")) and lone_partner(scene("star", "moon", "ring"))
+    assert not lone_partner(scene("star", "moon")) and not lone_partner(scene("star")) and not lone_partner(scene("circle"))
