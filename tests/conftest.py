@@ -17,6 +17,7 @@ import torch  # noqa: E402
 from hydra.core.hydra_config import HydraConfig  # noqa: E402
 from pytorch_lightning.utilities.rank_zero import rank_zero_only  # noqa: E402
 
+from csr import signals  # noqa: E402
 from csr.models.tiny import TinyPaths, build_tiny, build_tiny_family  # noqa: E402
 
 if "PYTEST_XDIST_WORKER" in os.environ:
@@ -37,9 +38,13 @@ def tiny_family(tiny_models: TinyPaths):
 
 @pytest.fixture(autouse=True)
 def _process_state_restored():
-    """A test that sets HydraConfig (as `csr` does inside its app) or a launcher environment (which sets
-    Lightning's rank) would otherwise make later tests in this process act as that app or that rank."""
+    """A test that sets HydraConfig (as `csr` does inside its app), a launcher environment (which sets
+    Lightning's rank) or sends itself a signal would otherwise make later tests in this process act as
+    that app, that rank or a stopped run."""
     rank = rank_zero_only.rank
     yield
     HydraConfig.instance().cfg = None
     rank_zero_only.rank = rank
+    # A signal a test sent to this process stays recorded (tests/test_signals.py): an in-process DPO of a
+    # later test would stop at its first step. Back to _State's class defaults: none received.
+    vars(signals._state).clear()
