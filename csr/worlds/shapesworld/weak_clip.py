@@ -44,6 +44,7 @@ from csr.models.clip import load_clip, save_clip
 from csr.worlds.shapesworld.clip_train import auc, evaluate_clip, sentence_batch
 from csr.worlds.shapesworld.overrides import set_fields
 from csr.worlds.shapesworld.pool import Pool, render_pool
+from csr.worlds.shapesworld.scenes import Scene
 from csr.worlds.shapesworld.text import describe, sentence
 from csr.worlds.shapesworld.vocab import PAIRS
 
@@ -101,7 +102,7 @@ def noisy_labels(pool: Pool, idx: list[int], rng: random.Random, noise: float) -
     return texts, labels
 
 
-def lone_partner(scene) -> bool:
+def lone_partner(scene: Scene) -> bool:
     """A partner shape in the scene without its trigger."""
     return any(partner in scene.shapes and trigger not in scene.shapes for trigger, partner in PAIRS.items())
 
