@@ -227,6 +227,8 @@ class EvalConfig:
     image_root: str | None = None  # null = data.image_root
     limit: int | None = 16
     max_new_tokens: int = 128
+    temperature: float = 0.0  # 0 = greedy; > 0 = sampled at this temperature, no top-k or top-p cut
+    sample_seed: int = 0  # with temperature > 0: the answers' seed (with each batch's record ids)
     batch_size: int = 8
     at_base: bool = True  # also evaluate the starting model (iteration 0)
 
@@ -333,6 +335,7 @@ _RANGES = {
     "eval.limit": (lambda v: v is None or v >= 1, ">= 1 or null (every prompt)"),
     "eval.batch_size": (lambda v: v >= 1, ">= 1"),
     "eval.max_new_tokens": (lambda v: v >= 1, ">= 1"),
+    "eval.temperature": (lambda v: v >= 0, ">= 0 (0 = greedy)"),
     "trainer.devices": (lambda v: v >= 1 or v == -1, ">= 1, or -1 (every visible GPU)"),
     "trainer.num_nodes": (lambda v: v >= 1, ">= 1"),
 }

@@ -24,6 +24,8 @@ RENAMED = (
 ADDED = (
     ("search.compact_fraction", 0.0),  # finished rows left the decode batch at once (2026-12)
     ("model.family", "llava"),  # csr ran LLaVA-1.5 only (2026-12)
+    ("eval.temperature", 0.0),  # evaluations were greedy (2026-12)
+    ("eval.sample_seed", 0),
 )
 
 

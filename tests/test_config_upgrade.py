@@ -16,7 +16,8 @@ from csr.run_dir import check_resume
 BEFORE = {"data": {"shapesworld_root": "/sw", "shapesworld_split": "csr", "shapesworld_size": 1000, "limit": 200},
           "eval": {"split": "val", "shapesworld_root": "/sw", "pope_images": 40, "limit": 500}}
 AFTER = {"data": {"shapesworld": {"root": "/sw", "split": "csr", "size": 1000}, "limit": 200},
-         "eval": {"shapesworld": {"root": "/sw", "split": "val", "pope_images": 40}, "limit": 500}}
+         "eval": {"shapesworld": {"root": "/sw", "split": "val", "pope_images": 40}, "limit": 500,
+                  "temperature": 0.0, "sample_seed": 0}}  # evaluations were greedy before the keys
 
 
 def test_renamed_keys_move_to_their_blocks():

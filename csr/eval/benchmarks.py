@@ -13,7 +13,7 @@ from pathlib import Path
 
 from csr.data.prompts import PromptRecord
 from csr.eval.chair import coco_chair
-from csr.eval.generate import DECODING, generate_answers, image_set, set_digest, skip_counts
+from csr.eval.generate import decoding, generate_answers, image_set, sampling, set_digest, skip_counts
 from csr.eval.pope import pope_metrics, read_pope_questions, yes_no
 from csr.io import atomic_write_text, read_json
 
@@ -31,11 +31,13 @@ def evaluate_coco_chair(*, model, processor, scorer, eval_cfg, prompt_file: str,
     records = [PromptRecord(id=str(im["id"]), image=im["file_name"], prompt=CHAIR_PROMPT, raw="") for im in images]
     answers, skips = generate_answers(model, processor, scorer, records, c.image_root, out_dir / "answers.jsonl",
                                       max_new_tokens=eval_cfg.max_new_tokens, batch_size=eval_cfg.batch_size,
-                                      trainer_kwargs=trainer_kwargs, on_error=on_error, source=c.instances)
+                                      trainer_kwargs=trainer_kwargs, on_error=on_error, source=c.instances,
+                                      **sampling(eval_cfg))
     generated = out_dir / "captions.jsonl"
     atomic_write_text(generated, "".join(json.dumps({"image_id": int(a["id"]), "caption": a["answer"]}) + "\n"
                                          for a in answers))
-    settings = {"prompt": CHAIR_PROMPT, "decoding": DECODING, "max_new_tokens": eval_cfg.max_new_tokens,
+    settings = {"prompt": CHAIR_PROMPT, "decoding": decoding(**sampling(eval_cfg)),
+                "max_new_tokens": eval_cfg.max_new_tokens,
                 "chair_variant": eval_cfg.chair.variant, **image_set(a["image"] for a in answers)}
     return {**coco_chair(generated, c.instances, c.captions, variant=eval_cfg.chair.variant),
             **skip_counts(skips), "settings": settings}
@@ -49,12 +51,14 @@ def evaluate_pope(*, model, processor, scorer, eval_cfg, prompt_file: str, image
     records = [PromptRecord(id=str(q["question_id"]), image=q["image"], prompt=q["text"], raw="") for q in questions]
     replies, more = generate_answers(model, processor, None, records, p.image_root, out_dir / "answers.jsonl",
                                      max_new_tokens=POPE_MAX_NEW_TOKENS, batch_size=eval_cfg.batch_size,
-                                     trainer_kwargs=trainer_kwargs, on_error=on_error, source=p.questions)
+                                     trainer_kwargs=trainer_kwargs, on_error=on_error, source=p.questions,
+                                     **sampling(eval_cfg))
     said = {r["id"]: yes_no(r["answer"], p.parser) for r in replies}
     scored = [(said[r.id], q) for r, q in zip(records, questions, strict=True) if r.id in said]
     settings = {"prompt": "per question (questions)", "questions": str(p.questions),
                 "questions_sha256": set_digest(f"{q['question_id']}\t{q['text']}\t{q['label']}" for _, q in scored),
-                "decoding": DECODING, "max_new_tokens": POPE_MAX_NEW_TOKENS, "parser": p.parser,
+                "decoding": decoding(**sampling(eval_cfg)), "max_new_tokens": POPE_MAX_NEW_TOKENS,
+                "parser": p.parser,
                 **image_set(q["image"] for _, q in scored)}
     return {**pope_metrics([s for s, _ in scored], [q["label"] == "yes" for _, q in scored]),
             **skip_counts(Counter(skips) + Counter(more)), "settings": settings}

@@ -1,4 +1,7 @@
-"""The generic evaluator: answer an eval prompt file with the iteration's model, greedy, and measure.
+"""The generic evaluator: answer an eval prompt file with the iteration's model and measure.
+
+Answers are greedy, or with `eval.temperature` > 0 sampled (no top-k or top-p cut), seeded per batch by
+`eval.sample_seed` and the batch's record ids, so the same run samples the same answers.
 
 Generation is a LightningModule predict step (so it shards later) that appends to answers.jsonl.
 Every evaluator answers through `generate_answers`, honours data.on_error (a bad prompt or image is
@@ -26,15 +29,33 @@ from csr.predict import RecordPredictor, predict_to_jsonl
 
 log = logging.getLogger(__name__)
 
-DECODING = "greedy"  # GenerateModule: do_sample=False, special tokens suppressed, stops at eos
+
+
+def decoding(temperature: float, sample_seed: int) -> str:
+    """How GenerateModule chose tokens, as the evaluators' settings record it (special tokens are
+    suppressed and answers stop at eos either way)."""
+    return "greedy" if temperature == 0 else f"sampled (temperature {temperature}, seed {sample_seed})"
+
+
+def sampling(eval_cfg) -> dict:
+    """The eval config's decoding keys, as generate_answers and decoding take them."""
+    return {"temperature": eval_cfg.temperature, "sample_seed": eval_cfg.sample_seed}
+
+
+def batch_seed(seed: int, ids: list[str]) -> int:
+    """The sampling seed of one batch: the same records under the same seed draw the same answers."""
+    digest = hashlib.sha256("\n".join([str(seed), *ids]).encode()).digest()
+    return int.from_bytes(digest[:8], "little") % 2**63
+
 # What the run's summary table shows: (column, metric key).
 SUMMARY = (("generated R_I", "mean_r_i"), ("generated tokens", "mean_answer_tokens"))
 
 
 class GenerateModule(RecordPredictor):
     def __init__(self, model, processor, image_root: str, max_new_tokens: int, scorer=None, on_error: str = "raise",
-                 source: str = "eval prompts"):
+                 source: str = "eval prompts", temperature: float = 0.0, sample_seed: int = 0):
         super().__init__()
+        self.temperature, self.sample_seed = temperature, sample_seed
         self.policy, self.processor, self.image_root = model, processor, image_root
         self.max_new_tokens, self.scorer = max_new_tokens, scorer
         self.on_error, self.source = on_error, source  # source: the input file, named in errors
@@ -65,10 +86,18 @@ class GenerateModule(RecordPredictor):
         inputs = family.encode(self.processor, [family.chat_prompt(self.processor, p.prompt) for p in batch], images)
         inputs.update(family.image_inputs(inputs, self.policy.dtype))
         tok = self.processor.tokenizer
-        out = self.policy.generate(
-            **inputs, do_sample=False, max_new_tokens=self.max_new_tokens,  # counts answer tokens only
-            eos_token_id=sorted(self.end_ids), pad_token_id=tok.pad_token_id, suppress_tokens=self.suppress,
-        )
+        # top_k=0 and top_p=1 undo any cut a checkpoint's generation_config asks for: plain sampling
+        sampling = {"do_sample": True, "temperature": self.temperature, "top_k": 0, "top_p": 1.0} \
+            if self.temperature > 0 else {"do_sample": False}
+        device = self.policy.device
+        # fork_rng: the seed set here leaves the caller's random state as it was
+        forked = {"devices": []} if device.type == "cpu" else {"devices": [device], "device_type": device.type}
+        with torch.random.fork_rng(**forked):
+            torch.manual_seed(batch_seed(self.sample_seed, [str(p.id) for p in batch]))
+            out = self.policy.generate(
+                **inputs, **sampling, max_new_tokens=self.max_new_tokens,  # counts answer tokens only
+                eos_token_id=sorted(self.end_ids), pad_token_id=tok.pad_token_id, suppress_tokens=self.suppress,
+            )
         records = []
         for prompt, image, row in zip(batch, images, out[:, inputs["input_ids"].shape[1]:], strict=True):
             ids = row.tolist()
@@ -119,8 +148,9 @@ def skip_counts(skips: dict[str, int]) -> dict:
 
 def generate_answers(model, processor, scorer, records: list[PromptRecord], image_root, out_path: Path, *,
                      max_new_tokens: int, batch_size: int, trainer_kwargs: dict, on_error: str = "raise",
-                     source: str | None = None) -> tuple[list[dict], dict[str, int]]:
-    """Greedy answers to `records`, appended to `out_path` (resumable); returns (the answers to
+                     source: str | None = None, temperature: float = 0.0,
+                     sample_seed: int = 0) -> tuple[list[dict], dict[str, int]]:
+    """Answers to `records` (greedy, or sampled at `temperature` > 0), appended to `out_path` (resumable); returns (the answers to
     `records`, in their order, skip counts by reason).
 
     A prompt too long for the model (`too_long`) or an unreadable image (`bad_image`) raises naming
@@ -129,7 +159,8 @@ def generate_answers(model, processor, scorer, records: list[PromptRecord], imag
     source = source or f"{out_path.parent.name} eval prompts"
     records, too_long = drop_overlong(records, processor, model, family_for(model), image_root, max_new_tokens,
                                       on_error, source)
-    module = GenerateModule(model, processor, str(image_root), max_new_tokens, scorer, on_error, str(source))
+    module = GenerateModule(model, processor, str(image_root), max_new_tokens, scorer, on_error, str(source),
+                            temperature, sample_seed)
     module.counts = f"{out_path.stem} batches"  # an evaluator may write several files
     predict_to_jsonl(module, records, out_path, batch_size=batch_size, trainer_kwargs=trainer_kwargs)
     # Only this call's records: the file may also hold answers to records no longer asked for.
@@ -147,7 +178,7 @@ def evaluate_generate(*, model, processor, scorer, eval_cfg, prompt_file: str, i
     answers, more = generate_answers(
         model, processor, scorer, prompts, image_root, out_dir / "answers.jsonl",
         max_new_tokens=eval_cfg.max_new_tokens, batch_size=eval_cfg.batch_size, trainer_kwargs=trainer_kwargs,
-        on_error=on_error, source=prompt_file,
+        on_error=on_error, source=prompt_file, **sampling(eval_cfg),
     )
     texts = {a["prompt"] for a in answers}
     settings = {
@@ -155,7 +186,7 @@ def evaluate_generate(*, model, processor, scorer, eval_cfg, prompt_file: str, i
         "prompt": texts.pop() if len(texts) == 1 else "per record (prompt_file)",
         "prompt_file": str(prompt_file),
         "prompts_sha256": set_digest(f"{a['id']}\t{a['prompt']}" for a in answers),
-        "decoding": DECODING, "max_new_tokens": eval_cfg.max_new_tokens,
+        "decoding": decoding(**sampling(eval_cfg)), "max_new_tokens": eval_cfg.max_new_tokens,
         **image_set(a["image"] for a in answers),
     }
     return {**answer_metrics(answers), **skip_counts(Counter(skips) + Counter(more)), "settings": settings}

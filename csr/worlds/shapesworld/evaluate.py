@@ -14,7 +14,7 @@ from csr.data.pope_questions import QUESTION_TEMPLATE, STRATEGIES
 from csr.data.prompts import PromptRecord
 from csr.errors import CSRError
 from csr.eval.chair import caption_report, chair_scores
-from csr.eval.generate import DECODING, answer_metrics, generate_answers, image_set, skip_counts
+from csr.eval.generate import answer_metrics, decoding, generate_answers, image_set, sampling, skip_counts
 from csr.eval.pope import pope_metrics, read_pope_questions, yes_no
 from csr.worlds.shapesworld.grammar import grammar_metrics
 from csr.worlds.shapesworld.splits import (
@@ -65,7 +65,8 @@ def _pope(model, processor, eval_cfg, split_dir: Path, images: set[str], out_dir
         replies, more = generate_answers(model, processor, None, records, split_dir / "images",
                                          out_dir / f"pope_{strategy}.jsonl", max_new_tokens=POPE_MAX_NEW_TOKENS,
                                          batch_size=eval_cfg.batch_size, trainer_kwargs=trainer_kwargs,
-                                         on_error=on_error, source=str(split_dir / f"pope_{strategy}.jsonl"))
+                                         on_error=on_error, source=str(split_dir / f"pope_{strategy}.jsonl"),
+                                         **sampling(eval_cfg))
         said = {r["id"]: yes_no(r["answer"], eval_cfg.pope.parser) for r in replies}
         scored = [(said[r.id], q) for r, q in zip(records, questions, strict=True) if r.id in said]
         result = pope_metrics([s for s, _ in scored], [q["label"] == "yes" for _, q in scored])
@@ -90,7 +91,7 @@ def evaluate_shapesworld(*, model, processor, scorer, eval_cfg, prompt_file: str
     answers, skips = generate_answers(model, processor, scorer, describe, split_dir / "images",
                                       out_dir / "answers.jsonl", max_new_tokens=eval_cfg.max_new_tokens,
                                       batch_size=eval_cfg.batch_size, trainer_kwargs=trainer_kwargs,
-                                      on_error=on_error, source=str(split_dir))
+                                      on_error=on_error, **sampling(eval_cfg), source=str(split_dir))
     answers = [a for a in answers if a["id"] in truth]
     metrics = chair_scores([a["answer"] for a in answers], [truth[a["id"]] for a in answers], synonym_table())
     metrics.update(answer_metrics(answers))
@@ -101,10 +102,11 @@ def evaluate_shapesworld(*, model, processor, scorer, eval_cfg, prompt_file: str
                                     out_dir, trainer_kwargs, on_error)
     metrics.update(pope)
     metrics.update(skip_counts(Counter(skips) + pope_skips))
+    how = decoding(**sampling(eval_cfg))
     metrics["settings"] = {
-        "split": split_identity(split_dir), "prompt": DESCRIBE_PROMPT, "decoding": DECODING,
+        "split": split_identity(split_dir), "prompt": DESCRIBE_PROMPT, "decoding": how,
         "max_new_tokens": eval_cfg.max_new_tokens, **image_set(a["image"] for a in answers),
-        "pope": {"prompt": QUESTION_TEMPLATE, "decoding": DECODING, "max_new_tokens": POPE_MAX_NEW_TOKENS,
+        "pope": {"prompt": QUESTION_TEMPLATE, "decoding": how, "max_new_tokens": POPE_MAX_NEW_TOKENS,
                  "parser": eval_cfg.pope.parser, **image_set(shown)},
     }
     return metrics
