@@ -6,7 +6,8 @@ model on that split.
 
 Each evaluation is its own run directory under `<sweep>_<split>/` (`csr stage=eval iteration=0` with
 `model.path` the run's last `merged/` and the run's own overrides, so the same reward scores the
-answers); one that finished is not run again.
+answers); one that finished is not run again. `--set KEY=VALUE` (repeatable) changes every
+evaluation, the base's too, e.g. `--set eval.temperature=1.0 --tag sampled` for sampled answers.
 """
 
 from __future__ import annotations
@@ -26,11 +27,11 @@ from claims import claims  # noqa: E402
 NOT_CARRIED = ("stage", "iteration", "run_dir", "eval.", "hydra", "logger.", "report.", "data.")
 
 
-def evaluate(run_dir: Path, overrides: list[str], split: str) -> None:
+def evaluate(run_dir: Path, overrides: list[str], split: str, changes: list[str]) -> None:
     if (run_dir / "iter_0" / "eval.done.json").exists():
         return
     subprocess.run(["csr", "stage=eval", "iteration=0", f"run_dir={run_dir}", f"eval.shapesworld.split={split}",
-                    "logger.tracking_uri=null", "report.inspect=false", *overrides], check=True)
+                    "logger.tracking_uri=null", "report.inspect=false", *overrides, *changes], check=True)
 
 
 def carried(run: Path) -> list[str]:
@@ -42,23 +43,28 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("sweep", type=Path)
     parser.add_argument("--split", default="fresh")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="an override of every evaluation (repeatable)")
+    parser.add_argument("--tag", default="", help="names the evaluations and outputs made with --set")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent)
     args = parser.parse_args()
-    evals = args.sweep.with_name(f"{args.sweep.name}_{args.split}")
-    evaluate(evals / "base", [], args.split)
+    name = f"{args.split}_{args.tag}" if args.tag else args.split
+    evals = args.sweep.with_name(f"{args.sweep.name}_{name}")
+    evaluate(evals / "base", [], args.split, args.set)
     base = base_row(evals / "base")
     runs = load_runs(args.sweep, None)
     for run in runs:
         last = max(row["iteration"] for row in run["rows"])
         here = evals / run["dir"].name
-        evaluate(here, [*carried(run["dir"]), f"model.path={run['dir'] / f'iter_{last}' / 'merged'}"], args.split)
+        evaluate(here, [*carried(run["dir"]), f"model.path={run['dir'] / f'iter_{last}' / 'merged'}"], args.split,
+                 args.set)
         run["rows"] = [base, {**base_row(here), "iteration": last}]
     text, _ = table(runs)
-    (args.out / f"results_{args.split}.md").write_text(text)
+    (args.out / f"results_{name}.md").write_text(text)
     # the claims compare lambdas: only for a lambda sweep
     verdicts = claims(runs, last) if {0.0, 0.9, 1.0} <= {run["lam"] for run in runs} else ""
     if verdicts:
-        (args.out / f"claims_{args.split}.md").write_text(verdicts)
+        (args.out / f"claims_{name}.md").write_text(verdicts)
     print(text + "\n" + verdicts)
 
 
