@@ -10,6 +10,7 @@ skipped and counted, or raises naming it) and records with its metrics the `sett
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 from collections import Counter
@@ -30,7 +31,6 @@ from csr.predict import RecordPredictor, predict_to_jsonl
 log = logging.getLogger(__name__)
 
 
-
 def decoding(temperature: float, sample_seed: int) -> str:
     """How GenerateModule chose tokens, as the evaluators' settings record it (special tokens are
     suppressed and answers stop at eos either way)."""
@@ -46,6 +46,7 @@ def batch_seed(seed: int, ids: list[str]) -> int:
     """The sampling seed of one batch: the same records under the same seed draw the same answers."""
     digest = hashlib.sha256("\n".join([str(seed), *ids]).encode()).digest()
     return int.from_bytes(digest[:8], "little") % 2**63
+
 
 # What the run's summary table shows: (column, metric key).
 SUMMARY = (("generated R_I", "mean_r_i"), ("generated tokens", "mean_answer_tokens"))
@@ -80,22 +81,34 @@ class GenerateModule(RecordPredictor):
             out.update((r["id"], r) for r in self.answer(good, images))
         return [out[p.id] for p in batch]
 
+    def _token_choice(self) -> dict:
+        if self.temperature == 0:
+            return {"do_sample": False}
+        # top_k=0 and top_p=1 undo any cut a checkpoint's generation_config asks for: plain sampling
+        return {"do_sample": True, "temperature": self.temperature, "top_k": 0, "top_p": 1.0}
+
+    @contextlib.contextmanager
+    def _seeded(self, batch: list[PromptRecord]):
+        """Sampling draws from a stream seeded by the batch's records; fork_rng leaves the caller's random
+        state as it was. Greedy answers draw nothing, so they skip both."""
+        if self.temperature == 0:
+            yield
+            return
+        device = self.policy.device
+        forked = {"devices": []} if device.type == "cpu" else {"devices": [device], "device_type": device.type}
+        with torch.random.fork_rng(**forked):
+            torch.manual_seed(batch_seed(self.sample_seed, [str(p.id) for p in batch]))
+            yield
+
     @torch.inference_mode()
     def answer(self, batch: list[PromptRecord], images: list) -> list[dict]:
         family = self.family
         inputs = family.encode(self.processor, [family.chat_prompt(self.processor, p.prompt) for p in batch], images)
         inputs.update(family.image_inputs(inputs, self.policy.dtype))
         tok = self.processor.tokenizer
-        # top_k=0 and top_p=1 undo any cut a checkpoint's generation_config asks for: plain sampling
-        sampling = {"do_sample": True, "temperature": self.temperature, "top_k": 0, "top_p": 1.0} \
-            if self.temperature > 0 else {"do_sample": False}
-        device = self.policy.device
-        # fork_rng: the seed set here leaves the caller's random state as it was
-        forked = {"devices": []} if device.type == "cpu" else {"devices": [device], "device_type": device.type}
-        with torch.random.fork_rng(**forked):
-            torch.manual_seed(batch_seed(self.sample_seed, [str(p.id) for p in batch]))
+        with self._seeded(batch):
             out = self.policy.generate(
-                **inputs, **sampling, max_new_tokens=self.max_new_tokens,  # counts answer tokens only
+                **inputs, **self._token_choice(), max_new_tokens=self.max_new_tokens,  # counts answer tokens only
                 eos_token_id=sorted(self.end_ids), pad_token_id=tok.pad_token_id, suppress_tokens=self.suppress,
             )
         records = []
@@ -150,8 +163,8 @@ def generate_answers(model, processor, scorer, records: list[PromptRecord], imag
                      max_new_tokens: int, batch_size: int, trainer_kwargs: dict, on_error: str = "raise",
                      source: str | None = None, temperature: float = 0.0,
                      sample_seed: int = 0) -> tuple[list[dict], dict[str, int]]:
-    """Answers to `records` (greedy, or sampled at `temperature` > 0), appended to `out_path` (resumable); returns (the answers to
-    `records`, in their order, skip counts by reason).
+    """Answers to `records` (greedy, or sampled at `temperature` > 0), appended to `out_path`
+    (resumable); returns (the answers to `records`, in their order, skip counts by reason).
 
     A prompt too long for the model (`too_long`) or an unreadable image (`bad_image`) raises naming
     `source` (the input file) and the record, or with on_error="skip" is left out and counted.
