@@ -21,7 +21,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "shapesworld_csr"))
 from aggregate import base_row, load_runs, table  # noqa: E402
-from claims import claims  # noqa: E402
+from claims import by_seed, claims  # noqa: E402
 
 # Overrides of a sweep run that say where and what it ran, not which model and reward: replaced here.
 NOT_CARRIED = ("stage", "iteration", "run_dir", "eval.", "hydra", "logger.", "report.", "data.")
@@ -60,6 +60,7 @@ def main() -> None:
                  args.set)
         run["rows"] = [base, {**base_row(here), "iteration": last}]
     text, _ = table(runs)
+    text += "\n" + by_seed(runs, last)
     (args.out / f"results_{name}.md").write_text(text)
     # the claims compare lambdas: only for a lambda sweep
     verdicts = claims(runs, last) if {0.0, 0.9, 1.0} <= {run["lam"] for run in runs} else ""
