@@ -6,6 +6,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 from transformers import DynamicCache
 from transformers.integrations.sdpa_attention import repeat_kv
 
@@ -44,11 +45,27 @@ def loop_attention(layer, owner, groups, query, key, value, mask, scale):
     return out.transpose(1, 2).contiguous()
 
 
+class OutputShapes(TorchDispatchMode):
+    """Records the shape of every tensor an op returns (views included)."""
+
+    def __init__(self):
+        super().__init__()
+        self.shapes: list[tuple[int, ...]] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in out if isinstance(out, tuple | list) else (out,):
+            if isinstance(t, torch.Tensor):
+                self.shapes.append(tuple(t.shape))
+        return out
+
+
 @pytest.mark.parametrize("owner", [[0, 0, 1, 1, 1, 2], [1, 1, 0, 2, 2, 1, 1], [2, 2, 2], [1, 3, 3]])
 @pytest.mark.parametrize("q", [1, 2])
-def test_one_call_attention_equals_the_loop_over_runs(owner, q):
+@pytest.mark.parametrize("groups", [1, 3, 7])  # query heads per key head: 7 is Qwen2.5-VL-7B's (28 / 4)
+def test_one_call_attention_equals_the_loop_over_runs(owner, q, groups):
     torch.manual_seed(0)
-    prompts, kv_heads, groups, lp, own, dim = 4, 2, 3, 17, 5, 8  # grouped-query: 6 query heads, 2 key heads
+    prompts, kv_heads, lp, own, dim = 4, 2, 17, 5, 8
     rows = len(owner)
     prefix = DynamicCache()
     prefix.update(torch.randn(prompts, kv_heads, lp, dim), torch.randn(prompts, kv_heads, lp, dim), 0)
@@ -64,12 +81,17 @@ def test_one_call_attention_equals_the_loop_over_runs(owner, q):
     module = SimpleNamespace(layer_idx=0, num_key_value_groups=groups)
     token = kv._ACTIVE.set(cache)
     try:
-        out, _ = kv._shared_prefix_attention(module, query, key, value, mask, scaling=dim**-0.5)
+        with OutputShapes() as made:
+            out, _ = kv._shared_prefix_attention(module, query, key, value, mask, scaling=dim**-0.5)
     finally:
         kv._ACTIVE.reset(token)
     expected = loop_attention(layer, owner, groups, query, key, value, mask, dim**-0.5)
     assert out.shape == (rows, q, kv_heads * groups, dim)
     torch.testing.assert_close(out, expected, rtol=0, atol=1e-6)
+    # The rows' own keys and values are read as stored: nothing of their size per query head (repeat_kv's
+    # copy, [rows, heads, tokens, dim]) is made. With one group that is the keys' own shape.
+    if groups > 1:
+        assert (rows, kv_heads * groups, own + q, dim) not in made.shapes
 
 
 def test_blocks_pad_rows_into_per_prompt_slots():

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 from transformers import AttentionInterface, DynamicCache
 from transformers.cache_utils import DynamicLayer
-from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 # One sentence's cache: per layer (keys, values), each [heads, tokens, head_dim].
@@ -112,18 +112,30 @@ class _SharedPrefixLayer(DynamicLayer):
         self._views()
 
 
-def _to_blocks(x: torch.Tensor, layout: Blocks, kv_heads: int) -> torch.Tensor:
-    """Rows [R, H, q, *] -> per-prompt blocks [P, Hkv, width * H/Hkv * q, *], padding slots zero. Query
-    head h reads key head h // (H/Hkv) (as repeat_kv lays them out), so a block's queries of one key head
-    are one matrix: grouped-query attention reads each prompt's one copy of the prefix as it is."""
+def _by_kv_head(x: torch.Tensor, kv_heads: int) -> torch.Tensor:
+    """Rows [R, H, q, *] -> [R, Hkv, H/Hkv * q, *]. Query head h reads key head h // (H/Hkv) (as repeat_kv
+    lays them out), so the queries of one key head are one matrix: grouped-query attention reads keys and
+    values as stored, [*, Hkv, n, D], never copied once per query head."""
     rows, heads, q, last = x.shape
-    out = x.new_zeros(layout.count, kv_heads, layout.width, heads // kv_heads * q, last)
-    out[layout.prompt, :, layout.slot] = x.reshape(rows, kv_heads, heads // kv_heads * q, last)
+    return x.reshape(rows, kv_heads, heads // kv_heads * q, last)
+
+
+def _by_head(x: torch.Tensor, heads: int, q: int) -> torch.Tensor:
+    """The inverse of `_by_kv_head`: [R, Hkv, H/Hkv * q, *] -> [R, H, q, *]."""
+    return x.reshape(x.shape[0], heads, q, x.shape[-1])
+
+
+def _to_blocks(x: torch.Tensor, layout: Blocks) -> torch.Tensor:
+    """Rows [R, Hkv, m, *] (by key head) -> per-prompt blocks [P, Hkv, width * m, *], padding slots zero:
+    a block's rows are one matrix against its prompt's one copy of the prefix."""
+    _, kv_heads, m, last = x.shape
+    out = x.new_zeros(layout.count, kv_heads, layout.width, m, last)
+    out[layout.prompt, :, layout.slot] = x
     return out.view(layout.count, kv_heads, -1, last)
 
 
 def _from_blocks(x: torch.Tensor, layout: Blocks, heads: int, q: int) -> torch.Tensor:
-    """The inverse of `_to_blocks`: [P, Hkv, width * H/Hkv * q, *] -> rows [R, H, q, *]."""
+    """The inverse of `_to_blocks`, back to rows by query head: [P, Hkv, width * m, *] -> [R, H, q, *]."""
     count, kv_heads, _, last = x.shape
     rows = x.view(count, kv_heads, layout.width, -1, last)[layout.prompt, :, layout.slot]
     return rows.view(len(layout.owner), heads, q, last)
@@ -144,14 +156,14 @@ def _shared_prefix_attention(module, query, key, value, attention_mask, dropout=
     layout = layer.layout
     prompts = slice(layout.first, layout.first + layout.count)
     pk, pv = layer.prefix_k[prompts], layer.prefix_v[prompts]  # [P, Hkv, Lp, D], views
-    groups = getattr(module, "num_key_value_groups", 1)
-    key, value = repeat_kv(key, groups), repeat_kv(value, groups)  # the rows' own tokens: few, copied
-    rows, heads, q, dim = query.shape
+    _, heads, q, dim = query.shape
+    kv_heads = key.shape[1]
     scale = scaling if scaling is not None else dim**-0.5
 
-    prefix_scores = torch.matmul(_to_blocks(query, layout, pk.shape[1]), pk.transpose(-1, -2))
-    scores = torch.cat([_from_blocks(prefix_scores, layout, heads, q), torch.matmul(query, key.transpose(-1, -2))],
-                       dim=-1).float()
+    grouped_query = _by_kv_head(query, kv_heads)  # a copy of the few queries; keys and values read as stored
+    prefix_scores = torch.matmul(_to_blocks(grouped_query, layout), pk.transpose(-1, -2))
+    own_scores = torch.matmul(grouped_query, key.transpose(-1, -2))
+    scores = torch.cat([_from_blocks(prefix_scores, layout, heads, q), _by_head(own_scores, heads, q)], dim=-1).float()
     scores *= scale
     if attention_mask is not None:
         if attention_mask.dtype == torch.bool:
@@ -161,10 +173,10 @@ def _shared_prefix_attention(module, query, key, value, attention_mask, dropout=
     window = kwargs.get("sliding_window")
     if window:  # this layer sees the last `window` real positions only (Mistral, Gemma 3, Qwen2 sliding layers)
         scores.masked_fill_((_DISTANCE.get() >= window)[:, None, None, :], float("-inf"))
-    weights = scores.softmax(-1).to(value.dtype)
+    weights = _by_kv_head(scores.softmax(-1).to(value.dtype), kv_heads)  # a view
     lp = pk.shape[2]
-    out = torch.matmul(weights[..., lp:], value)
-    out += _from_blocks(torch.matmul(_to_blocks(weights[..., :lp], layout, pk.shape[1]), pv), layout, heads, q)
+    out = _by_head(torch.matmul(weights[..., lp:], value), heads, q)
+    out += _from_blocks(torch.matmul(_to_blocks(weights[..., :lp], layout), pv), layout, heads, q)
     return out.transpose(1, 2).contiguous(), None
 
 
