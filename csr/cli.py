@@ -19,6 +19,8 @@ from csr import signals
 from csr.config import validate
 from csr.distributed import check_trainer, is_global_zero
 from csr.errors import CSRError
+from csr.extras import check_run as check_run_extras
+from csr.extras import require_launcher
 
 log = logging.getLogger("csr")
 # Out of space, over quota, file too large, read-only file system: only a write fails this way.
@@ -54,6 +56,7 @@ def check_config(cfg: DictConfig) -> DictConfig:
     from csr.worlds import evaluators
 
     typed = validate(cfg)
+    check_run_extras(typed)
     check_trainer(typed.trainer)
     check_device(typed.trainer)
     check_tiny_files(typed)
@@ -193,7 +196,7 @@ def stage_run_argv(argv: list[str]) -> list[str]:
     """A stage run alone on a csr run directory starts from that run's latest saved config, with the
     command line's overrides on top (csr/stage_run.py), unless a config group is named; any run_dir=
     keeps Hydra's log and .hydra/ there."""
-    from csr.run_dir import CONFIG, changes, is_run_dir
+    from csr.run_dir import CONFIG, changes, is_run_dir, read_saved_config
 
     given = _overrides(argv)
     if "run_dir" not in given or any(a in ("-m", "--multirun") for a in argv):
@@ -208,6 +211,7 @@ def stage_run_argv(argv: list[str]) -> list[str]:
     if given.get("stage", "all") != "all" and is_run_dir(run_dir) and not chosen:
         entries = changes(run_dir)
         latest = (entries[-1]["config"] if entries else CONFIG).removesuffix(".yaml")
+        read_saved_config(run_dir / f"{latest}.yaml")  # data only: refused before Hydra composes (and acts on) it
         extra += [f"--config-path={run_dir}", f"--config-name={latest}"]
     return [*argv, *extra]
 
@@ -233,6 +237,13 @@ def main() -> None:
             if message:
                 print(f"csr: error: {message}", file=sys.stderr)
                 sys.exit(2)
+        launcher = next((a.split("=", 1)[1] for a in argv if a.startswith("hydra/launcher=")), None)
+        try:
+            if launcher:
+                require_launcher(launcher)
+        except CSRError as err:
+            print(f"csr: error: {err}", file=sys.stderr)
+            sys.exit(2)
         from csr.run_dir import unwritable
 
         run_dir = _overrides(argv).get("run_dir")
@@ -240,7 +251,11 @@ def main() -> None:
         if problem:
             print(f"csr: error: {problem}", file=sys.stderr)
             sys.exit(2)
-        sys.argv = [sys.argv[0], *stage_run_argv(argv)]
+        try:
+            sys.argv = [sys.argv[0], *stage_run_argv(argv)]
+        except CSRError as err:  # before Hydra writes its .hydra/ and log into run_dir: a refusal writes nothing
+            print(f"csr: error: {err}", file=sys.stderr)
+            sys.exit(2)
     app()
 
 

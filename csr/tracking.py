@@ -14,13 +14,14 @@ import sqlite3
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Collection, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, unquote
 
 from csr.errors import CSRError
+from csr.extras import require
 from csr.io import atomic_write_json, read_json
 
 log = logging.getLogger(__name__)
@@ -103,6 +104,7 @@ class Tracker:
         self.client = None
         self.started = False  # this start opened the parent run (it holds the run directory)
         if enabled:
+            require("mlflow", "logger.enabled=true (tracking in MLflow; logger.enabled=false runs without it)")
             from mlflow.tracking import MlflowClient
 
             check_store(self.uri)
@@ -233,6 +235,7 @@ def loop_runs(tracking_uri: str, experiment: str | None,
     """(name, params, iteration -> metrics, the csr.run_dir tag) of each loop's parent run: of an
     experiment, or the parents of the given runs. Iteration 0 (the base model's evaluation) lives in the
     parent at step 0, iteration k in its nested run."""
+    require("mlflow", "reading runs from an MLflow store")
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=tracking_uri)
@@ -267,10 +270,12 @@ def loop_runs(tracking_uri: str, experiment: str | None,
     return loops
 
 
-def download_loop(run_id: str, tracking_uri: str, into: Path, changes: str, metrics_dir: Path) -> str:
+def download_loop(run_id: str, tracking_uri: str, into: Path, changes: str, metrics_dir: Path,
+                  config_names: Callable[[Path], list[str]]) -> str:
     """The files a loop's parent run holds (config.yaml, run_info.json, the `changes` file and the configs
-    it names) into `into`, each iteration's metrics.json as metrics_dir/iter_<k>.json; returns the
-    parent's id (an iteration run's id leads to its parent)."""
+    it names: `config_names(into)`, which checks each name) into `into`, each iteration's metrics.json as
+    metrics_dir/iter_<k>.json; returns the parent's id (an iteration run's id leads to its parent)."""
+    require("mlflow", "reading a run from an MLflow store")
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
@@ -281,8 +286,8 @@ def download_loop(run_id: str, tracking_uri: str, into: Path, changes: str, metr
             client.download_artifacts(parent_id, name, str(into))
         if changes in {a.path for a in client.list_artifacts(parent_id)}:
             client.download_artifacts(parent_id, changes, str(into))
-            for entry in read_json(into / changes):
-                client.download_artifacts(parent_id, entry["config"], str(into))
+            for name in config_names(into):
+                client.download_artifacts(parent_id, name, str(into))
         parent = client.get_run(parent_id)
         metrics_dir.mkdir(exist_ok=True)
         children = client.search_runs([parent.info.experiment_id],

@@ -12,9 +12,11 @@ PACKAGE = Path(__file__).resolve().parent.parent / "csr"
 # groups. The same list is in the README ("Architecture").
 LAYERS = [
     {"errors", "config_upgrade", "choices"},
+    {"extras"},
     {"io"},
     {"signals", "lock", "progress", "distributed", "tracking"},
-    {"config", "context", "run_info", "run_dir", "report", "plan"},
+    {"config", "context", "run_info", "report", "plan"},
+    {"run_dir"},
     {"stage_run"},
     {"data"},
     {"models"},
