@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from csr.dpo.data import answer_positions, collate, concat_padded, sequence_logps
+from csr.dpo.data import answer_positions, collate, concat_padded, reference_from_batch, sequence_logps
 from csr.dpo.loss import LOSSES, dpo_loss, reward_metrics
 from csr.models.chat import IGNORE
 
@@ -289,13 +289,15 @@ def test_collate_layout() -> None:
     assert pixels[:, 0, 0, 0].tolist() == [1.0, 2.0]
     assert batch["chosen_lengths"].tolist() == [2, 4]  # answer tokens per completion, prompt not counted
     assert batch["rejected_lengths"].tolist() == [1, 2]
-    assert "ref_chosen" not in batch and "ref_rejected" not in batch
+    assert "ref_chosen" not in batch and "ref_rejected" not in batch and "ref_bits" not in batch
 
 
 def test_collate_carries_reference_logps() -> None:
     batch = collate(_items(with_ref=True), pad_id=PAD)
-    assert_close(batch["ref_chosen"], torch.tensor([-1.5, -3.0]))
-    assert_close(batch["ref_rejected"], torch.tensor([-2.5, -4.0]))
+    assert not batch["ref_bits"].is_floating_point()  # no precision plugin casts it (tests/test_precision.py)
+    ref_chosen, ref_rejected = reference_from_batch(batch)
+    assert_close(ref_chosen, torch.tensor([-1.5, -3.0]))
+    assert_close(ref_rejected, torch.tensor([-2.5, -4.0]))
 
 
 def test_collate_then_sequence_logps_counts_answer_tokens_only() -> None:

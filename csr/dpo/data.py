@@ -108,9 +108,23 @@ def collate(items: list[dict], pad_id: int) -> dict[str, Any]:
     batch["chosen_lengths"] = torch.tensor([len(item["chosen_ids"]) for item in items])
     batch["rejected_lengths"] = torch.tensor([len(item["rejected_ids"]) for item in items])
     if "ref_chosen" in items[0]:
-        batch["ref_chosen"] = torch.tensor([item["ref_chosen"] for item in items])
-        batch["ref_rejected"] = torch.tensor([item["ref_rejected"] for item in items])
+        batch["ref_bits"] = float32_bits([[item["ref_chosen"], item["ref_rejected"]] for item in items])
     return batch
+
+
+# The precomputed reference log-probs travel in the batch as the bits of their float32 values, in an
+# int32 tensor: Lightning's precision plugins cast every floating tensor of a batch in convert_input
+# (DeepSpeed's and bf16-true's to bf16, whose spacing at a summed log-prob of -200 is 1 nat), and
+# leave integer tensors alone. So the loss sees the float32 the reference pass wrote, under every preset.
+def float32_bits(values: list[list[float]]) -> torch.Tensor:
+    """[pairs, 2] (chosen, rejected) float32 values as int32 bit patterns (a view, no rounding)."""
+    return torch.tensor(values, dtype=torch.float32).view(torch.int32)
+
+
+def reference_from_batch(batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """The chosen and rejected reference log-probs (float32) that collate packed into `batch`."""
+    values = batch["ref_bits"].view(torch.float32)
+    return values[:, 0], values[:, 1]
 
 
 def concat_padded(tensors: list[torch.Tensor]) -> torch.Tensor:

@@ -7,7 +7,7 @@ import math
 import pytorch_lightning as pl
 import torch
 
-from csr.dpo.data import answer_positions, sequence_logps
+from csr.dpo.data import answer_positions, reference_from_batch, sequence_logps
 from csr.dpo.loss import dpo_loss, reward_metrics
 from csr.dpo.schedule import lr_factor
 from csr.errors import CSRError
@@ -71,7 +71,7 @@ class DPOModule(pl.LightningModule):
 
     def reference_logps(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         if self.reference == "precomputed":
-            return batch["ref_chosen"], batch["ref_rejected"]
+            return reference_from_batch(batch)  # float32 to the bit, whatever the precision plugin
         with torch.no_grad():
             if self.reference == "adapter_disabled":
                 with self.policy.disable_adapter():

@@ -9,9 +9,11 @@ can move a value in its last float digits (padding, kernels); that is rounding, 
 content, and is not keyed.
 
 The pairs to compute go through csr.predict as the search does: on the trainer's accelerator, dealt
-out to the ranks, under the precision the policy trains with (Lightning's precision plugin, so the
-same autocast: the log-ratio is 0 at step 0), appended batch by batch to ref_logps.pending.jsonl,
-which a stopped pass resumes. Rank 0 then writes ref_logps.json and removes the pending file.
+out to the ranks, with the numerics the policy trains with (the fit's own precision plugin and
+weights as DeepSpeed casts them: csr.dpo.stage.reference_pass; the log-ratio is 0 at step 0),
+appended batch by batch to ref_logps.pending.jsonl, which a stopped pass resumes. Rank 0 then writes
+ref_logps.json and removes the pending file. The values are float32 and reach the loss as such
+(csr.dpo.data.float32_bits).
 """
 
 from __future__ import annotations

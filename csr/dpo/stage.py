@@ -10,6 +10,9 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytorch_lightning as pl
+import torch
+from pytorch_lightning.plugins.precision import DeepSpeedPrecision
+from pytorch_lightning.strategies import DeepSpeedStrategy
 from torch.utils.data import DataLoader, DistributedSampler
 
 from csr.context import StageContext
@@ -26,17 +29,69 @@ from csr.progress import bar_callbacks
 from csr.signals import StopOnSignal
 
 log = logging.getLogger(__name__)
-# What the reference pass takes from DPO's trainer arguments (not its strategy, logger or callbacks).
-PREDICT_KEYS = ("accelerator", "devices", "num_nodes", "precision", "deterministic", "enable_progress_bar")
+# What the reference pass takes from DPO's trainer arguments (not its strategy, logger or callbacks;
+# the precision goes through reference_trainer_kwargs).
+PREDICT_KEYS = ("accelerator", "devices", "num_nodes", "deterministic", "enable_progress_bar")
+# The dtype DeepSpeed's engine casts the parameters to under each 16-bit precision.
+DEEPSPEED_DTYPES = {"bf16-mixed": torch.bfloat16, "bf16-true": torch.bfloat16,
+                    "16-mixed": torch.float16, "16-true": torch.float16}
+
+
+def _deepspeed(trainer_kwargs: dict) -> bool:
+    return isinstance(trainer_kwargs.get("strategy"), DeepSpeedStrategy) or trainer_kwargs.get("strategy") == "deepspeed"
+
+
+def reference_precision(trainer_kwargs: dict) -> str:
+    """The fit's numerics as the reference cache keys them: its precision, and whether DeepSpeed runs it
+    (which computes bf16-mixed as bf16 weights without autocast, not as DDP's autocast)."""
+    precision = str(trainer_kwargs.get("precision", "32-true"))  # Lightning's default, named
+    return f"deepspeed {precision}" if _deepspeed(trainer_kwargs) else precision
 
 
 def reference_trainer_kwargs(trainer_kwargs: dict) -> dict:
-    """The fit's accelerator, ranks and precision for the reference pass, with plain DDP over the
-    ranks as search uses (inference needs no ZeRO partitioning)."""
+    """The fit's accelerator, ranks and numerics for the reference pass, with plain DDP over the
+    ranks as search uses (inference needs no ZeRO partitioning).
+
+    The numerics are the fit's precision plugin, so the reference computes as the policy's training
+    forward does and the log-ratio is 0 at step 0: the plugin Lightning gives the fit's strategy
+    (DeepSpeedPrecision under DeepSpeed: no autocast; the MixedPrecision a DDP trainer would get for
+    the same precision string autocasts), with the weights cast as DeepSpeed's engine casts them
+    (cast_as_fit)."""
     kwargs = {k: trainer_kwargs[k] for k in PREDICT_KEYS if k in trainer_kwargs}
-    kwargs.setdefault("precision", "32-true")  # Lightning's default, named: the cache keys it
+    precision = str(trainer_kwargs.get("precision", "32-true"))
+    if _deepspeed(trainer_kwargs):
+        kwargs["plugins"] = [DeepSpeedPrecision(precision)]
+    else:
+        kwargs["precision"] = precision
     ranks = SimpleNamespace(devices=kwargs.get("devices", 1), num_nodes=kwargs.get("num_nodes", 1))
     return {**kwargs, "strategy": predict_strategy(ranks)}
+
+
+def cast_as_fit(model: torch.nn.Module, trainer_kwargs: dict) -> None:
+    """Cast `model`'s parameters as the fit will before its first step: under DeepSpeed with a 16-bit
+    precision the engine casts every parameter (not the buffers, such as rotary frequencies: DeepSpeed
+    0.19's engine keeps those as loaded) to bf16 / fp16 and computes without autocast. Done before the
+    reference pass, the reference sees the weights the policy trains from; the engine's own cast then
+    changes nothing. Other strategies' plugins convert the module in both passes themselves."""
+    dtype = DEEPSPEED_DTYPES.get(str(trainer_kwargs.get("precision"))) if _deepspeed(trainer_kwargs) else None
+    if dtype is None:
+        return
+    for param in model.parameters():
+        if param.is_floating_point() and param.dtype != dtype:
+            param.data = param.data.to(dtype)
+
+
+def reference_pass(model: torch.nn.Module, dataset: PairDataset, keys: list[str], *, model_path: str, model_cfg,
+                   batch_size: int, trainer_kwargs: dict, cache_path: Path) -> list[tuple[float, float]]:
+    """The precomputed reference's log-probs (chosen, rejected) of every pair of `dataset`, float32
+    values, computed with the numerics `trainer_kwargs` (the fit's) train with, through the cache
+    at `cache_path`. Casts `model` as the fit will (cast_as_fit)."""
+    cast_as_fit(model, trainer_kwargs)
+    settings = reference_settings(model_path, model_cfg.dtype, model_cfg.attn_implementation,
+                                  reference_precision(trainer_kwargs))
+    pad_id = dataset.processor.tokenizer.pad_token_id
+    return precompute_reference(model, dataset, keys, settings, pad_id, batch_size, cache_path,
+                                reference_trainer_kwargs(trainer_kwargs))
 
 
 def run_dpo(*, model_path: str, pairs_path: Path, adapter_dir: Path, image_root: str, model_cfg, dpo_cfg,
@@ -53,13 +108,10 @@ def run_dpo(*, model_path: str, pairs_path: Path, adapter_dir: Path, image_root:
     pad_id = processor.tokenizer.pad_token_id
     ref_model, ref_logps = None, None
     if dpo_cfg.reference == "precomputed":
-        dataset = PairDataset(pairs, processor, image_root, family)
-        keys = [pair_key(p, d) for p, d in zip(pairs, digests, strict=True)]
-        predict_kwargs = reference_trainer_kwargs(trainer_kwargs)
-        settings = reference_settings(model_path, model_cfg.dtype, model_cfg.attn_implementation,
-                                      predict_kwargs["precision"])
-        ref_logps = precompute_reference(model, dataset, keys, settings, pad_id, dpo_cfg.batch_size,
-                                         adapter_dir.parent / "ref_logps.json", predict_kwargs)
+        ref_logps = reference_pass(model, PairDataset(pairs, processor, image_root, family),
+                                   [pair_key(p, d) for p, d in zip(pairs, digests, strict=True)],
+                                   model_path=model_path, model_cfg=model_cfg, batch_size=dpo_cfg.batch_size,
+                                   trainer_kwargs=trainer_kwargs, cache_path=adapter_dir.parent / "ref_logps.json")
     elif dpo_cfg.reference == "frozen_copy":
         ref_model = copy.deepcopy(model).eval().requires_grad_(False)
     model.train()

@@ -178,6 +178,7 @@ def run_reference(w: Workload, root: Path) -> Run:
 
 
 def run_dpo(w: Workload, root: Path) -> Run:
+    from csr.dpo.data import reference_from_batch
     from csr.dpo.lora import wrap_lora
     from csr.dpo.loss import dpo_loss
     from csr.dpo.module import concatenated_logps
@@ -192,7 +193,7 @@ def run_dpo(w: Workload, root: Path) -> Run:
         optimizer = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=1e-4)
         for _ in range(2):  # the second step holds AdamW's moments
             chosen, rejected = concatenated_logps(policy, batch, get_family("llava"))
-            losses, _, _ = dpo_loss(chosen, rejected, batch["ref_chosen"], batch["ref_rejected"], beta=0.1,
+            losses, _, _ = dpo_loss(chosen, rejected, *reference_from_batch(batch), beta=0.1,
                                     loss_type="sigmoid", label_smoothing=0.0, ipo_form="mean",
                                     chosen_lengths=batch["chosen_lengths"], rejected_lengths=batch["rejected_lengths"])
             losses.mean().backward()
