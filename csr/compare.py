@@ -20,10 +20,9 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from omegaconf import OmegaConf
-
 from csr.errors import CSRError
 from csr.io import atomic_write_text, read_json
+from csr.run_dir import read_saved_config
 from csr.tracking import flatten, loop_runs
 
 # Metrics shown unless --metrics says otherwise; every eval/* metric a run has is added.
@@ -53,7 +52,7 @@ def _numeric(stats: dict) -> dict[str, float]:
 
 
 def run_from_dir(run_dir: Path, name: str | None = None) -> Run:
-    config = OmegaConf.to_container(OmegaConf.load(run_dir / "config.yaml"), resolve=False)
+    config = read_saved_config(run_dir / "config.yaml")  # data only: refused unless it holds csr's keys
     metrics = {}
     for path in run_dir.glob("iter_*/metrics.json"):
         k = int(path.parent.name.removeprefix("iter_"))

@@ -21,13 +21,13 @@ import argparse
 import shutil
 import subprocess
 import sys
+import tempfile
 from datetime import datetime
 from pathlib import Path
 
-from csr.config_upgrade import upgrade
 from csr.errors import CSRError
 from csr.io import atomic_write_json, atomic_write_text, read_json
-from csr.run_dir import CHANGES
+from csr.run_dir import CHANGES, read_changes, read_saved_config
 from csr.run_info import run_info, version_differences
 from csr.tracking import download_loop, flatten, sqlite_uri
 
@@ -37,15 +37,18 @@ DATA_DIFFERS = 3  # exit status of a reproduction that evaluated on other data t
 
 
 def _from_run_dir(source: Path, into: Path) -> dict:
-    if not (source / "config.yaml").exists():
+    if not (source / "config.yaml").is_file():
         raise CSRError(f"{source}: no config.yaml (not a csr run directory)")
     shutil.copy(source / "config.yaml", into / "config.yaml")
-    if (source / "run_info.json").exists():
+    if (source / "run_info.json").is_file():
         shutil.copy(source / "run_info.json", into / "run_info.json")
+    for entry in read_changes(source):  # each names a config.<n>.yaml beside it, never a path elsewhere
+        if not (source / entry["config"]).is_file():
+            raise CSRError(f"{source / CHANGES} names {entry['config']}, which is not in {source}: copy the whole "
+                           "run directory")
+        shutil.copy(source / entry["config"], into / entry["config"])
     if (source / CHANGES).exists():
         shutil.copy(source / CHANGES, into / CHANGES)
-        for entry in read_json(into / CHANGES):
-            shutil.copy(source / entry["config"], into / entry["config"])
     _upgrade_configs(into)
     (into / METRICS).mkdir(exist_ok=True)
     for path in source.glob("iter_*/metrics.json"):
@@ -54,19 +57,19 @@ def _from_run_dir(source: Path, into: Path) -> dict:
 
 
 def _upgrade_configs(into: Path) -> None:
-    """The copied configs in today's key names (csr/config_upgrade.py): they become `csr`'s primary config."""
+    """The copied configs in today's key names (csr/config_upgrade.py): they become `csr`'s primary config,
+    so each is first read as data and refused unless it holds exactly csr's keys (csr/run_dir.py)."""
     from omegaconf import OmegaConf
 
-    entries = read_json(into / CHANGES) if (into / CHANGES).exists() else []
-    for name in ["config.yaml", *(e["config"] for e in entries)]:
-        saved = OmegaConf.to_container(OmegaConf.load(into / name))
-        atomic_write_text(into / name, OmegaConf.to_yaml(OmegaConf.create(upgrade(saved))))
+    for name in ["config.yaml", *(e["config"] for e in read_changes(into))]:
+        atomic_write_text(into / name, OmegaConf.to_yaml(OmegaConf.create(read_saved_config(into / name))))
 
 
 def _from_mlflow(run_id: str, tracking_uri: str, into: Path) -> dict:
     """The loop's parent run holds config.yaml and run_info.json as artifacts (an iteration run's
     id leads to its parent)."""
-    parent_id = download_loop(run_id, tracking_uri, into, CHANGES, into / METRICS)
+    parent_id = download_loop(run_id, tracking_uri, into, CHANGES, into / METRICS,
+                              lambda d: [e["config"] for e in read_changes(d)])
     _upgrade_configs(into)
     return {"mlflow_run_id": parent_id, "tracking_uri": tracking_uri}
 
@@ -125,7 +128,7 @@ def _csr_command() -> list[str]:
 def replay(into: Path) -> list[list[str]]:
     """The arguments of each `csr` start that replays the source: per accepted config change, the
     stages finished under the config before it, each alone; then the last config as it was started."""
-    entries = read_json(into / CHANGES) if (into / CHANGES).exists() else []
+    entries = read_changes(into)
     configs = ["config", *(e["config"].removesuffix(".yaml") for e in entries)]
     starts, done = [], []
     for name, entry in zip(configs, entries, strict=False):
@@ -137,21 +140,39 @@ def replay(into: Path) -> list[list[str]]:
     return [*starts, [f"--config-name={configs[-1]}"]]
 
 
+def check_target(run_dir: Path) -> None:
+    """The new run's directory: new, empty, or an earlier reproduction (resumed); anything else is someone's."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise CSRError(f"--run-dir {run_dir} is a file, not a directory: pass a new directory")
+    if run_dir.is_dir() and any(run_dir.iterdir()) and not (run_dir / SOURCE_DIR / "source.json").is_file():
+        raise CSRError(f"--run-dir {run_dir} is not empty and holds no earlier reproduction: csr-reproduce "
+                       "writes only into a new or empty directory (or resumes its own); pass another --run-dir")
+    existing = next((p for p in run_dir.parents if p.exists()), None)
+    if existing is not None and not existing.is_dir():
+        raise CSRError(f"--run-dir {run_dir}: part of the path ({existing}) is a file, not a directory")
+
+
+def stage_source(source: str, overrides: list[str], tracking_uri: str, into: Path) -> None:
+    """The source's configs, run_info and metrics copied into `into` (a private temporary directory),
+    each checked: whatever is refused here leaves nothing in the new run's place."""
+    where = _from_run_dir(Path(source), into) if Path(source).is_dir() else _from_mlflow(source, tracking_uri, into)
+    atomic_write_json(into / "source.json", {**where, "extra_overrides": overrides})
+    check_splits(into)
+
+
 def reproduce(source: str, overrides: list[str], run_dir: Path | None, tracking_uri: str) -> int:
     if run_dir is None:
         stamp = datetime.now().strftime("%Y-%m-%d_%H-%M-%S-%f")
         run_dir = Path("outputs") / "reproduce" / f"{Path(source).name}-{stamp}"
     run_dir = run_dir.resolve()
-    created = not run_dir.exists()
-    into = run_dir / SOURCE_DIR
-    into.mkdir(parents=True, exist_ok=True)
-    try:
-        where = _from_run_dir(Path(source), into) if Path(source).is_dir() else _from_mlflow(source, tracking_uri, into)
-    except CSRError:
-        if created:  # leave no empty run directory behind
-            shutil.rmtree(run_dir)
-        raise
-    atomic_write_json(into / "source.json", {**where, "extra_overrides": overrides})
+    check_target(run_dir)
+    with tempfile.TemporaryDirectory(prefix="csr-reproduce-") as staging:
+        stage_source(source, overrides, tracking_uri, Path(staging))
+        into = run_dir / SOURCE_DIR
+        if into.exists():  # an earlier reproduction's copy, made by csr-reproduce: replaced by this one's
+            shutil.rmtree(into)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        shutil.copytree(staging, into)
     if (into / "run_info.json").exists():
         recorded = read_json(into / "run_info.json")
         print(f"csr-reproduce: the source ran with overrides {recorded.get('overrides')}", file=sys.stderr)
@@ -159,7 +180,6 @@ def reproduce(source: str, overrides: list[str], run_dir: Path | None, tracking_
             print(f"csr-reproduce: warning: {line}", file=sys.stderr)
     else:
         print("csr-reproduce: warning: the source has no run_info.json; versions unknown", file=sys.stderr)
-    check_splits(into)
     for start in replay(into):
         command = [*_csr_command(), f"--config-path={into}", *start, f"run_dir={run_dir}", f"hydra.run.dir={run_dir}",
                    *overrides]

@@ -14,8 +14,12 @@ finished before it, which MLflow also gets and `csr-reproduce` replays (csr/repr
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import json
 import logging
+import re
+import typing
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -23,6 +27,7 @@ from typing import Any
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from csr.config import RootConfig
 from csr.config_upgrade import upgrade
 from csr.errors import CSRError
 from csr.io import atomic_write_json, atomic_write_text, is_temp_name, read_json
@@ -127,11 +132,104 @@ def is_exempt(key: str) -> bool:
     return any(key == k or key.startswith(k + ".") for k in EXEMPT)
 
 
-def _load(path: Path) -> dict[str, Any]:
+# -- a saved config is data -----------------------------------------------------------------------------
+# config.yaml / config.<n>.yaml travel between people (a colleague's run, an MLflow artifact): read as
+# data, never handed to Hydra or instantiated unchecked. Hydra acts on a `hydra:` section of a primary
+# config (its callbacks are objects it instantiates: torch.load, open ...), so csr refuses one, and
+# every key csr does not know, before any command composes or resumes from the file.
+NOT_CSR_SECTIONS = ("hydra", "defaults")
+CHANGED_CONFIG = re.compile(r"config\.[1-9][0-9]*\.yaml")
+FINISHED = re.compile(r"iter_[0-9]{1,6}/(search|reward|pairs|dpo|merge|eval)")
+
+
+@functools.cache
+def schema_leaves(schema: type = RootConfig, prefix: str = "") -> frozenset[str]:
+    """Every dotted leaf key of csr's schema (csr/config.py): its fields that are not blocks of their own
+    (a free-form dict, such as trainer.deepspeed, is one leaf)."""
+    hints = typing.get_type_hints(schema)
+    return frozenset(leaf for f in dataclasses.fields(schema)
+                     for leaf in (schema_leaves(hints[f.name], f"{prefix}{f.name}.") if dataclasses.is_dataclass(hints[f.name])
+                                  else [prefix + f.name]))
+
+
+def _interpolations(tree: Any, prefix: str = "") -> list[str]:
+    if isinstance(tree, dict):
+        return [k for key, value in tree.items() for k in _interpolations(value, f"{prefix}{key}.")]
+    if isinstance(tree, list):
+        return [k for i, value in enumerate(tree) for k in _interpolations(value, f"{prefix}{i}.")]
+    return [prefix.rstrip(".")] if isinstance(tree, str) and "${" in tree else []
+
+
+def _present(tree: dict[str, Any], parts: list[str]) -> bool:
+    for part in parts:
+        if not isinstance(tree, dict) or part not in tree:
+            return False
+        tree = tree[part]
+    return True
+
+
+def _shown(keys: list[str]) -> str:
+    return ", ".join(repr(k) for k in keys[:5]) + (f" and {len(keys) - 5} more" if len(keys) > 5 else "")
+
+
+def read_saved_config(path: Path) -> dict[str, Any]:
+    """A run's saved config, in today's key names (csr/config_upgrade.py), refused in one line unless it
+    holds exactly csr's keys: no Hydra section, no key csr does not know (`_target_` included), no key
+    missing that no recorded upgrade explains, no interpolation (csr saves resolved values)."""
     try:
-        return upgrade(OmegaConf.to_container(OmegaConf.load(path)))
-    except (OSError, OmegaConfBaseException, ValueError) as err:
-        raise CSRError(f"{path}: cannot read the run's recorded config ({err})") from None
+        text = path.read_text(encoding="utf-8")
+        saved = OmegaConf.to_container(OmegaConf.create(text), resolve=False)
+    except (OSError, UnicodeDecodeError) as err:
+        raise CSRError(f"{path}: cannot read the run's recorded config: {getattr(err, 'strerror', None) or err}") from None
+    except (OmegaConfBaseException, ValueError) as err:  # the YAML parser's message spans lines
+        reason = " ".join(str(err).split())
+        raise CSRError(f"{path}: the run's recorded config is not valid YAML ({reason}): restore the file "
+                       "csr wrote, or start a new run") from None
+    if not isinstance(saved, dict):
+        raise CSRError(f"{path}: the run's recorded config is not a mapping of config keys: restore the file "
+                       "csr wrote, or start a new run")
+    for section in NOT_CSR_SECTIONS:
+        if section in saved:
+            raise CSRError(f"{path}: holds a {section!r} section, which csr never saves (Hydra would act on it: "
+                           "callbacks, launchers, code to instantiate). Nothing was run: delete the section if you "
+                           "trust the rest of the file, or start a new run")
+    upgraded = upgrade(saved)
+    flat, leaves = flatten(upgraded), schema_leaves()
+    unknown = sorted(k for k in flat if k not in leaves and not any(k.startswith(leaf + ".") for leaf in leaves))
+    unknown += sorted(k for k in flat if re.search(r"(^|\.)_[A-Za-z]+_(\.|$)", k) and k not in unknown)
+    if unknown:
+        raise CSRError(f"{path}: config keys csr does not know: {_shown(unknown)}. A saved config holds only csr's "
+                       "keys (nothing in it is instantiated): delete them, or start a new run")
+    missing = sorted(leaf for leaf in leaves if not _present(upgraded, leaf.split(".")))
+    if missing:
+        raise CSRError(f"{path}: config keys missing that no recorded upgrade explains (csr/config_upgrade.py): "
+                       f"{_shown(missing)}. Restore the file csr wrote, or start a new run")
+    interpolated = _interpolations(saved)
+    if interpolated:
+        raise CSRError(f"{path}: config key {interpolated[0]!r} holds an interpolation (${{...}}); csr saves resolved "
+                       "values: write the value itself")
+    return upgraded
+
+
+def read_changes(run_dir: Path) -> list[dict[str, Any]]:
+    """config_changes.json, each entry checked: its config names a config.<n>.yaml beside it (never a
+    path elsewhere) and its finished stages are iter_<k>/<stage>."""
+    path = run_dir / CHANGES
+    if not path.exists():
+        return []
+    entries = read_json(path)
+    if not isinstance(entries, list):
+        raise CSRError(f"{path}: must be a JSON list of config changes, as csr writes it")
+    for i, entry in enumerate(entries, 1):
+        if not isinstance(entry, dict) or not isinstance(entry.get("changes"), dict):
+            raise CSRError(f"{path}: entry {i}: not a config change csr writes ({{config, changes, finished}})")
+        if not isinstance(entry.get("config"), str) or not CHANGED_CONFIG.fullmatch(entry["config"]):
+            raise CSRError(f"{path}: entry {i}: 'config' must name config.<n>.yaml in the run directory, not "
+                           f"{entry.get('config')!r}")
+        finished = entry.get("finished")
+        if not isinstance(finished, list) or not all(isinstance(f, str) and FINISHED.fullmatch(f) for f in finished):
+            raise CSRError(f"{path}: entry {i}: 'finished' must list stages as iter_<k>/<stage>, not {finished!r}")
+    return entries
 
 
 def config_diff(old: dict[str, Any], new: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
@@ -151,8 +249,7 @@ def show_diff(diff: dict[str, tuple[Any, Any]]) -> str:
 
 def changes(run_dir: Path) -> list[dict[str, Any]]:
     """The accepted config changes of the run, in order (config_changes.json; [] if none)."""
-    path = run_dir / CHANGES
-    return read_json(path) if path.exists() else []
+    return read_changes(run_dir)
 
 
 def check_resume(run_dir: Path, config_text: str, allowed: list[str],
@@ -162,7 +259,7 @@ def check_resume(run_dir: Path, config_text: str, allowed: list[str],
     then every change is accepted and recorded as if allowed. Only reads."""
     entries = changes(run_dir)
     latest = run_dir / (entries[-1]["config"] if entries else CONFIG)
-    old, new = _load(latest), OmegaConf.to_container(OmegaConf.create(config_text))
+    old, new = read_saved_config(latest), OmegaConf.to_container(OmegaConf.create(config_text))
     known = flatten(old).keys() | flatten(new).keys()
     for key in allowed:
         if key not in known:

@@ -24,12 +24,12 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from csr.config_upgrade import upgrade
 from csr.data.prompts import resolve_image_path
 from csr.errors import CSRError
 from csr.eval.chair import caption_report
 from csr.inspect import data
 from csr.io import read_json
+from csr.run_dir import read_saved_config
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +45,9 @@ def _iterations(run_dir: Path) -> list[int]:
 
 
 def _config(run_dir: Path) -> Any:
+    """The run's saved config, read as data (csr/run_dir.py refuses a Hydra section or unknown keys)."""
     path = run_dir / "config.yaml"
-    return OmegaConf.create(upgrade(OmegaConf.to_container(OmegaConf.load(path)))) if path.exists() else OmegaConf.create({})
+    return OmegaConf.create(read_saved_config(path)) if path.exists() else OmegaConf.create({})
 
 
 def _truth(root: str | None, split: str | None) -> dict[str, set[str]] | None:

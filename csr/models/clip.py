@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import os
 import weakref
@@ -45,6 +46,49 @@ def check_activation(arch: str, weights: str | None) -> None:
 
 
 def load_clip(
+def _remote_keys(cfg: dict, prefix: str = "") -> list[str]:
+    """Keys of an open_clip model config that reach the network or run a file's own Python: a Hugging
+    Face model or tokenizer name (a hub id, or a directory whose code trust_remote_code would run),
+    pretrained towers (downloaded) and trust_remote_code itself; hub names first."""
+    found = []
+    for key, value in cfg.items():
+        if isinstance(value, dict):
+            found += _remote_keys(value, f"{prefix}{key}.")
+        elif value and (key in ("hf_model_name", "hf_tokenizer_name", "trust_remote_code") or key.endswith("_pretrained")):
+            found.append(f"{prefix}{key}")
+    return sorted(found, key=lambda k: not k.split(".")[-1].startswith("hf_"))
+
+
+def check_offline(cfg: dict, source: str) -> None:
+    """Refuse a model config that makes open_clip download or run code: csr reads local files only."""
+    remote = _remote_keys(cfg)
+    if remote:
+        raise CSRError(f"{source}: {', '.join(remote)} would make open_clip fetch a Hugging Face hub model or "
+                       "tokenizer or run a directory's own Python (trust_remote_code); csr reads local files only: "
+                       "use an architecture with open_clip's own text tower and tokenizer (drop those keys)")
+
+
+def _read_config_json(config_json: str, arch: str) -> None:
+    """Check reward.clip.config_json before open_clip registers it: readable JSON, named as the architecture."""
+    if not os.path.isfile(config_json):
+        raise CSRError(f"reward.clip.config_json={config_json!r}: file not found")
+    # open_clip registers a config under its file stem, so the stem is the architecture name.
+    if Path(config_json).stem != arch:
+        raise CSRError(
+            f"reward.clip.arch={arch!r} does not match reward.clip.config_json={config_json!r} "
+            f"(architecture name is the file stem {Path(config_json).stem!r})"
+        )
+    try:
+        cfg = json.loads(Path(config_json).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        raise CSRError(f"reward.clip.config_json={config_json!r}: not a readable JSON file ({err})") from None
+    if not isinstance(cfg, dict) or not all(isinstance(cfg.get(k), dict) for k in ("vision_cfg", "text_cfg")) \
+            or not isinstance(cfg.get("embed_dim"), int):
+        raise CSRError(f"reward.clip.config_json={config_json!r}: not an open_clip model config (a JSON object "
+                       "with embed_dim, vision_cfg and text_cfg)")
+    check_offline(cfg, config_json)  # before open_clip registers it: its tokenizer would be built from it
+
+
     arch: str, weights: str | None, config_json: str | None = None, device: str = "cpu"
 ) -> ClipBundle:
     """Create an open_clip model; `weights` is a local file (safetensors, .pt or .bin), never a hub tag,
@@ -57,20 +101,14 @@ def load_clip(
         )
     check_activation(arch, weights)
     if config_json is not None:
-        if not os.path.isfile(config_json):
-            raise CSRError(f"reward.clip.config_json={config_json!r}: file not found")
-        # open_clip registers a config under its file stem, so the stem is the architecture name.
-        if Path(config_json).stem != arch:
-            raise CSRError(
-                f"reward.clip.arch={arch!r} does not match reward.clip.config_json={config_json!r} "
-                f"(architecture name is the file stem {Path(config_json).stem!r})"
-            )
+        _read_config_json(config_json, arch)
         open_clip.add_model_config(config_json)
     if arch not in open_clip.list_models():
         raise CSRError(
             f"reward.clip.arch={arch!r}: unknown open_clip architecture (give reward.clip.config_json)"
         )
     pretrained = None if weights == RANDOM_WEIGHTS else weights
+    check_offline(open_clip.get_model_config(arch) or {}, f"reward.clip.arch={arch!r}")
     # A non-file `pretrained` would be treated as a tag and downloaded; offline we only accept files.
     if pretrained is not None and not os.path.isfile(pretrained):
         raise CSRError(f"reward.clip.weights={weights!r}: file not found")
