@@ -45,7 +45,6 @@ def check_activation(arch: str, weights: str | None) -> None:
                        f"trained with QuickGELU, which {arch!r} does not use; set reward.clip.arch={arch}-quickgelu")
 
 
-def load_clip(
 def _remote_keys(cfg: dict, prefix: str = "") -> list[str]:
     """Keys of an open_clip model config that reach the network or run a file's own Python: a Hugging
     Face model or tokenizer name (a hub id, or a directory whose code trust_remote_code would run),
@@ -89,6 +88,7 @@ def _read_config_json(config_json: str, arch: str) -> None:
     check_offline(cfg, config_json)  # before open_clip registers it: its tokenizer would be built from it
 
 
+def load_clip(
     arch: str, weights: str | None, config_json: str | None = None, device: str = "cpu"
 ) -> ClipBundle:
     """Create an open_clip model; `weights` is a local file (safetensors, .pt or .bin), never a hub tag,
@@ -107,8 +107,8 @@ def _read_config_json(config_json: str, arch: str) -> None:
         raise CSRError(
             f"reward.clip.arch={arch!r}: unknown open_clip architecture (give reward.clip.config_json)"
         )
-    pretrained = None if weights == RANDOM_WEIGHTS else weights
     check_offline(open_clip.get_model_config(arch) or {}, f"reward.clip.arch={arch!r}")
+    pretrained = None if weights == RANDOM_WEIGHTS else weights
     # A non-file `pretrained` would be treated as a tag and downloaded; offline we only accept files.
     if pretrained is not None and not os.path.isfile(pretrained):
         raise CSRError(f"reward.clip.weights={weights!r}: file not found")
