@@ -21,3 +21,4 @@ CHAIR_VARIANTS = ("original", "fixed")  # original: chair.py as papers ran it; f
 POPE_PARSERS = ("official", "robust")  # official: POPE's evaluate.py; robust: csr's reading of the first words
 # data.shapesworld.split (or null: no world) and eval.shapesworld.split: csr/worlds/shapesworld/splits.py SPLIT_SEEDS
 SHAPESWORLD_SPLITS = ("csr", "val", "test", "fresh")
+SELECT_MODES = ("min", "max")  # select.mode: is the selection metric better lower (CHAIR) or higher (recall, F1)

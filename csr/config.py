@@ -28,10 +28,12 @@ from csr.choices import (
     POPE_PARSERS,
     PRUNE_BY,
     SCHEDULERS,
+    SELECT_MODES,
     SHAPESWORLD_SPLITS,
     TEXT_SCORES,
 )
 from csr.errors import CSRError
+from csr.selection import check_selection
 from csr.tracking import sqlite_uri
 
 ASSETS = Path(__file__).resolve().parent / "assets"
@@ -217,6 +219,19 @@ class ShapesWorldEvalConfig:
 
 
 @dataclass
+class SelectConfig:
+    # Which iteration the run keeps (csr/selection.py): each evaluated model is also scored on a held-out
+    # selection split, never the reported one, and the best by `metric` is selected; `iterations` is the most.
+    metric: str | None = None  # "<evaluator>/<key>" of eval.evaluators, e.g. shapesworld/chair_s; null = off
+    mode: str = "min"  # one of SELECT_MODES
+    split: str = "val"  # the selection split (the evaluator's held-out splits); not eval's, not the training one
+    patience: int | None = None  # stop once this many iterations in a row have not beaten the best; null = never
+    # eval keys the selection's evaluation sets otherwise than the reported one's, e.g. {shapesworld:
+    # {pope_images: 0}}: selecting on CHAIR_S needs no POPE answers
+    overrides: dict = field(default_factory=dict)
+
+
+@dataclass
 class EvalConfig:
     evaluators: list[str] = field(default_factory=lambda: ["generate"])  # names in csr.worlds.evaluators()
     shapesworld: ShapesWorldEvalConfig = field(default_factory=ShapesWorldEvalConfig)  # shapesworld evaluator
@@ -231,6 +246,7 @@ class EvalConfig:
     sample_seed: int = 0  # with temperature > 0: the answers' seed (with each batch's record ids)
     batch_size: int = 8
     at_base: bool = True  # also evaluate the starting model (iteration 0)
+    select: SelectConfig = field(default_factory=SelectConfig)  # which iteration to keep (csr/selection.py)
 
 
 @dataclass
@@ -293,6 +309,7 @@ _CHOICES = {
     "dpo.reference": DPO_REFERENCES,
     "data.shapesworld.split": (*SHAPESWORLD_SPLITS, None),
     "eval.shapesworld.split": SHAPESWORLD_SPLITS,
+    "eval.select.mode": SELECT_MODES,
 }
 
 # key -> (predicate, what must hold)
@@ -338,6 +355,8 @@ _RANGES = {
     "eval.temperature": (lambda v: v >= 0, ">= 0 (0 = greedy)"),
     "trainer.devices": (lambda v: v >= 1 or v == -1, ">= 1, or -1 (every visible GPU)"),
     "trainer.num_nodes": (lambda v: v >= 1, ">= 1"),
+    "eval.shapesworld.pope_images": (lambda v: v >= 0, ">= 0 (0 = no POPE)"),
+    "eval.select.patience": (lambda v: v is None or v >= 1, ">= 1 or null (run every iteration)"),
 }
 
 
@@ -385,4 +404,9 @@ def validate(cfg: DictConfig) -> DictConfig:
     for name in typed.pairs.filters:
         if name not in PAIR_FILTERS:
             raise CSRError(f"config key 'pairs.filters': unknown filter {name!r}")
+    check_selection(typed)
+    try:  # the selection's eval keys are eval's own
+        OmegaConf.merge(OmegaConf.structured(EvalConfig), typed.eval.select.overrides)
+    except OmegaConfBaseException as err:
+        raise CSRError(f"config key 'eval.select.overrides': {err.msg if hasattr(err, 'msg') else err}") from None
     return typed

@@ -26,6 +26,8 @@ ADDED = (
     ("model.family", "llava"),  # csr ran LLaVA-1.5 only (2026-12)
     ("eval.temperature", 0.0),  # evaluations were greedy (2026-12)
     ("eval.sample_seed", 0),
+    # no iteration was selected (2026-12): every iteration ran, the last one stood for the run
+    ("eval.select", {"metric": None, "mode": "min", "split": "val", "patience": None, "overrides": {}}),
 )
 
 
@@ -48,7 +50,7 @@ def upgrade(saved: dict[str, Any]) -> dict[str, Any]:
         *parents, leaf = key.split(".")
         holder = _walk(out, parents)
         if holder is not None and leaf not in holder:  # a saved config without the key's whole block is no csr run's
-            holder[leaf] = before
+            holder[leaf] = copy.deepcopy(before)  # a block (eval.select) must not be shared between calls
     return out
 
 

@@ -5,6 +5,7 @@ run_dir/
                            (config.<n>.yaml + config_changes.json, see csr/run_dir.py)
   iter_0/metrics.json      evaluation of the starting model
   iter_k/search.jsonl -> rewards.jsonl -> pairs.jsonl (+ exports) -> adapter/ -> merged/ -> eval/, metrics.json
+  iter_k/eval/select/      with eval.select.metric: the model scored on the selection split (csr/selection.py)
 Each finished stage leaves `<stage>.done.json`; rerunning the same command skips those and resumes
 the unfinished stage from its partial output.
 """
@@ -45,6 +46,7 @@ from csr.io import (
 from csr.lock import run_lock
 from csr.run_dir import (
     CHANGES,
+    RUN_INFO,
     change_tags,
     check_resume,
     check_run_dir,
@@ -52,7 +54,18 @@ from csr.run_dir import (
     make_run_dir,
     record_config,
 )
-from csr.run_info import run_info, run_info_params, sweep_run_name
+from csr.run_info import record_selection, run_info, run_info_params, started_as, sweep_run_name
+from csr.selection import (
+    HELD_OUT,
+    best_iteration,
+    metric_parts,
+    patience_spent,
+    remove_selection,
+    selection_record,
+    selection_settings,
+    selection_tags,
+)
+from csr.selection import MARKER as SELECT
 from csr.stage_run import STAGES as ITERATION_STAGES
 from csr.tracking import Tracker, flatten
 from csr.worlds import evaluators, world_of
@@ -96,7 +109,7 @@ class Loop:
             diff = check_resume(self.run_dir, text, allowed, alone) if resume else {}  # again, now that no one writes
             remove_stale_temp_files(self.run_dir)
             # What `csr-reproduce` needs besides the config: overrides, package and library versions, commit.
-            self._save_once("run_info", ".json", json.dumps(self.info, indent=2) + "\n")
+            self._save_once("run_info", ".json", json.dumps(self.info, indent=2) + "\n", started_as)
             self.change = record_config(self.run_dir, text, diff, self.finished(), alone)
             yield
 
@@ -105,11 +118,12 @@ class Loop:
         ks = sorted(int(d.name[5:]) for d in self.run_dir.glob("iter_*") if d.name[5:].isdigit())
         return [f"iter_{k}/{s}" for k in ks for s in ITERATION_STAGES if is_done(self.iter_dir(k), s)]
 
-    def _save_once(self, stem: str, suffix: str, text: str) -> None:
+    def _save_once(self, stem: str, suffix: str, text: str, saved=Path.read_text) -> None:
+        """saved: the file's text as a start wrote it (run_info.json gains the selection at the end)."""
         path = self.run_dir / f"{stem}{suffix}"
         if not path.exists():
             atomic_write_text(path, text)
-        elif path.read_text() != text:  # a resume with other overrides: keep both, never overwrite
+        elif saved(path) != text:  # a resume with other overrides: keep both, never overwrite
             n = len(list(self.run_dir.glob(f"{stem}.*{suffix}"))) + 1
             atomic_write_text(self.run_dir / f"{stem}.{n}{suffix}", text)
             log.warning("%s differs from %s; saved this start's as %s.%d%s", stem, path, stem, n, suffix)
@@ -192,18 +206,86 @@ class Loop:
             barrier()  # every rank has decided before rank 0 can mark this stage done
             if todo:
                 self.run_stage(stage, k, run_id)
+        if self.selecting and "eval" in stages:
+            self.select_eval(k, run_id)
         barrier()
         # Every finished stage, not only those run now: a single-stage run must not drop the others.
         metrics = {s: done_stats(d, s) for s in ITERATION_STAGES if is_done(d, s)}
+        if is_done(d / "eval", SELECT):
+            metrics["select"] = done_stats(d / "eval", SELECT)
         if not is_global_zero():
             return metrics
         atomic_write_json(d / "metrics.json", metrics)
         self.tracker.log_artifact(run_id, d / "metrics.json")
-        if "eval" in metrics and k > 0:  # iteration 0 already logged into the parent
-            self.tracker.log_metrics(self.tracker.ids.get("parent"), metrics["eval"], step=k, prefix="eval/")
+        if k > 0:  # iteration 0 already logged into the parent
+            for block in ("eval", "select"):
+                if block in metrics:
+                    self.tracker.log_metrics(self.tracker.ids.get("parent"), metrics[block], step=k, prefix=f"{block}/")
         if k > 0 and all(is_done(d, s) for s in ITERATION_STAGES):
             self.tracker.finish(run_id)
         return metrics
+
+    # -- the selected iteration (csr/selection.py) ---------------------------------------------------------
+
+    @property
+    def selecting(self) -> bool:
+        return self.cfg.eval.select.metric is not None
+
+    def select_eval(self, k: int, run_id: str | None) -> None:
+        """Score iteration k's evaluated model on the selection split, once: inside eval/, so that what
+        removes the evaluation (csr/stage_run.py) removes this score too."""
+        d = self.iter_dir(k) / "eval"
+        settings = selection_settings(self.cfg)
+        barrier()
+        done = done_stats(d, SELECT)
+        todo = is_done(self.iter_dir(k), "eval") and (done is None or done.get("selection") != settings)
+        if not rank_zero_value(todo):
+            return
+        from csr.selection import evaluate
+
+        if done is not None and is_global_zero():  # scored under other selection settings (an allowed change): anew
+            log.warning("iteration %d: the selection score was made with %s; scoring again with %s", k,
+                        done.get("selection"), settings)
+            remove_selection(d)
+        barrier()
+        start = time.time()
+        log.info("iteration %d: selection on %s", k, self.cfg.eval.select.split)
+        stats = {**evaluate(self.context(k, run_id)), "selection": settings}
+        stats["seconds"] = round(time.time() - start, 3)
+        if is_global_zero():
+            mark_done(d, SELECT, stats)
+            self.tracker.log_metrics(run_id, stats, prefix="select/")
+            log.info("iteration %d: %s on %s = %.4f", k, self.cfg.eval.select.metric, self.cfg.eval.select.split,
+                     stats[self.cfg.eval.select.metric])
+
+    def selection_values(self, upto: int) -> dict[int, float]:
+        """Iteration -> its selection score, for the iterations up to `upto` that have one."""
+        found = {k: done_stats(self.iter_dir(k) / "eval", SELECT) for k in range(0, upto + 1)}
+        return {k: stats[self.cfg.eval.select.metric] for k, stats in found.items() if stats is not None}
+
+    def stop_early(self, k: int) -> bool:
+        """With eval.select.patience: whether iterations up to k have spent it (every rank the same answer)."""
+        s = self.cfg.eval.select
+        values = self.selection_values(k) if self.selecting and is_global_zero() else {}
+        spent = rank_zero_value(patience_spent(values, s.mode, s.patience))
+        if spent and is_global_zero():
+            best = best_iteration(values, s.mode)
+            log.info("iteration %d: %s on %s has not beaten iteration %d's %.4f for %d iteration(s) "
+                     "(eval.select.patience): no further iteration", k, s.metric, s.split, best, values[best], k - best)
+        return spent
+
+    def selection(self, rows: dict[int, dict]) -> dict | None:
+        """The run's choice over the iterations it evaluated, with the selected one's reported metrics."""
+        s = self.cfg.eval.select
+        values = {k: m["select"][s.metric] for k, m in rows.items() if "select" in m} if self.selecting else {}
+        if not values:
+            return None
+        k = best_iteration(values, s.mode)
+        last = max(rows)
+        stopped = last < self.cfg.iterations and patience_spent(values, s.mode, s.patience)
+        held = HELD_OUT[metric_parts(s.metric)[0]]
+        return selection_record(values, s, rows[k].get("eval", {}), OmegaConf.select(self.cfg, held.eval_key),
+                                self.cfg.model.path, stopped)
 
     def base_eval(self) -> dict:
         return self.iteration(0, stages=("eval",))
@@ -255,6 +337,8 @@ class Loop:
                     self.base_eval()
                 for k in range(1, self.cfg.iterations + 1):
                     self.iteration(k)
+                    if self.stop_early(k):
+                        break
                 result = self.summary() if is_global_zero() else {}
             else:
                 result = self.stage_alone(stage.value)
@@ -299,7 +383,15 @@ class Loop:
             path = self.iter_dir(k) / "metrics.json"
             if path.exists():
                 rows[k] = read_json(path)
-        result = write_report(rows, self.run_dir, summary_columns(evaluators(), self.cfg.eval.evaluators))
+        selection = self.selection(rows)
+        columns = summary_columns(evaluators(), self.cfg.eval.evaluators)
+        result = write_report(rows, self.run_dir, columns, selection)
+        record_selection(self.run_dir / RUN_INFO, selection)
+        if selection is not None:  # the parent's tags, its run_info.json again, the reported metrics
+            parent = self.tracker.ids.get("parent")
+            self.tracker.set_tags(parent, selection_tags(selection))
+            self.tracker.log_artifact(parent, self.run_dir / RUN_INFO)
+            self.tracker.log_metrics(parent, selection["reported"], prefix="selected/")
         if OmegaConf.select(self.cfg, "report.inspect", default=False):  # the browsable site, also in MLflow
             from csr.inspect import write_site
 

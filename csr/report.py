@@ -1,4 +1,8 @@
-"""The per-iteration table of a run (printed, Markdown, JSON) and its plot (PNG)."""
+"""The per-iteration table of a run (printed, Markdown, JSON) and its plot (PNG).
+
+With a selection (csr/selection.py) the table gains the selection score of each iteration (`val
+CHAIR_S`) and a `selected` column, and a note under it says which iteration was selected, on what,
+and that every other column is that iteration's evaluation on the reported split."""
 
 from __future__ import annotations
 
@@ -31,15 +35,28 @@ def _fmt(value) -> str:
     return f"{value:.3f}" if isinstance(value, float) else str(value)
 
 
-def table_rows(metrics_by_iteration: dict[int, dict], eval_columns: list[tuple[str, str]] = ()) -> list[dict]:
+def selection_column(selection: dict, eval_columns: list[tuple[str, str]] = ()) -> str:
+    """"val CHAIR_S": the selection split and the metric's column (its key when no column shows it)."""
+    label = next((column for column, key in eval_columns if key == selection["metric"]), selection["metric"])
+    return f"{selection['split']} {label}"
+
+
+def table_rows(metrics_by_iteration: dict[int, dict], eval_columns: list[tuple[str, str]] = (),
+               selection: dict | None = None) -> list[dict]:
     """eval_columns: (column, "<evaluator>/<key>") the evaluators declare, shown first."""
     columns = [(column, "eval", key) for column, key in eval_columns] + COLUMNS
+    if selection is not None:
+        columns.append((selection_column(selection, eval_columns), "select", selection["metric"]))
     rows = []
     for k, metrics in sorted(metrics_by_iteration.items()):
         row = {"iteration": k}
         for column, stage, key in columns:
             row[column] = (metrics.get(stage) or {}).get(key)
         rows.append(row)
+    if selection is not None:
+        columns.append(("selected", None, None))
+        for row in rows:
+            row["selected"] = "yes" if row["iteration"] == selection["iteration"] else None
     used = [c for c, _, _ in columns if any(r[c] is not None for r in rows)]
     return [{"iteration": r["iteration"], **{c: r[c] for c in used}} for r in rows]
 
@@ -76,12 +93,24 @@ def plot(rows: list[dict], path: Path, title: str = "csr run") -> None:
     plt.close(fig)
 
 
+def selection_note(selection: dict, eval_columns: list[tuple[str, str]] = ()) -> str:
+    """The lines under the table: the choice, its checkpoint, and what each column was measured on."""
+    best = "lowest" if selection["mode"] == "min" else "highest"
+    considered = ", ".join(selection["values"])
+    where = "" if selection["checkpoint"].startswith("iter_") else " (the base model: no iteration beat it)"
+    stop = "; stopped early (eval.select.patience)" if selection["stopped_early"] else ""
+    return (f"\nselected: iteration {selection['iteration']}, the {best} {selection_column(selection, eval_columns)} "
+            f"({selection['value']:.3f}) of iterations {considered}{stop}; checkpoint {selection['checkpoint']}{where}.\n"
+            f"Every other column is each iteration's own evaluation on {selection['reported_split']}; the "
+            f"selected iteration's row is the reported result (the choice read {selection['split']} only).\n")
+
+
 def write_report(metrics_by_iteration: dict[int, dict], run_dir: Path,
-                 eval_columns: list[tuple[str, str]] = ()) -> dict:
-    rows = table_rows(metrics_by_iteration, eval_columns)
-    text = markdown(rows)
+                 eval_columns: list[tuple[str, str]] = (), selection: dict | None = None) -> dict:
+    rows = table_rows(metrics_by_iteration, eval_columns, selection)
+    text = markdown(rows) + (selection_note(selection, eval_columns) if selection else "")
     atomic_write_text(run_dir / "summary.md", text)
     atomic_write_json(run_dir / "summary.json", rows)
     plot(rows, run_dir / "summary.png", title=run_dir.name)
     print(text)  # the table is the run's result: show it even when logging is quiet
-    return {"rows": rows}
+    return {"rows": rows, "selection": selection}

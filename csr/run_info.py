@@ -1,5 +1,6 @@
 """What a run needs to be reproduced besides its resolved config: the command-line overrides, the
-csr version and git commit, and the versions of the libraries that decide its numbers."""
+csr version and git commit, and the versions of the libraries that decide its numbers; at its end,
+the iteration it selected (csr/selection.py)."""
 
 from __future__ import annotations
 
@@ -10,9 +11,12 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
+from csr.io import atomic_write_text
+
 LIBRARIES = ("torch", "torchvision", "transformers", "tokenizers", "peft", "pytorch-lightning",
              "open_clip_torch", "hydra-core", "omegaconf", "mlflow", "deepspeed")
 SOURCE = Path(__file__).resolve().parent.parent
+SELECTION = "selection"  # added at the end of a run with eval.select.metric set (record_selection)
 
 
 def _version(name: str) -> str | None:
@@ -60,6 +64,27 @@ def run_info() -> dict[str, Any]:
         "python": platform.python_version(),
         "libraries": {name: _version(name) for name in LIBRARIES},
     }
+
+
+def record_selection(path: Path, selection: dict[str, Any] | None) -> None:
+    """Write the run's selected iteration (csr/selection.py) into its run_info.json at the end of the run,
+    replacing an earlier one; None removes it (a run whose summary no longer selects)."""
+    info = json.loads(path.read_text())
+    if info.get(SELECTION) == selection or (selection is None and SELECTION not in info):
+        return
+    info.pop(SELECTION, None)
+    if selection is not None:
+        info[SELECTION] = selection
+    atomic_write_text(path, json.dumps(info, indent=2) + "\n")
+
+
+def started_as(path: Path) -> str:
+    """A run_info.json's text as its start wrote it: without the selection its end added."""
+    info = json.loads(path.read_text())
+    if SELECTION not in info:
+        return path.read_text()
+    info.pop(SELECTION)
+    return json.dumps(info, indent=2) + "\n"
 
 
 def run_info_params(info: dict[str, Any]) -> dict[str, str]:

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from bad_input_dpo import DPO, dpo_pair
 from omegaconf import OmegaConf
+from PIL import Image
 from pytorch_lightning.plugins.precision import DeepSpeedPrecision
 from scratch_prompts import Ctx
 
@@ -34,6 +35,7 @@ from csr.dpo.module import DPOModule, concatenated_logps
 from csr.dpo.reference import pair_key
 from csr.dpo.stage import reference_pass
 from csr.models.checkpoint import load_model
+from csr.models.clip import ClipScorer, load_clip
 from csr.models.families import get_family
 
 ZERO2 = Path(__file__).resolve().parent.parent / "conf" / "trainer" / "deepspeed_zero2.yaml"
@@ -125,3 +127,26 @@ def test_reference_log_probs_are_exact_and_the_step_0_log_ratio_is_0(tmp_path: P
         assert torch.equal(policy_rejected - ref_rejected, torch.zeros(len(pairs)))
         loss = module.training_step(batch, 0)
     assert torch.equal(loss.detach(), -F.logsigmoid(torch.zeros(())))  # ln 2 in float32: margin 0
+
+
+# --------------------------------------------------------------------------- CLIP's R_I
+
+TEXTS = [" A red square.", " There is a small blue star in the top left corner of the picture.", " x"]
+
+
+@pytest.mark.parametrize("precision", ["bf16-mixed", "bf16-true"])
+def test_clip_scores_in_float32_inside_the_predict_loops_precision(tiny_models, precision: str) -> None:
+    """Search, reward and evaluation score R_I inside a predict loop: bf16-mixed's autocast (also under
+    the DeepSpeed presets: predict runs with plain DDP) or bf16-true's module conversion and bf16
+    default dtype. R_I must be the float32 computation's, to the bit (bf16 resolves it to ~0.1)."""
+    image = Image.new("RGB", (32, 32), (200, 30, 40))
+    expected = ClipScorer(load_clip(tiny_models.clip_arch, tiny_models.clip_weights, tiny_models.clip_config)).relevance(
+        "img.png", image, TEXTS)
+    scorer = ClipScorer(load_clip(tiny_models.clip_arch, tiny_models.clip_weights, tiny_models.clip_config))
+    plugin = _fit_precision({"strategy": "auto", "precision": precision})
+    holder = plugin.convert_module(torch.nn.ModuleDict({"scorer": scorer}))  # as the stage's LightningModule
+    with plugin.predict_step_context():
+        assert scorer.text_embeddings(TEXTS).dtype == scorer.image_embedding(image).dtype == torch.float32
+        scores = holder["scorer"].relevance("img.png", image, TEXTS)
+    assert all(p.dtype == torch.float32 for p in scorer.parameters())
+    assert scores == expected

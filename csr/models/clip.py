@@ -7,7 +7,8 @@ import json
 import math
 import os
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -180,6 +181,20 @@ def image_digest(image: Image.Image) -> str:
     return digest.hexdigest()
 
 
+@contextmanager
+def float32_compute(device: torch.device) -> Iterator[None]:
+    """No autocast on `device` and float32 as the default dtype, whatever the caller set: search, reward
+    and evaluation score inside Lightning's predict step, under bf16-mixed's autocast or bf16-true's
+    bf16 default dtype (which the preprocess's to_tensor would give the pixels)."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float32)
+    try:
+        with torch.autocast(device.type, enabled=False):
+            yield
+    finally:
+        torch.set_default_dtype(previous)
+
+
 def image_relevance(cosine: torch.Tensor) -> torch.Tensor:
     """R_I = max(100 * cos(image, text), 0), as in the paper (the one place it is computed)."""
     return (100.0 * cosine).clamp(min=0.0)
@@ -190,7 +205,9 @@ class ClipScorer(torch.nn.Module):
 
     A torch Module so that it is a registered submodule of each Lightning module that scores with it:
     Lightning then moves its weights and its cached embeddings to that module's device (the rank's
-    device under DDP), and every call runs where the weights are.
+    device under DDP), and every call runs where the weights are. It scores in float32 under every
+    trainer precision: its weights keep their dtype when the module's is converted, and it computes
+    outside autocast (in bf16, R_I = 100 * cos is resolved only to ~0.1 and siblings tie more often).
 
     Image embeddings are cached by the image's content, not by its name: names repeat across image
     roots (the training and the eval images are both 000000.png...). The cache belongs to this scorer,
@@ -214,8 +231,14 @@ class ClipScorer(torch.nn.Module):
         return super().train(False)  # frozen: stays in eval mode whatever its parent module is set to
 
     def _apply(self, fn, recurse: bool = True):
-        # Module.to / .cuda / .double move parameters and buffers; the cache must follow them.
-        super()._apply(fn, recurse)
+        # Module.to / .cuda / .double move parameters and buffers; the cache must follow them. A change
+        # of dtype is not taken, only the move: Lightning's bf16-true / 16-true plugins convert the whole
+        # module of a stage, this scorer with it, and R_I is computed in float32.
+        def same_dtype(t: torch.Tensor) -> torch.Tensor:
+            moved = fn(t)
+            return moved if moved.dtype == t.dtype else t.to(moved.device)
+
+        super()._apply(same_dtype, recurse)
         device, _ = self._placement()
         self._images = {k: v.to(device) for k, v in self._images.items()}  # kept float32, as computed
         return self
@@ -240,8 +263,9 @@ class ClipScorer(torch.nn.Module):
         digest = self._digest(image)
         if digest not in self._images:
             device, dtype = self._placement()
-            pixels = self.preprocess(image).unsqueeze(0).to(device=device, dtype=dtype)
-            self._images[digest] = self.model.encode_image(pixels, normalize=True)[0].float()
+            with float32_compute(device):
+                pixels = self.preprocess(image).unsqueeze(0).to(device=device, dtype=dtype)
+                self._images[digest] = self.model.encode_image(pixels, normalize=True)[0].float()
             self.image_encodes += 1
         return self._images[digest]
 
@@ -250,10 +274,11 @@ class ClipScorer(torch.nn.Module):
         """Normalised embeddings [len(texts), embed_dim]; on the batch's real token length where exact."""
         tokens = self.tokenizer(texts)
         device, _ = self._placement()
-        if self.prefix_exact:
-            tokens = tokens[:, : real_length(tokens)].to(device)
-            return encode_text_prefix(self.model, tokens).float()
-        return self.model.encode_text(tokens.to(device), normalize=True).float()
+        with float32_compute(device):
+            if self.prefix_exact:
+                tokens = tokens[:, : real_length(tokens)].to(device)
+                return encode_text_prefix(self.model, tokens).float()
+            return self.model.encode_text(tokens.to(device), normalize=True).float()
 
     @torch.no_grad()
     def relevance(self, name: str, image: Image.Image, texts: list[str]) -> list[float]:
@@ -261,7 +286,8 @@ class ClipScorer(torch.nn.Module):
         messages only: the cache is keyed by content."""
         if not texts:
             return []
-        scores = image_relevance(self.text_embeddings(texts) @ self.image_embedding(image)).tolist()
+        with float32_compute(self._placement()[0]):
+            scores = image_relevance(self.text_embeddings(texts) @ self.image_embedding(image)).tolist()
         if not all(math.isfinite(s) for s in scores):
             raise CSRError(f"image {name}: CLIP relevance is not finite ({scores}): do the CLIP weights hold NaN?")
         return scores

@@ -98,8 +98,11 @@ def evaluate_shapesworld(*, model, processor, scorer, eval_cfg, prompt_file: str
     metrics["partner_hallucination"] = partner_hallucination_rate(answers, truth)
     objects = scene_objects(split_dir)
     metrics.update(grammar_metrics([a["answer"] for a in answers], [objects[a["id"]] for a in answers]))
-    pope, pope_skips, shown = _pope(model, processor, eval_cfg, split_dir, {f"{i}.png" for i in ids[: eval_cfg.shapesworld.pope_images]},
-                                    out_dir, trainer_kwargs, on_error)
+    pope, pope_skips, shown = {}, Counter(), []  # pope_images: 0 (a selection on CHAIR alone, csr/selection.py)
+    if eval_cfg.shapesworld.pope_images > 0:
+        pope, pope_skips, shown = _pope(model, processor, eval_cfg, split_dir,
+                                        {f"{i}.png" for i in ids[: eval_cfg.shapesworld.pope_images]},
+                                        out_dir, trainer_kwargs, on_error)
     metrics.update(pope)
     metrics.update(skip_counts(Counter(skips) + pope_skips))
     how = decoding(**sampling(eval_cfg))
@@ -107,7 +110,7 @@ def evaluate_shapesworld(*, model, processor, scorer, eval_cfg, prompt_file: str
         "split": split_identity(split_dir), "prompt": DESCRIBE_PROMPT, "decoding": how,
         "max_new_tokens": eval_cfg.max_new_tokens, **image_set(a["image"] for a in answers),
         "pope": {"prompt": QUESTION_TEMPLATE, "decoding": how, "max_new_tokens": POPE_MAX_NEW_TOKENS,
-                 "parser": eval_cfg.pope.parser, **image_set(shown)},
+                 "parser": eval_cfg.pope.parser, **image_set(shown)} if pope else None,
     }
     return metrics
 
