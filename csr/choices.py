@@ -13,6 +13,9 @@ PRUNE_BY = ("calibrated", "lm")  # calibrated: the paper's running calibrated re
 ON_ERROR = ("raise", "skip")  # data.on_error: a bad record raises naming it, or is counted and skipped
 PAIR_RULES = ("mean", "reference")  # mean: csr's mean calibrated R; reference: the authors' construct.py ranks
 PAIR_FILTERS = ("empty", "repetition", "non_latin")  # the reference code's clean-up of candidate answers
+# pairs.reference_clean: what the reference rule drops before ranking (csr/pairs/clean.py): clean_tree = the
+# authors' score.py (clean_tree, then sentences under 4 characters); short = sentences under 4 characters alone
+REFERENCE_CLEANS = ("clean_tree", "short")
 DPO_LOSSES = ("sigmoid", "ipo", "hinge", "robust")
 IPO_FORMS = ("mean", "sum")  # ipo only: mean = log-ratios / completion length (TRL 1.16); sum
 SCHEDULERS = ("cosine", "constant")

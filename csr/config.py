@@ -27,6 +27,7 @@ from csr.choices import (
     PAIR_RULES,
     POPE_PARSERS,
     PRUNE_BY,
+    REFERENCE_CLEANS,
     SCHEDULERS,
     SELECT_MODES,
     SHAPESWORLD_SPLITS,
@@ -136,6 +137,9 @@ class PairsConfig:
     # How an answer is scored: `mean` = mean calibrated R over its sentences (csr's rule);
     # `reference` = the authors' construct.py (ranks per sibling set, lower is better, / (sentences + 1)).
     rule: str = "mean"  # one of PAIR_RULES
+    # What `reference` drops before ranking (csr/pairs/clean.py): `clean_tree` = the authors' score.py
+    # (their clean_tree, then sentences under 4 characters); `short` = sentences under 4 characters alone.
+    reference_clean: str = "clean_tree"  # one of REFERENCE_CLEANS
     filters: list[str] = field(default_factory=lambda: ["empty", "repetition"])  # some of PAIR_FILTERS
     export_llava: bool = True  # pairs_llava.json, the reference code's conversation layout
     export_trl: bool = True  # pairs_trl.jsonl, TRL DPOTrainer's prompt/chosen/rejected/images
@@ -301,6 +305,7 @@ _CHOICES = {
     "search.decoding.strategy": DECODING_STRATEGIES,
     "data.on_error": ON_ERROR,
     "pairs.rule": PAIR_RULES,
+    "pairs.reference_clean": REFERENCE_CLEANS,
     "dpo.ipo_form": IPO_FORMS,
     "eval.chair.variant": CHAIR_VARIANTS,
     "eval.pope.parser": POPE_PARSERS,

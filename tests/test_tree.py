@@ -16,13 +16,13 @@ from csr.reward.tree import (
     ROOT,
     Node,
     depth_first,
+    dropped_subtrees,
     mean_path_score,
     new_root,
     path_to,
     prune,
     prune_score,
     settle_step,
-    short_subtrees,
 )
 
 # --------------------------------------------------------------------------- prune
@@ -310,7 +310,8 @@ def test_short_subtrees() -> None:
         Node(id=4, parent=2, depth=2, text="  No. "),  # 3 once stripped
         Node(id=5, parent=2, depth=2, text=" A cat."),
     ]
-    assert short_subtrees(nodes) == {1, 3, 4}
+    assert set(dropped_subtrees(nodes)) == {1, 3, 4}
+    assert set(dropped_subtrees(nodes, "short")) == {1, 3, 4}
 
 
 @pytest.mark.parametrize(

@@ -5,11 +5,13 @@
 
 `reference`: the rule of the authors' code (YiyangZhou/CSR, `inference_csr/`), which picked the
 published pairs, written here from what that code does:
-- `score.py` drops a candidate sentence shorter than 4 characters, with everything below it, before
-  anything is ranked. It measures the new text after cutting 3 characters off its start (an artefact
-  of how it sliced the decoded text, which csr does not copy); csr measures the sentence's exact
-  text with surrounding whitespace stripped, as their `.strip()` does, so " It." (3 characters) is
-  dropped and " Yes." (4) is kept.
+- `score.py` cleans the tree before anything is ranked: `utils.clean_tree` drops sentences in some
+  other scripts, with long repetitions or many newlines, then a candidate sentence shorter than 4
+  characters is dropped, each with everything below it (csr/pairs/clean.py, `pairs.reference_clean`).
+  It measures the new text after cutting 3 characters off its start (an artefact of how it sliced
+  the decoded text, which csr does not copy); csr measures the sentence's exact text with
+  surrounding whitespace stripped, as their `.strip()` does, so " It." (3 characters) is dropped
+  and " Yes." (4) is kept.
 - `utils.Rank_Node.calculate_ranks`: within each sibling set (the candidates proposed from one
   parent), sort by R_T descending with a stable sort and give the i-th rank (i+1)/n: the best gets
   1/n, LOWER IS BETTER, and a tie goes to the earlier sibling (ties are not shared). The same on
@@ -34,7 +36,7 @@ from csr.choices import PAIR_RULES
 from csr.pairs.select import SKIP_IDENTICAL, SKIP_NAN, SKIP_TOO_FEW, Choice, select_pair
 
 MIN_SENTENCE_CHARS = 4  # score.py keeps a candidate only if its new text has at least 4 characters
-SHORT_SENTENCE = "short_sentence"  # why an answer is not a candidate under the reference rule
+SHORT_SENTENCE = "short_sentence"  # an answer through such a sentence is not a candidate (csr/pairs/clean.py)
 
 
 def check_rule(rule: str) -> str:
@@ -44,7 +46,7 @@ def check_rule(rule: str) -> str:
 
 
 def too_short(text: str) -> bool:
-    """True for a sentence the reference rule drops before ranking (stripped length < 4)."""
+    """True for a sentence of stripped length < 4 (the drop under pairs.reference_clean=short)."""
     return len(text.strip()) < MIN_SENTENCE_CHARS
 
 

@@ -3,6 +3,7 @@ under `pairs.rule`)."""
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
 from csr.context import StageContext
@@ -13,7 +14,8 @@ from csr.reward.module import RewardModule
 
 def run_reward(*, scorer, cfg, search_path: Path, out_path: Path, trainer_kwargs: dict) -> dict:
     records = read_jsonl(search_path)
-    module = RewardModule(scorer, cfg.reward.lam, cfg.reward.calibration, cfg.data.image_root, cfg.pairs.rule)
+    module = RewardModule(scorer, cfg.reward.lam, cfg.reward.calibration, cfg.data.image_root, cfg.pairs.rule,
+                          cfg.pairs.reference_clean)
     predict_to_jsonl(module, records, out_path, batch_size=cfg.search.prompts_per_batch, trainer_kwargs=trainer_kwargs)
     return reward_stats(read_jsonl(out_path), cfg.pairs.rule)
 
@@ -34,8 +36,10 @@ def reward_stats(scored: list[dict], rule: str) -> dict:
         "mean_r_i": mean([s["r_i"] for s in sentences]),
         "mean_reward": mean([s["reward"] for s in sentences]),
     }
-    if rule == "reference":  # answers through a sentence its short-sentence drop removed
-        stats["answers_dropped"] = sum(1 for a in answers if "dropped" in a)
+    if rule == "reference":  # answers through a sentence its clean-up dropped, and why
+        reasons = Counter(a["dropped"] for a in answers if "dropped" in a)
+        stats["answers_dropped"] = sum(reasons.values())
+        stats.update({f"answers_dropped/{reason}": n for reason, n in sorted(reasons.items())})
     return stats
 
 

@@ -9,7 +9,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
-from csr.pairs.rules import check_rule, reference_ranks, reference_sentence_value, too_short
+from csr.pairs.clean import drop_reason
+from csr.pairs.rules import check_rule, reference_ranks, reference_sentence_value
 from csr.reward.calibration import calibrate
 
 ROOT = 0
@@ -74,12 +75,14 @@ def depth_first(nodes: Sequence[Node]) -> list[Node]:
     return order
 
 
-def short_subtrees(nodes: Sequence[Node]) -> set[int]:
-    """Ids of the sentences the reference rule drops: too short, or below one that is."""
-    dropped: set[int] = set()
+def dropped_subtrees(nodes: Sequence[Node], clean: str = "clean_tree") -> dict[int, str]:
+    """Id -> why, for every sentence the reference rule drops before ranking (csr/pairs/clean.py)
+    and every sentence below one (which inherits its reason)."""
+    dropped: dict[int, str] = {}
     for node in nodes[1:]:  # a parent's id is smaller than its children's
-        if node.parent in dropped or too_short(node.text):
-            dropped.add(node.id)
+        reason = dropped.get(node.parent) or drop_reason(node.text, clean)
+        if reason is not None:
+            dropped[node.id] = reason
     return dropped
 
 
@@ -132,13 +135,14 @@ def score_siblings(siblings: Sequence[Node], lam: float, calibration: str) -> No
         node.reward = reward
 
 
-def score_siblings_reference(siblings: Sequence[Node], lam: float) -> dict[int, tuple[float, float]]:
+def score_siblings_reference(siblings: Sequence[Node], lam: float,
+                             clean: str = "clean_tree") -> dict[int, tuple[float, float]]:
     """Set the authors' sentence value as the reward of one sibling set; returns (rank, clip_rank) by id.
 
-    A too-short sentence is dropped before ranking: its reward is None and the others rank among
-    themselves (n counts only them).
+    A sentence the clean-up drops (`clean`, csr/pairs/clean.py) is dropped before ranking: its
+    reward is None and the others rank among themselves (n counts only them).
     """
-    ranked = [n for n in siblings if not too_short(n.text)]
+    ranked = [n for n in siblings if drop_reason(n.text, clean) is None]
     both = zip(reference_ranks([n.r_t for n in ranked]), reference_ranks([n.r_i for n in ranked]), strict=True)
     ranks = {n.id: rank_pair for n, rank_pair in zip(ranked, both, strict=True)}
     for node in siblings:
@@ -158,18 +162,19 @@ def settle_step(
     keep_bottom: int,
     max_sentences: int,
     rule: str = "mean",
+    clean: str = "clean_tree",
 ) -> list[int]:
     """Score one step's children, mark finals, prune the rest; return the ids that live on.
 
     Children must already carry r_t (and r_i when pruning by the calibrated reward). With
     `rule="reference"` and the calibrated reward, children are scored and pruned as the authors'
-    pair rule scores answers (their ranks; `calibration` is not used), and a too-short sentence,
-    which that rule drops, is never kept.
+    pair rule scores answers (their ranks; `calibration` is not used), and a sentence that rule drops
+    before ranking (`clean`, pairs.reference_clean) is never kept.
     """
     by_reference = check_rule(rule) == "reference" and prune_by == "calibrated"
     for siblings in siblings_by_parent(nodes, child_ids).values():
         if by_reference:
-            score_siblings_reference(siblings, lam)
+            score_siblings_reference(siblings, lam, clean)
         elif prune_by == "calibrated":
             score_siblings(siblings, lam, calibration)
         for node in siblings:

@@ -31,7 +31,7 @@ def build_module(model, processor, scorer, cfg) -> SearchModule:
         keep_bottom=s.keep_bottom, max_sentences=s.max_sentences, max_answer_tokens=s.max_answer_tokens,
         prune_by=s.prune_by, lam=cfg.reward.lam, calibration=cfg.reward.calibration,
         text_score=cfg.reward.text_score, max_batch_rows=s.max_batch_rows,
-        max_batch_tokens=s.max_batch_tokens, pair_rule=cfg.pairs.rule,
+        max_batch_tokens=s.max_batch_tokens, pair_rule=cfg.pairs.rule, pair_clean=cfg.pairs.reference_clean,
     )
     d = s.decoding
     decode = DecodeSettings(
