@@ -29,7 +29,6 @@ from csr.choices import (
     PRUNE_BY,
     REFERENCE_CLEANS,
     SCHEDULERS,
-    SELECT_MODES,
     SHAPESWORLD_SPLITS,
     TEXT_SCORES,
 )
@@ -226,7 +225,7 @@ class ShapesWorldEvalConfig:
 class SelectConfig:
     # Which iteration the run keeps (csr/selection.py): each evaluated model is also scored on a held-out
     # selection split, never the reported one, and the best by `metric` is selected; `iterations` is the most.
-    metric: str | None = None  # "<evaluator>/<key>" of eval.evaluators, e.g. shapesworld/chair_s; null = off
+    metric: str = "???"  # "<evaluator>/<key>" of eval.evaluators, e.g. shapesworld/chair_s
     mode: str = "min"  # one of SELECT_MODES
     split: str = "val"  # the selection split (the evaluator's held-out splits); not eval's, not the training one
     patience: int | None = None  # stop once this many iterations in a row have not beaten the best; null = never
@@ -250,7 +249,7 @@ class EvalConfig:
     sample_seed: int = 0  # with temperature > 0: the answers' seed (with each batch's record ids)
     batch_size: int = 8
     at_base: bool = True  # also evaluate the starting model (iteration 0)
-    select: SelectConfig = field(default_factory=SelectConfig)  # which iteration to keep (csr/selection.py)
+    select: SelectConfig | None = None  # which iteration to keep (csr/selection.py); null: none, every iteration runs
 
 
 @dataclass
@@ -314,7 +313,6 @@ _CHOICES = {
     "dpo.reference": DPO_REFERENCES,
     "data.shapesworld.split": (*SHAPESWORLD_SPLITS, None),
     "eval.shapesworld.split": SHAPESWORLD_SPLITS,
-    "eval.select.mode": SELECT_MODES,
 }
 
 # key -> (predicate, what must hold)
@@ -361,7 +359,6 @@ _RANGES = {
     "trainer.devices": (lambda v: v >= 1 or v == -1, ">= 1, or -1 (every visible GPU)"),
     "trainer.num_nodes": (lambda v: v >= 1, ">= 1"),
     "eval.shapesworld.pope_images": (lambda v: v >= 0, ">= 0 (0 = no POPE)"),
-    "eval.select.patience": (lambda v: v is None or v >= 1, ">= 1 or null (run every iteration)"),
 }
 
 
@@ -410,8 +407,9 @@ def validate(cfg: DictConfig) -> DictConfig:
         if name not in PAIR_FILTERS:
             raise CSRError(f"config key 'pairs.filters': unknown filter {name!r}")
     check_selection(typed)
-    try:  # the selection's eval keys are eval's own
-        OmegaConf.merge(OmegaConf.structured(EvalConfig), typed.eval.select.overrides)
-    except OmegaConfBaseException as err:
-        raise CSRError(f"config key 'eval.select.overrides': {err.msg if hasattr(err, 'msg') else err}") from None
+    if typed.eval.select is not None:
+        try:  # the selection's eval keys are eval's own
+            OmegaConf.merge(OmegaConf.structured(EvalConfig), typed.eval.select.overrides)
+        except OmegaConfBaseException as err:
+            raise CSRError(f"config key 'eval.select.overrides': {err.msg if hasattr(err, 'msg') else err}") from None
     return typed

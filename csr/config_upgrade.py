@@ -28,7 +28,8 @@ ADDED = (
     ("eval.sample_seed", 0),
     ("pairs.reference_clean", "short"),  # the reference rule dropped only sentences under 4 characters (2026-12)
     # no iteration was selected (2026-12): every iteration ran, the last one stood for the run
-    ("eval.select", {"metric": None, "mode": "min", "split": "val", "patience": None, "overrides": {}}),
+    ("eval.select", None),
+    ("pairs.reference_clean", "short"),  # the reference rule dropped only sentences under 4 characters (2026-12)
 )
 
 
@@ -51,7 +52,7 @@ def upgrade(saved: dict[str, Any]) -> dict[str, Any]:
         *parents, leaf = key.split(".")
         holder = _walk(out, parents)
         if holder is not None and leaf not in holder:  # a saved config without the key's whole block is no csr run's
-            holder[leaf] = copy.deepcopy(before)  # a block (eval.select) must not be shared between calls
+            holder[leaf] = before
     return out
 
 

@@ -5,7 +5,7 @@ run_dir/
                            (config.<n>.yaml + config_changes.json, see csr/run_dir.py)
   iter_0/metrics.json      evaluation of the starting model
   iter_k/search.jsonl -> rewards.jsonl -> pairs.jsonl (+ exports) -> adapter/ -> merged/ -> eval/, metrics.json
-  iter_k/eval/select/      with eval.select.metric: the model scored on the selection split (csr/selection.py)
+  iter_k/eval/select/      with eval.select: the model scored on the selection split (csr/selection.py)
 Each finished stage leaves `<stage>.done.json`; rerunning the same command skips those and resumes
 the unfinished stage from its partial output.
 """
@@ -229,7 +229,7 @@ class Loop:
 
     @property
     def selecting(self) -> bool:
-        return self.cfg.eval.select.metric is not None
+        return self.cfg.eval.select is not None
 
     def select_eval(self, k: int, run_id: str | None) -> None:
         """Score iteration k's evaluated model on the selection split, once: inside eval/, so that what

@@ -1,0 +1,100 @@
+"""Build, on a machine with the package registry, the wheels a target environment lacks for csr, so that
+csr installs there offline, next to the target's own torch.
+
+    # on the target (no network): what it already has
+    python -m pip list --format=freeze > have.txt
+    # here (registry reachable): csr's dependencies and the extras asked for, minus what have.txt holds
+    python tools/wheelhouse.py --python-version 3.12 --have have.txt --extras chair-original --out wheelhouse
+    # on the target, in a checkout of csr (the configs live in conf/ beside the package)
+    python -m pip install --no-index --find-links wheelhouse -e '.[chair-original]'
+
+Versions the target has are kept: they constrain the resolution (local labels such as +cu130 dropped), so
+pip on the target finds everything it needs in the wheelhouse and changes none of the target's packages.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+# manylinux tags a current x86-64 GPU image accepts (glibc >= 2.28); pure-Python wheels are 'any'.
+PLATFORMS = ["manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64",
+             "linux_x86_64"]
+# An editable install builds csr with setuptools (pyproject's build-system) from the wheelhouse too.
+BUILD = ["setuptools>=68"]
+
+
+def canonical(name: str) -> str:
+    """PEP 503's normalised project name: 'Open_CLIP.torch' and 'open-clip-torch' are one project."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def read_have(text: str) -> dict[str, str]:
+    """canonical name -> version of a `pip list --format=freeze` / `pip freeze` listing; local version
+    labels (+cu130) are dropped, since the registry's wheels carry none; editable and URL lines skipped."""
+    have = {}
+    for line in text.splitlines():
+        line = line.split("#", 1)[0].strip()
+        if "==" in line and not line.startswith("-"):
+            name, version = line.split("==", 1)
+            have[canonical(name)] = version.split("+", 1)[0].strip()
+    return have
+
+
+def missing(report: dict, have: dict[str, str]) -> list[str]:
+    """`name==version` of each package pip's resolution (an `--report` JSON) installs that `have` lacks."""
+    wanted = [(item["metadata"]["name"], item["metadata"]["version"]) for item in report["install"]]
+    return sorted(f"{name}=={version}" for name, version in wanted if canonical(name) not in have and canonical(name) != "csr")
+
+
+def _pip(*args: str) -> None:
+    subprocess.run([sys.executable, "-m", "pip", *args], check=True)
+
+
+def _target_flags(python_version: str) -> list[str]:
+    return ["--only-binary=:all:", "--python-version", python_version, "--implementation", "cp",
+            *[flag for platform in PLATFORMS for flag in ("--platform", platform)]]
+
+
+def build(python_version: str, have: dict[str, str], extras: list[str], out: Path) -> list[str]:
+    """Resolve csr[extras] for the target with its own versions fixed, then download what it lacks into
+    `out`; returns what was downloaded."""
+    out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        constraints = Path(tmp) / "have.txt"
+        constraints.write_text("".join(f"{name}=={version}\n" for name, version in have.items()))
+        report = Path(tmp) / "report.json"
+        target = f"{ROOT}[{','.join(extras)}]" if extras else str(ROOT)
+        _pip("install", "--dry-run", "--quiet", "--ignore-installed", "--target", str(Path(tmp) / "target"),
+             "--report", str(report), "-c", str(constraints), *_target_flags(python_version), target, *BUILD)
+        needed = missing(json.loads(report.read_text()), have)
+    if needed:
+        _pip("download", "--quiet", "--no-deps", "-d", str(out), *_target_flags(python_version), *needed)
+    return needed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--python-version", required=True, help="the target's Python, e.g. 3.12")
+    parser.add_argument("--have", required=True, type=Path, help="the target's `pip list --format=freeze`")
+    parser.add_argument("--extras", default="", help="comma-separated csr extras to include, e.g. chair-original")
+    parser.add_argument("--out", required=True, type=Path, help="the wheelhouse directory to fill")
+    args = parser.parse_args()
+    if not re.fullmatch(r"3\.\d+", args.python_version):
+        parser.error(f"--python-version {args.python_version!r}: give major.minor, e.g. 3.12")
+    if not args.have.is_file():
+        parser.error(f"--have {args.have}: no such file (write it on the target with pip list --format=freeze)")
+    extras = [e.strip() for e in args.extras.split(",") if e.strip()]
+    needed = build(args.python_version, read_have(args.have.read_text()), extras, args.out)
+    size = sum(f.stat().st_size for f in args.out.glob("*.whl"))
+    print(f"{len(needed)} wheels the target lacks in {args.out}: {size / 2**20:.1f} MiB")
+
+
+if __name__ == "__main__":
+    main()
