@@ -26,7 +26,6 @@ ADDED = (
     ("model.family", "llava"),  # csr ran LLaVA-1.5 only (2026-12)
     ("eval.temperature", 0.0),  # evaluations were greedy (2026-12)
     ("eval.sample_seed", 0),
-    ("pairs.reference_clean", "short"),  # the reference rule dropped only sentences under 4 characters (2026-12)
     # no iteration was selected (2026-12): every iteration ran, the last one stood for the run
     ("eval.select", None),
     ("pairs.reference_clean", "short"),  # the reference rule dropped only sentences under 4 characters (2026-12)

@@ -16,7 +16,7 @@ from csr.io import atomic_write_text
 LIBRARIES = ("torch", "torchvision", "transformers", "tokenizers", "peft", "pytorch-lightning",
              "open_clip_torch", "hydra-core", "omegaconf", "mlflow", "deepspeed")
 SOURCE = Path(__file__).resolve().parent.parent
-SELECTION = "selection"  # added at the end of a run with eval.select.metric set (record_selection)
+SELECTION = "selection"  # added at the end of a run with an eval.select block (record_selection)
 
 
 def _version(name: str) -> str | None:

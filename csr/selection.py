@@ -1,6 +1,6 @@
 """Which iteration to keep: iterations gated on a held-out split.
 
-With `eval.select.metric` set (`<evaluator>/<key>`, e.g. shapesworld/chair_s), every model the loop
+With an `eval.select` block (its `metric`: `<evaluator>/<key>`, e.g. shapesworld/chair_s), every model the loop
 evaluates (the base model and each iteration's merged model) is also scored by that evaluator on the
 selection split `eval.select.split` (ShapesWorld: val), never on the split the run reports (eval's own)
 nor on the one it trains on. The best score by `mode` is the run's selected iteration (a tie goes to the
@@ -33,7 +33,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from csr.choices import SHAPESWORLD_SPLITS
+from csr.choices import SELECT_MODES, SHAPESWORLD_SPLITS
 from csr.errors import CSRError
 
 MARKER = "select"  # iter_<k>/eval/select.done.json; its outputs in iter_<k>/eval/select/
@@ -60,15 +60,19 @@ def check_selection(cfg) -> None:
     """At start: the metric names a selecting evaluator of the run, on a split that is neither the
     reported one nor the training one."""
     s = cfg.eval.select
-    if s.metric is None:
+    if s is None:
         return
+    if s.mode not in SELECT_MODES:
+        raise CSRError(f"config key 'eval.select.mode': {s.mode!r} is not one of {list(SELECT_MODES)}")
+    if s.patience is not None and s.patience < 1:
+        raise CSRError(f"config key 'eval.select.patience': {s.patience!r} must be >= 1 or null (run every iteration)")
     name, key = metric_parts(s.metric)
     where = "config key 'eval.select.metric'"
     if not key:
         raise CSRError(f"{where}: {s.metric!r} must be '<evaluator>/<metric>', e.g. shapesworld/chair_s")
     if name not in cfg.eval.evaluators:
         raise CSRError(f"{where}: evaluator {name!r} is not in eval.evaluators {list(cfg.eval.evaluators)}: "
-                       "add it there, or set eval.select.metric=null (no selection)")
+                       "add it there, or set eval.select=null (no selection)")
     if name not in HELD_OUT:
         raise CSRError(f"{where}: evaluator {name!r} has no held-out split besides the one it reports, and a "
                        f"number chosen on the split it is reported on is not a held-out result; evaluators that "

@@ -17,7 +17,8 @@ BEFORE = {"data": {"shapesworld_root": "/sw", "shapesworld_split": "csr", "shape
           "eval": {"split": "val", "shapesworld_root": "/sw", "pope_images": 40, "limit": 500}}
 AFTER = {"data": {"shapesworld": {"root": "/sw", "split": "csr", "size": 1000}, "limit": 200},
          "eval": {"shapesworld": {"root": "/sw", "split": "val", "pope_images": 40}, "limit": 500,
-                  "temperature": 0.0, "sample_seed": 0}}  # evaluations were greedy before the keys
+                  "temperature": 0.0, "sample_seed": 0,  # evaluations were greedy before the keys
+                  "select": None}}  # and no iteration was selected
 
 
 def test_renamed_keys_move_to_their_blocks():
@@ -32,8 +33,11 @@ def test_an_added_key_gets_the_value_that_did_what_csr_did_before_it():
 
 
 def test_an_old_run_dir_resumes_without_a_diff(tmp_path):
-    text = OmegaConf.to_yaml(compose_config("eval.shapesworld.split=val", "eval.shapesworld.pope_images=40"), resolve=True)
+    # eval.select=null: an old run resumes as it ran, without today's selection (csr/selection.py)
+    text = OmegaConf.to_yaml(compose_config("eval.shapesworld.split=val", "eval.shapesworld.pope_images=40",
+                                            "eval.select=null"), resolve=True)
     saved = OmegaConf.to_container(OmegaConf.create(text))
+    del saved["eval"]["select"]  # written before the key existed
     data, evaluation = saved["data"].pop("shapesworld"), saved["eval"].pop("shapesworld")
     del saved["search"]["compact_fraction"]  # written before the key existed: it compacted at once (0.0)
     saved["data"].update({f"shapesworld_{key}": value for key, value in data.items()})  # as csr wrote it before
