@@ -1,13 +1,17 @@
 """DPO benchmark: csr's DPO stage against TRL's DPOTrainer, same model, pairs, LoRA and batch size.
 
-    .venv/bin/pip install -e '.[bench]' && .venv/bin/python experiments/bench_dpo/bench.py
+    OMP_NUM_THREADS=1 .venv/bin/python experiments/bench_dpo/bench.py --threads 1
+    .venv/bin/python experiments/bench_dpo/bench.py --tiny --out /tmp/bench_dpo   # checks it runs (seconds)
 
-Each trainer runs in its own process (so each peak RSS is its own), one after the other, on the
-same saved checkpoint and pairs. TRL refuses to precompute reference log-probs for vision datasets, so
-the like-for-like comparison is csr with `dpo.reference=adapter_disabled` (TRL's way with a LoRA
-policy): a step is a no-grad reference forward, a forward + backward over chosen and rejected, and
-an optimizer step. csr's default, `precomputed`, is timed too. Writes results.json and step_time.png
-beside this file and the table into README.md (between the results markers).
+Each trainer runs in its own process (so each peak RSS is its own), on the same saved checkpoint and
+pairs, in rounds: every round runs the three trainers once, in alternating order, so csr's and TRL's
+runs sit side by side in time and a change of the machine's load hits both; the csr / TRL ratio is
+taken per round and its median reported. TRL refuses to precompute reference log-probs for vision
+datasets, so the like-for-like comparison is csr with `dpo.reference=adapter_disabled` (TRL's way with
+a LoRA policy): a step is a no-grad reference forward, a forward + backward over chosen and rejected,
+and an optimizer step. csr's default, `precomputed`, is timed too. Writes results.json and
+step_time.png beside this file and the table into README.md (between the results markers); `--tiny`
+runs the csr-make-tiny model for one step in this process and writes only under --out.
 """
 
 from __future__ import annotations
@@ -21,29 +25,33 @@ import statistics
 import subprocess
 import sys
 import time
+from importlib.metadata import version
 from pathlib import Path
 
 import torch
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "bench_search"))  # the benchmark models are the search benchmark's
-from workloads import CACHE, mid, shapesworld  # noqa: E402
+from workloads import CACHE, mid, shapesworld, tiny  # noqa: E402
 
 from csr.data.tiny import write_tiny_prompts  # noqa: E402
 from csr.io import atomic_write_text  # noqa: E402
 from csr.models.checkpoint import save_model  # noqa: E402
 from csr.models.families import get_family  # noqa: E402
 
-PAIRS_PER_STEP, WARMUP_STEPS, STEPS = 2, 2, 8
+PAIRS_PER_STEP = 2
 TRAINERS = ("csr_adapter_disabled", "trl", "csr_precomputed")
 LORA = {"r": 16, "alpha": 32, "dropout": 0.0}  # TRL turns dropout off by default; so does the csr side here
 WORDS = ["red", "blue", "green", "circle", "square", "triangle", "left", "right", "top", "bottom", "small", "large"]
 
 
-def prepare(name: str) -> dict:
+BUILDERS = {"small": shapesworld, "mid": mid, "tiny": tiny}
+
+
+def prepare(name: str, steps: int) -> dict:
     """Save the workload's model and write the pairs (answers of ~equal length, so padding is alike)."""
     out = CACHE / f"dpo_{name}"
-    w = shapesworld() if name == "small" else mid()
+    w = BUILDERS[name]()
     model_dir = out / f"llava_{w.name}"  # "small" is the shipped ShapesWorld model once it exists, else tiny
     if not (model_dir / "config.json").exists():
         save_model(w.model, w.processor, str(model_dir))
@@ -54,9 +62,8 @@ def prepare(name: str) -> dict:
     def answer() -> str:
         return " ".join(f"There is a {rng.choice(WORDS)} {rng.choice(WORDS)} at the {rng.choice(WORDS)}." for _ in range(4))
 
-    n = PAIRS_PER_STEP * (WARMUP_STEPS + STEPS)
     pairs = [{"id": str(i), "image": prompts[i % 8]["image"], "prompt": prompts[i % 8]["input"].replace("<image>", "").strip(),
-              "chosen": answer(), "rejected": answer()} for i in range(n)]
+              "chosen": answer(), "rejected": answer()} for i in range(PAIRS_PER_STEP * steps)]
     atomic_write_text(out / "pairs.jsonl", "".join(json.dumps(p) + "\n" for p in pairs))
     paths = {"model": str(model_dir), "pairs": str(out / "pairs.jsonl"), "images": str(data / "images"), "out": str(out),
              "name": w.name, "note": w.note}
@@ -110,7 +117,6 @@ def run_trl(paths: dict) -> list[float]:
     from transformers import TrainerCallback
     from trl import DPOConfig, DPOTrainer
 
-    from csr.config import LoraConfig as CsrLora
     from csr.io import read_jsonl
     from csr.models.chat import generation_prompt
     from csr.models.checkpoint import load_model
@@ -140,8 +146,9 @@ def run_trl(paths: dict) -> list[float]:
         bf16=False, gradient_checkpointing=False,
     )
     timer = Timer()
+    # The same modules as csr's default (the family's: every linear layer of the language model).
     peft = LoraConfig(r=LORA["r"], lora_alpha=LORA["alpha"], lora_dropout=LORA["dropout"],
-                      target_modules=CsrLora.target_modules)
+                      target_modules=get_family("llava").lora_targets())
     trainer = DPOTrainer(model=model, args=args, train_dataset=Dataset.from_dict(rows), processing_class=processor,
                          peft_config=peft, callbacks=[timer])
     trainer.train()
@@ -151,35 +158,55 @@ def run_trl(paths: dict) -> list[float]:
 def child(trainer: str, workload: str, threads: int, out: Path) -> None:
     torch.set_num_threads(threads)
     paths = json.loads((CACHE / f"dpo_{workload}" / "paths.json").read_text())
+    (Path(paths["out"]) / "ref_logps.json").unlink(missing_ok=True)  # csr reuses it: start every run without
     times = run_trl(paths) if trainer == "trl" else run_csr(paths, trainer.removeprefix("csr_"))
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     out.write_text(json.dumps({"times": times, "peak_mb": peak_mb}))
 
 
-def measure(workload: str, threads: int) -> dict:
-    paths = prepare(workload)
+def measure(workload: str, threads: int, rounds: int, warmup: int, steps: int, fresh_process: bool = True) -> dict:
+    """Every trainer once per round, in alternating order; step times are the median over all rounds' steps
+    after each run's warm-up, the ratio csr / TRL the median of the rounds' own ratios."""
+    paths = prepare(workload, warmup + steps)
     row = {"workload": paths["name"], "note": paths["note"], "tokens_per_step": sequence_tokens(paths)}
-    (Path(paths["out"]) / "ref_logps.json").unlink(missing_ok=True)  # csr reuses it: start every run without
+    times: dict[str, list[list[float]]] = {t: [] for t in TRAINERS}
+    peaks: dict[str, list[float]] = {t: [] for t in TRAINERS}
+    for k in range(rounds):
+        for trainer in TRAINERS if k % 2 == 0 else TRAINERS[::-1]:
+            out = Path(paths["out"]) / f"{trainer}.json"
+            if fresh_process:
+                subprocess.run([sys.executable, __file__, "--child", trainer, "--workload", workload, "--threads",
+                                str(threads), "--out", str(out)], check=True)
+            else:  # --tiny: one process, seconds; the peaks then mean nothing
+                child(trainer, workload, threads, out)
+            result = json.loads(out.read_text())
+            if len(result["times"]) != warmup + steps:
+                raise RuntimeError(f"{trainer} ran {len(result['times'])} steps, expected {warmup + steps}")
+            times[trainer].append(result["times"][warmup:])
+            peaks[trainer].append(result["peak_mb"])
     for trainer in TRAINERS:
-        out = Path(paths["out"]) / f"{trainer}.json"
-        subprocess.run([sys.executable, __file__, "--child", trainer, "--workload", workload, "--threads", str(threads),
-                        "--out", str(out)], check=True)
-        result = json.loads(out.read_text())
-        steps = result["times"][WARMUP_STEPS:]
-        row[trainer] = {"step_s": statistics.median(steps), "steps": len(steps), "peak_mb": result["peak_mb"],
-                        "tok_s": row["tokens_per_step"] / statistics.median(steps)}
-    row["ratio"] = row["csr_adapter_disabled"]["step_s"] / row["trl"]["step_s"]
+        step_s = statistics.median(t for run in times[trainer] for t in run)
+        row[trainer] = {"step_s": step_s, "steps": steps * rounds, "peak_mb": max(peaks[trainer]),
+                        "tok_s": row["tokens_per_step"] / step_s}
+    per_round = {key: [statistics.median(a) / statistics.median(b)
+                       for a, b in zip(times[key], times["trl"], strict=True)]
+                 for key in ("csr_adapter_disabled", "csr_precomputed")}
+    row["ratio"] = statistics.median(per_round["csr_adapter_disabled"])
+    row["ratio_precomputed"] = statistics.median(per_round["csr_precomputed"])
+    row["ratio_rounds"] = per_round["csr_adapter_disabled"]
     return row
 
 
 def table(rows: list[dict]) -> str:
-    out = ["| workload | tokens / step | csr s / step | TRL s / step | **csr / TRL** | csr tok/s | TRL tok/s "
-           "| csr peak MB | TRL peak MB | csr precomputed s / step | its peak MB |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    out = ["| workload | tokens / step | csr s / step | TRL s / step | **csr / TRL** | each round | csr tok/s "
+           "| TRL tok/s | csr peak MB | TRL peak MB | csr precomputed s / step | its / TRL | its peak MB |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         c, t, p = r["csr_adapter_disabled"], r["trl"], r["csr_precomputed"]
+        each = ", ".join(f"{x:.2f}" for x in r["ratio_rounds"])
         out.append(f"| {r['workload']} | {r['tokens_per_step']:.0f} | {c['step_s']:.3f} | {t['step_s']:.3f} "
-                   f"| **{r['ratio']:.2f}** | {c['tok_s']:.0f} | {t['tok_s']:.0f} | {c['peak_mb']:.0f} | {t['peak_mb']:.0f} "
-                   f"| {p['step_s']:.3f} | {p['peak_mb']:.0f} |")
+                   f"| **{r['ratio']:.2f}** | {each} | {c['tok_s']:.0f} | {t['tok_s']:.0f} | {c['peak_mb']:.0f} "
+                   f"| {t['peak_mb']:.0f} | {p['step_s']:.3f} | {r['ratio_precomputed']:.2f} | {p['peak_mb']:.0f} |")
     return "\n".join(out) + "\n\n" + "\n".join(f"- **{r['workload']}**: {r['note']}" for r in rows) + "\n"
 
 
@@ -191,9 +218,9 @@ def plot(rows: list[dict], path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(5.5, 3.4))
     xs = range(len(rows))
-    for shift, key, label in ((-0.2, "csr_adapter_disabled", "csr, reference = adapter disabled (as TRL)"),
-                              (0.2, "csr_precomputed", "csr, precomputed reference (default)")):
-        ratios = [r[key]["step_s"] / r["trl"]["step_s"] for r in rows]
+    for shift, key, label in ((-0.2, "ratio", "csr, reference = adapter disabled (as TRL)"),
+                              (0.2, "ratio_precomputed", "csr, precomputed reference (default)")):
+        ratios = [r[key] for r in rows]
         ax.bar([x + shift for x in xs], ratios, 0.4, label=label)
         for x, v in zip(xs, ratios, strict=True):
             ax.text(x + shift, v, f"{v:.2f}", ha="center", va="bottom")
@@ -209,21 +236,36 @@ def plot(rows: list[dict], path: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads (recorded)")
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (recorded)")
+    parser.add_argument("--rounds", type=int, default=2, help="runs of each trainer, interleaved")
+    parser.add_argument("--warmup", type=int, default=1, help="steps per run not timed")
+    parser.add_argument("--steps", type=int, default=5, help="steps per run timed")
+    parser.add_argument("--workloads", default="small,mid", help="comma-separated: small (ShapesWorld), mid, tiny")
+    parser.add_argument("--tiny", action="store_true",
+                        help="the tiny model, 1 round of 1 + 1 steps in this process, results under --out only")
+    parser.add_argument("--out", type=Path, default=HERE, help="where results.json and step_time.png go")
     parser.add_argument("--child", choices=TRAINERS, help=argparse.SUPPRESS)
     parser.add_argument("--workload", default="mid", help=argparse.SUPPRESS)
-    parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         child(args.child, args.workload, args.threads, args.out)
         return
+    if args.tiny:
+        if args.out == HERE:
+            parser.error("--tiny writes its results under --out, never over this study's: give --out")
+        args.workloads, args.rounds, args.warmup, args.steps = "tiny", 1, 1, 1
     started = time.time()
-    rows = [measure(w, args.threads) for w in ("small", "mid")]
-    env = (f"torch {torch.__version__}, {args.threads} threads, {platform.machine()}, float32, CPU; "
-           f"{PAIRS_PER_STEP} pairs per step, median of {STEPS} steps after {WARMUP_STEPS} warm-up; LoRA r={LORA['r']}; "
-           f"total {time.time() - started:.0f} s")
-    (HERE / "results.json").write_text(json.dumps({"env": env, "rows": rows}, indent=1))
-    plot(rows, HERE / "step_time.png")
+    rows = [measure(w, args.threads, args.rounds, args.warmup, args.steps, fresh_process=not args.tiny)
+            for w in args.workloads.split(",")]
+    env = (f"torch {torch.__version__}, trl {version('trl')}, {args.threads} threads, {platform.machine()}, float32, "
+           f"CPU; {PAIRS_PER_STEP} pairs per step, {args.rounds} rounds, each trainer's steps after {args.warmup} "
+           f"warm-up: median of {args.steps * args.rounds}; LoRA r={LORA['r']}; total {time.time() - started:.0f} s")
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "results.json").write_text(json.dumps({"env": env, "rows": rows}, indent=1))
+    plot(rows, args.out / "step_time.png")
+    print(table(rows))
+    if args.out != HERE:
+        return
     readme = HERE / "README.md"
     head, rest = readme.read_text().split("<!-- results:start -->")
     _, tail = rest.split("<!-- results:end -->")

@@ -1,6 +1,7 @@
 """DPO memory: peak memory and step time of one DPO step before and after csr's bounded forward.
 
     .venv/bin/python experiments/bench_dpo/memory.py --threads 1
+    .venv/bin/python experiments/bench_dpo/memory.py --tiny --out /tmp/dpo_memory   # checks it runs (seconds)
 
 The mid workload's LLaVA shapes (experiments/bench_search/workloads.py: 8 layers, hidden 512, 576 image
 tokens) with LLaVA's 32k vocabulary, random weights, float32 on the CPU; 2 pairs per step (4 rows of
@@ -16,7 +17,8 @@ Variants, each in a fresh process from the same saved checkpoint and the same Lo
 Peak = the process's high-water RSS during the steps above its RSS before them (model, LoRA and data
 already loaded; /proc/self/clear_refs resets the mark), and the whole process's peak. Step time is the
 median of the steps after the warm-up. Writes memory.json and the section in README.md (between the
-memory markers).
+memory markers); `--tiny` runs the csr-make-tiny model, the variants in this process, and writes only
+under --out.
 """
 
 from __future__ import annotations
@@ -42,8 +44,8 @@ VARIANTS = ("before", "after", "after_checkpointing")
 WORDS = ["red", "blue", "green", "circle", "square", "triangle", "left", "right", "top", "bottom", "small", "large"]
 
 
-def prepare() -> Path:
-    """The checkpoint and the pairs, once (under .data/bench/dpo_memory)."""
+def prepare(tiny: bool) -> Path:
+    """The checkpoint (its path in model.txt) and the pairs, once (under .data/bench/dpo_memory[_tiny])."""
     import random
 
     from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
@@ -51,21 +53,27 @@ def prepare() -> Path:
     from csr.data.tiny import write_tiny_prompts
     from csr.models.checkpoint import save_model
     from csr.models.families.llava import make_processor
-    from csr.models.tiny import build_tokenizer
+    from csr.models.tiny import build_tiny, build_tokenizer
 
-    out = CACHE / "dpo_memory"
+    out = root(tiny)
     if (out / "pairs.json").exists():
         return out
-    tokenizer = build_tokenizer()
-    config = LlavaConfig(
-        vision_config=CLIPVisionConfig(**MID_VISION),
-        text_config=LlamaConfig(vocab_size=VOCAB, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                                pad_token_id=tokenizer.pad_token_id, **MID_LLAMA),
-        image_token_id=tokenizer.convert_tokens_to_ids("<image>"), image_seq_length=576,
-        vision_feature_select_strategy="default", vision_feature_layer=-2, projector_hidden_act="gelu",
-    )
-    torch.manual_seed(0)
-    save_model(LlavaForConditionalGeneration(config).eval(), make_processor(tokenizer, 336, 14), str(out / "model"))
+    out.mkdir(parents=True, exist_ok=True)
+    if tiny:
+        model_path = build_tiny(str(CACHE / "tiny")).llava
+    else:
+        tokenizer = build_tokenizer()
+        config = LlavaConfig(
+            vision_config=CLIPVisionConfig(**MID_VISION),
+            text_config=LlamaConfig(vocab_size=VOCAB, bos_token_id=tokenizer.bos_token_id,
+                                    eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, **MID_LLAMA),
+            image_token_id=tokenizer.convert_tokens_to_ids("<image>"), image_seq_length=576,
+            vision_feature_select_strategy="default", vision_feature_layer=-2, projector_hidden_act="gelu",
+        )
+        torch.manual_seed(0)
+        model_path = str(out / "model")
+        save_model(LlavaForConditionalGeneration(config).eval(), make_processor(tokenizer, 336, 14), model_path)
+    (out / "model.txt").write_text(model_path)
     prompts = json.loads(write_tiny_prompts(out / "data", n=PAIRS).read_text())
     rng = random.Random(0)
 
@@ -76,6 +84,10 @@ def prepare() -> Path:
               "chosen": answer(), "rejected": answer()} for i, p in enumerate(prompts)]
     (out / "pairs.json").write_text(json.dumps(pairs))
     return out
+
+
+def root(tiny: bool) -> Path:
+    return CACHE / ("dpo_memory_tiny" if tiny else "dpo_memory")
 
 
 def before_logps(model: torch.nn.Module, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
@@ -97,7 +109,7 @@ def rss_mb(field: str) -> float:
     raise RuntimeError(field)
 
 
-def child(variant: str, threads: int, out: Path) -> None:
+def child(variant: str, threads: int, out: Path, tiny: bool) -> None:
     import resource
 
     from csr.dpo.data import PairDataset, collate
@@ -108,10 +120,10 @@ def child(variant: str, threads: int, out: Path) -> None:
     from csr.models.families import get_family
 
     torch.set_num_threads(threads)
-    root = CACHE / "dpo_memory"
-    model, processor = load_model(str(root / "model"))
-    pairs = json.loads((root / "pairs.json").read_text())
-    batch = collate([PairDataset(pairs, processor, str(root / "data" / "images"), get_family("llava"))[i] for i in range(PAIRS)],
+    data = root(tiny)
+    model, processor = load_model((data / "model.txt").read_text())
+    pairs = json.loads((data / "pairs.json").read_text())
+    batch = collate([PairDataset(pairs, processor, str(data / "data" / "images"), get_family("llava"))[i] for i in range(PAIRS)],
                     processor.tokenizer.pad_token_id)
     if variant == "after_checkpointing":
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -120,12 +132,13 @@ def child(variant: str, threads: int, out: Path) -> None:
                        False).train()
     params = [p for p in policy.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=1e-4)
-    logps = before_logps if variant == "before" else concatenated_logps
+    family = get_family("llava")
+    logps = before_logps if variant == "before" else lambda m, b: concatenated_logps(m, b, family)
     ref = torch.tensor([-300.0, -310.0]), torch.tensor([-305.0, -300.0])  # fixed: the same loss for every variant
     base = rss_mb("VmRSS")
     Path("/proc/self/clear_refs").write_text("5")  # reset the high-water mark: the steps' peak from here
     times, losses = [], []
-    for _ in range(WARMUP + STEPS):
+    for _ in range(WARMUP + (1 if tiny else STEPS)):
         t0 = time.perf_counter()
         chosen, rejected = logps(policy, batch)
         loss = dpo_loss(chosen, rejected, *ref, beta=0.1)[0].mean()
@@ -135,7 +148,7 @@ def child(variant: str, threads: int, out: Path) -> None:
         optimizer.zero_grad()
         times.append(time.perf_counter() - t0)
         losses.append(loss.item())
-    result = {"step_s": statistics.median(times[WARMUP:]), "losses": losses, "step_peak_mb": rss_mb("VmHWM") - base,
+    result = {"step_s": statistics.median(times[WARMUP:]), "steps": len(times) - WARMUP, "losses": losses, "step_peak_mb": rss_mb("VmHWM") - base,
               "process_peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
               "tokens": int(batch["attention_mask"].sum()), "rows": list(batch["input_ids"].shape),
               "answer_positions": int((batch["labels"] != -100).sum())}
@@ -158,25 +171,37 @@ def table(rows: dict) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (recorded)")
+    parser.add_argument("--tiny", action="store_true",
+                        help="the tiny model, 1 step after the warm-up, variants in this process, results under --out")
+    parser.add_argument("--out", type=Path, default=HERE, help="where memory.json goes")
     parser.add_argument("--child", choices=VARIANTS, help=argparse.SUPPRESS)
-    parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        child(args.child, args.threads, args.out)
+        child(args.child, args.threads, args.out, args.tiny)
         return
+    if args.tiny and args.out == HERE:
+        parser.error("--tiny writes its results under --out, never over this study's: give --out")
     started = time.time()
-    root = prepare()
+    data = prepare(args.tiny)
+    args.out.mkdir(parents=True, exist_ok=True)
     rows = {}
     for variant in VARIANTS:
-        out = root / f"{variant}.json"
-        subprocess.run([sys.executable, __file__, "--child", variant, "--threads", str(args.threads), "--out", str(out)],
-                       check=True)
+        out = args.out / f"{variant}.json"
+        if args.tiny:  # one process, seconds: the peaks then mean little
+            child(variant, args.threads, out, tiny=True)
+        else:
+            subprocess.run([sys.executable, __file__, "--child", variant, "--threads", str(args.threads), "--out", str(out)],
+                           check=True)
         rows[variant] = json.loads(out.read_text())
     r = rows["before"]
     env = (f"torch {torch.__version__}, {args.threads} threads, {platform.machine()}, float32, CPU; {PAIRS} pairs per "
            f"step ({r['rows'][0]} rows x {r['rows'][1]} positions, {r['tokens']} real tokens, {r['answer_positions']} "
-           f"labelled); median of {STEPS} steps after {WARMUP} warm-up; total {time.time() - started:.0f} s")
-    (HERE / "memory.json").write_text(json.dumps({"env": env, "rows": rows}, indent=1))
+           f"labelled); median of {r['steps']} steps after {WARMUP} warm-up; total {time.time() - started:.0f} s")
+    (args.out / "memory.json").write_text(json.dumps({"env": env, "model": (data / "model.txt").read_text(), "rows": rows},
+                                                     indent=1))
+    print(table(rows))
+    if args.out != HERE:
+        return
     readme = HERE / "README.md"
     head, rest = readme.read_text().split("<!-- memory:start -->")
     _, tail = rest.split("<!-- memory:end -->")

@@ -1,6 +1,7 @@
 """Page load times of the inspector on a large synthetic run (2,000 prompts per iteration).
 
     python experiments/bench_inspect/bench.py [--prompts 2000] [--iterations 3] [--out /tmp/bench_inspect]
+    python experiments/bench_inspect/bench.py --tiny --out /tmp/bench_inspect_tiny   # checks it runs (seconds)
 
 Writes a synthetic run directory in the layout `csr` writes (search.jsonl, rewards.jsonl, pairs.jsonl,
 eval answers; ShapesWorld-sized trees of 5 candidates per step, 1 best + 2 worst kept, up to 6
@@ -18,8 +19,10 @@ import statistics
 import time
 from pathlib import Path
 
+from omegaconf import OmegaConf
 from PIL import Image
 
+from csr.config import RootConfig
 from csr.inspect.browser import Browser
 from csr.inspect.site import write_site
 from csr.pairs.build import build_pairs
@@ -71,9 +74,12 @@ def write_run(out: Path, n_prompts: int, iterations: int, seed: int = 0) -> Path
         Image.new("RGB", (64, 64), tuple(rng.randrange(256) for _ in range(3))).save(images / f"{i}.png")
     run = out / "run"
     (run).mkdir(exist_ok=True)
-    (run / "config.yaml").write_text(
-        f"reward: {{lam: 0.9, calibration: rank}}\nsearch: {{prune_by: calibrated}}\n"
-        f"data: {{image_root: {images}}}\neval: {{image_root: {images}}}\npairs: {{filters: [empty, repetition]}}\n")
+    # A whole config, as csr saves it (the inspector refuses one with keys missing), with the settings above.
+    config = OmegaConf.merge(OmegaConf.structured(RootConfig), {
+        "run_dir": str(run), "model": {"path": "synthetic"}, "data": {"prompt_file": "synthetic", "image_root": str(images)},
+        "eval": {"image_root": str(images)}, "reward": {"lam": 0.9, "calibration": "rank"},
+        "search": {"prune_by": "calibrated"}, "pairs": {"filters": ["empty", "repetition"]}})
+    (run / "config.yaml").write_text(OmegaConf.to_yaml(config, resolve=True))
     for k in range(0, iterations + 1):
         d = run / f"iter_{k}"
         (d / "eval" / "generate").mkdir(parents=True, exist_ok=True)
@@ -118,7 +124,10 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--out", type=Path, default=Path("/tmp/bench_inspect"))
     parser.add_argument("--keep-run", action="store_true", help="reuse the synthetic run already in --out")
+    parser.add_argument("--tiny", action="store_true", help="3 prompts, 1 iteration, each page loaded once")
     args = parser.parse_args()
+    if args.tiny:
+        args.prompts, args.iterations, args.repeats = 3, 1, 1
     t = time.monotonic()
     run = args.out / "run" if args.keep_run else write_run(args.out, args.prompts, args.iterations)
     made = time.monotonic() - t

@@ -3,9 +3,12 @@ writer, timed per record at the start and at the end of the stage.
 
     .venv/bin/python experiments/bench_io/bench.py            # after: one writer per stage
     .venv/bin/python experiments/bench_io/bench.py --before   # before: a writer per batch (capped)
+    .venv/bin/python experiments/bench_io/bench.py --tiny --out /tmp/bench_io   # checks it runs (seconds)
 
 `--before` replays the old pattern (a new JsonlWriter per batch, which parsed the whole part file on
 entry); it grows quadratically, so it stops after `--before-records` records and reports where it got.
+Each mode's result goes into results.json beside this file; `--tiny` runs both modes on a few records
+and writes results.json under --out only.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from types import SimpleNamespace
 from csr.io import JsonlWriter, read_jsonl
 from csr.predict import JsonlPredictionWriter
 
+HERE = Path(__file__).resolve().parent
 RECORD_BYTES = 73_000  # one search tree of ~200-token answers, beam 5 x K 5, as JSON
 BATCH = 4  # search.prompts_per_batch of the paper presets
 
@@ -75,15 +79,21 @@ def main() -> None:
     ap.add_argument("--records", type=int, default=12_000)
     ap.add_argument("--before", action="store_true")
     ap.add_argument("--before-records", type=int, default=1_200)
+    ap.add_argument("--tiny", action="store_true", help="both modes, 2 batches each, results under --out only")
+    ap.add_argument("--out", type=Path, default=HERE, help="where results.json goes")
     args = ap.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "search.jsonl"
-        n = args.before_records if args.before else args.records
-        result = {"mode": "before" if args.before else "after", **summary(run(n, args.before, out))}
-    print(json.dumps(result))
-    path = Path(__file__).with_name("results.json")
+    if args.tiny and args.out == HERE:
+        ap.error("--tiny writes its results under --out, never over this study's: give --out")
+    modes = [(False, 2 * BATCH), (True, 2 * BATCH)] if args.tiny else \
+        [(args.before, args.before_records if args.before else args.records)]
+    path = args.out / "results.json"
     results = json.loads(path.read_text()) if path.exists() else {}
-    results[result["mode"]] = result
+    for before, n in modes:
+        with tempfile.TemporaryDirectory() as tmp:
+            result = {"mode": "before" if before else "after", **summary(run(n, before, Path(tmp) / "search.jsonl"))}
+        print(json.dumps(result))
+        results[result["mode"]] = result
+    args.out.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(results, indent=2) + "\n")
 
 

@@ -2,9 +2,12 @@
 same process, same prompts.
 
     .venv/bin/python experiments/bench_search/bench.py
+    .venv/bin/python experiments/bench_search/bench.py --tiny --out /tmp/bench_search   # checks it runs (seconds)
 
 Writes results.json, speedup.png and scaling.png beside this file and the tables into README.md
-(between the results markers). Every run asserts both engines wrote the same trees first.
+(between the results markers). Every run asserts both engines wrote the same trees first. `--tiny`
+runs the csr-make-tiny model (a short search, the generate loop, one point per scaling knob) and
+writes only under --out.
 """
 
 from __future__ import annotations
@@ -19,13 +22,13 @@ import matplotlib
 import torch
 from generate_loop import GenerateLoop
 from measure import assert_same_trees, run_engine, same_prompts, warm_up
-from workloads import Workload, llava7b, mid, qwen25_mid, shapesworld
+from workloads import Workload, llava7b, mid, qwen25_mid, shapesworld, tiny
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
-BUILDERS = {"shapesworld": shapesworld, "mid": mid, "qwen25_mid": qwen25_mid, "llava7b": llava7b}
+BUILDERS = {"shapesworld": shapesworld, "mid": mid, "qwen25_mid": qwen25_mid, "llava7b": llava7b, "tiny": tiny}
 # Scaling sweeps on the mid model (one knob at a time, the rest at SWEEP_BASE: a shorter search than the
 # mid workload's, so that the reference's runs fit in minutes).
 SWEEP_BASE = {"prompts": 2, "max_sentences": 3, "max_new_tokens": 12, "max_answer_tokens": 64}
@@ -126,6 +129,9 @@ def plot_speedup(rows: list[dict], path: Path) -> None:
     fig.savefig(path, dpi=120)
 
 
+TINY_SHAPE = {"prompts": 2, "max_sentences": 2}  # --tiny: the tiny model's search, shortened
+
+
 def write_readme(block: str, marker: str) -> None:
     readme = HERE / "README.md"
     text = readme.read_text()
@@ -147,8 +153,16 @@ def main() -> None:
                              "README's families block, the LLaVA results untouched")
     parser.add_argument("--csr-only", action="store_true",
                         help="time csr's engine alone and print it (to compare two versions of the engine)")
+    parser.add_argument("--tiny", action="store_true",
+                        help="the tiny model: a short search against both baselines, one point per scaling knob, "
+                             "results under --out only")
+    parser.add_argument("--out", type=Path, default=HERE, help="where results*.json and the plots go")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.tiny:
+        if args.out == HERE:
+            parser.error("--tiny writes its results under --out, never over this study's: give --out")
+        args.workloads, args.repeats = "tiny", 1
     if args.families:
         args.workloads, args.no_scaling = "qwen25_mid", True
     if args.csr_only:
@@ -162,18 +176,20 @@ def main() -> None:
     rows, notes = [], {}
     for name in args.workloads.split(","):
         w = BUILDERS[name]()
+        if args.tiny:
+            w = w.with_shape(**TINY_SHAPE)
         warm_up(w)
         # mid only: the generate loop prefills K copies of image + prompt + answer per node, minutes on a
         # CPU (and it is written for LLaVA)
-        rows.append(compare(w, args.repeats, generate=name in ("mid", "llava7b")))
+        rows.append(compare(w, args.repeats, generate=name in ("mid", "llava7b", "tiny")))
         notes[w.name] = w.note
         print(json.dumps(rows[-1]), flush=True)
     sweeps: dict[str, list[dict]] = {}
     if not args.no_scaling:
-        base = mid().with_shape(**SWEEP_BASE)
+        base = tiny().with_shape(**TINY_SHAPE) if args.tiny else mid().with_shape(**SWEEP_BASE)
         for knob, values in SWEEPS.items():
             sweeps[knob] = []
-            for v in values:
+            for v in values[:1] if args.tiny else values:
                 sweeps[knob].append(compare(base.with_shape(**{knob: v}), args.repeats))
                 print(json.dumps(sweeps[knob][-1]), flush=True)
     gpu = "llava7b" in args.workloads
@@ -181,13 +197,16 @@ def main() -> None:
     env = (f"torch {torch.__version__}, {args.threads} threads, {device}; csr best of {args.repeats} runs, "
            f"reference 1 run; total {time.time() - started:.0f} s")
     suffix = "_gpu" if gpu else "_families" if args.families else ""
-    (HERE / f"results{suffix}.json").write_text(json.dumps({"env": env, "workloads": rows, "scaling": sweeps}, indent=1))
-    plot_speedup(rows, HERE / f"speedup{suffix}.png")
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / f"results{suffix}.json").write_text(json.dumps({"env": env, "workloads": rows, "scaling": sweeps}, indent=1))
+    plot_speedup(rows, args.out / f"speedup{suffix}.png")
     block = f"Measured: {env}.\n\n" + workload_table(rows, notes) + f"\n![speed-up](speedup{suffix}.png)\n"
     if sweeps:
-        plot_scaling(sweeps, HERE / "scaling.png")
+        plot_scaling(sweeps, args.out / "scaling.png")
         block += "\n### Scaling\n\n" + scaling_table(sweeps) + "\n![scaling](scaling.png)\n"
-    write_readme(block, "results-gpu" if gpu else "results-families" if args.families else "results")
+    print(block)
+    if args.out == HERE:
+        write_readme(block, "results-gpu" if gpu else "results-families" if args.families else "results")
 
 
 if __name__ == "__main__":

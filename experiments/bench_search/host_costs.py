@@ -2,6 +2,7 @@
 
     .venv/bin/python experiments/bench_search/host_costs.py            # this checkout's engine
     PYTHONPATH=/tmp/csr_before .venv/bin/python experiments/bench_search/host_costs.py   # another one
+    .venv/bin/python experiments/bench_search/host_costs.py --tiny   # checks it runs (a second)
 
 - attention: one shared-prefix attention call of one layer (4 prompts x 15 rows, or 12 runs of 5 rows
   alternating between the prompts, one new token each): the ops it dispatches that are not views (on a
@@ -14,6 +15,7 @@ Prints one JSON line; it uses only what both engine versions share (kv.assemble,
 
 from __future__ import annotations
 
+import argparse
 import json
 import time
 from types import SimpleNamespace
@@ -49,7 +51,7 @@ def _best_ms(fn, repeats: int) -> float:
     return best * 1e3
 
 
-def attention(heads: int, dim: int, lp: int, prompt_rows: list[int]) -> dict:
+def attention(heads: int, dim: int, lp: int, prompt_rows: list[int], repeats: int = 200) -> dict:
     """Ops and best time of one attention call of one layer for rows continuing `prompt_rows` (5 each)."""
     torch.manual_seed(0)
     prefix = DynamicCache()
@@ -71,7 +73,7 @@ def attention(heads: int, dim: int, lp: int, prompt_rows: list[int]) -> dict:
             call()
             with CountOps() as count:
                 call()
-            ms = _best_ms(call, 200)
+            ms = _best_ms(call, repeats)
     finally:
         kv._ACTIVE.reset(token)
     return {"ops": count.ops, "ms": round(ms, 4)}
@@ -90,7 +92,7 @@ class StubModel(torch.nn.Module):
         return SimpleNamespace(logits=self.logits[:r, None], cache=cache)
 
 
-def decode_step(steps: int = 16) -> dict:
+def decode_step(steps: int = 16, repeats: int = 5) -> dict:
     """Host time per decode step of 60 rows (12 nodes x K=5), diverse greedy, 32k vocabulary."""
     torch.manual_seed(0)
     logits = torch.randn(ROWS, VOCAB)
@@ -107,12 +109,19 @@ def decode_step(steps: int = 16) -> dict:
         decode_sentences(StubModel(logits), rows, s)
 
     run()
-    return {"ms_per_step": round(_best_ms(run, 5) / steps, 3)}
+    return {"ms_per_step": round(_best_ms(run, repeats) / steps, 3)}
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tiny", action="store_true", help="each measurement once, small shapes only")
+    args = parser.parse_args()
     torch.set_num_threads(1)
     runs_of_one_prompt = [0, 1, 2, 3] * 3  # 12 nodes; consecutive nodes of one prompt form one run
+    if args.tiny:
+        print(json.dumps({"attention_small_12_runs": attention(2, 8, 16, runs_of_one_prompt, repeats=1),
+                          "decode_step": decode_step(steps=2, repeats=1)}))
+        return
     out = {
         "attention_mid_4_runs": attention(8, 64, 600, sorted(runs_of_one_prompt)),
         "attention_mid_12_runs": attention(8, 64, 600, runs_of_one_prompt),

@@ -101,6 +101,20 @@ def shapesworld(n_prompts: int = 16) -> Workload:
     return Workload(name, note, model, processor, clip, *prompts, shape=replace(shape, prompts=n_prompts))
 
 
+def tiny(n_prompts: int = 8) -> Workload:
+    """(t) The `csr-make-tiny` model (2 layers, hidden 64, 16 image tokens): every benchmark's `--tiny` mode,
+    which checks that the benchmark runs, in seconds (its figures mean nothing)."""
+    paths = build_tiny(str(CACHE / "tiny"))
+    model, processor = load_model(paths.llava)
+    clip = load_clip(paths.clip_arch, paths.clip_weights, paths.clip_config)
+    data = CACHE / "tiny_data"
+    prompts = _prompts(write_tiny_prompts(data, n=n_prompts), data / "images", n_prompts)
+    shape = Shape(beam_width=3, candidates_per_step=5, max_sentences=4, max_new_tokens=8, max_answer_tokens=64,
+                  prompts=min(4, n_prompts))
+    return Workload("tiny", "csr-make-tiny model: 2 layers, hidden 64, 16 image tokens", model, processor, clip,
+                    *prompts, shape=shape)
+
+
 # (b) LLaVA-1.5's geometry scaled down: 336 px images, patch 14 -> 576 image tokens, 8 decoder layers.
 MID_LLAMA = dict(hidden_size=512, intermediate_size=1408, num_hidden_layers=8, num_attention_heads=8,
                  num_key_value_heads=8, max_position_embeddings=2048)

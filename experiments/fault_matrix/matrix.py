@@ -1,6 +1,7 @@
 """The crash-resume fault matrix: kill `csr` at many points, rerun it, compare with a clean run.
 
     python experiments/fault_matrix/matrix.py [--out DIR] [--random N] [--seed S] [--signals-only]
+    python experiments/fault_matrix/matrix.py --tiny --out /tmp/fault_matrix   # checks it runs: one fault
 
 One uninterrupted reference run (tiny models, 2 iterations, deterministic) is made first. Then
 for each fault a fresh run is started under `inject.py`, which SIGKILLs it at the planted point;
@@ -12,7 +13,8 @@ inside each stage (a record append, a torn half-record, a whole-file write cut b
 a DPO step, a model directory swap), between iterations, kills at a random point of a random
 stage, and SIGTERM / SIGINT at some of these points (the run must stop with exit status 143 / 130,
 one line saying how to resume, and no MLflow run left RUNNING).
-Writes DIR/matrix.json and DIR/matrix.md.
+Writes DIR/matrix.json and DIR/matrix.md. `--tiny` builds every fault list but runs only one fault
+(a SIGKILL between the iterations): the reference run and one faulted run plus its rerun.
 """
 
 from __future__ import annotations
@@ -101,6 +103,7 @@ def main() -> None:
     parser.add_argument("--random", type=int, default=6, help="kills at a random point of a random stage")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--signals-only", action="store_true", help="only the SIGTERM / SIGINT faults")
+    parser.add_argument("--tiny", action="store_true", help="one fault only (checks that the matrix runs)")
     args = parser.parse_args()
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -111,6 +114,8 @@ def main() -> None:
                for _ in range(args.random)]
     if args.signals_only:
         faults = signal_faults()
+    if args.tiny:
+        faults = [("between iterations", "iteration:iter_2:1")]
     outcomes = run_matrix(out, faults, env, reference)
     (out / "matrix.json").write_text(json.dumps([asdict(o) for o in outcomes], indent=2) + "\n")
     (out / "matrix.md").write_text(to_markdown(outcomes))

@@ -1,12 +1,14 @@
 """Soak: many CSR iterations in one process, recording what would reveal a leak.
 
     python experiments/fault_matrix/soak.py [--out DIR] [--iterations 10] [csr overrides ...]
+    python experiments/fault_matrix/soak.py --tiny --out /tmp/soak   # checks it runs: 1 iteration, tiny models
 
 After every iteration (and after the base evaluation) it records the process's resident memory
 (now and the peak during the iteration), its open file descriptors and threads, the size of the
 run directory and of that iteration's own outputs. Writes DIR/soak.json, DIR/soak.md and
 DIR/soak.png. A leak shows as RSS or descriptors that climb with the iteration number; disk should
-grow by exactly the iteration's outputs.
+grow by exactly the iteration's outputs. `--tiny`: the tiny models (built under DIR/tiny), the smoke
+experiment on 4 prompts, 1 iteration.
 """
 
 from __future__ import annotations
@@ -87,9 +89,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="multirun/soak")
     parser.add_argument("--iterations", type=int, default=10)
+    parser.add_argument("--tiny", action="store_true", help="1 iteration of the smoke experiment on the tiny models")
     args, overrides = parser.parse_known_args()
     out = Path(args.out).resolve()
     run_dir = out / "run"
+    if args.tiny:
+        from csr.data.tiny import write_tiny_prompts
+        from csr.models.tiny import build_tiny
+
+        build_tiny(str(out / "tiny"))
+        write_tiny_prompts(out / "tiny" / "data", n=4)
+        os.environ["CSR_TINY_DIR"] = str(out / "tiny")
+        args.iterations = 1
+        overrides = ["experiment=smoke", "logger.tracking_uri=null", *overrides]
     rows: list[dict] = []
 
     import csr.loop

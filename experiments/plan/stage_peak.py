@@ -1,6 +1,7 @@
 """Measure one stage's peak memory on the CPU and the plan's prediction for it (one workload, one stage).
 
     python experiments/plan/stage_peak.py --workload mid --stage dpo      # prints one JSON line
+    python experiments/plan/stage_peak.py --workload tiny --stage search,dpo   # one line per stage, one process
 
 The stage runs csr's own code (TreeSearch, the reference pass's forward, the DPO step as DPOModule
 does it, GenerateModule) under torch.profiler with profile_memory=True, which records every allocation
@@ -24,7 +25,7 @@ from torch.profiler import ProfilerActivity, profile
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "bench_search"))  # the benchmark models are the search benchmark's
-from workloads import CACHE, Shape, Workload, mid, shapesworld  # noqa: E402
+from workloads import CACHE, Workload, mid, shapesworld, tiny  # noqa: E402
 
 from csr import plan as P  # noqa: E402
 from csr.models.families import get_family  # noqa: E402
@@ -46,23 +47,6 @@ class Run:
     prompt_tokens: int
     answer_tokens: int = 0
     steps: list[P.Step] | None = None
-
-
-def tiny(n_prompts: int = 8) -> Workload:
-    from workloads import _prompts
-
-    from csr.data.tiny import write_tiny_prompts
-    from csr.models.checkpoint import load_model
-    from csr.models.clip import load_clip
-    from csr.models.tiny import build_tiny
-
-    paths = build_tiny(str(CACHE / "tiny"))
-    model, processor = load_model(paths.llava)
-    clip = load_clip(paths.clip_arch, paths.clip_weights, paths.clip_config)
-    data = CACHE / "tiny_data"
-    prompts = _prompts(write_tiny_prompts(data, n=n_prompts), data / "images", n_prompts)
-    shape = Shape(beam_width=3, candidates_per_step=5, max_sentences=4, max_new_tokens=8, max_answer_tokens=64, prompts=4)
-    return Workload("tiny", "csr-make-tiny", model, processor, clip, *prompts, shape=shape)
 
 
 def load(name: str) -> tuple[Workload, Path, str]:
@@ -250,16 +234,22 @@ STAGES = {"search": run_search, "reference": run_reference, "dpo": run_dpo, "eva
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--workload", choices=["tiny", "shapesworld", "mid"], required=True)
-    parser.add_argument("--stage", choices=list(STAGES), required=True)
+    parser.add_argument("--stage", required=True,
+                        help=f"one of {', '.join(STAGES)}, or several comma-separated (in this process: each stage's "
+                             "allocations are its own, but libraries warmed by one are warm for the next)")
     args = parser.parse_args()
+    stages = args.stage.split(",")
+    if unknown := [s for s in stages if s not in STAGES]:
+        parser.error(f"unknown stage {unknown[0]!r}: choose from {', '.join(STAGES)}")
     torch.set_num_threads(1)
-    torch.manual_seed(0)
-    w, root, clip_json = load(args.workload)
-    run = STAGES[args.stage](w, root)
-    realised, caps = predictions(w, clip_json, args.stage, run)
-    print(json.dumps({"workload": args.workload, "stage": args.stage, "measured": run.peak, "plan": realised,
-                      "plan_caps": caps, "prompt_tokens": run.prompt_tokens, "answer_tokens": run.answer_tokens,
-                      "steps": [s.__dict__ for s in run.steps or []]}))
+    for stage in stages:
+        torch.manual_seed(0)
+        w, root, clip_json = load(args.workload)  # afresh for each stage: DPO wraps the model in LoRA
+        run = STAGES[stage](w, root)
+        realised, caps = predictions(w, clip_json, stage, run)
+        print(json.dumps({"workload": args.workload, "stage": stage, "measured": run.peak, "plan": realised,
+                          "plan_caps": caps, "prompt_tokens": run.prompt_tokens, "answer_tokens": run.answer_tokens,
+                          "steps": [s.__dict__ for s in run.steps or []]}), flush=True)
 
 
 if __name__ == "__main__":
