@@ -78,8 +78,11 @@ def _from_mlflow(run_id: str, tracking_uri: str, into: Path) -> dict:
 
 
 def eval_settings(metrics: dict) -> dict:
-    """evaluator/settings -> what that evaluator recorded it ran on (csr/eval/*.py)."""
-    return {k: v for k, v in metrics.get("eval", {}).items() if k.endswith("/settings")}
+    """evaluator/settings -> what that evaluator recorded it ran on (csr/eval/*.py); the selection's
+    evaluation (csr/selection.py) as select/evaluator/settings, so that its split is checked too."""
+    found = {k: v for k, v in metrics.get("eval", {}).items() if k.endswith("/settings")}
+    found.update({f"select/{k}": v for k, v in (metrics.get("select") or {}).items() if k.endswith("/settings")})
+    return found
 
 
 def settings_diff(source: dict, copy: dict) -> list[str]:

@@ -191,6 +191,8 @@ def build(run_dir: Path, out: Path) -> dict:
         "iterations": iterations, "evaluators": sorted(evals), "ground_truth": truth is not None,
         "eval_ground_truth": eval_truth is not None, "dpo_note": DPO_NOTE,
         "config": {**settings, "model": cfg.get("model", {}).get("path"), "filters": filters},
+        # the selected iteration (csr/selection.py), recorded in run_info.json at the end of the run
+        "selection": (read_json(run_dir / "run_info.json") if (run_dir / "run_info.json").exists() else {}).get("selection"),
     }
     _write_js(out / "data" / "run.js", "run", run)
     return run

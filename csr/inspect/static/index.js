@@ -12,6 +12,7 @@
     <p class="small">λ = ${CSR.num(c.lam)} · calibration ${CSR.esc(c.calibration)} · pruned by ${CSR.esc(c.prune_by)}
       · pair filters ${CSR.esc((c.filters || []).join(", ") || "none")} · model ${CSR.esc(c.model)}</p>
     <section><h2>Summary</h2>
+      ${selected(run.selection)}
       <div id="summary"></div>
       ${run.summary_png ? '<img class="plot" src="img/summary.png" alt="summary plot">' : ""}
     </section>
@@ -22,6 +23,14 @@
       <div id="count" class="small muted"></div>
       <div id="prompts"></div>
     </section>`;
+  // The iteration the run keeps (eval.select): chosen on its selection split, reported on eval's split.
+  function selected(s) {
+    if (!s) return "";
+    const by = `${CSR.esc(s.split)} ${CSR.esc(s.metric)} ${s.mode === "min" ? "lowest" : "highest"}: ${CSR.num(s.value)}`;
+    return `<p><strong>Selected: iteration ${CSR.esc(s.iteration)}</strong> (${by}; checkpoint
+      <code>${CSR.esc(s.checkpoint)}</code>${s.stopped_early ? "; stopped early" : ""}). The other columns are each
+      iteration's evaluation on ${CSR.esc(s.reported_split)}; the selected row is the reported one.</p>`;
+  }
   const sumState = {sort: "", dir: "asc"};
   const drawSummary = () => CSR.table(document.getElementById("summary"),
     summaryCols.map(k => ({key: k, label: k})), run.summary, sumState, drawSummary);
