@@ -150,3 +150,184 @@ def test_a_builtin_clip_architecture_that_needs_the_hub_is_refused():
 
     with pytest.raises(CSRError, match=r"reward.clip.arch='ViT-B-16-SigLIP': .*hf_tokenizer_name"):
         load_clip("ViT-B-16-SigLIP", "random")
+
+
+# -- 3. images: an allow-list of formats, so no file reaches an external program (Ghostscript) -------------
+
+EPS = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 8 8\n%%EndComments\nnewpath 0 0 moveto 8 8 lineto stroke\n%%EOF\n"
+
+
+def _fake_ghostscript(tmp_path: Path, marker: Path) -> dict:
+    """PATH with a `gs` that only writes `marker`: Pillow's EPS plugin runs whatever `gs` it finds."""
+    import os
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "gs").write_text(f"#!/bin/sh\ntouch {marker}\nexit 1\n")
+    (bin_dir / "gs").chmod(0o755)
+    return {**_env(), "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+
+
+@pytest.mark.parametrize("opener", [
+    "from csr.data.images import load_image; load_image(sys.argv[1], 'photo.png')",
+    "from csr.models.chat import _image_size; print(_image_size(sys.argv[1], 'photo.png'))",
+])
+def test_an_eps_image_never_reaches_ghostscript(tmp_path, opener):
+    import subprocess
+    import sys
+
+    marker, images = tmp_path / "marker", tmp_path / "images"
+    images.mkdir()
+    (images / "photo.png").write_bytes(EPS)  # named .png: Pillow goes by content
+    proc = subprocess.run([sys.executable, "-c", f"import sys\n{opener}", str(images)], env=_fake_ghostscript(tmp_path, marker),
+                          capture_output=True, text=True, timeout=300)
+    assert not marker.exists(), "Pillow ran `gs` on the file"
+    if "load_image" in opener:
+        assert "not a recognised image file" in proc.stderr and "csr opens only" in proc.stderr
+
+
+# -- 4. the inspector escapes everything a run directory holds -----------------------------------------
+
+NAME = "\"'><img src=x onerror=window.__pwned=1>"  # a file name holds no "/"
+XSS = NAME + "<script>window.__pwned=2</script>"
+
+
+def _node(i: int, parent: int, text: str, **extra) -> dict:
+    return {"id": i, "parent": parent, "depth": 0 if parent < 0 else 1, "text": text, "token_ids": [1], "r_t": -1.0 * i,
+            "r_i": 2.0 * i, "reward": 0.1 * i, "path_reward": 0.0, "path_r_t": 0.0, "answer_tokens": 1,
+            "finish": None, "final": False, "kept": parent < 0, **extra}
+
+
+def crafted_run(tmp_path: Path) -> Path:
+    """A run directory whose every key, value, id and file name a stranger chose: XSS payloads."""
+    from PIL import Image
+
+    images = tmp_path / "images"
+    images.mkdir()
+    Image.new("RGB", (8, 8), (200, 10, 10)).save(images / f"{NAME}.png")
+    run_dir = tmp_path / f"run{NAME}"
+    cfg = OmegaConf.to_container(compose_config(f"data.image_root={images}"), resolve=True)
+    cfg["run_dir"], cfg["model"]["path"] = str(run_dir), XSS
+    (run_dir / "iter_1" / "eval" / NAME).mkdir(parents=True)
+    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(cfg)))
+    (run_dir / "summary.json").write_text(json.dumps([{"iteration": 1, XSS: XSS, "answer R_I": XSS}]))
+    nodes = [_node(0, -1, ""), _node(1, 0, XSS, finish=XSS, final=True), _node(2, 0, XSS, finish="eos", final=True)]
+    sentence = [{"text": XSS, "r_t": -1.0, "r_i": 2.0, "reward": 0.1}]
+    records = {
+        "search.jsonl": [{"id": XSS, "prompt": XSS, "image": f"{NAME}.png", "nodes": nodes},
+                         {"id": XSS + "2", "prompt": XSS, "image": f"{NAME}.png", "skipped": XSS, "error": XSS}],
+        "rewards.jsonl": [{"id": XSS, "answers": [{"node": 1, "text": XSS, "finish": XSS, "score": 0.9, "sentences": sentence},
+                                                  {"node": 2, "text": XSS, "finish": "eos", "score": 0.5, "sentences": sentence}]}],
+        f"eval/{NAME}/answers.jsonl": [{"id": XSS, "image": f"{NAME}.png", "prompt": XSS, "answer": XSS, "finish": XSS, "r_i": 1.0}],
+    }
+    for name, rows in records.items():
+        (run_dir / "iter_1" / name).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (run_dir / "iter_1" / "metrics.json").write_text(json.dumps({"pairs": {f"skipped/{XSS}": 1, "pairs": 0}}))
+    return run_dir
+
+
+@pytest.mark.skipif(__import__("csr.inspect.browser", fromlist=["chromium"]).chromium() is None,
+                    reason="chromium is not installed (.ci/run installs it)")
+def test_no_value_of_a_crafted_run_directory_runs_as_script_in_the_inspector(tmp_path):
+    from csr.inspect.browser import Browser
+    from csr.inspect.data import prompt_key
+    from csr.inspect.site import write_site
+
+    site = write_site(crafted_run(tmp_path), tmp_path / "site")
+    ran = "[window.__pwned, document.querySelectorAll('img[src=\"x\"], script:not([src])').length]"
+    with Browser() as b:
+        b.goto((site / "index.html").as_uri())
+        assert b.eval(ran) == [None, 0]
+        assert b.eval("document.querySelectorAll('#prompts tbody tr').length") == 2
+        assert XSS in b.eval("document.getElementById('summary').textContent")  # shown as text
+        b.goto((site / "prompt.html").as_uri() + f"#p={prompt_key(XSS)}&it=1")
+        b.click("#tree .node[data-id='1']")  # the side panel: depth, parent, finish, the calibration's name
+        assert b.eval(ran) == [None, 0]
+        assert b.eval("document.querySelector('#image').naturalWidth") == 8  # the image, by its content's name
+        b.goto((site / "prompt.html").as_uri() + "#p=../../evil&it=1")
+        assert "no prompt in the address" in b.eval("document.getElementById('main').textContent")
+        b.goto((site / "eval.html").as_uri())
+        assert b.eval(ran) == [None, 0]
+        assert b.eval("document.querySelectorAll('#table tbody tr').length") == 1
+
+
+# -- 5. csr-inspect --out replaces only a site it wrote ------------------------------------------------
+
+
+def _small_run(tmp_path: Path, train: Path | None = None, evaluation: Path | None = None) -> Path:
+    """A run directory with one searched prompt and one evaluation answer, both on image 0.png."""
+    run_dir = tmp_path / "run"
+    (run_dir / "iter_1" / "eval" / "generate").mkdir(parents=True)
+    overrides = [f"data.image_root={train}"] if train else []
+    overrides += [f"eval.image_root={evaluation}"] if evaluation else []
+    cfg = OmegaConf.to_container(compose_config(*overrides), resolve=True)
+    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(cfg)))
+    (run_dir / "iter_1" / "search.jsonl").write_text(json.dumps(
+        {"id": "p1", "prompt": "Describe.", "image": "0.png", "skipped": "missing_image"}) + "\n")
+    (run_dir / "iter_1" / "eval" / "generate" / "answers.jsonl").write_text(json.dumps(
+        {"id": "e1", "image": "0.png", "prompt": "Describe.", "answer": "A square.", "finish": "eos"}) + "\n")
+    return run_dir
+
+
+def _tree(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() if p.is_file() else b"" for p in root.rglob("*")}
+
+
+@pytest.mark.parametrize("target", ["user folder", "the run", "the run's parent", "a file"])
+def test_csr_inspect_refuses_an_out_it_did_not_make_and_deletes_nothing(tmp_path, target):
+    from csr.inspect.site import main
+
+    run_dir = _small_run(tmp_path)
+    (tmp_path / "notes.txt").write_text("mine")
+    user = tmp_path / "folder"
+    user.mkdir()
+    (user / "thesis.tex").write_text("mine")
+    out = {"user folder": user, "the run": run_dir, "the run's parent": tmp_path, "a file": tmp_path / "notes.txt"}[target]
+    before = _tree(tmp_path)
+    with pytest.raises(SystemExit) as err:
+        main([str(run_dir), "--out", str(out)])
+    assert str(err.value).startswith(f"csr-inspect: --out {out}") and "\n" not in str(err.value)
+    assert _tree(tmp_path) == before  # nothing deleted, nothing written
+
+
+def test_csr_inspect_writes_into_a_new_or_empty_directory_and_replaces_its_own_site(tmp_path):
+    from csr.inspect.site import MARKER, write_site
+
+    run_dir = _small_run(tmp_path)
+    (tmp_path / "empty").mkdir()
+    for out in (tmp_path / "empty", tmp_path / "new" / "site", None):
+        site = write_site(run_dir, out)
+        assert (site / MARKER).is_file() and (site / "index.html").is_file()
+        (site / "data" / "stale.js").write_text("from an earlier build")
+        assert write_site(run_dir, out) == site and not (site / "data" / "stale.js").exists()  # replaced whole
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty", "new", "run"]  # no build leftovers
+
+
+# -- 10, 16. inspector images: named by content; one csr cannot read is not shown ---------------------
+
+
+def test_training_and_evaluation_images_of_one_name_stay_apart_in_the_site(tmp_path):
+    from PIL import Image
+
+    from csr.inspect.site import write_site
+
+    train, evaluation = tmp_path / "train", tmp_path / "eval"
+    for root, colour in ((train, (255, 0, 0)), (evaluation, (0, 0, 255))):
+        root.mkdir()
+        Image.new("RGB", (4, 4), colour).save(root / "0.png")
+    site = write_site(_small_run(tmp_path, train, evaluation), tmp_path / "site")
+    page = json.loads((site / "data" / "p" / "p1.js").read_text().split(",", 1)[1].rsplit(");", 1)[0])
+    answers = json.loads((site / "data" / "eval_generate.js").read_text().split(",", 1)[1].rsplit(");", 1)[0])
+    shown = {Image.open(site / page["image"]).getpixel((0, 0)), Image.open(site / answers[0]["image"]).getpixel((0, 0))}
+    assert shown == {(255, 0, 0), (0, 0, 255)}
+
+
+def test_an_unreadable_image_a_run_skipped_is_left_out_of_the_site(tmp_path):
+    from csr.inspect.site import write_site
+
+    images = tmp_path / "images"
+    images.mkdir()
+    (images / "0.png").write_bytes(b"")  # data.on_error=skip counted it; the site must still build
+    site = write_site(_small_run(tmp_path, images), tmp_path / "site")
+    page = json.loads((site / "data" / "p" / "p1.js").read_text().split(",", 1)[1].rsplit(");", 1)[0])
+    assert page["image"] is None and page["image_name"] == "0.png"

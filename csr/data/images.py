@@ -10,6 +10,10 @@ Conversion rules (the README's troubleshooting table lists them):
 - 32-bit integer samples have no standard display range and are refused, as is any other mode
   without a faithful conversion;
 - every other mode (1, L, P, CMYK, YCbCr, LAB, HSV) goes through Pillow's own conversion.
+
+Only the formats of FORMATS are opened, whatever a file is named: Pillow identifies a file by its
+content, and some of its plugins hand the file to an external program (EPS to Ghostscript), so every
+place csr opens an image goes through `open_image`.
 """
 
 from __future__ import annotations
@@ -29,6 +33,10 @@ _ALPHA_MODES = {"RGBA", "LA", "PA", "RGBa"}
 _SIXTEEN_BIT_MODES = {"I;16", "I;16L", "I;16B", "I;16N"}
 _PILLOW_MODES = {"1", "L", "P", "RGB", "RGBX", "CMYK", "YCbCr", "LAB", "HSV"}
 _TIFF_BITS, _TIFF_SAMPLE_FORMAT, _SIGNED = 258, 339, 2  # TIFF tags BitsPerSample, SampleFormat
+# The image formats csr opens (Pillow's names; JPEG includes a camera's multi-picture MPO, PPM includes
+# PGM, FITS is refused later for its undeclared sample range, but by name). Pillow's own decoders,
+# nothing that runs another program: not EPS/PS (Ghostscript), PDF, PSD or the rarer plugins.
+FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF", "PPM", "FITS")
 
 
 class _Unconvertible(Exception):
@@ -87,6 +95,15 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")  # Pillow's own conversions are correct for these
 
 
+def open_image(path: str | os.PathLike) -> Image.Image:
+    """Image.open restricted to FORMATS; a file of any other format is a CSRError naming it."""
+    try:
+        return Image.open(path, formats=FORMATS)
+    except UnidentifiedImageError:
+        raise CSRError(f"image {path}: not a recognised image file: csr opens only {', '.join(FORMATS)} "
+                       "(convert it to PNG)") from None
+
+
 def load_image(image_root: str, rel: str, max_pixels: int = 64_000_000) -> Image.Image:
     """Open `rel` under `image_root` and return a fully decoded RGB image, upright."""
     path = resolve_image_path(image_root, rel)
@@ -98,7 +115,7 @@ def load_image(image_root: str, rel: str, max_pixels: int = 64_000_000) -> Image
         with warnings.catch_warnings():
             # Pillow only warns between its limit and twice its limit; a bomb is never acceptable.
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
+            with open_image(path) as img:
                 # Image.open reads only the header, so this check happens before any decoding.
                 width, height = img.size
                 if width * height > max_pixels:
@@ -115,8 +132,6 @@ def load_image(image_root: str, rel: str, max_pixels: int = 64_000_000) -> Image
         raise CSRError(f"image {path}: {exc}") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise CSRError(f"image {path}: too many pixels (decompression bomb guard): {exc}") from None
-    except UnidentifiedImageError:
-        raise CSRError(f"image {path}: not a recognised image file") from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         # Pillow reports truncated/corrupt data as OSError (and occasionally the others).
         raise CSRError(f"image {path}: truncated or corrupt image data ({exc})") from None

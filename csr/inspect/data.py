@@ -23,6 +23,7 @@ _SAFE_KEY = re.compile(r"[A-Za-z0-9_-]{1,80}")
 
 def prompt_key(prompt_id: str) -> str:
     """A file-name-safe key for a prompt id (the id itself when it already is one)."""
+    prompt_id = str(prompt_id)  # a crafted run may hold ids of any JSON type
     if _SAFE_KEY.fullmatch(prompt_id):
         return prompt_id
     return "h" + hashlib.sha1(prompt_id.encode()).hexdigest()[:16]

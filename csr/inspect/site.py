@@ -15,24 +15,28 @@ prompts per iteration opens as fast as a small one.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import shutil
+import tempfile
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from omegaconf import OmegaConf
 
+from csr.data.images import load_image
 from csr.data.prompts import resolve_image_path
 from csr.errors import CSRError
 from csr.eval.chair import caption_report
 from csr.inspect import data
-from csr.io import read_json
+from csr.io import atomic_write_json, read_json
 from csr.run_dir import read_saved_config
 
 log = logging.getLogger(__name__)
 
+MARKER = ".csr-inspect.json"  # in every site csr-inspect writes: the only directories it replaces
 STATIC = ("index.html", "prompt.html", "eval.html", "inspect.css", "common.js", "index.js", "prompt.js", "eval.js")
 THUMBNAIL = 512  # longest side of a copied image; larger ones are shrunk
 DPO_NOTE = ("DPO logs batch means only (rewards/margins per step), not a reward margin per pair: "
@@ -74,32 +78,36 @@ def eval_image_root(cfg: Any, evaluator: str) -> str | None:
 
 
 class _Images:
-    """Copies each source image once into img/ and returns its path relative to the site."""
+    """Copies each source image once into img/ and returns its path relative to the site. Named by
+    content, so two image roots holding the same file names (training and evaluation images) never
+    share one; each is decoded as csr reads images (csr/data/images.py: allowed formats, upright RGB)
+    and written as PNG, or a JPEG thumbnail when larger than THUMBNAIL."""
 
     def __init__(self, out: Path):
         self.dir, self.done = out / "img", {}
         self.dir.mkdir(parents=True, exist_ok=True)
+        self.unreadable = 0  # images a run skipped (data.on_error=skip) or that changed since: not shown
 
     def add(self, root: str | None, rel: str) -> str | None:
-        if root is None:
+        if root is None or not isinstance(rel, str):
             return None
         try:
             src = resolve_image_path(root, rel)
-        except CSRError:
+            if src in self.done:
+                return self.done[src]
+            image = load_image(root, rel)
+            digest = hashlib.sha256(src.read_bytes()).hexdigest()[:32]
+        except (CSRError, OSError) as err:
+            log.warning("inspector: image %s not shown: %s", rel, err)
+            self.unreadable += 1
             return None
-        if src in self.done or not src.is_file():
-            return self.done.get(src)
-        from PIL import Image
-
-        key = data.prompt_key(rel)
-        with Image.open(src) as im:
-            if max(im.size) <= THUMBNAIL and src.suffix.lower() in (".png", ".jpg", ".jpeg"):
-                name = f"{key}{src.suffix.lower()}"
-                shutil.copyfile(src, self.dir / name)
+        name = f"{digest}.png" if max(image.size) <= THUMBNAIL else f"{digest}.jpg"
+        if not (self.dir / name).exists():
+            if name.endswith(".png"):
+                image.save(self.dir / name)
             else:
-                name = f"{key}.jpg"
-                im.thumbnail((THUMBNAIL, THUMBNAIL))
-                im.convert("RGB").save(self.dir / name, quality=85)
+                image.thumbnail((THUMBNAIL, THUMBNAIL))
+                image.save(self.dir / name, quality=85)
         self.done[src] = f"img/{name}"
         return self.done[src]
 
@@ -181,14 +189,15 @@ def build(run_dir: Path, out: Path) -> dict:
             if page["id"] in items:
                 page["evals"][name] = items[page["id"]]["answers"]
         _write_js(out / "data" / "p" / f"{page['key']}.js", f"p/{page['key']}", page)
-    for name, items in evals.items():
-        _write_js(out / "data" / f"eval_{name}.js", f"eval_{name}", list(items.values()))
+    for name, items in evals.items():  # an evaluator's name is a directory name: its file gets a safe key
+        _write_js(out / "data" / f"eval_{data.prompt_key(name)}.js", f"eval_{data.prompt_key(name)}", list(items.values()))
     summary = read_json(run_dir / "summary.json") if (run_dir / "summary.json").exists() else []
     if (run_dir / "summary.png").exists():
         shutil.copyfile(run_dir / "summary.png", out / "img" / "summary.png")
     run = {
         "run_dir": str(run_dir), "summary": summary, "summary_png": (run_dir / "summary.png").exists(),
-        "iterations": iterations, "evaluators": sorted(evals), "ground_truth": truth is not None,
+        "iterations": iterations, "evaluators": sorted(evals), "eval_keys": {n: data.prompt_key(n) for n in evals},
+        "ground_truth": truth is not None,
         "eval_ground_truth": eval_truth is not None, "dpo_note": DPO_NOTE,
         "config": {**settings, "model": cfg.get("model", {}).get("path"), "filters": filters},
         # the selected iteration (csr/selection.py), recorded in run_info.json at the end of the run
@@ -198,22 +207,64 @@ def build(run_dir: Path, out: Path) -> dict:
     return run
 
 
+def is_site(out: Path) -> bool:
+    """Whether `out` is a site csr-inspect wrote: its marker, or (written before the marker) exactly the
+    pages, data/ and img/ of one."""
+    if (out / MARKER).is_file():
+        return True
+    names = {p.name for p in out.iterdir()}
+    return set(STATIC) | {"data", "img"} == names and (out / "data" / "run.js").is_file()
+
+
+def check_out(run_dir: Path, out: Path) -> None:
+    """csr-inspect writes only into a new or empty directory or a site it wrote itself: it replaces the
+    site whole, so anything else (the run, a user's folder, a project) is refused before it writes."""
+    if out == run_dir or out in run_dir.parents:
+        raise CSRError(f"--out {out} would replace the run directory {'itself' if out == run_dir else 'that holds it'}:"
+                       " pass a new directory for the site (the default is <run_dir>/inspect)")
+    if out.exists() and not out.is_dir():
+        raise CSRError(f"--out {out} is a file, not a directory: pass a new directory for the site")
+    if out.is_dir() and any(out.iterdir()) and not is_site(out):
+        raise CSRError(f"--out {out} is not empty and is not a site csr-inspect wrote (no {MARKER}): csr-inspect "
+                       "replaces its output whole, so it writes only into a new or empty directory or its own site;"
+                       " pass another --out")
+    existing = next((p for p in out.parents if p.exists()), None)
+    if existing is not None and not existing.is_dir():
+        raise CSRError(f"--out {out}: part of the path ({existing}) is a file, not a directory")
+
+
 def write_site(run_dir: str | Path, out: str | Path | None = None) -> Path:
-    """Write the inspector site of `run_dir` into `out` (default `<run_dir>/inspect`), replacing it whole."""
+    """Write the inspector site of `run_dir` into `out` (default `<run_dir>/inspect`): a new or empty
+    directory, or a site csr-inspect wrote before, which is replaced whole."""
     run_dir = Path(run_dir).resolve()
     out = Path(out).resolve() if out is not None else run_dir / "inspect"
-    if not (run_dir / "iter_1").is_dir() and not (run_dir / "iter_0").is_dir():
+    if not run_dir.is_dir() or (not (run_dir / "iter_1").is_dir() and not (run_dir / "iter_0").is_dir()):
         raise CSRError(f"{run_dir} holds no iter_<k>/ directory: not a csr run directory")
-    # Built beside its final place and renamed, so a killed build never leaves half a site.
-    tmp = out.with_name(f".{out.name}.building")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    static = resources.files("csr.inspect") / "static"
-    for name in STATIC:
-        (tmp / name).write_bytes((static / name).read_bytes())
-    build(run_dir, tmp)
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)
+    check_out(run_dir, out)
+    _config(run_dir)  # a saved config csr would refuse is refused before anything is written
+    # Built beside its final place (a name of its own) and renamed, so a killed build never leaves half a site.
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.building-", dir=out.parent))
+    try:
+        static = resources.files("csr.inspect") / "static"
+        for name in STATIC:
+            (tmp / name).write_bytes((static / name).read_bytes())
+        build(run_dir, tmp)
+        atomic_write_json(tmp / MARKER, {"site_of": str(run_dir)})
+        if out.exists():
+            old = out.with_name(f".{out.name}.old-{tmp.name.rsplit('-', 1)[-1]}")
+            out.rename(old)  # checked above: empty, or csr-inspect's own site
+            try:
+                tmp.rename(out)
+            except OSError:
+                old.rename(out)  # the earlier site stays where it was
+                raise
+            shutil.rmtree(old)
+        else:
+            tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     log.info("inspector site written to %s (open %s)", out, out / "index.html")
     return out
 
@@ -227,4 +278,7 @@ def main(argv: list[str] | None = None) -> None:
         out = write_site(args.run_dir, args.out)
     except CSRError as err:
         raise SystemExit(f"csr-inspect: {err}") from None
+    except OSError as err:  # a read-only run or output directory, a full disk
+        raise SystemExit(f"csr-inspect: cannot write the site {args.out or 'into <run_dir>/inspect'}: "
+                         f"{err.strerror} ({err.filename}); an earlier site is kept: pass a writable --out") from None
     print(f"{out / 'index.html'}")

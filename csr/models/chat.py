@@ -7,6 +7,7 @@ from typing import Any
 
 from PIL import Image
 
+from csr.data.images import open_image
 from csr.data.prompts import resolve_image_path
 from csr.errors import CSRError
 
@@ -65,7 +66,7 @@ def _image_size(image_root: str, image: str) -> tuple[int, int]:
     """An image's (width, height) from its header; (1, 1) where it cannot be read (the stage that loads
     it names the file; one token short here at worst)."""
     try:
-        with Image.open(resolve_image_path(image_root, image)) as im:
+        with open_image(resolve_image_path(image_root, image)) as im:
             return im.size
-    except (OSError, ValueError):
+    except (OSError, ValueError, CSRError):
         return (1, 1)

@@ -19,6 +19,8 @@ const CSR = {
     });
   },
 
+  // Every value from a run directory goes through esc() before it reaches HTML, attributes included:
+  // ids, keys, file names and config values come from files a stranger may have written.
   esc(s) {
     return String(s ?? "").replace(/[&<>"']/g, c => ({"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;"}[c]));
   },
@@ -42,6 +44,9 @@ const CSR = {
     if (!list.length) return '<span class="ok">none</span>';
     return list.map(o => `<span class="tag bad">${CSR.esc(o)}</span>`).join(" ");
   },
+
+  // A data file name from the address bar: only the keys csr writes (csr/inspect/data.py prompt_key).
+  safeKey(s) { return /^[A-Za-z0-9_-]{1,80}$/.test(s || "") ? s : null; },
 
   hash() { return Object.fromEntries(new URLSearchParams(location.hash.slice(1))); },
 
@@ -85,11 +90,11 @@ const CSR = {
     }
     const head = columns.map(c => {
       const mark = c.key === state.sort ? (state.dir === "desc" ? " ▼" : " ▲") : "";
-      return `<th data-key="${c.key}" title="${CSR.esc(c.title || "click to sort")}">${CSR.esc(c.label)}${mark}</th>`;
+      return `<th data-key="${CSR.esc(c.key)}" title="${CSR.esc(c.title || "click to sort")}">${CSR.esc(c.label)}${mark}</th>`;
     }).join("");
     const limit = Number(state.limit) || 200;
-    const body = shown.slice(0, limit).map(r => `<tr${r._href ? ` data-href="${r._href}"` : ""}>` +
-      columns.map(c => `<td class="${c.cls || ""}">${c.html ? c.html(r) : CSR.num(r[c.key])}</td>`).join("") + "</tr>").join("");
+    const body = shown.slice(0, limit).map(r => `<tr${r._href ? ` data-href="${CSR.esc(r._href)}"` : ""}>` +
+      columns.map(c => `<td class="${CSR.esc(c.cls)}">${c.html ? c.html(r) : CSR.num(r[c.key])}</td>`).join("") + "</tr>").join("");
     const more = shown.length > limit
       ? `<p><button class="more">show ${Math.min(limit, shown.length - limit)} more</button> <span class="muted small">(${shown.length - limit} not drawn)</span></p>` : "";
     el.innerHTML = `<table class="grid"><thead><tr>${head}</tr></thead><tbody>${body}</tbody></table>${more}`;

@@ -8,7 +8,7 @@
   CSR.header("CSR evaluation answers");
   if (!run.evaluators.length) { main.innerHTML = '<p class="muted">This run has no evaluation answers.</p>'; CSR.ready(); return; }
   if (!run.evaluators.includes(state.ev)) state.ev = run.evaluators[0];
-  main.innerHTML = `<div class="tabs" id="tabs">${run.evaluators.map(e => `<button data-ev="${e}">${CSR.esc(e)}</button>`).join("")}</div>
+  main.innerHTML = `<div class="tabs" id="tabs">${run.evaluators.map(e => `<button data-ev="${CSR.esc(e)}">${CSR.esc(e)}</button>`).join("")}</div>
     <div class="filters" id="filters"></div><div id="count" class="small muted"></div><div id="table"></div>`;
   document.querySelectorAll("#tabs button").forEach(b => b.addEventListener("click", () => { state.ev = b.dataset.ev; state.f = ""; show(); }));
 
@@ -22,7 +22,7 @@
 
   function show() {
     document.querySelectorAll("#tabs button").forEach(b => b.classList.toggle("on", b.dataset.ev === state.ev));
-    CSR.load(`eval_${state.ev}`).then(items => {
+    CSR.load(`eval_${run.eval_keys[state.ev]}`).then(items => {
       const ks = [...new Set(items.flatMap(it => Object.keys(it.answers).map(Number)))].sort((a, b) => a - b);
       const gt = items.some(it => it.truth);
       const opts = Object.entries(FILTERS).filter(([k]) => gt || k === "changed");
@@ -31,7 +31,7 @@
           `<option value="${k}"${k === state.f ? " selected" : ""}>${CSR.esc(l)}</option>`).join("")}</select>`;
       const cols = [
         {key: "id", label: "id", html: r => CSR.esc(r.id)},
-        {key: "image", label: "image", html: r => r.image ? `<img class="thumb" loading="lazy" src="${r.image}" alt="">` : ""},
+        {key: "image", label: "image", html: r => r.image ? `<img class="thumb" loading="lazy" src="${CSR.esc(r.image)}" alt="">` : ""},
         ...(gt ? [{key: "truth", label: "in the image", html: r => (r.truth || []).map(o => `<span class="tag">${CSR.esc(o)}</span>`).join(" ")}] : []),
         ...ks.map(k => ({key: `a${k}`, label: `iteration ${k}${k === 0 ? " (base)" : ""}`, cls: "txt",
           value: r => r.answers[k] ? r.answers[k].answer : null,

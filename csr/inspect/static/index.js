@@ -44,12 +44,12 @@
   }
   if (!its.some(it => String(it.k) === state.it)) state.it = String(its[0].k);
   const tabs = document.getElementById("tabs");
-  tabs.innerHTML = its.map(it => `<button data-k="${it.k}">Iteration ${it.k} <span class="muted">(${it.prompts})</span></button>`).join("");
+  tabs.innerHTML = its.map(it => `<button data-k="${CSR.esc(it.k)}">Iteration ${CSR.esc(it.k)} <span class="muted">(${CSR.esc(it.prompts)})</span></button>`).join("");
   tabs.querySelectorAll("button").forEach(b => b.addEventListener("click", () => { state.it = b.dataset.k; show(); }));
 
   function columns(rows) {
     const cols = [
-      {key: "id", label: "id", html: r => `<a href="${r._href}">${CSR.esc(r.id)}</a>`},
+      {key: "id", label: "id", html: r => `<a href="${CSR.esc(r._href)}">${CSR.esc(r.id)}</a>`},
       {key: "prompt", label: "prompt", cls: "clip", html: r => CSR.esc(r.prompt)},
       {key: "nodes", label: "nodes", title: "sentences in the search tree (+ root)"},
       {key: "answers", label: "answers", title: "complete answers the search produced"},
@@ -80,7 +80,7 @@
 
   function drawFilters(rows) {
     const reasons = [...new Set(rows.map(r => r.skipped).filter(Boolean))].sort();
-    const opt = (v, label, cur) => `<option value="${v}"${v === cur ? " selected" : ""}>${CSR.esc(label)}</option>`;
+    const opt = (v, label, cur) => `<option value="${CSR.esc(v)}"${v === cur ? " selected" : ""}>${CSR.esc(label)}</option>`;
     document.getElementById("filters").innerHTML = `
       <input id="f-q" type="search" placeholder="id or prompt contains…" value="${CSR.esc(state.q)}">
       <select id="f-status">${opt("", "all prompts", state.status)}${opt("paired", "with a pair", state.status)}
@@ -116,7 +116,7 @@
   function drawStats(it) {
     const p = it.pairs || {}, d = it.dpo || {};
     const skips = Object.entries(p).filter(([k]) => k.startsWith("skipped/")).map(([k, v]) => `${k.slice(8)} ${v}`);
-    const parts = [`${it.prompts} prompts`, `${CSR.num(p.pairs)} pairs`, `mean margin ${CSR.num(p.margin)}`];
+    const parts = [`${CSR.esc(it.prompts)} prompts`, `${CSR.num(p.pairs)} pairs`, `mean margin ${CSR.num(p.margin)}`];
     if (skips.length) parts.push(`skipped: ${CSR.esc(skips.join(", "))}`);
     if (p["chosen/chair_s"] !== undefined) parts.push(`CHAIR_S chosen ${CSR.num(p["chosen/chair_s"])} / rejected ${CSR.num(p["rejected/chair_s"])}`);
     if (d["rewards/margins"] !== undefined) parts.push(`DPO rewards/margins ${CSR.num(d["rewards/margins"])}, accuracy ${CSR.num(d["rewards/accuracies"])}`);

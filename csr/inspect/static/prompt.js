@@ -7,7 +7,7 @@
   const h = CSR.hash();
   CSR.header("CSR prompt");
   window.addEventListener("hashchange", () => location.reload());  // another prompt typed into the address
-  if (!h.p) { CSR.fail(new Error("no prompt in the address (prompt.html#p=<key>&it=<k>)")); return; }
+  if (!CSR.safeKey(h.p)) { CSR.fail(new Error("no prompt in the address (prompt.html#p=<key>&it=<k>)")); return; }
 
   CSR.load(`p/${h.p}`).then(page => {
     const ks = Object.keys(page.iterations).map(Number).sort((a, b) => a - b);
@@ -15,12 +15,12 @@
     document.getElementById("nav-run").href = `index.html#it=${k}`;
     main.innerHTML = `
       <section class="top">
-        ${page.image ? `<img id="image" src="${page.image}" alt="${CSR.esc(page.image_name)}">` : '<div class="noimg">image not found</div>'}
+        ${page.image ? `<img id="image" src="${CSR.esc(page.image)}" alt="${CSR.esc(page.image_name)}">` : '<div class="noimg">image not found</div>'}
         <div>
           <h2>${CSR.esc(page.id)}</h2>
           <p class="prompt">${CSR.esc(page.prompt)}</p>
           ${page.truth ? `<p class="small">in the image (ground truth): ${page.truth.map(o => `<span class="tag">${CSR.esc(o)}</span>`).join(" ")}</p>` : ""}
-          <div class="tabs" id="tabs">${ks.map(x => `<button data-k="${x}">Iteration ${x}</button>`).join("")}</div>
+          <div class="tabs" id="tabs">${ks.map(x => `<button data-k="${CSR.esc(x)}">Iteration ${CSR.esc(x)}</button>`).join("")}</div>
         </div>
       </section>
       <div id="iteration"></div>
@@ -52,7 +52,7 @@
     const side = (name) => {
       const s = p[name];
       return `<div class="side ${name}"><h3>${name} <span class="small muted">score ${CSR.num(s.score)} · mean R_I ${CSR.num(s.r_i)}
-        ${s.chair_s !== undefined ? ` · CHAIR_S ${s.chair_s}` : ""}</span></h3>
+        ${s.chair_s !== undefined ? ` · CHAIR_S ${CSR.num(s.chair_s)}` : ""}</span></h3>
         <p class="answer">${sentences(s, colour)}</p>${s.halluc ? `<p class="small">hallucinated: ${CSR.halluc(s.halluc)}</p>` : ""}</div>`;
     };
     const ref = p.ref_logps ? ` · reference log-probs chosen ${CSR.num(p.ref_logps.chosen)}, rejected ${CSR.num(p.ref_logps.rejected)}` : "";
@@ -102,18 +102,18 @@
   function drawNode(tree, id, colour) {
     const n = tree.nodes[id], kids = children(tree)[id], on = tree._on[id] || [];
     const badges = on.map(s => `<span class="badge ${s}">${s}</span>`).join("") +
-      (n.status === "root" ? "" : `<span class="badge ${n.status}">${n.status}</span>`) +
+      (n.status === "root" ? "" : `<span class="badge ${CSR.esc(n.status)}">${CSR.esc(n.status)}</span>`) +
       (n.status === "final" ? `<span class="badge">${CSR.esc(n.finish)}</span>` : "") +
       (n.halluc && n.halluc.length ? CSR.halluc(n.halluc) : "");
     const row = n.status === "root"
       ? `<div class="node root" data-id="0"><b>root</b> <span class="muted">(the prompt)</span></div>`
-      : `<div class="node" data-id="${id}"><span class="chip" style="background:${colour(n.r)}">${CSR.num(n.r, 2)}</span>
+      : `<div class="node" data-id="${CSR.esc(id)}"><span class="chip" style="background:${colour(n.r)}">${CSR.num(n.r, 2)}</span>
           <span class="txt">${CSR.text(n.text)}</span>
           <span class="meta">R_T ${CSR.num(n.r_t, 2)} · R_I ${CSR.num(n.r_i, 2)}</span>${badges}</div>`;
     const sub = kids.length ? `<ul>${kids.map(c => drawNode(tree, c, colour)).join("")}</ul>` : "";
     const cls = [n.status, on.length ? "on-path" : "", kids.length ? "open" : ""].join(" ");
     const caret = kids.length ? '<span class="caret" title="collapse / expand">▾</span>' : '<span class="caret"></span>';
-    return `<li class="${cls}">${caret}${row}${sub}</li>`;
+    return `<li class="${CSR.esc(cls)}">${caret}${row}${sub}</li>`;
   }
 
   // "2nd of 5" from a rank in (0, 1] (best = 1; ties share their average position)
@@ -129,23 +129,23 @@
     const sibs = children(tree)[n.parent].map(i => tree.nodes[i]).sort((a, b) => (b.r ?? -1e9) - (a.r ?? -1e9));
     const parent = tree.nodes[n.parent], lam = run.config.lam, cal = run.config.calibration;
     const formula = n.norm_i !== undefined && n.norm_i !== null
-      ? `R = λ·${cal}(R_I) + (1−λ)·${cal}(R_T) = ${CSR.num(lam)}·${CSR.num(n.norm_i)} + ${CSR.num(1 - lam)}·${CSR.num(n.norm_t)}
+      ? `R = λ·${CSR.esc(cal)}(R_I) + (1−λ)·${CSR.esc(cal)}(R_T) = ${CSR.num(lam)}·${CSR.num(n.norm_i)} + ${CSR.num(1 - lam)}·${CSR.num(n.norm_t)}
          = <b>${CSR.num(n.r_check)}</b>${n.r !== null && Math.abs(n.r - n.r_check) > 1e-6 ? ` <span class="bad">(stored R ${CSR.num(n.r)} differs!)</span>` : ""}`
       : run.config.lower_is_better ? "pairs.rule=reference: R is the authors' rank within the sibling set (lower is better)"
       : "R_I not scored for this sibling set (pruned by R_T before CLIP saw it)";
     const cohort = tree.nodes.filter(x => x.depth === n.depth && x.status !== "final" && x.status !== "root");
     const byScore = cohort.slice().sort((a, b) => b.path_score - a.path_score);
     const prune = n.status === "final" ? `final (${CSR.esc(n.finish)}): not pruned, it ends an answer`
-      : `pruning at depth ${n.depth}: mean path score ${CSR.num(n.path_score)} is ${byScore.findIndex(x => x.id === n.id) + 1} of
-         ${cohort.length} open sentences at this depth → <b>${n.status}</b>`;
-    const rows = sibs.map(s => `<tr class="${s.id === id ? "sel" : ""}" data-id="${s.id}">
+      : `pruning at depth ${CSR.esc(n.depth)}: mean path score ${CSR.num(n.path_score)} is ${byScore.findIndex(x => x.id === n.id) + 1} of
+         ${cohort.length} open sentences at this depth → <b>${CSR.esc(n.status)}</b>`;
+    const rows = sibs.map(s => `<tr class="${s.id === id ? "sel" : ""}" data-id="${CSR.esc(s.id)}">
       <td><span class="chip" style="background:${CSR.scale(sibs.map(x => x.r))(s.r)}">${CSR.num(s.r, 3)}</span></td>
       <td class="txt">${CSR.text(s.text)}</td><td class="nw">${CSR.num(s.r_t, 2)}<br><span class="muted">${place(s.rank_t, sibs.length)}</span></td>
       <td class="nw">${CSR.num(s.r_i, 2)}<br><span class="muted">${place(s.rank_i, sibs.length)}</span></td>
-      <td><span class="badge ${s.status}">${s.status}</span></td></tr>`).join("");
-    return `<h3>Sentence #${id} <span class="small muted">depth ${n.depth} · ${n.tokens} tokens · finish ${CSR.esc(n.finish)}</span></h3>
+      <td><span class="badge ${CSR.esc(s.status)}">${CSR.esc(s.status)}</span></td></tr>`).join("");
+    return `<h3>Sentence #${CSR.esc(id)} <span class="small muted">depth ${CSR.esc(n.depth)} · ${CSR.esc(n.tokens)} tokens · finish ${CSR.esc(n.finish)}</span></h3>
       <p class="small">${formula}</p><p class="small">${prune}</p>
-      <p class="small muted">Its sibling set: the ${sibs.length} candidates proposed after #${n.parent}
+      <p class="small muted">Its sibling set: the ${sibs.length} candidates proposed after #${CSR.esc(n.parent)}
         ${parent.status === "root" ? "(the prompt)" : `“${CSR.esc(parent.text.slice(0, 60))}”`}; ranks as the calibration used them (best = 1st).</p>
       <table class="grid small"><thead><tr><th>R</th><th>sentence</th><th>R_T (rank)</th><th>R_I (rank)</th><th></th></tr></thead>
       <tbody>${rows}</tbody></table>`;
@@ -188,7 +188,7 @@
     const on = tree._on, gt = tree.answers.some(a => a.halluc);
     const rows = tree.answers.map((a, i) => {
       const tags = (on[a.node] || []).map(s => `<span class="badge ${s}">${s}</span>`).join("");
-      return `<tr data-node="${a.node}"><td>${i + 1}</td><td>${CSR.num(a.score)}</td><td>${CSR.esc(a.finish)}</td>
+      return `<tr data-node="${CSR.esc(a.node)}"><td>${i + 1}</td><td>${CSR.num(a.score)}</td><td>${CSR.esc(a.finish)}</td>
         ${gt ? `<td>${CSR.halluc(a.halluc)}</td>` : ""}<td>${tags}</td><td class="txt">${CSR.text(a.text)}</td></tr>`;
     }).join("");
     document.getElementById("answers").innerHTML = `<table class="grid small"><thead><tr><th>#</th><th>score</th><th>finish</th>
@@ -206,7 +206,7 @@
       const answers = page.evals[name];
       const rows = Object.keys(answers).map(Number).sort((a, b) => a - b).map(k => {
         const a = answers[k];
-        return `<tr><td>${k}${k === 0 ? " (base)" : ""}</td><td class="txt">${CSR.text(a.answer)}</td><td>${CSR.num(a.r_i)}</td>
+        return `<tr><td>${CSR.esc(k)}${k === 0 ? " (base)" : ""}</td><td class="txt">${CSR.text(a.answer)}</td><td>${CSR.num(a.r_i)}</td>
           <td>${CSR.esc(a.finish)}</td>${a.halluc ? `<td>${CSR.halluc(a.halluc)}</td>` : ""}</tr>`;
       }).join("");
       return `<h3>${CSR.esc(name)}</h3><table class="grid small"><thead><tr><th>iteration</th><th>answer</th><th>R_I</th>
