@@ -34,6 +34,7 @@ from csr.dpo.lora import wrap_lora
 from csr.dpo.module import DPOModule, concatenated_logps
 from csr.dpo.reference import pair_key
 from csr.dpo.stage import reference_pass
+from csr.errors import CSRError
 from csr.models.checkpoint import load_model
 from csr.models.clip import ClipScorer, load_clip
 from csr.models.families import get_family
@@ -54,10 +55,12 @@ PRESETS = [
 ]
 
 
-def _fit_kwargs(strategy: str, precision: str) -> dict:
-    """DPO's trainer arguments under the preset (csr.dpo.stage.run gives a DeepSpeedStrategy object)."""
+def _fit_kwargs(strategy: str, precision: str, deepspeed: dict | None = None) -> dict:
+    """DPO's trainer arguments under the preset (csr.dpo.stage.run gives a DeepSpeedStrategy object);
+    `deepspeed`: keys added to the ZeRO-2 preset's DeepSpeed config."""
     if strategy == "deepspeed":
-        strategy = fit_strategy(OmegaConf.create({"strategy": "deepspeed", "deepspeed": OmegaConf.load(ZERO2)["deepspeed"]}))
+        config = OmegaConf.merge(OmegaConf.load(ZERO2)["deepspeed"], deepspeed or {})
+        strategy = fit_strategy(OmegaConf.create({"strategy": "deepspeed", "deepspeed": config}))
     return {"accelerator": "cpu", "devices": 1, "precision": precision, "strategy": strategy, "enable_progress_bar": False}
 
 
@@ -89,24 +92,19 @@ def _deepspeed_engine_cast(module: torch.nn.Module, strategy, precision: str) ->
     engine._cast_module_mixed_precision(param_dtype, buffer_dtype, False, keep)
 
 
-@pytest.mark.parametrize(("strategy", "precision", "dtype"), PRESETS)
-def test_reference_log_probs_are_exact_and_the_step_0_log_ratio_is_0(tmp_path: Path, tiny_models, strategy: str,
-                                                                     precision: str, dtype: str) -> None:
+def _fit(tmp_path: Path, tiny_models, fit_kwargs: dict, dtype: str):
+    """The reference pass as run_dpo runs it, then the fit's setup as Lightning and DeepSpeed do it:
+    the DPOModule (converted by the fit's plugin, cast by DeepSpeed's engine code), the plugin, the
+    training batch as convert_input leaves it (one batch of all pairs: the reference pass's batch) and
+    the reference values as ref_logps.json holds them [pairs, (chosen, rejected)]."""
     ctx = Ctx(tmp_path, tiny_models, "raise")
     pairs = [{**dpo_pair(ctx.images, chosen=ANSWERS[i], rid=f"p{i}"), "rejected": ANSWERS[(i + 1) % 3]} for i in range(3)]
     family = get_family("llava")
-    fit_kwargs = _fit_kwargs(strategy, precision)
     model, processor = load_model(tiny_models.llava, dtype=dtype)
-    pad_id = processor.tokenizer.pad_token_id
-
-    # The reference pass, as run_dpo runs it (one batch of all pairs: the training batch below)
     keys = [pair_key(p, image_sha256(str(ctx.images), p["image"])) for p in pairs]
     ref = reference_pass(model, PairDataset(pairs, processor, str(ctx.images), family), keys, model_path=tiny_models.llava,
                          model_cfg=OmegaConf.create({"dtype": dtype, "attn_implementation": "sdpa"}), batch_size=len(pairs),
                          trainer_kwargs=fit_kwargs, cache_path=tmp_path / "ref_logps.json")
-    written = torch.tensor(ref, dtype=torch.float32)  # [pairs, (chosen, rejected)], as ref_logps.json holds them
-
-    # The fit: LoRA policy, the plugin's module conversion (and DeepSpeed's engine cast), one batch
     model.train()
     pl.seed_everything(0, verbose=False)
     policy = wrap_lora(model, 4, 8, 0.0, DPO["lora"]["target_modules"], None)
@@ -114,19 +112,39 @@ def test_reference_log_probs_are_exact_and_the_step_0_log_ratio_is_0(tmp_path: P
                        ipo_form="mean", lr=1e-3, weight_decay=0.0, scheduler="constant", warmup_ratio=0.0, total_steps=1)
     plugin = _fit_precision(fit_kwargs)
     module = plugin.convert_module(module)
-    if strategy == "deepspeed":
-        _deepspeed_engine_cast(module, fit_kwargs["strategy"], precision)
+    if not isinstance(fit_kwargs["strategy"], str):
+        _deepspeed_engine_cast(module, fit_kwargs["strategy"], fit_kwargs["precision"])
     dataset = PairDataset(pairs, processor, str(ctx.images), family, ref)
-    batch = plugin.convert_input(collate([dataset[i] for i in range(len(pairs))], pad_id))
+    batch = plugin.convert_input(collate([dataset[i] for i in range(len(pairs))], processor.tokenizer.pad_token_id))
+    return module, plugin, batch, torch.tensor(ref, dtype=torch.float32)
+
+
+@pytest.mark.parametrize(("strategy", "precision", "dtype"), PRESETS)
+def test_reference_log_probs_are_exact_and_the_step_0_log_ratio_is_0(tmp_path: Path, tiny_models, strategy: str,
+                                                                     precision: str, dtype: str) -> None:
+    module, plugin, batch, written = _fit(tmp_path, tiny_models, _fit_kwargs(strategy, precision), dtype)
+    module.on_train_start()  # the fit left the dtypes the reference was computed with
     with plugin.train_step_context():
         ref_chosen, ref_rejected = module.reference_logps(batch)
         assert ref_chosen.dtype == ref_rejected.dtype == torch.float32
         assert torch.equal(ref_chosen, written[:, 0]) and torch.equal(ref_rejected, written[:, 1])
-        policy_chosen, policy_rejected = concatenated_logps(module.policy, batch, family)
-        assert torch.equal(policy_chosen - ref_chosen, torch.zeros(len(pairs)))  # the log-ratio, to the bit
-        assert torch.equal(policy_rejected - ref_rejected, torch.zeros(len(pairs)))
+        policy_chosen, policy_rejected = concatenated_logps(module.policy, batch, module.family)
+        assert torch.equal(policy_chosen - ref_chosen, torch.zeros(len(written)))  # the log-ratio, to the bit
+        assert torch.equal(policy_rejected - ref_rejected, torch.zeros(len(written)))
         loss = module.training_step(batch, 0)
     assert torch.equal(loss.detach(), -F.logsigmoid(torch.zeros(())))  # ln 2 in float32: margin 0
+
+
+def test_a_fit_that_casts_the_buffers_is_refused_against_a_precomputed_reference(tmp_path: Path, tiny_models) -> None:
+    """DeepSpeed told to cast buffers too (data_types.buffer_dtype; older DeepSpeed releases did so
+    always): the rotary frequencies the reference pass used in float32 become bf16 under the policy."""
+    fit_kwargs = _fit_kwargs("deepspeed", "bf16-mixed", {"data_types": {"buffer_dtype": "bf16"}})
+    module, plugin, batch, _ = _fit(tmp_path, tiny_models, fit_kwargs, "float32")
+    with pytest.raises(CSRError, match=r"floating buffers: \['torch.float32'\] -> \['torch.bfloat16'\]"):
+        module.on_train_start()
+    with plugin.train_step_context():  # what it would have trained against
+        policy_chosen, _ = concatenated_logps(module.policy, batch, module.family)
+        assert not torch.equal(policy_chosen, module.reference_logps(batch)[0])
 
 
 # --------------------------------------------------------------------------- CLIP's R_I

@@ -41,6 +41,13 @@ def concatenated_logps(model: torch.nn.Module, batch: dict, family: Family) -> t
     return logps[:half], logps[half:]
 
 
+def dtype_profile(model: torch.nn.Module) -> dict[str, list[str]]:
+    """The dtypes of a model's frozen parameters and floating buffers: what the reference's numerics
+    depend on besides the precision plugin (the trainable LoRA weights are 0 in effect at step 0)."""
+    return {"frozen parameters": sorted({str(p.dtype) for p in model.parameters() if not p.requires_grad}),
+            "floating buffers": sorted({str(b.dtype) for b in model.buffers() if b.is_floating_point()})}
+
+
 class DPOModule(pl.LightningModule):
     def __init__(self, policy, reference: str, ref_model: torch.nn.Module | None, family: Family, *, beta: float, loss: str,
                  label_smoothing: float, ipo_form: str, lr: float, weight_decay: float, scheduler: str, warmup_ratio: float,
@@ -54,6 +61,23 @@ class DPOModule(pl.LightningModule):
         self._sums: dict[str, torch.Tensor] = {}
         self._pairs = 0
         self.epoch_means: dict[str, float] = {}  # each metric's mean over the last epoch's pairs
+        # The dtypes the precomputed reference was computed with (csr.dpo.stage.cast_as_fit gave the
+        # model the fit's dtypes before the reference pass): checked once the strategy has set up.
+        self.reference_dtypes = dtype_profile(policy) if reference == "precomputed" else None
+
+    def on_train_start(self) -> None:
+        """Refuse to train against a precomputed reference computed with other dtypes than the fit's:
+        e.g. a DeepSpeed whose engine casts the buffers (rotary frequencies) to bf16 too, or a
+        `data_types.buffer_dtype` in trainer.deepspeed. The step-0 log-ratio would not be 0."""
+        if self.reference_dtypes is None:
+            return
+        now = dtype_profile(self.policy)
+        if now != self.reference_dtypes:
+            changed = "; ".join(f"{k}: {self.reference_dtypes[k]} -> {now[k]}" for k in now if now[k] != self.reference_dtypes[k])
+            raise CSRError(f"DPO: the trainer changed the model's dtypes after the reference pass ({changed}), so the "
+                           "precomputed reference log-probs are not the policy's at step 0; use dpo.reference="
+                           "adapter_disabled, or a trainer config that casts only the parameters (DeepSpeed 0.19, "
+                           "no data_types.buffer_dtype)")
 
     def on_train_epoch_start(self) -> None:
         self._sums, self._pairs = {}, 0

@@ -32,9 +32,10 @@ log = logging.getLogger(__name__)
 # What the reference pass takes from DPO's trainer arguments (not its strategy, logger or callbacks;
 # the precision goes through reference_trainer_kwargs).
 PREDICT_KEYS = ("accelerator", "devices", "num_nodes", "deterministic", "enable_progress_bar")
-# The dtype DeepSpeed's engine casts the parameters to under each 16-bit precision.
-DEEPSPEED_DTYPES = {"bf16-mixed": torch.bfloat16, "bf16-true": torch.bfloat16,
-                    "16-mixed": torch.float16, "16-true": torch.float16}
+# The dtype of each 16-bit precision: "-true" plugins convert the module to it (parameters and
+# buffers), DeepSpeed's engine casts the parameters to it under "-mixed" too.
+HALF_DTYPES = {"bf16-mixed": torch.bfloat16, "bf16-true": torch.bfloat16,
+               "16-mixed": torch.float16, "16-true": torch.float16}
 
 
 def _deepspeed(trainer_kwargs: dict) -> bool:
@@ -68,17 +69,22 @@ def reference_trainer_kwargs(trainer_kwargs: dict) -> dict:
 
 
 def cast_as_fit(model: torch.nn.Module, trainer_kwargs: dict) -> None:
-    """Cast `model`'s parameters as the fit will before its first step: under DeepSpeed with a 16-bit
-    precision the engine casts every parameter (not the buffers, such as rotary frequencies: DeepSpeed
-    0.19's engine keeps those as loaded) to bf16 / fp16 and computes without autocast. Done before the
-    reference pass, the reference sees the weights the policy trains from; the engine's own cast then
-    changes nothing. Other strategies' plugins convert the module in both passes themselves."""
-    dtype = DEEPSPEED_DTYPES.get(str(trainer_kwargs.get("precision"))) if _deepspeed(trainer_kwargs) else None
+    """Give `model` the dtypes the fit gives it before its first step, so the reference pass computes
+    with the weights the policy trains from (and the fit's own conversion then changes nothing):
+    - a "-true" 16-bit precision: its plugin converts the module (parameters and buffers);
+    - DeepSpeed with a "-mixed" one: its engine casts every parameter (not the buffers, such as
+      rotary frequencies: DeepSpeed 0.19) and computes without autocast.
+    DPOModule.on_train_start checks that the fit changed no dtype after this."""
+    precision = str(trainer_kwargs.get("precision"))
+    dtype = HALF_DTYPES.get(precision)
     if dtype is None:
         return
-    for param in model.parameters():
-        if param.is_floating_point() and param.dtype != dtype:
-            param.data = param.data.to(dtype)
+    if precision.endswith("-true"):
+        model.to(dtype=dtype)
+    elif _deepspeed(trainer_kwargs):
+        for param in model.parameters():
+            if param.is_floating_point() and param.dtype != dtype:
+                param.data = param.data.to(dtype)
 
 
 def reference_pass(model: torch.nn.Module, dataset: PairDataset, keys: list[str], *, model_path: str, model_cfg,
