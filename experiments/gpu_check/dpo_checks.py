@@ -179,5 +179,5 @@ def merge_check(cfg, spec, base_dir: Path, pairs_path: Path, images: Path, iter_
     text = spec.config.get_text_config()
     return {"text_layers": text.num_hidden_layers, "hidden": text.hidden_size, "seconds": seconds,
             "check_passed": stats.get("check/passed"), "save_dtype": stats.get("save_dtype"), "peak": peak,
-            "host_memory": against_plan(peak, predicted, "merge", "host_gib"),
+            "host_memory": against_plan(peak, predicted, "merge_host", "host_rise_gib"),
             "gpu_memory": against_plan(peak, predicted, "merge", "gpu_gib") if peak["gpu_gib"] else None}

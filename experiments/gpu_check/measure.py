@@ -3,16 +3,20 @@ csr-plan's prediction for what was measured."""
 
 from __future__ import annotations
 
+import ctypes
+import gc
 import threading
 import time
 from pathlib import Path
 
 import torch
+from models import IMAGE_SIZE
 
 from csr import plan as P
 from csr import plan_cli
 
 GIB = 1 << 30
+_LIBC = ctypes.CDLL("libc.so.6")
 
 
 def compose_cfg(preset: str, model_dir: Path, work: Path, dry: bool, overrides: list[str] = ()):
@@ -47,32 +51,36 @@ def _rss() -> int:
 
 
 class PeakMeter:
-    """Peak memory since the last reset: the GPU's allocated bytes (torch's allocator, weights included)
-    and the process's resident bytes (sampled every 2 ms: the merge and the dry run work in host memory)."""
+    """Peak memory since the last reset: the GPU's allocated bytes (torch's allocator, weights included),
+    and the process's resident bytes, absolute and above their level at the reset (sampled every 10 ms:
+    the merge and the dry run work in host memory)."""
 
     def __init__(self):
         self.cuda = torch.cuda.is_available()
-        self.host = _rss()
+        self.base = self.host = _rss()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._sample, daemon=True)
         self._thread.start()
 
     def _sample(self) -> None:
-        while not self._stop.wait(0.002):
+        while not self._stop.wait(0.01):
             self.host = max(self.host, _rss())
 
     def reset(self) -> None:
+        gc.collect()
+        _LIBC.malloc_trim(0)  # freed heap back to the OS, so the level at the reset is honest
         if self.cuda:
             torch.cuda.synchronize()
+            torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats()
-        self.host = _rss()
+        self.base = self.host = _rss()
 
     def read(self) -> dict:
         if self.cuda:
             torch.cuda.synchronize()
         self.host = max(self.host, _rss())
         return {"gpu_gib": round(torch.cuda.max_memory_allocated() / GIB, 3) if self.cuda else None,
-                "host_gib": round(self.host / GIB, 3)}
+                "host_gib": round(self.host / GIB, 3), "host_rise_gib": round((self.host - self.base) / GIB, 3)}
 
     def close(self) -> None:
         self._stop.set()
@@ -94,13 +102,16 @@ def timed(fn, *args, **kwargs):
 
 
 def planned(cfg, model_dir: Path, prompt_length: int, answer_tokens: int | None) -> dict:
-    """csr-plan's prediction (csr/plan_cli.py, one device) in GiB per stage, for prompts of
-    `prompt_length` tokens (image included) and answers of `answer_tokens`; {"error": ...} when csr-plan
-    cannot plan this model."""
+    """csr-plan's prediction (csr/models/planning.py, one device) in GiB per stage, and the merge's host
+    RAM as `merge_host`, for prompts of `prompt_length` tokens (image included; the images are
+    IMAGE_SIZE) and answers of `answer_tokens`; {"error": ...} when csr-plan cannot plan this model."""
     try:
-        dims, _ = plan_cli.model_dims(str(model_dir), cfg.model.name)
+        dims, _ = plan_cli.model_dims(str(model_dir), cfg.model.name, cfg.model.family, IMAGE_SIZE[::-1])
         clip = plan_cli.clip_dims(cfg.reward.clip.arch, cfg.reward.clip.config_json)
-        stages = plan_cli.plan(cfg, dims, clip, 1, prompt_length - dims.image_tokens, answer_tokens)
+        prompt = prompt_length - dims.image_tokens
+        stages = plan_cli.plan(cfg, dims, clip, 1, prompt, answer_tokens)
+        answers = answer_tokens if answer_tokens is not None else cfg.search.max_answer_tokens
+        stages["merge_host"] = plan_cli.merge_parts(cfg, dims, prompt, answers)[0]
     except (Exception, SystemExit) as err:  # noqa: BLE001 - the check records why and goes on
         return {"error": f"csr-plan failed: {type(err).__name__}: {err}"}
     return {stage: round(P.total(parts) / GIB, 3) for stage, parts in stages.items()}

@@ -69,7 +69,8 @@ def evaluate(results: dict, models: list[str], dry: bool) -> list[dict]:
         merge = _get(s.get("merge"), m)
         out.append(check("merge: merged model's log-probs = adapter model's", m, "exact", _get(merge, "check_passed"),
                          True, _get(merge, "check_passed"), None if merge else _why_missing(s.get("merge"))))
-        out.append(_memory("merge peak (host) vs csr-plan", m, _get(merge, "host_memory")))
+        out.append(_memory("merge peak (host, above its start) vs csr-plan", m, _get(merge, "host_memory")))
+        out.append(_memory("merge check peak (GPU) vs csr-plan", m, _get(merge, "gpu_memory")))
     for c in out:
         c["counts"] = c["passed"] is not None and (c["kind"] == "exact" or not dry)
     return out
