@@ -216,6 +216,49 @@ def stage_run_argv(argv: list[str]) -> list[str]:
     return [*argv, *extra]
 
 
+def precheck(argv: list[str]) -> str | None:
+    """Why this start is refused, or None: the config, and a run_dir that is someone else's directory, in
+    use, or resumed under a changed config; found before Hydra writes its .hydra/ and log into run_dir,
+    so a refused start writes nothing. The config is composed as the app composes it (Hydra's compose
+    API writes nothing); what this cannot compose (multirun, Hydra's own options, Hydra's own errors) is
+    left to the app, which checks everything again."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    from csr.run_dir import check_not_in_use, check_resume, check_run_dir
+
+    dashed = [a for a in argv if a.startswith("-")]
+    options = dict(a.split("=", 1) for a in dashed if "=" in a)
+    if len(options) != len(dashed) or not options.keys() <= {"--config-path", "--config-name"}:
+        return None
+    try:
+        config_dir = str(Path(options.get("--config-path", CONF_DIR)).resolve())
+        with initialize_config_dir(config_dir=config_dir, version_base="1.3"):
+            cfg = compose(options.get("--config-name", "config"), overrides=[a for a in argv if not a.startswith("-")],
+                          return_hydra_config=True)
+        output_dir = Path(str(cfg.hydra.run.dir)).resolve()
+        with open_dict(cfg):
+            cfg.hydra.runtime.output_dir = str(output_dir)
+        HydraConfig.instance().set_config(cfg)  # ${hydra:runtime.cwd} resolves as in the app
+        with open_dict(cfg):
+            del cfg["hydra"]
+        typed = check_config(cfg)
+        run_dir = Path(typed.run_dir).resolve()
+        # What an earlier start's Hydra wrote there (the job is named after this module): not a foreign file
+        if check_run_dir(run_dir, {".hydra", "cli.log"} if run_dir == output_dir else set()):
+            check_not_in_use(run_dir)
+            check_resume(run_dir, OmegaConf.to_yaml(typed, resolve=True), list(typed.resume.allow_changes),
+                         typed.stage != "all")
+    except CSRError as err:
+        return str(err)
+    except Exception:  # noqa: BLE001 - not a refusal: the app reports it as it always has
+        return None
+    finally:
+        HydraConfig.instance().cfg = None
+    return None
+
+
 def _quiet_before_imports() -> None:
     """Library chatter decided when the library is first imported, so set before it is: MLflow's
     database messages (its own logger, INFO by default) and DeepSpeed's "Setting accelerator to CPU"
@@ -255,6 +298,10 @@ def main() -> None:
             sys.argv = [sys.argv[0], *stage_run_argv(argv)]
         except CSRError as err:  # before Hydra writes its .hydra/ and log into run_dir: a refusal writes nothing
             print(f"csr: error: {err}", file=sys.stderr)
+            sys.exit(2)
+        refused = precheck(sys.argv[1:])
+        if refused:
+            print(f"csr: error: {refused}", file=sys.stderr)
             sys.exit(2)
     app()
 

@@ -118,6 +118,23 @@ def check_run_dir(run_dir: Path, hydra_names: set[str] = frozenset()) -> bool:
     return False
 
 
+def check_not_in_use(run_dir: Path) -> None:
+    """Refuse a run directory another csr start holds (csr/lock.py), without taking or writing the lock."""
+    import fcntl
+
+    try:
+        handle = open(run_dir / ".lock")  # noqa: SIM115 - closed below, whatever happens
+    except OSError:
+        return  # no lock file: nobody holds it
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = handle.read().strip() or "unknown"
+            raise CSRError(f"{run_dir} is in use by another csr run (pid {holder}); wait for it or use another "
+                           "run_dir") from None
+
+
 def make_run_dir(run_dir: Path) -> None:
     try:
         run_dir.mkdir(parents=True, exist_ok=True)

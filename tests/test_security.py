@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 
 import pytest
-from compose_config import compose_config
+from compose_config import PATHS, compose_config
 from csr_runs import run
 from omegaconf import OmegaConf
 
@@ -331,3 +331,38 @@ def test_an_unreadable_image_a_run_skipped_is_left_out_of_the_site(tmp_path):
     site = write_site(_small_run(tmp_path, images), tmp_path / "site")
     page = json.loads((site / "data" / "p" / "p1.js").read_text().split(",", 1)[1].rsplit(");", 1)[0])
     assert page["image"] is None and page["image_name"] == "0.png"
+
+
+# -- 6. a refused start writes nothing --------------------------------------------------------------------
+
+
+def _snapshot(root: Path) -> dict[str, tuple[bytes, int]]:
+    return {str(p.relative_to(root)): (p.read_bytes(), p.stat().st_mtime_ns) for p in root.rglob("*") if p.is_file()}
+
+
+def test_csr_refusing_another_apps_directory_leaves_its_hydra_files_alone(tmp_path):
+    other = tmp_path / "other_app"
+    (other / ".hydra").mkdir(parents=True)
+    (other / ".hydra" / "config.yaml").write_text("theirs: 1\n")
+    (other / "main.py").write_text("print('mine')\n")
+    before = _snapshot(other)
+    proc = run("csr", f"run_dir={other}", env=_env(), cwd=tmp_path, check=False)
+    assert proc.returncode == 2 and "is not a csr run directory and is not empty" in proc.stderr
+    assert _snapshot(other) == before
+
+
+def test_a_refused_resume_leaves_the_runs_hydra_files_and_log_alone(tmp_path):
+    run_dir = tmp_path / "run"
+    start = Loop(validate(compose_config(f"run_dir={run_dir}", "reward.lam=0.5")))
+    with start.open_run_dir():
+        pass
+    (run_dir / ".hydra").mkdir()
+    (run_dir / ".hydra" / "overrides.yaml").write_text("- reward.lam=0.5\n")
+    (run_dir / "cli.log").write_text("the first start's log\n")
+    before = _snapshot(run_dir)
+    paths = [a for a in PATHS if not a.startswith("run_dir")]  # as the first start was composed
+    proc = run("csr", f"run_dir={run_dir}", "reward.lam=0.9", *paths, env=_env(), cwd=tmp_path, check=False)
+    assert proc.returncode == 2 and "reward.lam: 0.5 -> 0.9" in proc.stderr and "Traceback" not in proc.stderr
+    after = _snapshot(run_dir)
+    assert {k: v[0] for k, v in after.items()} == {k: v[0] for k, v in before.items()}
+    assert after[".hydra/overrides.yaml"] == before[".hydra/overrides.yaml"] and after["cli.log"] == before["cli.log"]
