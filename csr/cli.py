@@ -9,6 +9,7 @@ import os
 import signal
 import sys
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
 
 import hydra
@@ -68,6 +69,41 @@ def check_config(cfg: DictConfig) -> DictConfig:
     if unknown:
         raise CSRError(f"config key 'eval.evaluators': unknown evaluator {unknown[0]!r}; known: {sorted(known)}")
     return typed
+
+
+def warn_if_over_device(cfg) -> None:
+    """One warning line at start when csr-plan's prediction for a stage exceeds the GPU this rank sees
+    (csr/plan.py start_warning); on the CPU there is nothing to compare with."""
+    import torch
+
+    if cfg.trainer.accelerator == "cpu" or not torch.cuda.is_available() or not is_global_zero():
+        return
+    from csr import plan as P
+    from csr.models.planning import clip_dims, model_dims, plan
+
+    try:
+        dims, _ = model_dims(cfg.model.path, cfg.model.name, cfg.model.family)
+        clip = clip_dims(cfg.reward.clip.arch, cfg.reward.clip.config_json)
+        devices = cfg.trainer.devices if cfg.trainer.devices > 0 else torch.cuda.device_count()
+        stages = plan(cfg, dims, clip, devices * cfg.trainer.num_nodes, prompt_tokens=64)
+    except Exception as err:  # noqa: BLE001 - a plan that cannot be made must not stop the run
+        log.warning("csr-plan could not plan this run (%s: %s); memory not checked", type(err).__name__, err)
+        return
+    stages.pop("merge")  # moves to the CPU by itself
+    message = P.start_warning({stage: P.total(parts) for stage, parts in stages.items()},
+                              torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory)
+    if message:
+        log.warning("%s", message)
+
+
+def allocator_env(environ: Mapping[str, str]) -> dict[str, str]:
+    """The CUDA allocator setting csr starts with unless the user chose one: expandable segments, so
+    the search's buffers, whose sizes change at every depth, do not fragment the GPU's memory. torch
+    reads PYTORCH_ALLOC_CONF (torch >= 2.9) or, under its older name, PYTORCH_CUDA_ALLOC_CONF (every
+    version) at its first CUDA allocation; Lightning's ranks inherit it."""
+    if "PYTORCH_ALLOC_CONF" in environ or "PYTORCH_CUDA_ALLOC_CONF" in environ:
+        return {}
+    return {"PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True"}
 
 
 def check_device(trainer_cfg) -> None:
@@ -135,6 +171,7 @@ def _run(cfg: DictConfig) -> float | None:
     loop = None
     try:
         typed = check_config(cfg)
+        warn_if_over_device(typed)
         loop = Loop(typed)
         result = loop.run()
     except BaseException as err:
@@ -271,6 +308,7 @@ def _quiet_before_imports() -> None:
 
 
 def main() -> None:
+    os.environ.update(allocator_env(os.environ))  # before any CUDA allocation
     _quiet_before_imports()
     argv = sys.argv[1:]
     if not any(a in ("-h", "--help", "--hydra-help", "--info") or a.startswith("--info") for a in argv):

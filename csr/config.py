@@ -107,6 +107,10 @@ class SearchConfig:
     # cap on the KV-cache tokens a decode batch holds besides the shared prompt prefixes (one per
     # prompt): rows x (answer so far + one sentence); bounds memory on long answers
     max_batch_tokens: int = 65536
+    # cap on the same KV cache in GiB (null = none): lowers max_batch_tokens to what it holds at the
+    # model's bytes per token (57 KB at Qwen2.5-VL-7B, 524 KB at LLaVA-1.5-7B in bf16), so one value
+    # means the same memory for every family
+    max_batch_kv_gib: float | None = None
     # finished rows leave a decode batch (a copy of every layer's cache) once they are this share of its
     # rows; until then they only cost their share of the batch's compute (0 = as soon as one finishes)
     compact_fraction: float = 0.25
@@ -331,6 +335,7 @@ _RANGES = {
     "search.prompts_per_batch": (lambda v: v >= 1, ">= 1"),
     "search.max_batch_rows": (lambda v: v >= 1, ">= 1"),
     "search.max_batch_tokens": (lambda v: v >= 1, ">= 1"),
+    "search.max_batch_kv_gib": (lambda v: v is None or v > 0, "> 0 or null (no byte cap)"),
     "search.compact_fraction": (lambda v: 0 <= v <= 1, "in [0, 1]"),
     "search.decoding.temperature": (lambda v: v > 0, "> 0"),
     "search.decoding.top_p": (lambda v: 0 < v <= 1, "in (0, 1]"),

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import atexit
 import os
+import time
 from contextlib import nullcontext
 from typing import Any, TypeVar
 
@@ -33,6 +34,7 @@ from torch.distributed.constants import default_pg_timeout
 from csr.errors import CSRError
 
 STRATEGIES = ("auto", "ddp", "deepspeed")
+RANK_ZERO_POLL_S = 2.0  # how often the other ranks look whether rank 0 has finished its stage
 T = TypeVar("T")
 # csr's own barriers and broadcasts carry Python objects between CPUs: gloo, also beside NCCL.
 _coordination: dict[str, Any] = {}
@@ -61,6 +63,25 @@ def _group():
 def barrier() -> None:
     if _joined():
         dist.barrier(group=_group())
+
+
+def rank_zero_done(name: str) -> None:
+    """After a stage only rank 0 runs (pairs, merge): rank 0 says it is done, the others wait for it
+    with no deadline. A 13B merge (float32 on the CPU, its check, a 50 GB write) can outlast any
+    collective's timeout (30 minutes by default), so the others poll the process group's key-value
+    store instead of waiting in a barrier; should rank 0 die, the store's connection fails and they
+    stop with it (under torchrun, whose agent holds the store, the agent stops them). Every rank calls
+    it at the same points; a no-op without a process group."""
+    if not _joined():
+        return
+    _coordination["waits"] = count = _coordination.get("waits", 0) + 1
+    key = f"csr/rank_zero_done/{count}/{name}"
+    store = dist.distributed_c10d._get_default_store()
+    if dist.get_rank() == 0:
+        store.set(key, "1")
+        return
+    while not store.check([key]):  # check() returns at once; wait() would log every timed-out poll
+        time.sleep(RANK_ZERO_POLL_S)
 
 
 def rank_zero_value(value: T) -> T:

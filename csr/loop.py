@@ -30,6 +30,7 @@ from csr.distributed import (
     barrier,
     is_global_zero,
     predict_strategy,
+    rank_zero_done,
     rank_zero_value,
     start_ranks,
 )
@@ -180,6 +181,7 @@ class Loop:
         d.mkdir(parents=True, exist_ok=True)
         start = time.time()
         if stage in RANK_ZERO_STAGES and not is_global_zero():
+            rank_zero_done(f"iteration {k} {stage}")  # no timeout: rank 0's merge may take longer than one
             return {}
         log.info("iteration %d: %s", k, stage)
         with progress.stage(f"iteration {k} {stage}"):
@@ -192,6 +194,8 @@ class Loop:
         mark_done(d, stage, stats)
         self.tracker.log_metrics(run_id, stats, prefix=f"{stage}/")
         log.info("iteration %d: %s done in %.1fs", k, stage, stats["seconds"])
+        if stage in RANK_ZERO_STAGES:
+            rank_zero_done(f"iteration {k} {stage}")
         return stats
 
     # -- iterations -----------------------------------------------------------------------------------

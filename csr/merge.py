@@ -1,6 +1,8 @@
 """The merge stage: the DPO adapter merged into a plain HF checkpoint, the next iteration's policy.
 
-The merge runs in float32 whatever `model.dtype` is. DPO at the paper's lr (1e-7) moves a weight
+The merge runs in float32 whatever `model.dtype` is, loaded on the CPU: it moves to the run's GPU
+only when the float32 model and its check fit there with the plan's headroom (csr/plan.py), so no
+rank needs a GPU's worth of float32 weights (about 55 GiB at 13B). DPO at the paper's lr (1e-7) moves a weight
 by ~1e-5, while bfloat16's spacing around a typical weight (~0.02) is ~1.2e-4: merged in bfloat16,
 W + delta rounds back to W for most elements (tests/test_merge.py measures it). The merged
 checkpoint is saved in `model.dtype` only when rounding to it keeps the update (UPDATE_KEPT),
@@ -23,6 +25,7 @@ from peft import PeftModel
 from peft.tuners.lora import LoraLayer
 from peft.utils import ModulesToSaveWrapper
 
+from csr import plan as P
 from csr.context import StageContext
 from csr.errors import CSRError
 from csr.io import read_jsonl, replace_dir
@@ -36,7 +39,7 @@ ADAPTER = "default"  # peft's name for the one adapter csr trains
 # Save in model.dtype only if rounding to it keeps this share of the updated elements and this
 # cosine between the stored and the true update; else float32 (twice the disk, the update kept).
 UPDATE_KEPT = 0.99
-CHECK_PAIRS = 4  # pairs whose log-probs the merged model must reproduce
+CHECK_PAIRS = P.MERGE_CHECK_PAIRS  # pairs whose log-probs the merged model must reproduce
 # Merged vs adapter model, both float32: (W + BA)x and Wx + B(Ax) differ by float rounding only
 # (~1e-6 on the tiny and ShapesWorld models); a wrong merge moves them by the update's own size.
 CHECK_ATOL, CHECK_RTOL = 1e-3, 1e-5
@@ -124,9 +127,32 @@ def check_batch(pairs_path: Path, processor, image_root: str, family: Family) ->
     return collate([dataset[i] for i in range(len(dataset))], pad_id=processor.tokenizer.pad_token_id)
 
 
-def merge_device(accelerator: str) -> str:
-    """The check's forwards (float32: 28 GB at 7B) run on the run's GPU when it has one."""
-    return "cuda" if accelerator != "cpu" and torch.cuda.is_available() else "cpu"
+def check_bytes(model, batch: dict | None) -> int:
+    """GPU memory the merge needs on the check's device (csr/plan.py merge_check_gpu): the float32
+    model with its adapter, and the language model's working set in the check's forward over `batch`
+    (the vision tower's, for CHECK_PAIRS images, is far smaller)."""
+    from csr.models.planning import lm_dims
+
+    weights = sum(p.numel() for p in model.parameters()) * 4
+    if batch is None:
+        return weights
+    rows, length = batch["input_ids"].shape
+    dims = P.LlavaDims(lm_dims(model.config.get_text_config(), tied=False), P.ViTDims(0, 1, 0, 0, 0), image_tokens=0)
+    return weights + P.merge_check_gpu(dims, 0, rows, length, rows * length)["working"]
+
+
+def merge_device(accelerator: str, need: int) -> str:
+    """Where the merge and its check run: the run's GPU when `need` bytes fit beside what it holds with
+    the plan's headroom (a float32 7B with its check takes 30 GiB, 13B 55 GiB), else the CPU, where
+    the model was loaded; the weights never need a GPU."""
+    if accelerator == "cpu" or not torch.cuda.is_available():
+        return "cpu"
+    free, device = torch.cuda.mem_get_info()
+    if P.fits(need + device - free, device):
+        return "cuda"
+    log.warning("merge: %.1f GiB in float32 does not fit the GPU beside its %.1f GiB in use: merging and checking "
+                "on the CPU", need / P.GIB, (device - free) / P.GIB)
+    return "cpu"
 
 
 # -- the merge stage --------------------------------------------------------------------------------
@@ -142,8 +168,10 @@ def run_merge(base_path: str, iter_dir: Path, model_cfg, accelerator: str, image
     stats: dict = {"adapter_found": adapter_dir.exists()}
     save_dtype = model_cfg.dtype
     if adapter_dir.exists():
-        device = merge_device(accelerator)
-        model = PeftModel.from_pretrained(model, str(adapter_dir)).to(device)
+        model = PeftModel.from_pretrained(model, str(adapter_dir))  # on the CPU, in float32
+        batch = check_batch(iter_dir / "pairs.jsonl", processor, image_root, family)
+        device = merge_device(accelerator, check_bytes(model, batch))
+        model.to(device)
         loaded = UpdateStats()  # the model as a model.dtype load sees it
         for weight, delta in updates(model):
             loaded.add(weight, delta, DTYPES[model_cfg.dtype])
@@ -157,8 +185,8 @@ def run_merge(base_path: str, iter_dir: Path, model_cfg, accelerator: str, image
             saved = UpdateStats()
             for weight, delta in updates(model):
                 saved.add(weight, delta, DTYPES[save_dtype])
-        stats.update({**loaded.as_metrics("loaded"), **saved.as_metrics("saved"), "update/elements": saved.elements})
-        batch = check_batch(iter_dir / "pairs.jsonl", processor, image_root, family)
+        stats.update({**loaded.as_metrics("loaded"), **saved.as_metrics("saved"), "update/elements": saved.elements,
+                      "device": device})
         if batch is not None:
             adapter_logps = pair_logps(model, batch, device, family)
             with model.disable_adapter():

@@ -13,6 +13,12 @@ from dataclasses import dataclass
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 LORA_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 GIB = 1 << 30
+# A stage "fits" a device when its predicted peak leaves this share of the device's memory free. It
+# covers what the formulas do not count: the CUDA context and cuBLAS / NCCL workspaces (~1-2 GiB on
+# an 80 GiB card), allocator rounding and the fragmentation left with expandable segments, and the
+# formulas' own error (checked within 8.4% on CPU peaks, experiments/plan/; GPU-only kernels unmeasured).
+HEADROOM = 0.10
+MERGE_CHECK_PAIRS = 4  # pairs whose log-probs the merged model must reproduce (csr/merge.py)
 
 
 # --- dimensions -----------------------------------------------------------------------------------
@@ -51,17 +57,23 @@ class ViTDims:
     width: int
     layers: int
     mlp: int  # MLP hidden width
+    seq: int = 0  # tokens the tower runs on per image when not a square grid (dynamic resolution, tiles)
 
     @property
     def patches(self) -> int:
-        return (self.image_size // self.patch_size) ** 2
+        return self.seq or (self.image_size // self.patch_size) ** 2
 
 
 @dataclass(frozen=True)
 class LlavaDims:
+    """A VLM: a decoder, a vision tower, and what one image costs in the prompt. LLaVA-1.5's parameter
+    count follows from the dimensions (llava_params); other families pass the count of the model
+    built from their config (`params`)."""
+
     lm: LMDims
     vision: ViTDims
     image_tokens: int  # per image, as the processor writes them into the prompt
+    params: int = 0  # the model's parameter count, when known exactly (0: llava_params)
 
 
 @dataclass(frozen=True)
@@ -104,6 +116,10 @@ def llava_params(d: LlavaDims) -> int:
     return lm_params(d.lm) + hf_vision_params(d.vision) + projector
 
 
+def model_params(d: LlavaDims) -> int:
+    return d.params or llava_params(d)
+
+
 def clip_params(c: ClipDims) -> int:
     v, w = c.vision, c.text_width
     vision = 3 * v.patch_size**2 * v.width + v.width + (v.patches + 1) * v.width + 4 * v.width
@@ -122,6 +138,15 @@ def lora_params(d: LMDims, r: int, modules: tuple[str, ...] = LORA_MODULES) -> i
 
 def kv_bytes_per_token(d: LMDims, act: int) -> int:
     return 2 * d.layers * d.kv * act
+
+
+def batch_token_cap(max_batch_tokens: int, max_batch_kv_gib: float | None, kv_per_token: int) -> int:
+    """The decode batch's token cap: search.max_batch_tokens, lowered to what search.max_batch_kv_gib
+    of KV cache holds at this model's bytes per token (null: the token cap alone). A byte budget means
+    the same memory for every family: 57 KB a token (Qwen2.5-VL-7B) or 524 KB (LLaVA-1.5-7B)."""
+    if max_batch_kv_gib is None:
+        return max_batch_tokens
+    return max(1, min(max_batch_tokens, int(max_batch_kv_gib * GIB) // kv_per_token))
 
 
 # --- activations ----------------------------------------------------------------------------------
@@ -242,7 +267,23 @@ def search_peak(d: LlavaDims, s: SearchShape, prompt_tokens: int, act: int, clip
             worst, best = sum(parts.values()), parts
     prefill = inference_transient(d, s.prompts_per_batch, s.prompts_per_batch, lp, act)
     phase = best if worst >= prefill else {"prefill_work": prefill}
-    return {"weights": llava_params(d) * act, "clip": clip_bytes, "prefix_kv": s.prompts_per_batch * lp * kvt, **phase}
+    return {"weights": model_params(d) * act, "clip": clip_bytes, "prefix_kv": s.prompts_per_batch * lp * kvt, **phase}
+
+
+def widest_search(d: LlavaDims, s: SearchShape, prompt_tokens: int, act: int, clip_bytes: int, budget: int,
+                  most: int = 1024) -> SearchShape | None:
+    """The search shape with the most prompts per batch, all their live nodes decoding in one batch,
+    whose peak at the caps stays within `budget` bytes; None if even one prompt does not fit. More rows
+    per decode step use a GPU better while reading its weights dominates a step."""
+    best = None
+    for prompts in range(1, most + 1):
+        rows = prompts * live_nodes(s) * s.candidates
+        shape = SearchShape(**{**s.__dict__, "prompts_per_batch": prompts, "max_batch_rows": rows,
+                               "max_batch_tokens": rows * (s.answer_tokens + s.sentence_tokens)})
+        if total(search_peak(d, shape, prompt_tokens, act, clip_bytes)) > budget:
+            break
+        best = shape
+    return best
 
 
 def reference_peak(d: LlavaDims, pairs: int, prompt_tokens: int, answer_tokens: int, act: int,
@@ -254,7 +295,7 @@ def reference_peak(d: LlavaDims, pairs: int, prompt_tokens: int, answer_tokens: 
     # logits (model dtype), their float32 copy, the log-probs; the embeddings and the mask still held
     logits = positions * d.lm.vocab * (act + 4 + (4 if act != 4 else 0))
     held = rows * length * d.lm.hidden * act + rows * length * length
-    return {"weights": llava_params(d) * act,
+    return {"weights": model_params(d) * act,
             "working": max(inference_transient(d, pairs, rows, length, act), logits + held)}
 
 
@@ -293,7 +334,7 @@ def lora_state_bytes(n: int, t: Training) -> int:
 
 def dpo_peak(d: LlavaDims, t: Training, prompt_tokens: int, answer_tokens: int, act: int) -> dict[str, int]:
     """One DPO step on chosen + rejected (one concatenated forward) at the longest answers."""
-    weights = llava_params(d) * act
+    weights = model_params(d) * act
     copies = 2 if t.reference == "frozen_copy" else 1
     if t.strategy.startswith("zero3"):  # partitioned; about two layers gathered at a time
         layer = (lm_params(d.lm) // max(d.lm.layers, 1)) * act
@@ -322,9 +363,52 @@ def eval_peak(d: LlavaDims, batch: int, prompt_tokens: int, new_tokens: int, act
     kvt = kv_bytes_per_token(d.lm, act)
     tokens = d.image_tokens + prompt_tokens
     cache = batch * (tokens + new_tokens) * kvt
-    return {"weights": llava_params(d) * act, "clip": clip_bytes, "kv_cache": cache,
+    return {"weights": model_params(d) * act, "clip": clip_bytes, "kv_cache": cache,
             "working": max(inference_transient(d, batch, batch, tokens, act), cache // max(d.lm.layers, 1))}
+
+
+def largest_linear(d: LMDims) -> int:
+    """Elements of the largest decoder weight LoRA can target (the MLP's)."""
+    return max(d.hidden * d.intermediate, d.hidden * d.q)
+
+
+def merge_host(d: LlavaDims, lora: int) -> dict[str, int]:
+    """Host RAM of the merge (csr/merge.py), which loads and merges on the CPU: the model and the
+    adapter in float32, and the update statistics of one weight (float32 weight and delta, the stored
+    update and the delta in float64, their products)."""
+    return {"weights_fp32": model_params(d) * 4, "lora_fp32": lora * 4, "update_stats": 48 * largest_linear(d.lm)}
+
+
+def merge_check_gpu(d: LlavaDims, lora: int, rows: int, length: int, answer_positions: int) -> dict[str, int]:
+    """GPU memory of the merge's log-prob check when it runs there: the float32 model with its adapter,
+    a no-grad float32 forward of `rows` sequences of `length` tokens, log-softmax at the answers."""
+    logits = answer_positions * d.lm.vocab * (4 + 4)
+    return {"weights_fp32": model_params(d) * 4 + lora * 4,
+            "working": max(inference_transient(d, rows // 2, rows, length, 4), logits + rows * length * d.lm.hidden * 4)}
 
 
 def total(parts: dict[str, int]) -> int:
     return sum(parts.values())
+
+
+def fits(need: int, device: int, headroom: float = HEADROOM) -> bool:
+    """A peak of `need` bytes fits a device of `device` bytes with `headroom` of it left free."""
+    return need <= (1 - headroom) * device
+
+
+def over_device(totals: dict[str, int], device: int | None, headroom: float = HEADROOM) -> list[str]:
+    """The stages whose planned peak does not fit the device (none without a device: the CPU)."""
+    return [] if not device else [stage for stage, need in totals.items() if not fits(need, device, headroom)]
+
+
+def start_warning(totals: dict[str, int], device: int | None, headroom: float = HEADROOM) -> str | None:
+    """The one line `csr` logs at start when a stage's plan exceeds the GPU it runs on; None when every
+    stage fits or there is no GPU to compare with. The merge is not among `totals`: it moves to the
+    CPU by itself when it does not fit."""
+    over = over_device(totals, device, headroom)
+    if not over:
+        return None
+    stages = ", ".join(f"{stage} {totals[stage] / GIB:.1f} GiB" for stage in over)
+    return (f"csr-plan predicts more than {1 - headroom:.0%} of this GPU's {device / GIB:.1f} GiB for: {stages}; "
+            "the run may stop out of memory (csr-plan with the same overrides shows the parts; lower "
+            "search.max_batch_kv_gib or search.prompts_per_batch, or set dpo.gradient_checkpointing=true)")

@@ -2,10 +2,24 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import pytest
 import torch
+from PIL import Image
 
 from csr import plan as P
-from csr.plan_cli import PUBLIC, clip_dims, llava_dims, main, model_dims
+from csr.cli import allocator_env
+from csr.models.planning import (
+    PUBLIC_CONFIGS,
+    built_params,
+    dims_from_config,
+    image_tokens,
+    processor_settings,
+    public_config,
+)
+from csr.plan_cli import PUBLIC, clip_dims, compose, llava_dims, main, model_dims
+from csr.plan_cli import plan as plan_stages
 
 # vocab 10, hidden 4, MLP 6, 2 layers, 2 query heads sharing 1 KV head of width 2: q = 4, kv = 2.
 TOY = P.LMDims(vocab=10, hidden=4, intermediate=6, layers=2, heads=2, kv_heads=1, head_dim=2)
@@ -146,3 +160,184 @@ def test_csr_plan_prints_the_paper_preset(capsys) -> None:
              and line.split("|")[1].strip() in ("search", "dpo")}
     assert total["search"] < float(rows["search"].split("|")[2].split()[0])
     assert total["dpo"] < float(rows["dpo"].split("|")[3].split()[0])
+
+
+# --- every preset, every family ---------------------------------------------------------------------
+
+# The model cards' parameter counts; the built-in configs must build exactly these.
+PUBLISHED_PARAMS = {"qwen2_5_vl_3b": 3_754_622_976, "qwen2_5_vl_7b": 8_292_166_656, "qwen2_vl_7b": 8_291_375_616,
+                    "qwen3_vl_8b": 8_767_123_696, "gemma3_4b": 4_300_079_472, "gemma3_12b": 12_187_325_040,
+                    "idefics3_8b": 8_462_086_384, "smolvlm_2b": 2_246_272_880, "llava_next_7b": 7_566_747_648,
+                    "llava_onevision_7b": 8_030_807_584}
+
+
+def test_public_configs_build_the_published_counts() -> None:
+    assert set(PUBLISHED_PARAMS) == set(PUBLIC_CONFIGS)
+    for key, (family, _) in PUBLIC_CONFIGS.items():
+        assert built_params(public_config(key), family) == PUBLISHED_PARAMS[key], key
+
+
+# An 80 GB H100 as torch sees it (total_memory 85,520,809,984 B); an 80 GB A100 has 80.0 GiB.
+GPU_80GB = 85_520_809_984
+# How each model preset is meant to run (its YAML's comment says the same): the paper's settings, with
+# gradient checkpointing where an image costs thousands of tokens (DPO's activations grow with them).
+CHECKPOINTED = ("idefics3_8b", "llava_next_7b", "llava_onevision_7b")
+PRESET_RUNS = {"shapesworld": [], "tiny_random": ["experiment=smoke"], "llava15_7b": ["experiment=paper_llava15_7b"],
+               "llava15_13b": ["experiment=paper_llava15_13b"]}
+MODEL_PRESETS = sorted(p.stem for p in (Path(__file__).resolve().parent.parent / "conf" / "model").glob("*.yaml"))
+
+
+def preset_overrides(name: str) -> list[str]:
+    if name in PRESET_RUNS:
+        return PRESET_RUNS[name]
+    return ["experiment=paper_llava15_7b", f"model={name}"] + (["dpo.gradient_checkpointing=true"] if name in CHECKPOINTED else [])
+
+
+@pytest.mark.parametrize("name", MODEL_PRESETS)
+def test_every_model_preset_fits_an_80gb_gpu(name, tiny_models, monkeypatch) -> None:
+    monkeypatch.setenv("CSR_TINY_DIR", str(Path(tiny_models.llava).parent))
+    cfg = compose(preset_overrides(name))
+    assert cfg.model.name == name
+    dims, _ = model_dims(cfg.model.path, cfg.model.name, cfg.model.family)
+    clip = clip_dims(cfg.reward.clip.arch, cfg.reward.clip.config_json)
+    for devices in (1, 8):
+        stages = plan_stages(cfg, dims, clip, devices, prompt_tokens=64)
+        assert {"search", "dpo", "merge", "eval"} <= set(stages)
+        need = {stage: P.total(parts) for stage, parts in stages.items() if stage != "merge"}
+        assert P.over_device(need, GPU_80GB) == [], (name, devices, {k: round(v / P.GIB, 2) for k, v in need.items()})
+
+
+def test_the_13b_search_fits_by_its_byte_cap() -> None:
+    """Issue 27: at the old token cap (65536) the 13B search planned 94 GiB; the byte cap keeps it under 90%."""
+    cfg = compose(["experiment=paper_llava15_13b"])
+    dims, clip = PUBLIC["llava15_13b"], clip_dims(cfg.reward.clip.arch, None)
+    search = P.total(plan_stages(cfg, dims, clip, 8, prompt_tokens=64)["search"])
+    assert search / P.GIB == pytest.approx(66.81, abs=0.01) and P.fits(search, GPU_80GB)
+    old = compose(["experiment=paper_llava15_13b", "search.max_batch_tokens=65536", "search.max_batch_kv_gib=null"])
+    assert not P.fits(P.total(plan_stages(old, dims, clip, 8, prompt_tokens=64)["search"]), GPU_80GB)
+
+
+FAMILIES = ["llava_next", "llava_onevision", "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "gemma3", "idefics3", "smolvlm"]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_image_tokens_are_what_the_processor_writes(family, tiny_family) -> None:
+    """Every family plans from its config; an image's prompt tokens equal the count its processor writes
+    (with the processor's saved settings, for an image of two sizes)."""
+    from transformers import AutoConfig, AutoProcessor
+
+    from csr.models.families import get_family
+
+    path = tiny_family(family)
+    config, processor, fam = AutoConfig.from_pretrained(path), AutoProcessor.from_pretrained(path), get_family(family)
+    for height, width in ((480, 640), (300, 200)):
+        inputs = fam.encode(processor, [fam.chat_prompt(processor, "Describe.")], [Image.new("RGB", (width, height))])
+        written = int((inputs["input_ids"] == config.image_token_id).sum())
+        assert image_tokens(config, family, (height, width), processor_settings(path))[0] == written
+    dims = dims_from_config(config, family, processor=processor_settings(path))
+    with torch.device("meta"):
+        model = fam.model_class(config)
+    assert P.model_params(dims) == sum(p.numel() for p in model.parameters())
+
+
+def test_anyres_tokens_by_hand() -> None:
+    """LLaVA-NeXT, 640 x 480 tiled at 672 x 672: 48 x 48 features, the 6 padding rows at either end
+    dropped: 36 x 48 + 36 newlines, after the 576 of the whole image."""
+    from csr.models.planning import anyres_tokens
+
+    assert anyres_tokens((480, 640), (672, 672), 336, 24, None) == 36 * 48 + 36
+    # OneVision's anyres_max_9: 6 x 6 tiles of 27 x 27 are 162 x 162 > 1.1 x 9 tiles' worth: scaled by
+    # sqrt(162^2 / (9 x 27^2)) = 2, to 81 x 81 and 81 newlines
+    assert anyres_tokens((2304, 2304), (2304, 2304), 384, 27, 9) == 81 * 81 + 81
+
+
+def test_qwen2_5_vl_plans(capsys) -> None:
+    main(["experiment=paper_llava15_7b", "model=qwen2_5_vl_7b", "--devices", "8", "--gpu-gib", "80"])
+    out = capsys.readouterr().out
+    assert "8.292 B params" in out and "prompt 391 image" in out  # 644 x 476 px in 28-px cells: 23 x 17
+    assert "KV cache 57.3 KB a token" in out and "| merge |" in out and "merge: host RAM" in out
+    assert "**no**" not in out
+
+
+# --- batch caps in bytes ------------------------------------------------------------------------------
+
+
+def test_byte_cap_gives_the_token_cap_by_hand() -> None:
+    llava7b, llava13b, qwen7b = (P.kv_bytes_per_token(d.lm, 2) for d in (PUBLIC["llava15_7b"], PUBLIC["llava15_13b"],
+                                                                          dims_from_config(public_config("qwen2_5_vl_7b"), "qwen2_5_vl")))
+    assert (llava7b, llava13b, qwen7b) == (2 * 32 * 4096 * 2, 2 * 40 * 5120 * 2, 2 * 28 * 4 * 128 * 2)
+    assert P.batch_token_cap(262144, 24, llava7b) == 24 * 2**30 // 524288 == 49152
+    assert P.batch_token_cap(262144, 24, llava13b) == 24 * 2**30 // 819200 == 31457
+    assert P.batch_token_cap(262144, 24, qwen7b) == 262144  # 449,389 tokens fit 24 GiB: the token cap decides
+    assert P.batch_token_cap(65536, None, llava7b) == 65536  # no byte cap (the default): the tokens alone
+    assert P.batch_token_cap(65536, 1e-9, llava7b) == 1  # a node's K rows always decode together
+
+
+def test_default_config_keeps_its_token_cap() -> None:
+    """ShapesWorld's batches are those of before the byte cap: it is off by default."""
+    cfg = compose([])
+    assert cfg.search.max_batch_kv_gib is None and cfg.search.max_batch_tokens == 65536
+    assert compose(["search=default"]).search.max_batch_kv_gib is None
+
+
+def test_search_stage_reads_the_models_kv_size(tiny_models) -> None:
+    from csr.models.checkpoint import load_model
+    from csr.search.stage import kv_bytes_per_token
+
+    model, _ = load_model(tiny_models.llava)
+    t = model.config.text_config
+    assert kv_bytes_per_token(model) == 2 * t.num_hidden_layers * t.num_key_value_heads * (t.hidden_size // t.num_attention_heads) * 4
+
+
+def test_widest_search_fits_and_one_more_prompt_does_not() -> None:
+    d, budget = PUBLIC["llava15_7b"], 60 * P.GIB
+    shape = P.SearchShape(prompts_per_batch=8, beam_width=5, candidates=5, keep_top=1, keep_bottom=2, max_sentences=16,
+                          sentence_tokens=70, answer_tokens=1024, max_batch_rows=128, max_batch_tokens=65536)
+    widest = P.widest_search(d, shape, 64, 2, 0, budget)
+    assert P.live_nodes(shape) == 4  # beam 5: a prompt keeps up to 4 children when it prunes none
+    assert widest.max_batch_rows == widest.prompts_per_batch * 4 * 5  # every live node decodes at once
+    assert P.total(P.search_peak(d, widest, 64, 2)) <= budget
+    more = P.SearchShape(**{**widest.__dict__, "prompts_per_batch": widest.prompts_per_batch + 1,
+                            "max_batch_rows": widest.max_batch_rows + 20, "max_batch_tokens": (widest.max_batch_rows + 20) * 1094})
+    assert P.total(P.search_peak(d, more, 64, 2)) > budget
+
+
+# --- merge ------------------------------------------------------------------------------------------
+
+
+def test_merge_plan_by_hand() -> None:
+    # TOY: 340 + 93 + 32 = 465 params; LoRA 232; largest linear 4 x 6 = 24
+    assert P.merge_host(TOY_LLAVA, 232) == {"weights_fp32": 465 * 4, "lora_fp32": 232 * 4, "update_stats": 48 * 24}
+    gpu = P.merge_check_gpu(TOY_LLAVA, 232, rows=8, length=20, answer_positions=8 * 10)
+    # the working set: logits (8 x 10 answer positions x vocab 10 x (4 + 4)) + the embeddings 8 x 20 x 4 x 4 B,
+    # or the prefill's transient, whichever is larger
+    assert gpu["weights_fp32"] == (465 + 232) * 4
+    assert gpu["working"] == max(P.inference_transient(TOY_LLAVA, 4, 8, 20, 4), 8 * 10 * 10 * 8 + 8 * 20 * 4 * 4)
+
+
+# --- start: the allocator and the warning -----------------------------------------------------------
+
+
+def test_allocator_is_set_unless_the_user_chose() -> None:
+    assert allocator_env({}) == {"PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True"}
+    assert allocator_env({"PYTORCH_CUDA_ALLOC_CONF": "backend:cudaMallocAsync"}) == {}
+    assert allocator_env({"PYTORCH_ALLOC_CONF": "expandable_segments:False"}) == {}
+
+
+def test_start_warning_decision() -> None:
+    device = 80 * P.GIB
+    assert P.start_warning({"search": 72 * P.GIB, "dpo": 10 * P.GIB}, device) is None  # exactly 90%: fits
+    line = P.start_warning({"search": 75 * P.GIB, "dpo": 10 * P.GIB, "eval": 73 * P.GIB}, device)
+    assert "search 75.0 GiB, eval 73.0 GiB" in line and "dpo" not in line.split(";")[0] and "\n" not in line
+    assert P.start_warning({"search": 75 * P.GIB}, None) is None  # the CPU: nothing to compare with
+
+
+def test_bad_arguments_are_one_line(capsys) -> None:
+    for argv, expected in ((["--devices", "0,-1", "--gpu-gib", "-5"], "csr-plan: error: --gpu-gib -5: must be > 0"),
+                           (["--devices", "0,-1"], "csr-plan: error: --devices 0,-1: expected device counts >= 1"),
+                           (["--devices", "two"], "csr-plan: error: --devices two: expected device counts >= 1"),
+                           (["--image-size", "640"], "csr-plan: error: --image-size 640: expected WIDTHxHEIGHT")):
+        with pytest.raises(SystemExit) as stop:
+            main(argv)
+        err = capsys.readouterr().err
+        assert stop.value.code == 2 and err.startswith(expected) and err.count("\n") == 1, err

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from csr import plan as P
 from csr.context import StageContext
 from csr.data.prompts import load_prompts
 from csr.io import read_jsonl
 from csr.models.chat import drop_overlong
 from csr.models.checkpoint import special_token_ids
 from csr.models.families import get_family
+from csr.models.planning import lm_dims
 from csr.predict import predict_to_jsonl
 from csr.search.decode import DecodeSettings
 from csr.search.engine import SearchSettings
@@ -22,6 +24,11 @@ def delimiter_ids(tokenizer, delimiters: list[str]) -> frozenset[int]:
     return frozenset(i for i in range(len(tokenizer)) if tokenizer.decode([i]).strip() in wanted)
 
 
+def kv_bytes_per_token(model) -> int:
+    """Bytes of KV cache one token costs this model: every layer's keys and values, in its dtype."""
+    return P.kv_bytes_per_token(lm_dims(model.config.get_text_config(), tied=False), model.dtype.itemsize)
+
+
 def build_module(model, processor, scorer, cfg) -> SearchModule:
     s, tok = cfg.search, processor.tokenizer
     family = get_family(cfg.model.family)
@@ -31,7 +38,9 @@ def build_module(model, processor, scorer, cfg) -> SearchModule:
         keep_bottom=s.keep_bottom, max_sentences=s.max_sentences, max_answer_tokens=s.max_answer_tokens,
         prune_by=s.prune_by, lam=cfg.reward.lam, calibration=cfg.reward.calibration,
         text_score=cfg.reward.text_score, max_batch_rows=s.max_batch_rows,
-        max_batch_tokens=s.max_batch_tokens, pair_rule=cfg.pairs.rule, pair_clean=cfg.pairs.reference_clean,
+        max_batch_tokens=s.max_batch_tokens if s.max_batch_kv_gib is None else
+        P.batch_token_cap(s.max_batch_tokens, s.max_batch_kv_gib, kv_bytes_per_token(model)),
+        pair_rule=cfg.pairs.rule, pair_clean=cfg.pairs.reference_clean,
     )
     d = s.decoding
     decode = DecodeSettings(
