@@ -366,3 +366,20 @@ def test_a_refused_resume_leaves_the_runs_hydra_files_and_log_alone(tmp_path):
     after = _snapshot(run_dir)
     assert {k: v[0] for k, v in after.items()} == {k: v[0] for k, v in before.items()}
     assert after[".hydra/overrides.yaml"] == before[".hydra/overrides.yaml"] and after["cli.log"] == before["cli.log"]
+
+
+# -- 7. csr-make-tiny writes only into a directory it made -----------------------------------------------
+
+
+def test_csr_make_tiny_refuses_a_directory_it_did_not_make(tmp_path):
+    from csr.models.tiny import main
+
+    project = tmp_path / "project"
+    (project / "data").mkdir(parents=True)
+    (project / "data" / "prompts.json").write_text("[my own prompts]")
+    for out in (project, tmp_path / "file.txt", tmp_path / "file.txt" / "sub"):
+        (tmp_path / "file.txt").write_text("mine")
+        with pytest.raises(SystemExit, match=f"csr-make-tiny: {out}"):
+            main([str(out)])
+    assert (project / "data" / "prompts.json").read_text() == "[my own prompts]"
+    assert sorted(p.name for p in project.rglob("*")) == ["data", "prompts.json"]

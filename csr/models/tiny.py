@@ -11,6 +11,7 @@ import json
 import os
 import random
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -18,6 +19,7 @@ from transformers import PreTrainedTokenizerFast
 
 from csr.choices import FAMILIES
 from csr.data.tiny import write_tiny_prompts
+from csr.errors import CSRError
 from csr.models.clip import load_clip, save_clip
 from csr.models.families import get_family
 
@@ -31,6 +33,7 @@ CLIP_CONFIG = {
     "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},
 }
 MARKER = "tiny.json"  # written last, so its presence means every file is complete
+STARTED = ".csr-make-tiny"  # written first by csr-make-tiny: a directory it made (a killed build is resumed)
 
 
 @dataclass
@@ -156,6 +159,20 @@ def build_tiny_family(out_dir: str, family: str, seed: int = 0) -> str:
     return model_dir
 
 
+def claim_out_dir(out: Path) -> None:
+    """csr-make-tiny writes (and overwrites) its files only in a new or empty directory or one it made
+    (its start marker, or the tiny.json it writes last); anything else is refused before it writes."""
+    existing = next((p for p in (out, *out.parents) if p.exists()), None)
+    if existing is not None and not existing.is_dir():
+        raise CSRError(f"{out}: {'it' if existing == out else f'part of the path ({existing})'} is a file, not a "
+                       "directory: pass a new directory")
+    if out.is_dir() and any(out.iterdir()) and not (out / STARTED).exists() and not (out / MARKER).exists():
+        raise CSRError(f"{out} is not empty and was not made by csr-make-tiny (no {MARKER}): it writes prompts.json, "
+                       "images and checkpoints there, overwriting what it finds; pass a new or empty directory")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / STARTED).touch()
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description="Build tiny random-weight LLaVA and CLIP checkpoints, plus a few prompts and images."
@@ -168,6 +185,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--family", choices=FAMILIES, default="llava",
                         help="the model family; a family other than llava is written to OUT_DIR/<family>")
     args = parser.parse_args(argv)
+    try:
+        claim_out_dir(Path(args.out_dir))
+    except CSRError as err:
+        raise SystemExit(f"csr-make-tiny: {err}") from None
     paths = asdict(build_tiny(args.out_dir, args.seed))
     if args.family != "llava":
         paths[args.family] = build_tiny_family(args.out_dir, args.family, args.seed)
