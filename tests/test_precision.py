@@ -43,7 +43,8 @@ ZERO2 = Path(__file__).resolve().parent.parent / "conf" / "trainer" / "deepspeed
 ANSWERS = [" A red square.", " A blue star on the left.", " Two green circles."]
 # (strategy, precision, model dtype): conf/trainer's presets (cpu: 32-true; gpu, ddp: bf16-mixed;
 # deepspeed_zero2/3/3_offload: DeepSpeed bf16-mixed), the paper models' bfloat16 weights among them,
-# and bf16-true, which a user may set (HalfPrecision, or DeepSpeed's plugin under DeepSpeed).
+# and what a user may set: bf16-true (HalfPrecision, or DeepSpeed's plugin under DeepSpeed) and
+# DeepSpeed's fp16 (16-mixed; Lightning refuses 16-mixed on a CPU without DeepSpeed).
 PRESETS = [
     ("auto", "32-true", "float32"),
     ("auto", "bf16-mixed", "float32"),
@@ -52,6 +53,7 @@ PRESETS = [
     ("deepspeed", "bf16-mixed", "float32"),
     ("deepspeed", "bf16-mixed", "bfloat16"),
     ("deepspeed", "bf16-true", "float32"),
+    ("deepspeed", "16-mixed", "float32"),
 ]
 
 
