@@ -44,7 +44,7 @@ ANSWERS = [" A red square.", " A blue star on the left.", " Two green circles."]
 # (strategy, precision, model dtype): conf/trainer's presets (cpu: 32-true; gpu, ddp: bf16-mixed;
 # deepspeed_zero2/3/3_offload: DeepSpeed bf16-mixed), the paper models' bfloat16 weights among them,
 # and what a user may set: bf16-true (HalfPrecision, or DeepSpeed's plugin under DeepSpeed) and
-# DeepSpeed's fp16 (16-mixed; Lightning refuses 16-mixed on a CPU without DeepSpeed).
+# DeepSpeed's fp16 (16-mixed; without DeepSpeed, Lightning runs bf16-mixed instead on a CPU).
 PRESETS = [
     ("auto", "32-true", "float32"),
     ("auto", "bf16-mixed", "float32"),
