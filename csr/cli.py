@@ -68,6 +68,9 @@ def check_config(cfg: DictConfig) -> DictConfig:
     unknown = [name for name in typed.eval.evaluators if name not in known]
     if unknown:
         raise CSRError(f"config key 'eval.evaluators': unknown evaluator {unknown[0]!r}; known: {sorted(known)}")
+    from csr.eval.harness import check_harnesses
+
+    check_harnesses(typed.eval)
     return typed
 
 

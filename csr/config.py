@@ -239,12 +239,32 @@ class SelectConfig:
 
 
 @dataclass
+class HarnessEvalConfig:
+    # An external benchmark harness run on each evaluated checkpoint (csr/eval/harness.py); presets in
+    # conf/eval/harness/, the recipe in docs/benchmarks.md. Checked at start when eval.evaluators names it.
+    executable: str | None = None  # the harness's program (a path, or a name on PATH)
+    # argv after the executable, run without a shell; placeholders {checkpoint} {output_dir} {tasks}
+    # {config_file} {device} {dtype} (csr/eval/harness.py PLACEHOLDERS)
+    args: list[str] = field(default_factory=list)
+    extra_args: list[str] = field(default_factory=list)  # appended to args (e.g. lmms-eval's --include_path DIR)
+    tasks: list[str] = field(default_factory=list)  # the harness's task (dataset) names; each must have results
+    results: str = "lmms_eval"  # the results files' format: one of HARNESS_RESULTS (csr/eval/harness_results.py)
+    env: dict[str, str] = field(default_factory=dict)  # added to the harness's environment (values take placeholders)
+    config_file: dict | None = None  # written as JSON for {config_file} (its strings take placeholders)
+    iterations: list[int] | None = None  # which iterations' checkpoints (0 = the base model); null = every one
+    on_failure: str = "raise"  # raise: the run stops once the other evaluators are written; record: failed=1, go on
+    summary: list[str] = field(default_factory=list)  # "<task>/<metric>" keys the run's summary table shows
+
+
+@dataclass
 class EvalConfig:
     evaluators: list[str] = field(default_factory=lambda: ["generate"])  # names in csr.worlds.evaluators()
     shapesworld: ShapesWorldEvalConfig = field(default_factory=ShapesWorldEvalConfig)  # shapesworld evaluator
     coco: CocoEvalConfig = field(default_factory=CocoEvalConfig)  # coco_chair evaluator
     chair: ChairEvalConfig = field(default_factory=ChairEvalConfig)  # coco_chair evaluator
     pope: PopeEvalConfig = field(default_factory=PopeEvalConfig)  # pope evaluator
+    lmms_eval: HarnessEvalConfig = field(default_factory=HarnessEvalConfig)  # lmms_eval evaluator
+    vlmevalkit: HarnessEvalConfig = field(default_factory=HarnessEvalConfig)  # vlmevalkit evaluator
     prompt_file: str | None = None  # null = the training prompt file
     image_root: str | None = None  # null = data.image_root
     limit: int | None = 16

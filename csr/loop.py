@@ -388,7 +388,7 @@ class Loop:
             if path.exists():
                 rows[k] = read_json(path)
         selection = self.selection(rows)
-        columns = summary_columns(evaluators(), self.cfg.eval.evaluators)
+        columns = summary_columns(evaluators(), self.cfg.eval.evaluators, self.cfg.eval)  # a harness's from its config
         result = write_report(rows, self.run_dir, columns, selection)
         record_selection(self.run_dir / RUN_INFO, selection)
         if selection is not None:  # the parent's tags, its run_info.json again, the reported metrics

@@ -1,0 +1,266 @@
+"""External benchmark harnesses as evaluators (csr/eval/harness.py, harness_results.py).
+
+The results readers are held to files the real harnesses wrote (tests/fixtures/harness/, each with the
+command that wrote it). The real lmms-eval runs on a tiny local MME/POPE made of ShapesWorld images
+(tests/harness_fixture.py) when it is installed ($CSR_LMMS_EVAL; .ci/run installs it); a failing harness
+is a real process that fails.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+from compose_config import RUN, compose_config
+from csr_runs import run, tiny_env
+from harness_fixture import harness_config, lmms_eval_executable, lmms_eval_package, write_tasks
+from omegaconf import OmegaConf
+
+from csr.config import ASSETS, EvalConfig, HarnessEvalConfig, validate
+from csr.errors import CSRError
+from csr.eval.harness import HarnessFailed, check_harness, iteration_of, run_harness
+from csr.eval.harness_results import (
+    MissingResults,
+    lmms_eval_results_file,
+    read_lmms_eval,
+    read_vlmevalkit,
+    read_vlmevalkit_csv,
+)
+from csr.eval.registry import BENCHMARKS, summary_columns
+from csr.io import read_json
+from csr.loop import Loop
+
+FIXTURES = Path(__file__).parent / "fixtures" / "harness"
+SHAPESWORLD_LLAVA = str(ASSETS / "shapesworld" / "llava")
+# The recorded run (tests/fixtures/harness/README.md): lmms-eval's own table printed these.
+RECORDED = {"mme_local/mme_perception_score": 91.66666666666667, "mme_local/n_samples": 12,
+            "pope_local/pope_accuracy": 0.0, "pope_local/pope_precision": 0, "pope_local/pope_recall": 0,
+            "pope_local/pope_f1_score": 0, "pope_local/pope_yes_ratio": 0.5, "pope_local/n_samples": 12}
+LMMS_EVAL = lmms_eval_executable()
+needs_lmms_eval = pytest.mark.skipif(LMMS_EVAL is None, reason="lmms-eval is not installed: "
+                                     "bash tests/fixtures/harness/install_lmms_eval.sh DIR, then CSR_LMMS_EVAL=DIR/bin/lmms-eval")
+
+
+def _block(**changes):
+    h = OmegaConf.structured(HarnessEvalConfig)
+    h.executable, h.tasks = sys.executable, ["t"]
+    for key, value in changes.items():
+        h[key] = value
+    return h
+
+
+# -- reading what the harnesses wrote -----------------------------------------------------------------
+
+
+def test_lmms_eval_results_as_the_real_lmms_eval_wrote_them():
+    path = lmms_eval_results_file(FIXTURES / "lmms_eval")
+    assert path.name == "20261207_220122_results.json"
+    assert read_lmms_eval(path, ["mme_local", "pope_local"]) == RECORDED  # no alias, no stderr, no "N/A"
+
+
+def test_lmms_eval_results_missing_a_task_or_the_file_is_an_error(tmp_path):
+    path = lmms_eval_results_file(FIXTURES / "lmms_eval")
+    with pytest.raises(MissingResults, match=r"no results for task\(s\) \['mmbench'\]"):
+        read_lmms_eval(path, ["mme_local", "mmbench"])
+    with pytest.raises(MissingResults, match="no <model>/<date>_results.json"):
+        lmms_eval_results_file(tmp_path)
+
+
+def test_lmms_eval_metric_under_another_filter_keeps_the_filter(tmp_path):
+    path = tmp_path / "m" / "2026_results.json"
+    path.parent.mkdir()
+    path.write_text(json.dumps({"results": {"gqa": {"alias": "gqa", "exact_match,none": 0.5,
+                                                    "exact_match,flexible-extract": 0.6, "exact_match_stderr,none": 0.1,
+                                                    "relative score (main),none": float("nan")}}}))
+    assert read_lmms_eval(path, ["gqa"]) == {"gqa/exact_match": 0.5, "gqa/exact_match/flexible-extract": 0.6}
+
+
+VLMEVAL_RUN = "T20261207-140000"
+
+
+def _vlmeval_tree(root: Path) -> Path:
+    """VLMEvalKit's layout: <work-dir>/<model>/<eval id>/ holding the files, links in <model>/."""
+    run_dir = root / "csr" / VLMEVAL_RUN
+    run_dir.mkdir(parents=True)
+    for name in (FIXTURES / "vlmevalkit").glob("*.csv"):
+        (run_dir / name.name).write_bytes(name.read_bytes())
+        (root / "csr" / name.name).symlink_to(Path(VLMEVAL_RUN) / name.name)
+    return root
+
+
+def test_vlmevalkit_mme_score_file():
+    metrics = read_vlmevalkit_csv(FIXTURES / "vlmevalkit" / "csr_MME_score.csv", "MME")
+    assert metrics["MME/perception"] == pytest.approx(sum(metrics[f"MME/{c}"] for c in (
+        "OCR", "artwork", "celebrity", "color", "count", "existence", "landmark", "position", "posters", "scene")))
+    assert metrics["MME/perception"] == 1150.0 and metrics["MME/reasoning"] == 650.0
+    assert metrics["MME/existence"] == 200.0 and metrics["MME/count"] == 0.0 and len(metrics) == 16
+
+
+def test_vlmevalkit_results_by_dataset_and_split(tmp_path):
+    metrics = read_vlmevalkit(_vlmeval_tree(tmp_path), ["MME", "POPE", "MMBench_DEV_EN"])
+    # POPE: rows per split, F1 as `Overall`; 7 of 8 made-up answers right (record_vlmevalkit.py)
+    assert metrics["POPE/Overall/acc"] == pytest.approx(87.5)
+    assert metrics["POPE/random/Overall"] == pytest.approx(100 * 2 * 0.8 / 1.8)
+    # MMBench: report_acc's row of split dev; a column name MLflow would refuse is made safe
+    assert metrics["MMBench_DEV_EN/dev/Overall"] == pytest.approx(4 / 6)
+    assert metrics["MMBench_DEV_EN/dev/fine-grained_perception _instance-level_"] == pytest.approx(0.75)
+    assert {k.split("/")[0] for k in metrics} == {"MME", "POPE", "MMBench_DEV_EN"}
+    assert not any("split" in k for k in metrics)  # the split column names rows; it is not a metric
+    with pytest.raises(MissingResults, match=r"dataset\(s\) \['SEEDBench_IMG'\]"):
+        read_vlmevalkit(tmp_path, ["MME", "SEEDBench_IMG"])
+
+
+# -- config -------------------------------------------------------------------------------------------
+
+
+def test_the_presets_compose_and_their_summary_columns_reach_the_table():
+    cfg = validate(compose_config())
+    for name in ("lmms_eval", "vlmevalkit"):
+        block = cfg.eval[name]
+        check_harness(name, OmegaConf.merge(block, {"executable": sys.executable}))
+    columns = summary_columns(BENCHMARKS, ["generate", "lmms_eval"], cfg.eval)
+    assert ("lmms_eval mme/mme_perception_score", "lmms_eval/mme/mme_perception_score") in columns
+    assert summary_columns(BENCHMARKS, ["generate", "lmms_eval"]) == [
+        ("generated R_I", "generate/mean_r_i"), ("generated tokens", "generate/mean_answer_tokens")]
+
+
+@pytest.mark.parametrize(("changes", "message"), [
+    ({"executable": "no-such-harness"}, "not an executable file nor found on PATH"),
+    ({"tasks": []}, "tasks' is empty"),
+    ({"args": ["--out", "{outdir}"]}, r"unknown placeholder\(s\) \['outdir'\]"),
+    ({"env": {"X": "{"}}, "literal brace"),
+    ({"args": ["{config_file}"]}, "config_file is null"),
+    ({"results": "vlmevalkit", "config_file": {"data": {"MME": {}}}}, "must be the datasets of"),
+    ({"on_failure": "ignore"}, "not one of"),
+])
+def test_a_wrong_harness_block_is_refused_naming_its_key(changes, message):
+    with pytest.raises(CSRError, match=message):
+        check_harness("lmms_eval", _block(**changes))
+
+
+def test_the_iteration_comes_from_the_run_layout(tmp_path):
+    assert iteration_of(tmp_path / "run" / "iter_2" / "eval" / "lmms_eval") == 2
+    assert iteration_of(tmp_path / "elsewhere") is None
+
+
+# -- running: no shell, failures -----------------------------------------------------------------------
+
+PRINT_ARGV = "import json, sys; print(json.dumps(sys.argv[1:])); sys.exit({code})"
+
+
+def test_the_command_is_an_argv_list_run_without_a_shell(tmp_path):
+    checkpoint = tmp_path / "my model's; $(touch pwned) `id` dir"
+    checkpoint.mkdir()
+    h = _block(args=["-c", PRINT_ARGV.format(code=0), "{checkpoint}", "{tasks}", "{device}/{dtype}", "{{x}}"],
+               tasks=["mme", "pope"])
+    with pytest.raises(HarnessFailed, match="exited 0 but its results are incomplete"):
+        run_harness("lmms_eval", h, str(checkpoint), tmp_path / "out", "cpu", "float32")
+    printed = json.loads((tmp_path / "out" / "harness.log").read_text().splitlines()[0])
+    assert printed == [str(checkpoint), "mme,pope", "cpu/float32", "{x}"]
+    assert not list(tmp_path.rglob("pwned"))
+
+
+def test_a_failing_harness_names_the_checkpoint_and_its_last_lines(tmp_path):
+    code = "import sys\nfor i in range(40): print('line', i)\nprint('Error during evaluation: no dataset mme')\nsys.exit(3)"
+    h = _block(args=["-c", code])
+    with pytest.raises(HarnessFailed) as err:
+        run_harness("lmms_eval", h, "/ckpt/iter_1/merged", tmp_path / "out", "cpu", "float32")
+    text = str(err.value)
+    assert "eval.lmms_eval on checkpoint /ckpt/iter_1/merged" in text and "exited with code 3" in text
+    assert "Error during evaluation: no dataset mme" in text and "line 39" in text and "line 20" not in text
+
+
+# -- in a run: the other evaluators' metrics are kept ----------------------------------------------------
+
+
+def _loop(tiny_models, tmp_path: Path, on_failure: str) -> Loop:
+    write_data = tiny_env(tiny_models)  # writes the tiny prompts beside the models
+    root = Path(write_data["CSR_TINY_DIR"])
+    cfg = compose_config("experiment=smoke", f"run_dir={tmp_path / 'run'}", f"model.path={tiny_models.llava}",
+                         f"reward.clip.weights={tiny_models.clip_weights}",
+                         f"reward.clip.config_json={tiny_models.clip_config}",
+                         f"data.prompt_file={root / 'data' / 'prompts.json'}", f"data.image_root={root / 'data' / 'images'}",
+                         "logger.enabled=false", "eval.evaluators=[generate,lmms_eval]", "eval.limit=2",
+                         f"eval.lmms_eval.executable={sys.executable}", f"eval.lmms_eval.on_failure={on_failure}",
+                         paths=RUN)
+    cfg.eval.lmms_eval.args = ["-c", "import sys; print('CUDA out of memory'); sys.exit(1)"]
+    return Loop(validate(cfg))
+
+
+def test_a_failing_harness_keeps_the_other_evaluators_metrics_and_stops_the_run(tiny_models, tmp_path):
+    loop = _loop(tiny_models, tmp_path, "raise")
+    with loop.open_run_dir(), pytest.raises(HarnessFailed, match="CUDA out of memory") as err:
+        loop.base_eval()
+    partial = tmp_path / "run" / "iter_0" / "eval" / "partial_metrics.json"
+    assert str(partial) in str(err.value) and f"checkpoint {tiny_models.llava}" in str(err.value)
+    assert read_json(partial)["generate/answers"] == 2
+
+
+def test_a_failing_harness_recorded_as_failed_lets_the_run_go_on(tiny_models, tmp_path):
+    loop = _loop(tiny_models, tmp_path, "record")
+    with loop.open_run_dir():
+        metrics = loop.base_eval()["eval"]
+    assert metrics["generate/answers"] == 2
+    assert metrics["lmms_eval/failed"] == 1 and "CUDA out of memory" in metrics["lmms_eval/error"]
+
+
+def test_an_iteration_outside_eval_iterations_is_not_run(tmp_path):
+    out = tmp_path / "run" / "iter_1" / "eval" / "lmms_eval"
+    cfg = OmegaConf.structured(EvalConfig)
+    cfg.lmms_eval = _block(args=["-c", "raise SystemExit(1)"], iterations=[0, 3])
+    result = BENCHMARKS["lmms_eval"].run(model=None, processor=None, scorer=None, eval_cfg=cfg, prompt_file="",
+                                         image_root="", out_dir=out, trainer_kwargs={"accelerator": "cpu"})
+    assert result["ran"] == 0 and not (out / "harness.log").exists()
+
+
+# -- the real lmms-eval ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def lmms_tasks(tmp_path_factory) -> Path:
+    return write_tasks(tmp_path_factory.mktemp("lmms_tasks"), lmms_eval_package(LMMS_EVAL))
+
+
+@needs_lmms_eval
+def test_the_real_lmms_eval_on_a_checkpoint_matches_the_recorded_run(lmms_tasks, tmp_path):
+    """The evaluator as the eval stage calls it, on the shipped ShapesWorld model: lmms-eval runs its own
+    MME task on the local fixture, and the metrics are the recorded run's."""
+    from csr.models.checkpoint import load_model
+
+    model, processor = load_model(SHAPESWORLD_LLAVA)
+    cfg = OmegaConf.structured(EvalConfig)
+    cfg.lmms_eval = harness_config(LMMS_EVAL, lmms_tasks, ["mme_local"])
+    out = tmp_path / "run" / "iter_0" / "eval" / "lmms_eval"
+    result = BENCHMARKS["lmms_eval"].run(model=model, processor=processor, scorer=None, eval_cfg=cfg, prompt_file="",
+                                         image_root="", out_dir=out, trainer_kwargs={"accelerator": "cpu"})
+    assert result["mme_local/mme_perception_score"] == RECORDED["mme_local/mme_perception_score"]
+    assert result["mme_local/n_samples"] == 12 and result["failed"] == 0
+    assert result["settings"]["checkpoint"] == SHAPESWORLD_LLAVA
+    assert "pretrained=" + SHAPESWORLD_LLAVA + ",dtype=float32,device_map=cpu" in result["settings"]["command"]
+
+
+@needs_lmms_eval
+@pytest.mark.slow
+def test_a_run_with_the_real_lmms_eval_reports_its_metrics_everywhere(tiny_models, lmms_tasks, tmp_path):
+    """`csr` with [generate, lmms_eval]: the harness's metrics of the base model and iteration 1 reach
+    metrics.json, summary.md, csr-compare and MLflow."""
+    env = tiny_env(tiny_models)
+    run_dir = tmp_path / "run"
+    run("csr", "experiment=smoke", "iterations=1", f"run_dir={run_dir}", "eval.evaluators=[generate,lmms_eval]",
+        f"eval.lmms_eval.executable={LMMS_EVAL}", "eval.lmms_eval.tasks=[mme_local]",
+        f"eval.lmms_eval.extra_args=[--include_path,{lmms_tasks}]",
+        "eval.lmms_eval.summary=[mme_local/mme_perception_score]", env=env, cwd=tmp_path)
+    key = "lmms_eval/mme_local/mme_perception_score"
+    for k in (0, 1):
+        assert isinstance(read_json(run_dir / f"iter_{k}" / "metrics.json")["eval"][key], float)
+    assert "lmms_eval mme_local/mme_perception_score" in (run_dir / "summary.md").read_text()
+    compared = run("csr-compare", str(run_dir), "--out", str(tmp_path / "cmp"), env=env).stdout
+    assert f"eval/{key}" in (tmp_path / "cmp" / "comparison.csv").read_text() or f"eval/{key}" in compared
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{run_dir / 'mlflow.db'}")
+    parent = read_json(run_dir / "mlflow_runs.json")["parent"]
+    history = client.get_metric_history(parent, f"eval/{key}")
+    assert sorted(m.step for m in history) == [0, 1]
