@@ -270,7 +270,9 @@ class Loop:
     def stop_early(self, k: int) -> bool:
         """With eval.select.patience: whether iterations up to k have spent it (every rank the same answer)."""
         s = self.cfg.eval.select
-        values = self.selection_values(k) if self.selecting and is_global_zero() else {}
+        if s is None:
+            return False
+        values = self.selection_values(k) if is_global_zero() else {}
         spent = rank_zero_value(patience_spent(values, s.mode, s.patience))
         if spent and is_global_zero():
             best = best_iteration(values, s.mode)
