@@ -30,7 +30,7 @@ from models import PROMPTS, build_model, build_processor, load_spec, write_image
 
 # (section, model, seconds it may take on an H100), in the order they run: what matters most first.
 PLAN = [("search", "llava", 130), ("zero2", "llava", 80), ("search", "qwen", 130), ("zero2", "qwen", 80),
-        ("compare", "llava", 100), ("merge", None, 70), ("compare", "qwen", 100)]
+        ("compare", "llava", 90), ("merge", None, 90), ("compare", "qwen", 90)]
 MIN_SECONDS = 40  # a section is not started with less time left
 PAIRS, ANSWER_SENTENCES = 4, 14  # DPO: 4 pairs (one step each), answers of ~130 tokens
 MERGE_LAYERS = 2  # the merge check's decoder layers (full width): a 7B float32 merge alone would take minutes
@@ -41,8 +41,11 @@ def environment() -> dict:
     import pytorch_lightning
     import transformers
 
-    env = {"python": platform.python_version(), "torch": torch.__version__, "cuda": torch.version.cuda,
-           "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+    # nvidia-smi, not torch: this process stays off the GPU (the sections' processes use it)
+    smi = shutil.which("nvidia-smi")
+    gpu = subprocess.run([smi, "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader"],
+                         capture_output=True, text=True).stdout.strip() if smi else None
+    env = {"python": platform.python_version(), "torch": torch.__version__, "cuda": torch.version.cuda, "gpu": gpu,
            "transformers": transformers.__version__, "peft": peft.__version__, "lightning": pytorch_lightning.__version__}
     for name in ("deepspeed", "trl"):
         try:
@@ -194,6 +197,7 @@ def main() -> None:
     parser.add_argument("--budget-s", type=float, default=510.0, help="the whole check's wall-clock limit")
     parser.add_argument("--work", type=Path, default=None, help="models and data (default DIR/work, removed after)")
     parser.add_argument("--keep-work", action="store_true")
+    parser.add_argument("--isolate", action="store_true", help="the dry run's sections in processes too, as on a GPU")
     parser.add_argument("--child", nargs=2, metavar=("SECTION", "MODEL"), help=argparse.SUPPRESS)
     a = parser.parse_args()
     a.out = a.out.resolve()
@@ -227,11 +231,11 @@ def main() -> None:
             results["sections"][key] = {"skipped": f"time budget: {left:.0f} s left of {a.budget_s:.0f}"}
             continue
         t0, status = time.time(), "ran"
-        if a.cpu_dry_run:
+        if a.cpu_dry_run and not a.isolate:
             run_section(a, section, model)
         else:
             cmd = [sys.executable, __file__, "--out", str(a.out), "--work", str(a.work), "--models", ",".join(a.models),
-                   "--child", section, model or "-"]
+                   *(["--cpu-dry-run"] if a.cpu_dry_run else []), "--child", section, model or "-"]
             try:
                 rc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, timeout=min(seconds, left)).returncode
                 status = "ran" if rc == 0 else f"exit {rc}"

@@ -22,14 +22,15 @@ _LIBC = ctypes.CDLL("libc.so.6")
 def compose_cfg(preset: str, model_dir: Path, work: Path, dry: bool, overrides: list[str] = ()):
     """The paper's LLaVA-1.5-7B experiment (beam 5, K 5, LoRA r128/a256, ZeRO-2 bf16) on `preset`'s
     model (conf/model/<preset>.yaml), shortened where the check has no time for the paper's length:
-    3 sentences of at most 24 tokens, 4 prompts a batch, 4 DPO pairs each an optimizer step. Pruning
+    3 sentences of at most 24 tokens, 4 prompts a batch, 4 DPO pairs each an optimizer step, one
+    device (the preset's -1 would also make the reference pass a one-rank DDP). Pruning
     by the LM score (R_T): CLIP's cost is not what this check measures. The dry run: the CPU trainer,
     float32, sentences of 8 tokens."""
     base = ["experiment=paper_llava15_7b", f"model={preset}", f"model.path={model_dir}", f"run_dir={work}/run",
             "logger.tracking_uri=null", "reward.clip.weights=/unused", f"data.prompt_file={work}/prompts.json",
             f"data.image_root={work}/images", "search.prune_by=lm", "search.max_sentences=3",
             f"search.max_new_tokens_per_sentence={8 if dry else 24}", "search.prompts_per_batch=4",
-            "dpo.grad_accumulation=1"]
+            "dpo.grad_accumulation=1", "trainer.devices=1"]
     if dry:
         base += ["trainer=cpu", "model.dtype=float32"]
     return plan_cli.compose([*base, *overrides])

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 from measure import against_plan, planned, timed
+from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile, schedule
 
 from csr.reward.scores import text_score
@@ -150,10 +151,13 @@ def host_share(model, engine, prompts, images, keys, rows: list[int], active: in
     events = prof.events()
     steps = sorted((e for e in events if e.name.startswith("ProfilerStep")), key=lambda e: e.time_range.start)[1:]
     wall_us = device_us = 0.0
-    for step in steps:  # an op's kernels count in the step that launched them
+    # A host op carries the kernels it launched (the kernels are also events of their own: not counted
+    # again); they count in the step that launched them.
+    ops = [e for e in events if e.device_type == DeviceType.CPU and not e.name.startswith("ProfilerStep")]
+    for step in steps:
         wall_us += step.time_range.elapsed_us()
-        device_us += sum(e.self_device_time_total for e in events if not e.name.startswith("ProfilerStep")
-                         and step.time_range.start <= e.time_range.start < step.time_range.end)
+        device_us += sum(e.self_device_time_total for e in ops
+                         if step.time_range.start <= e.time_range.start < step.time_range.end)
     n = max(len(steps), 1)
     return {"rows": widest, "steps": len(steps), "step_ms": wall_us / n / 1e3, "gpu_busy_ms": device_us / n / 1e3,
             "host_share": 1 - min(device_us / wall_us, 1.0) if wall_us else None,
