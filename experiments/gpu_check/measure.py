@@ -59,6 +59,7 @@ class PeakMeter:
     def __init__(self):
         self.cuda = torch.cuda.is_available()
         self.base = self.host = _rss()
+        self.gpu_base = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._sample, daemon=True)
         self._thread.start()
@@ -75,12 +76,15 @@ class PeakMeter:
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats()
         self.base = self.host = _rss()
+        # what an earlier part of the section still holds counts in the next peak: recorded beside it
+        self.gpu_base = torch.cuda.memory_allocated() if self.cuda else None
 
     def read(self) -> dict:
         if self.cuda:
             torch.cuda.synchronize()
         self.host = max(self.host, _rss())
         return {"gpu_gib": round(torch.cuda.max_memory_allocated() / GIB, 3) if self.cuda else None,
+                "gpu_at_reset_gib": None if self.gpu_base is None else round(self.gpu_base / GIB, 3),
                 "host_gib": round(self.host / GIB, 3), "host_rise_gib": round((self.host - self.base) / GIB, 3)}
 
     def close(self) -> None:
