@@ -11,6 +11,7 @@ import torch
 from omegaconf import OmegaConf
 from peft import PeftModel
 from peft.tuners.lora.layer import Linear as LoraLinear
+from rank_wait import rank_after_a_long_stage
 from safetensors.torch import load_file
 
 from csr.data.tiny import write_tiny_prompts
@@ -165,6 +166,7 @@ def test_float32_merge_writes_what_the_old_merge_wrote(tiny_models, tmp_path):
     saved = load_file(d / "merged" / "model.safetensors")
     assert all(torch.equal(saved[k], v) for k, v in old.state_dict().items() if k in saved)
     assert stats["save_dtype"] == "float32" and stats["update/lost_fraction_saved"] == 0.0
+    assert stats["device"] == "cpu"  # loaded, merged and checked on the CPU: trainer.accelerator=cpu
 
 
 def test_a_wrong_merge_is_refused_and_not_saved(tiny_models, tmp_path, monkeypatch):
@@ -179,3 +181,43 @@ def test_a_wrong_merge_is_refused_and_not_saved(tiny_models, tmp_path, monkeypat
         run_merge(tiny_models.llava, d, OmegaConf.create({"family": "llava", "dtype": "float32", "attn_implementation": "sdpa"}),
                   "cpu", images)
     assert not (d / "merged").exists()
+
+
+# -- where the merge runs, and the other ranks' wait ------------------------------------------------
+
+GIB = 1 << 30
+
+
+def test_merge_goes_to_the_gpu_only_when_it_fits(monkeypatch, caplog):
+    from csr import merge
+
+    assert merge.merge_device("cpu", 1) == "cpu"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda: (70 * GIB, 80 * GIB))  # 10 GiB already in use
+    assert merge.merge_device("cpu", 1) == "cpu"  # trainer=cpu: never the GPU
+    assert merge.merge_device("gpu", 62 * GIB) == "cuda"  # 10 + 62 = 72 GiB: 90% of 80
+    assert merge.merge_device("gpu", 63 * GIB) == "cpu"  # a float32 13B (55 GiB) with its check beside a full GPU
+    assert "merging and checking on the CPU" in caplog.text
+
+
+def test_check_bytes_counts_the_float32_model_and_its_forward(tiny_models):
+    from csr.merge import check_bytes
+
+    model, _ = load_model(tiny_models.llava)
+    weights = sum(p.numel() for p in model.parameters()) * 4
+    assert check_bytes(model, None) == weights
+    assert check_bytes(model, {"input_ids": torch.zeros(8, 40, dtype=torch.long)}) > weights
+
+
+def test_other_ranks_outwait_a_stage_longer_than_the_group_timeout(tmp_path):
+    """A plain barrier here fails after the group's 10 s ("Timed out waiting"); rank_zero_done waits.
+    The ranks run tests/rank_wait.py, a small module, so that spawning them imports little."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.start_processes(rank_after_a_long_stage, args=(port, str(tmp_path)), nprocs=2, start_method="spawn")
+    assert (tmp_path / "rank0").read_text() == (tmp_path / "rank1").read_text() == "done"
