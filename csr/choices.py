@@ -25,3 +25,9 @@ POPE_PARSERS = ("official", "robust")  # official: POPE's evaluate.py; robust: c
 # data.shapesworld.split (or null: no world) and eval.shapesworld.split: csr/worlds/shapesworld/splits.py SPLIT_SEEDS
 SHAPESWORLD_SPLITS = ("csr", "val", "test", "fresh")
 SELECT_MODES = ("min", "max")  # select.mode: is the selection metric better lower (CHAIR) or higher (recall, F1)
+
+# trainer.precision: Lightning's names csr runs under (README "Scale-out"); trainer.accelerator: cpu,
+# or gpu / cuda (NVIDIA), or auto; model.attn_implementation: transformers' kernels, null = its default.
+PRECISIONS = ("32-true", "bf16-mixed", "bf16-true", "16-mixed", "16-true")
+ACCELERATORS = ("cpu", "gpu", "cuda", "auto")
+ATTN_IMPLEMENTATIONS = ("eager", "sdpa", "flash_attention_2", "flash_attention_3", "flex_attention", None)

@@ -14,6 +14,8 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import InterpolationResolutionError, OmegaConfBaseException
 
 from csr.choices import (
+    ACCELERATORS,
+    ATTN_IMPLEMENTATIONS,
     CALIBRATIONS,
     CHAIR_VARIANTS,
     DECODING_STRATEGIES,
@@ -26,6 +28,7 @@ from csr.choices import (
     PAIR_FILTERS,
     PAIR_RULES,
     POPE_PARSERS,
+    PRECISIONS,
     PRUNE_BY,
     REFERENCE_CLEANS,
     SCHEDULERS,
@@ -36,6 +39,8 @@ from csr.errors import CSRError
 from csr.selection import check_selection
 from csr.tracking import sqlite_uri
 
+# logger.tracking_uri: the MLflow stores csr can open (a typo'd scheme would fail deep inside MLflow)
+TRACKING_SCHEMES = ("sqlite:///", "http://", "https://", "file:", "databricks", "postgresql", "mysql", "mssql")
 ASSETS = Path(__file__).resolve().parent / "assets"
 # ${asset:shapesworld/llava} -> the shipped checkpoint inside the package, wherever csr runs from.
 OmegaConf.register_new_resolver("asset", lambda name: str(ASSETS / name), replace=True)
@@ -337,6 +342,9 @@ _CHOICES = {
     "dpo.reference": DPO_REFERENCES,
     "data.shapesworld.split": (*SHAPESWORLD_SPLITS, None),
     "eval.shapesworld.split": SHAPESWORLD_SPLITS,
+    "trainer.precision": PRECISIONS,
+    "trainer.accelerator": ACCELERATORS,
+    "model.attn_implementation": ATTN_IMPLEMENTATIONS,
 }
 
 # key -> (predicate, what must hold)
@@ -393,7 +401,8 @@ def validate(cfg: DictConfig) -> DictConfig:
         typed = OmegaConf.merge(OmegaConf.structured(RootConfig), cfg)
     except OmegaConfBaseException as err:
         key = getattr(err, "full_key", None) or "?"
-        raise CSRError(f"config key {key!r}: {err.msg if hasattr(err, 'msg') else err}") from None
+        reason = str(err.msg if hasattr(err, "msg") else err).splitlines()[0]  # OmegaConf appends full_key, types
+        raise CSRError(f"config key {key!r}: {reason}") from None
     try:  # every interpolation now, naming its key: an unset ${oc.env:VAR} would fail somewhere later
         OmegaConf.to_container(typed, resolve=True)
     except InterpolationResolutionError as err:
@@ -415,6 +424,13 @@ def validate(cfg: DictConfig) -> DictConfig:
         if not ok(value):
             raise CSRError(f"config key {key!r}: {value!r} must be {rule}")
     search = typed.search
+    if search.keep_top + search.keep_bottom == 0:
+        raise CSRError("config keys 'search.keep_top' + 'search.keep_bottom' are both 0: the first pruning would "
+                       "keep no sentence and the run would train on nothing; keep at least one (e.g. search.keep_top=1)")
+    uri = typed.logger.tracking_uri
+    if typed.logger.enabled and uri and not uri.startswith(TRACKING_SCHEMES):
+        raise CSRError(f"config key 'logger.tracking_uri': {uri!r} is not an MLflow store csr can use (one of "
+                       f"{', '.join(s + '...' for s in TRACKING_SCHEMES)}), or null for a store in the run directory")
     if search.keep_top + search.keep_bottom > search.beam_width:
         raise CSRError(
             f"config keys 'search.keep_top' + 'search.keep_bottom' ({search.keep_top} + {search.keep_bottom})"

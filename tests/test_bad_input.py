@@ -18,6 +18,7 @@ from bad_input_clip import CASES as CLIP_CASES
 from bad_input_dpo import CASES as DPO_CASES
 from bad_input_rundir import CASES as RUNDIR_CASES
 from bad_input_runtime import CASES as RUNTIME_CASES
+from bad_input_security import CASES as SECURITY_CASES
 from compose_config import compose_config
 from PIL import Image
 from scratch_prompts import Ctx
@@ -179,6 +180,7 @@ CASES: dict[tuple[str, str], Callable[[Ctx], object]] = {
     **DPO_CASES,
     **RUNDIR_CASES,
     **RUNTIME_CASES,
+    **SECURITY_CASES,
 }
 # What each error must name besides the problem, so a user can find it.
 NAMES = {"prompt file": "prompts.json", "image": ".png", "config": "'"}

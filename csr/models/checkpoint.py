@@ -50,18 +50,25 @@ def load_model(
         raise CSRError(f"model.path={path!r}: model.family={family} expects a {' or '.join(fam.model_types)} "
                        f"checkpoint, found model_type={found!r}{hint}")
     try:
-        model = fam.model_class.from_pretrained(
+        model, loading = fam.model_class.from_pretrained(
             path,
             dtype=DTYPES[dtype],
             attn_implementation=attn_implementation,
             local_files_only=True,
             trust_remote_code=False,
+            output_loading_info=True,
         )
         processor = AutoProcessor.from_pretrained(path, local_files_only=True, trust_remote_code=False)
     except OSError as err:  # config present but weights or processor files missing
         raise CSRError(f"model.path={path!r}: incomplete checkpoint: {err}") from err
     except SafetensorError as err:  # e.g. a merged model cut short by a full disk or a copy
         raise CSRError(_corrupt_weights(path, err)) from None
+    except RuntimeError as err:  # a tensor of another shape than the config gives it
+        if "ignore_mismatched_sizes" not in str(err) and "size mismatch" not in str(err):
+            raise
+        raise CSRError(f"model.path={path!r}: a weight in the checkpoint has another shape than config.json gives "
+                       "it (transformers' load report above names it): another model's weights, or a damaged copy") from None
+    _check_weights(path, loading)
     # Batched generation appends new tokens on the right, so prompts must be padded on the left.
     processor.tokenizer.padding_side = "left"
     problems = fam.processor_problems(model, processor)
@@ -70,6 +77,19 @@ def load_model(
     model.to(device)
     model.eval()
     return model, processor
+
+
+def _check_weights(path: str, loading: dict[str, Any]) -> None:
+    """Every weight the model has must come from the checkpoint, and every tensor in it must be used:
+    transformers fills a missing one with random values and only reports it. Tied weights (lm_head to
+    the embeddings) are not reported missing."""
+    for kind, what in (("missing_keys", "missing from"), ("unexpected_keys", "not used by the model in"),
+                       ("mismatched_keys", "of another shape in")):
+        keys = sorted(str(k if isinstance(k, str) else k[0]) for k in loading.get(kind) or ())
+        if keys:
+            shown = ", ".join(keys[:5]) + (f" and {len(keys) - 5} more" if len(keys) > 5 else "")
+            raise CSRError(f"model.path={path!r}: {len(keys)} weight(s) {what} the checkpoint: {shown}; it is "
+                           "not the checkpoint config.json describes (another model, or a damaged copy)")
 
 
 def _corrupt_weights(path: str, err: Exception) -> str:

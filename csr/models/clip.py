@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from open_clip.transformer import text_global_pool
 from PIL import Image
+from safetensors import SafetensorError
 from safetensors.torch import save_file
 
 from csr.errors import CSRError
@@ -121,6 +122,9 @@ def load_clip(
         raise CSRError(
             f"reward.clip.weights={weights!r} do not match architecture reward.clip.arch={arch!r}: {err}"
         ) from err
+    except SafetensorError as err:  # cut short by a copy or a full disk
+        raise CSRError(f"reward.clip.weights={weights!r}: truncated or corrupt safetensors file ({err}): copy it "
+                       "again") from None
     model.eval()
     # Custom configs name no HF tokenizer, so this is open_clip's bundled BPE (no network needed).
     tokenizer = open_clip.get_tokenizer(arch)

@@ -1,0 +1,176 @@
+"""Troubleshooting-table cases for files that travel between people (issue 28): a run directory's saved
+config, CLIP config files, image formats, output directories csr would replace, checkpoints whose
+weights do not fit their config, and config values that used to pass. Merged into
+tests/test_bad_input.py's CASES; tests/test_security.py holds the payload tests behind them."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from compose_config import compose_config
+from omegaconf import OmegaConf
+from safetensors.torch import load_file, save_file
+
+from csr.cli import check_config
+from csr.config import validate
+from csr.inspect.site import write_site
+from csr.models.checkpoint import load_model
+from csr.models.clip import load_clip
+from csr.models.tiny import claim_out_dir
+from csr.reproduce import check_target, stage_source
+from csr.run_dir import read_changes, read_saved_config
+
+if TYPE_CHECKING:
+    from scratch_prompts import Ctx
+
+
+def _saved(ctx: Ctx, edit: Callable[[dict], object] | None = None, text: str | None = None) -> Path:
+    """A run's config.yaml as csr writes it, then edited (or replaced by `text`); read as csr reads it."""
+    path = ctx.tmp / "run" / "config.yaml"
+    path.parent.mkdir()
+    saved = OmegaConf.to_container(compose_config(), resolve=True)
+    if edit is not None:
+        edit(saved)
+    path.write_text(text if text is not None else OmegaConf.to_yaml(OmegaConf.create(saved)))
+    return read_saved_config(path)
+
+
+def _changes(ctx: Ctx, entries: object) -> object:
+    (ctx.tmp / "config_changes.json").write_text(json.dumps(entries))
+    return read_changes(ctx.tmp)
+
+
+def _clip_config(ctx: Ctx, edit: Callable[[dict], object] | None = None, raw: str | None = None) -> object:
+    path = ctx.tmp / "evil-clip.json"
+    config = json.loads(Path(ctx.tiny.clip_config).read_text())
+    if edit is not None:
+        edit(config)
+    path.write_text(raw if raw is not None else json.dumps(config))
+    return load_clip("evil-clip", "random", str(path))
+
+
+def _truncated_clip(ctx: Ctx) -> object:
+    weights = ctx.tmp / "clip.safetensors"
+    shutil.copy(ctx.tiny.clip_weights, weights)
+    os.truncate(weights, weights.stat().st_size // 2)
+    return load_clip(ctx.tiny.clip_arch, str(weights), ctx.tiny.clip_config)
+
+
+def _eps(ctx: Ctx) -> object:
+    (ctx.images / "eps.png").write_bytes(b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 8 8\n%%EOF\n")
+    return ctx.image("eps.png")
+
+
+def _run_with_iteration(ctx: Ctx) -> Path:
+    (ctx.tmp / "run" / "iter_0").mkdir(parents=True)
+    return ctx.tmp / "run"
+
+
+def _inspect_into(ctx: Ctx, target: str) -> object:
+    run_dir = _run_with_iteration(ctx)
+    (ctx.tmp / "folder").mkdir()
+    (ctx.tmp / "folder" / "notes.txt").write_text("mine")
+    out = {"folder": ctx.tmp / "folder", "run": run_dir, "file": ctx.tmp / "folder" / "notes.txt"}[target]
+    return write_site(run_dir, out)
+
+
+def _weights(ctx: Ctx, change: Callable[[dict], object]) -> object:
+    model = ctx.tmp / "model"
+    shutil.copytree(ctx.tiny.llava, model)
+    weights = load_file(model / "model.safetensors")
+    change(weights)
+    save_file(weights, model / "model.safetensors", metadata={"format": "pt"})
+    return load_model(str(model))
+
+
+def _drop(weights: dict) -> None:
+    del weights[next(k for k in sorted(weights) if "down_proj" in k)]
+
+
+def _add(weights: dict) -> None:
+    weights["extra.weight"] = next(iter(weights.values())).clone()
+
+
+def _reshape(weights: dict) -> None:
+    key = next(k for k in sorted(weights) if "down_proj" in k)
+    weights[key] = weights[key][:, :-1].contiguous()
+
+
+def _not_empty(ctx: Ctx) -> None:
+    (ctx.tmp / "folder").mkdir()
+    (ctx.tmp / "folder" / "notes.txt").write_text("mine")
+
+
+def _make_tiny_into(ctx: Ctx) -> object:
+    _not_empty(ctx)
+    return claim_out_dir(ctx.tmp / "folder")
+
+
+def _make_tiny_onto_file(ctx: Ctx) -> object:
+    (ctx.tmp / "file").write_text("mine")
+    return claim_out_dir(ctx.tmp / "file")
+
+
+def _reproduce_into(ctx: Ctx) -> object:
+    _not_empty(ctx)
+    return check_target(ctx.tmp / "folder")
+
+
+def _reproduce_from(ctx: Ctx) -> object:
+    (ctx.tmp / "source").mkdir()
+    (ctx.tmp / "staging").mkdir()
+    return stage_source(str(ctx.tmp / "source"), [], "sqlite:///x.db", ctx.tmp / "staging")
+
+
+def _config(*overrides: str) -> Callable[[Ctx], object]:
+    return lambda ctx: check_config(compose_config(*overrides))
+
+
+def _put(key: str, value: object) -> Callable[[dict], None]:
+    def edit(saved: dict) -> None:
+        *parents, leaf = key.split(".")
+        for part in parents:
+            if not isinstance(saved.get(part), dict):
+                saved[part] = {}
+            saved = saved[part]
+        saved[leaf] = value
+    return edit
+
+
+CASES: dict[tuple[str, str], Callable[[Ctx], object]] = {
+    ("run config.yaml", "a hydra: section (callbacks, launchers)"): lambda ctx: _saved(ctx, _put("hydra.callbacks.x._target_", "builtins.open")),
+    ("run config.yaml", "_target_ or another key csr does not know"): lambda ctx: _saved(ctx, _put("trainer.deepspeed._target_", "torch.load")),
+    ("run config.yaml", "a key missing that no recorded upgrade explains"): lambda ctx: _saved(ctx, lambda s: s.pop("search")),
+    ("run config.yaml", "not valid YAML"): lambda ctx: _saved(ctx, text="search: [unclosed\n"),
+    ("run config.yaml", "an interpolation ${...}"): lambda ctx: _saved(ctx, _put("model.path", "${oc.env:HOME}")),
+    ("config_changes.json", "names a file outside the run directory"): lambda ctx: _changes(ctx, [{"config": "../../x.yaml", "changes": {}, "finished": []}]),
+    ("config_changes.json", "not a list of changes"): lambda ctx: _changes(ctx, {"config": "config.1.yaml"}),
+    ("CLIP config_json", "a hub model or tokenizer, or trust_remote_code"): lambda ctx: _clip_config(ctx, lambda c: c["text_cfg"].update(hf_tokenizer_name="org/tok")),
+    ("CLIP config_json", "not JSON"): lambda ctx: _clip_config(ctx, raw="{not json"),
+    ("CLIP config_json", "not an open_clip model config"): lambda ctx: _clip_config(ctx, raw="[1, 2]"),
+    ("CLIP weights", "truncated safetensors file"): _truncated_clip,
+    ("image", "EPS, PDF or another format outside csr's list"): _eps,
+    ("csr-inspect --out", "a non-empty folder it did not write"): lambda ctx: _inspect_into(ctx, "folder"),
+    ("csr-inspect --out", "the run directory or a folder holding it"): lambda ctx: _inspect_into(ctx, "run"),
+    ("csr-inspect --out", "a file"): lambda ctx: _inspect_into(ctx, "file"),
+    ("csr-inspect", "a directory without iter_<k>/"): lambda ctx: write_site(ctx.tmp),
+    ("csr-make-tiny", "a non-empty folder it did not make"): _make_tiny_into,
+    ("csr-make-tiny", "a file"): _make_tiny_onto_file,
+    ("csr-reproduce --run-dir", "a non-empty folder"): _reproduce_into,
+    ("csr-reproduce", "a source without config.yaml"): _reproduce_from,
+    ("checkpoint", "a weight missing"): lambda ctx: _weights(ctx, _drop),
+    ("checkpoint", "a tensor the model does not use"): lambda ctx: _weights(ctx, _add),
+    ("checkpoint", "a tensor of another shape"): lambda ctx: _weights(ctx, _reshape),
+    ("config", "trainer.precision unknown"): _config("trainer.precision=bogus"),
+    ("config", "trainer.accelerator unknown (tpu)"): _config("trainer.accelerator=tpu"),
+    ("config", "model.attn_implementation unknown"): _config("model.attn_implementation=bogus"),
+    ("config", "seed 1e20"): _config("seed=1e20"),
+    ("config", "logger.tracking_uri of another scheme"): _config("logger.tracking_uri=bogus://x"),
+    ("config", "search.keep_top and search.keep_bottom both 0"): lambda ctx: validate(
+        compose_config("search.keep_top=0", "search.keep_bottom=0")),
+}
