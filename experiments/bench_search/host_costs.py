@@ -7,7 +7,7 @@
 - attention: one shared-prefix attention call of one layer (4 prompts x 15 rows, or 12 runs of 5 rows
   alternating between the prompts, one new token each): the ops it dispatches that are not views (on a
   GPU each is at least one kernel launch) and its time with small tensors, where the time is the host's
-  (with the mid model's tensors the arithmetic shows too);
+  (with the mid model's tensors the arithmetic shows too), and with Qwen2.5-VL-7B's grouped heads;
 - decode step: `decode_sentences` for 60 rows on a stub model that returns stored logits (32064-entry
   vocabulary): the time per step of everything but the model (token choice, bookkeeping, copies).
 Prints one JSON line; it uses only what both engine versions share (kv.assemble, decode_sentences).
@@ -51,18 +51,21 @@ def _best_ms(fn, repeats: int) -> float:
     return best * 1e3
 
 
-def attention(heads: int, dim: int, lp: int, prompt_rows: list[int], repeats: int = 200) -> dict:
-    """Ops and best time of one attention call of one layer for rows continuing `prompt_rows` (5 each)."""
+def attention(heads: int, dim: int, lp: int, prompt_rows: list[int], repeats: int = 200, kv_heads: int | None = None,
+              own: int = 20) -> dict:
+    """Ops and best time of one attention call of one layer for rows continuing `prompt_rows` (5 each), each
+    row with `own` tokens of its own before the new one; `kv_heads` < `heads`: grouped-query attention."""
+    kv_heads = kv_heads or heads
     torch.manual_seed(0)
     prefix = DynamicCache()
-    prefix.update(torch.randn(4, heads, lp, dim), torch.randn(4, heads, lp, dim), 0)
-    answer = [[[(torch.randn(heads, 20, dim), torch.randn(heads, 20, dim))]] for _ in prompt_rows]  # 1 segment, 1 layer
-    cache = kv.assemble(prefix, prompt_rows, answer, K, 20, spare=4)
+    prefix.update(torch.randn(4, kv_heads, lp, dim), torch.randn(4, kv_heads, lp, dim), 0)
+    answer = [[[(torch.randn(kv_heads, own, dim), torch.randn(kv_heads, own, dim))]] for _ in prompt_rows]  # 1 segment, 1 layer
+    cache = kv.assemble(prefix, prompt_rows, answer, K, own, spare=4)
     rows = len(prompt_rows) * K
-    key, value = cache.layers[0].update(torch.randn(rows, heads, 1, dim), torch.randn(rows, heads, 1, dim))
+    key, value = cache.layers[0].update(torch.randn(rows, kv_heads, 1, dim), torch.randn(rows, kv_heads, 1, dim))
     query = torch.randn(rows, 1, heads, dim).transpose(1, 2)
-    mask = torch.ones(rows, 1, 1, lp + 21, dtype=torch.bool)
-    module = SimpleNamespace(layer_idx=0, num_key_value_groups=1)
+    mask = torch.ones(rows, 1, 1, lp + own + 1, dtype=torch.bool)
+    module = SimpleNamespace(layer_idx=0, num_key_value_groups=heads // kv_heads)
 
     def call():
         kv._shared_prefix_attention(module, query, key, value, mask, scaling=dim**-0.5)
@@ -120,6 +123,7 @@ def main() -> None:
     runs_of_one_prompt = [0, 1, 2, 3] * 3  # 12 nodes; consecutive nodes of one prompt form one run
     if args.tiny:
         print(json.dumps({"attention_small_12_runs": attention(2, 8, 16, runs_of_one_prompt, repeats=1),
+                          "attention_grouped": attention(6, 8, 16, runs_of_one_prompt, repeats=1, kv_heads=2),
                           "decode_step": decode_step(steps=2, repeats=1)}))
         return
     out = {
@@ -127,6 +131,8 @@ def main() -> None:
         "attention_mid_12_runs": attention(8, 64, 600, runs_of_one_prompt),
         "attention_small_4_runs": attention(2, 8, 16, sorted(runs_of_one_prompt)),
         "attention_small_12_runs": attention(2, 8, 16, runs_of_one_prompt),
+        # Qwen2.5-VL-7B's heads (28 query heads, 4 key/value heads of 128), 600-token prefix, rows 128 tokens in
+        "attention_qwen7b_heads_12_runs": attention(28, 128, 600, runs_of_one_prompt, repeats=10, kv_heads=4, own=128),
         "decode_step": decode_step(),
     }
     print(json.dumps(out))
