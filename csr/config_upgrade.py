@@ -10,7 +10,19 @@ run runs as it ran, and resuming it under today's default is a config change lik
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 from typing import Any
+
+from omegaconf import OmegaConf
+
+
+def _harness_preset(name: str) -> dict[str, Any]:
+    """conf/eval/harness/<name>.yaml as today's config holds it. Before the harness evaluators no harness
+    ran, and a block that eval.evaluators does not name does nothing: an old run reads as one with
+    today's block, so it resumes without a change."""
+    path = Path(__file__).resolve().parent.parent / "conf" / "eval" / "harness" / f"{name}.yaml"
+    return OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+
 
 RENAMED = (
     # ShapesWorld's settings became blocks of their own (csr/worlds/shapesworld/, 2026-12)
@@ -29,6 +41,8 @@ ADDED = (
     # no iteration was selected (2026-12): every iteration ran, the last one stood for the run
     ("eval.select", None),
     ("pairs.reference_clean", "short"),  # the reference rule dropped only sentences under 4 characters (2026-12)
+    ("eval.lmms_eval", _harness_preset("lmms_eval")),  # external harnesses (csr/eval/harness.py, 2026-12)
+    ("eval.vlmevalkit", _harness_preset("vlmevalkit")),
 )
 
 

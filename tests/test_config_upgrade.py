@@ -8,7 +8,7 @@ from compose_config import compose_config
 from omegaconf import OmegaConf
 
 from csr.config import validate
-from csr.config_upgrade import upgrade
+from csr.config_upgrade import _harness_preset, upgrade
 from csr.errors import CSRError
 from csr.reproduce import _upgrade_configs
 from csr.run_dir import check_resume
@@ -18,7 +18,9 @@ BEFORE = {"data": {"shapesworld_root": "/sw", "shapesworld_split": "csr", "shape
 AFTER = {"data": {"shapesworld": {"root": "/sw", "split": "csr", "size": 1000}, "limit": 200},
          "eval": {"shapesworld": {"root": "/sw", "split": "val", "pope_images": 40}, "limit": 500,
                   "temperature": 0.0, "sample_seed": 0,  # evaluations were greedy before the keys
-                  "select": None}}  # and no iteration was selected
+                  "select": None,  # and no iteration was selected
+                  # and no harness ran: today's inert blocks (csr/eval/harness.py)
+                  "lmms_eval": _harness_preset("lmms_eval"), "vlmevalkit": _harness_preset("vlmevalkit")}}
 
 
 def test_renamed_keys_move_to_their_blocks():

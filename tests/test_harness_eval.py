@@ -31,6 +31,7 @@ from csr.eval.harness_results import (
 from csr.eval.registry import BENCHMARKS, summary_columns
 from csr.io import read_json
 from csr.loop import Loop
+from csr.run_dir import check_resume
 
 FIXTURES = Path(__file__).parent / "fixtures" / "harness"
 SHAPESWORLD_LLAVA = str(ASSETS / "shapesworld" / "llava")
@@ -138,6 +139,14 @@ def test_the_presets_compose_and_their_summary_columns_reach_the_table():
 def test_a_wrong_harness_block_is_refused_naming_its_key(changes, message):
     with pytest.raises(CSRError, match=message):
         check_harness("lmms_eval", _block(**changes))
+
+
+def test_a_run_saved_before_the_harness_blocks_resumes_without_a_change(tmp_path):
+    text = OmegaConf.to_yaml(compose_config(), resolve=True)
+    saved = OmegaConf.to_container(OmegaConf.create(text))
+    del saved["eval"]["lmms_eval"], saved["eval"]["vlmevalkit"]  # as csr wrote it before the keys
+    (tmp_path / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(saved)))
+    assert check_resume(tmp_path, text, []) == {}
 
 
 def test_the_iteration_comes_from_the_run_layout(tmp_path):
@@ -256,11 +265,11 @@ def test_a_run_with_the_real_lmms_eval_reports_its_metrics_everywhere(tiny_model
     for k in (0, 1):
         assert isinstance(read_json(run_dir / f"iter_{k}" / "metrics.json")["eval"][key], float)
     assert "lmms_eval mme_local/mme_perception_score" in (run_dir / "summary.md").read_text()
-    compared = run("csr-compare", str(run_dir), "--out", str(tmp_path / "cmp"), env=env).stdout
-    assert f"eval/{key}" in (tmp_path / "cmp" / "comparison.csv").read_text() or f"eval/{key}" in compared
+    run("csr-compare", str(run_dir), "--out", str(tmp_path / "cmp"), env=env)
+    assert f"eval/{key}" in (tmp_path / "cmp" / "comparison.csv").read_text().splitlines()[0]
     from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(tracking_uri=f"sqlite:///{run_dir / 'mlflow.db'}")
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")  # the store of csr's cwd
     parent = read_json(run_dir / "mlflow_runs.json")["parent"]
     history = client.get_metric_history(parent, f"eval/{key}")
     assert sorted(m.step for m in history) == [0, 1]

@@ -191,14 +191,21 @@ def run_harness(name: str, h, checkpoint: str, out_dir: Path, device: str, dtype
 def evaluate_harness(name: str, *, model, processor, scorer, eval_cfg, prompt_file: str, image_root: str,
                      out_dir: Path, trainer_kwargs: dict, on_error: str = "raise") -> dict:
     """The evaluator of harness `name` (eval.<name>): its metrics on the model the stage evaluates."""
-    from csr.distributed import is_global_zero
+    from csr.distributed import is_global_zero, rank_zero_done
 
     h = eval_cfg[name]
     k = iteration_of(out_dir)
     if h.iterations is not None and k is not None and k not in h.iterations:
         return {"ran": 0, "settings": {"harness": name, "skipped": f"iteration {k} is not in eval.{name}.iterations"}}
-    if not is_global_zero():  # one harness process per checkpoint; the loop writes rank 0's metrics only
-        return {}
+    # One harness process per checkpoint, from rank 0 (the loop writes rank 0's metrics only); the other
+    # ranks wait for it without a collective's timeout, which a benchmark run can outlast.
+    try:
+        return _evaluate(name, h, model, out_dir, trainer_kwargs) if is_global_zero() else {}
+    finally:
+        rank_zero_done(f"harness {name}")
+
+
+def _evaluate(name: str, h, model, out_dir: Path, trainer_kwargs: dict) -> dict:
     checkpoint = checkpoint_of(model)
     device = "cpu" if trainer_kwargs.get("accelerator") == "cpu" else "cuda"
     dtype = str(getattr(model, "dtype", "float32")).removeprefix("torch.")
@@ -211,16 +218,6 @@ def evaluate_harness(name: str, *, model, processor, scorer, eval_cfg, prompt_fi
         return {"ran": 1, "failed": 1, "error": str(err), "settings": {"harness": name, "checkpoint": checkpoint}}
     log.info("%s: %d metrics from %s in %.0fs", name, len(metrics), settings["results_files"], settings["seconds"])
     return {**metrics, "ran": 1, "failed": 0, "settings": settings}
-
-
-def evaluator_of(name: str):
-    """The EvaluateFn of harness `name`."""
-
-    def evaluate(**kwargs) -> dict:
-        return evaluate_harness(name, **kwargs)
-
-    evaluate.__name__ = f"evaluate_{name}"
-    return evaluate
 
 
 def summary(name: str, eval_cfg) -> tuple[tuple[str, str], ...]:

@@ -37,7 +37,7 @@ BENCHMARKS = {
     "coco_chair": Evaluator(benchmarks.evaluate_coco_chair, benchmarks.COCO_CHAIR_SUMMARY),
     "pope": Evaluator(benchmarks.evaluate_pope, benchmarks.POPE_SUMMARY),
     # external harnesses (lmms-eval, VLMEvalKit) run on the evaluated checkpoint: csr/eval/harness.py
-    **{name: Evaluator(harness.evaluator_of(name), (), partial(harness.summary, name)) for name in harness.HARNESSES},
+    **{name: Evaluator(partial(harness.evaluate_harness, name), (), partial(harness.summary, name)) for name in harness.HARNESSES},
 }
 
 
