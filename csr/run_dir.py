@@ -24,6 +24,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -198,7 +199,7 @@ def read_saved_config(path: Path) -> dict[str, Any]:
         saved = OmegaConf.to_container(OmegaConf.create(text), resolve=False)
     except (OSError, UnicodeDecodeError) as err:
         raise CSRError(f"{path}: cannot read the run's recorded config: {getattr(err, 'strerror', None) or err}") from None
-    except (OmegaConfBaseException, ValueError) as err:  # the YAML parser's message spans lines
+    except (OmegaConfBaseException, ValueError, yaml.YAMLError) as err:  # the YAML parser's message spans lines
         reason = " ".join(str(err).split())
         raise CSRError(f"{path}: the run's recorded config is not valid YAML ({reason}): restore the file "
                        "csr wrote, or start a new run") from None
