@@ -127,6 +127,16 @@ def _reproduce_from(ctx: Ctx) -> object:
     return stage_source(str(ctx.tmp / "source"), [], "sqlite:///x.db", ctx.tmp / "staging")
 
 
+def _edited_split(ctx: Ctx) -> object:
+    from csr.worlds.shapesworld.splits import ensure_split
+
+    split = ensure_split(ctx.tmp / "shapesworld", "val", 2)
+    truth = json.loads((split / "ground_truth.json").read_text())
+    truth[next(iter(truth))]["objects"] = []  # an image now said to hold nothing
+    (split / "ground_truth.json").write_text(json.dumps(truth))
+    return ensure_split(ctx.tmp / "shapesworld", "val", 2)
+
+
 def _config(*overrides: str) -> Callable[[Ctx], object]:
     return lambda ctx: check_config(compose_config(*overrides))
 
@@ -166,6 +176,7 @@ CASES: dict[tuple[str, str], Callable[[Ctx], object]] = {
     ("checkpoint", "a weight missing"): lambda ctx: _weights(ctx, _drop),
     ("checkpoint", "a tensor the model does not use"): lambda ctx: _weights(ctx, _add),
     ("checkpoint", "a tensor of another shape"): lambda ctx: _weights(ctx, _reshape),
+    ("ShapesWorld split", "ground_truth.json or a prompt file edited after csr wrote it"): _edited_split,
     ("config", "trainer.precision unknown"): _config("trainer.precision=bogus"),
     ("config", "trainer.accelerator unknown (tpu)"): _config("trainer.accelerator=tpu"),
     ("config", "model.attn_implementation unknown"): _config("model.attn_implementation=bogus"),

@@ -21,6 +21,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from csr.data.pope_questions import STRATEGIES, cooccurrence_counts, sample_pope_questions
+from csr.errors import CSRError
 from csr.io import atomic_write_json, atomic_write_text
 from csr.worlds.shapesworld.scenes import make, sample_scene
 from csr.worlds.shapesworld.text import DESCRIBE_PROMPTS
@@ -89,6 +90,11 @@ def ensure_split(root: str | Path, split: str, n: int) -> Path:
     if marker.exists():
         written = json.loads(marker.read_text())
         if written["n"] == n and written.get("version") == SPLIT_VERSION:
+            have = content_hash(out_dir)
+            if have != written.get("sha256"):  # verified, not trusted: a number must be of the data it names
+                raise CSRError(f"ShapesWorld split {out_dir}: its files changed since csr wrote them ({MARKER} records "
+                               f"sha256 {written.get('sha256')}, the files hash to {have}): delete {out_dir} to have "
+                               "csr write the split again")
             return out_dir
     write_split(out_dir, split, n)
     return out_dir
@@ -97,7 +103,7 @@ def ensure_split(root: str | Path, split: str, n: int) -> Path:
 def split_identity(split_dir: str | Path) -> dict:
     """What an evaluation records to say which data it ran on: split, version, size and content hash."""
     written = json.loads((Path(split_dir) / MARKER).read_text())
-    return {k: written[k] for k in ("split", "version", "n", "sha256")}
+    return {**{k: written[k] for k in ("split", "version", "n")}, "sha256": content_hash(Path(split_dir))}
 
 
 def ground_truth(split_dir: str | Path) -> dict[str, set[str]]:
