@@ -20,7 +20,7 @@ from omegaconf import OmegaConf
 
 from csr.config import ASSETS, EvalConfig, HarnessEvalConfig, validate
 from csr.errors import CSRError
-from csr.eval.harness import HarnessFailed, check_harness, iteration_of, run_harness
+from csr.eval.harness import HarnessFailed, check_harness, harness_device, iteration_of, run_harness
 from csr.eval.harness_results import (
     MissingResults,
     lmms_eval_results_file,
@@ -147,6 +147,13 @@ def test_a_run_saved_before_the_harness_blocks_resumes_without_a_change(tmp_path
     del saved["eval"]["lmms_eval"], saved["eval"]["vlmevalkit"]  # as csr wrote it before the keys
     (tmp_path / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(saved)))
     assert check_resume(tmp_path, text, []) == {}
+
+
+def test_the_device_placeholder_follows_the_trainer():
+    import torch
+
+    assert (harness_device("cpu"), harness_device("gpu")) == ("cpu", "cuda")
+    assert harness_device("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def test_the_iteration_comes_from_the_run_layout(tmp_path):

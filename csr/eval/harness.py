@@ -134,6 +134,15 @@ def checkpoint_of(model) -> str:
     return str(Path(path).resolve()) if Path(path).exists() else path
 
 
+def harness_device(accelerator: str) -> str:
+    """{device}: where the run's trainer.accelerator puts models (auto: a GPU when one is visible)."""
+    if accelerator == "auto":
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return "cpu" if accelerator == "cpu" else "cuda"
+
+
 def fill(value, values: dict[str, str]):
     """value with its placeholders filled: a string, or every string in a dict/list tree."""
     if isinstance(value, str):
@@ -207,7 +216,7 @@ def evaluate_harness(name: str, *, model, processor, scorer, eval_cfg, prompt_fi
 
 def _evaluate(name: str, h, model, out_dir: Path, trainer_kwargs: dict) -> dict:
     checkpoint = checkpoint_of(model)
-    device = "cpu" if trainer_kwargs.get("accelerator") == "cpu" else "cuda"
+    device = harness_device(trainer_kwargs.get("accelerator", "cpu"))
     dtype = str(getattr(model, "dtype", "float32")).removeprefix("torch.")
     try:
         metrics, settings = run_harness(name, h, checkpoint, out_dir, device, dtype)
