@@ -157,6 +157,10 @@ def read_json(path: StrPath, what: str = "file") -> Any:
         return json.loads(text)
     except json.JSONDecodeError as exc:
         raise CSRError(f"{p}: invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
+    except RecursionError:  # a stranger's file: [[[[...]]]] a hundred thousand deep
+        raise CSRError(f"{p}: invalid JSON: nested too deeply for Python's parser") from None
+    except ValueError as exc:  # a number of more than 4300 digits (Python's int conversion limit)
+        raise CSRError(f"{p}: invalid JSON: {exc} (write such a value, e.g. an id, as a string)") from None
 
 
 def last_line(path: Path, block: int = 1 << 16) -> bytes:

@@ -137,6 +137,39 @@ def _edited_split(ctx: Ctx) -> object:
     return ensure_split(ctx.tmp / "shapesworld", "val", 2)
 
 
+def _checkpoint(ctx: Ctx, change: Callable[[Path], object]) -> object:
+    model = ctx.tmp / "model"
+    shutil.copytree(ctx.tiny.llava, model)
+    change(model)
+    return load_model(str(model))
+
+
+def _pickled(model: Path) -> None:
+    import torch
+
+    torch.save(load_file(model / "model.safetensors"), model / "pytorch_model.bin")
+    (model / "model.safetensors").unlink()
+
+
+def _without_processor(model: Path) -> None:
+    for f in model.iterdir():
+        if f.name.startswith(("tokenizer", "processor", "preprocessor", "chat_template", "special_tokens")):
+            f.unlink()
+
+
+def _without_model_type(model: Path) -> None:
+    config = json.loads((model / "config.json").read_text())
+    del config["model_type"]
+    (model / "config.json").write_text(json.dumps(config))
+
+
+def _strip(ctx: Ctx) -> object:
+    from PIL import Image
+
+    Image.new("RGB", (20000, 1)).save(ctx.images / "strip.png")
+    return ctx.image("strip.png")
+
+
 def _config(*overrides: str) -> Callable[[Ctx], object]:
     return lambda ctx: check_config(compose_config(*overrides))
 
@@ -177,6 +210,14 @@ CASES: dict[tuple[str, str], Callable[[Ctx], object]] = {
     ("checkpoint", "a tensor the model does not use"): lambda ctx: _weights(ctx, _add),
     ("checkpoint", "a tensor of another shape"): lambda ctx: _weights(ctx, _reshape),
     ("ShapesWorld split", "ground_truth.json or a prompt file edited after csr wrote it"): _edited_split,
+    ("checkpoint", "no config.json"): lambda ctx: _checkpoint(ctx, lambda m: (m / "config.json").unlink()),
+    ("checkpoint", "config.json not JSON"): lambda ctx: _checkpoint(ctx, lambda m: (m / "config.json").write_text("{not json")),
+    ("checkpoint", "config.json without model_type"): lambda ctx: _checkpoint(ctx, _without_model_type),
+    ("checkpoint", "pickle weights (pytorch_model.bin)"): lambda ctx: _checkpoint(ctx, _pickled),
+    ("checkpoint", "no tokenizer or image processor"): lambda ctx: _checkpoint(ctx, _without_processor),
+    ("prompt file", "JSON nested 100000 deep"): lambda ctx: ctx.prompts(None, raw=b"[" * 100_000 + b"]" * 100_000),
+    ("prompt file", "a 5000-digit number as an id"): lambda ctx: ctx.prompts(None, raw=b'[{"id": ' + b"9" * 5000 + b"}]"),
+    ("image", "20000x1 pixels (within max_pixels)"): _strip,
     ("config", "trainer.precision unknown"): _config("trainer.precision=bogus"),
     ("config", "trainer.accelerator unknown (tpu)"): _config("trainer.accelerator=tpu"),
     ("config", "model.attn_implementation unknown"): _config("model.attn_implementation=bogus"),

@@ -36,6 +36,9 @@ _TIFF_BITS, _TIFF_SAMPLE_FORMAT, _SIGNED = 258, 339, 2  # TIFF tags BitsPerSampl
 # The image formats csr opens (Pillow's names; JPEG includes a camera's multi-picture MPO, PPM includes
 # PGM, FITS is refused later for its undeclared sample range, but by name). Pillow's own decoders,
 # nothing that runs another program: not EPS/PS (Ghostscript), PDF, PSD or the rarer plugins.
+# A strip of 20000x1 passes max_pixels, then a processor that resizes the short side to 336 makes it
+# 336x6.7M. No photograph or figure is this long and thin.
+MAX_ASPECT = 50
 FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF", "PPM", "FITS")
 
 
@@ -122,6 +125,11 @@ def load_image(image_root: str, rel: str, max_pixels: int = 64_000_000) -> Image
                     raise CSRError(
                         f"image {path}: {width}x{height} = {width * height} pixels exceeds "
                         f"max_pixels={max_pixels} (possible decompression bomb)"
+                    )
+                if max(width, height) > MAX_ASPECT * min(width, height):
+                    raise CSRError(
+                        f"image {path}: {width}x{height} is more than {MAX_ASPECT}:1 (a model's processor scales "
+                        "its short side up to its input size, which would make it gigapixels): crop or pad it"
                     )
                 # Decoding is lazy; load() here is what surfaces truncated or corrupt data.
                 img.load()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from typing import Any
@@ -19,8 +20,35 @@ from csr.models.families import family_of, get_family
 DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+
+
+def check_checkpoint_files(path: str) -> None:
+    """A local checkpoint directory holds a readable config.json naming its model_type and safetensors
+    weights: pickle weights (pytorch_model.bin) are refused, as unpickling a stranger's file can run code."""
+    directory = Path(path)
+    if not directory.is_dir():
+        return  # a model name in the Hugging Face cache: model_type() says whether it is there
+    config = directory / "config.json"
+    if not config.is_file():
+        raise CSRError(f"model.path={path!r}: no config.json: not a Hugging Face checkpoint directory (config.json, "
+                       "*.safetensors weights and the processor's files)")
+    try:
+        content = json.loads(config.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        raise CSRError(f"model.path={path!r}: config.json is not readable JSON ({err})") from None
+    if not isinstance(content, dict) or not content.get("model_type"):
+        raise CSRError(f"model.path={path!r}: config.json names no model_type: not a transformers model config")
+    if not any(directory.glob("*.safetensors")):
+        pickles = sorted(f.name for f in directory.iterdir() if f.suffix in PICKLE_SUFFIXES)
+        raise CSRError(f"model.path={path!r}: no *.safetensors weights" + (
+            f"; {', '.join(pickles)} is pickle, which csr does not load (unpickling can run code): convert it to "
+            "safetensors" if pickles else ""))
+
+
 def model_type(path: str) -> str | None:
     """Read model_type from the raw config.json, so unknown architectures still give a clear error."""
+    check_checkpoint_files(path)
     try:
         config_dict, _ = PreTrainedConfig.get_config_dict(path, local_files_only=True)
     except OSError as err:
@@ -57,9 +85,9 @@ def load_model(
             local_files_only=True,
             trust_remote_code=False,
             output_loading_info=True,
+            use_safetensors=True,
         )
-        processor = AutoProcessor.from_pretrained(path, local_files_only=True, trust_remote_code=False)
-    except OSError as err:  # config present but weights or processor files missing
+    except OSError as err:  # config present but weights missing
         raise CSRError(f"model.path={path!r}: incomplete checkpoint: {err}") from err
     except SafetensorError as err:  # e.g. a merged model cut short by a full disk or a copy
         raise CSRError(_corrupt_weights(path, err)) from None
@@ -69,6 +97,12 @@ def load_model(
         raise CSRError(f"model.path={path!r}: a weight in the checkpoint has another shape than config.json gives "
                        "it (transformers' load report above names it): another model's weights, or a damaged copy") from None
     _check_weights(path, loading)
+    try:
+        processor = AutoProcessor.from_pretrained(path, local_files_only=True, trust_remote_code=False)
+    except (OSError, ValueError, TypeError) as err:
+        raise CSRError(f"model.path={path!r}: the processor's files (tokenizer, image processor, chat template) are "
+                       f"missing or unreadable: {str(err).split('. ')[0]}; copy them from the checkpoint this model "
+                       "was made from") from None
     # Batched generation appends new tokens on the right, so prompts must be padded on the left.
     processor.tokenizer.padding_side = "left"
     problems = fam.processor_problems(model, processor)
