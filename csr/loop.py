@@ -264,13 +264,14 @@ class Loop:
 
     def selection_values(self, upto: int) -> dict[int, float]:
         """Iteration -> its selection score, for the iterations up to `upto` that have one."""
-        found = {k: done_stats(self.iter_dir(k) / "eval", SELECT) for k in range(0, upto + 1)}
-        return {k: stats[self.cfg.eval.select.metric] for k, stats in found.items() if stats is not None}
+        found = {k: done_stats(self.iter_dir(k) / "eval", SELECT) or {} for k in range(0, upto + 1)}
+        return {k: stats[self.cfg.eval.select.metric] for k, stats in found.items() if self.cfg.eval.select.metric in stats}
 
     def stop_early(self, k: int) -> bool:
-        """With eval.select.patience: whether iterations up to k have spent it (every rank the same answer)."""
+        """With eval.select.patience: whether iterations up to k have spent it before the last iteration
+        (every rank the same answer)."""
         s = self.cfg.eval.select
-        if s is None:
+        if s is None or k >= self.cfg.iterations:
             return False
         values = self.selection_values(k) if is_global_zero() else {}
         spent = rank_zero_value(patience_spent(values, s.mode, s.patience))

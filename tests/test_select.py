@@ -20,6 +20,7 @@ from omegaconf import OmegaConf, open_dict
 from csr.config import validate
 from csr.config_upgrade import upgrade
 from csr.errors import CSRError
+from csr.inspect.browser import Browser, chromium
 from csr.io import done_stats, read_json
 from csr.report import markdown, selection_note, table_rows
 from csr.run_info import record_selection, started_as
@@ -237,6 +238,18 @@ def test_the_run_records_the_selected_iteration_everywhere(crashed):
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(chromium() is None, reason="chromium is not installed (.ci/run installs it)")
+def test_the_inspectors_run_page_says_which_iteration_was_selected(crashed):
+    k = read_json(crashed / "run_info.json")["selection"]["iteration"]
+    with Browser() as b:
+        b.goto((crashed / "inspect" / "index.html").as_uri())
+        said = b.eval("document.querySelector('main section p').textContent")
+        header = json.loads(b.eval("JSON.stringify([...document.querySelectorAll('#summary th')].map(t => t.textContent))"))
+    assert said.startswith(f"Selected: iteration {k} (val shapesworld/mean_r_i highest") and "evaluation on test" in said
+    assert header[-2:] == ["val answer R_I", "selected"]
+
+
+@pytest.mark.slow
 def test_a_crash_inside_the_selection_resumes_to_what_an_uninterrupted_run_writes(crashed, reproduced):
     # csr-reproduce ran the same config without a crash
     for k in (0, 1, 2):
@@ -267,7 +280,12 @@ def test_an_allowed_change_adds_a_selection_to_a_run_that_had_none(env, base, pl
     copy = base / "added"
     shutil.copytree(plain, copy)
     stamp = {p: p.stat().st_mtime_ns for p in copy.glob("iter_*/**/*.jsonl")}
-    proc = run("csr", f"run_dir={copy}", "iterations=2", *_shapes(base), SELECT, "resume.allow_changes=[eval.select]",
+    refused = run("csr", f"run_dir={copy}", "iterations=2", *_shapes(base), SELECT, env=env, cwd=base, check=False)
+    assert refused.returncode == 2 and "eval.select: null -> <absent>; eval.select.metric: <absent> -> " \
+        "shapesworld/mean_r_i" in refused.stderr + refused.stdout  # a change like any other
+    keys = "eval.select,eval.select.metric,eval.select.mode,eval.select.overrides.shapesworld.pope_images," \
+           "eval.select.patience,eval.select.split"
+    proc = run("csr", f"run_dir={copy}", "iterations=2", *_shapes(base), SELECT, f"resume.allow_changes=[{keys}]",
                env=env, cwd=base)
     assert "selected: iteration" in proc.stdout
     assert {p: p.stat().st_mtime_ns for p in stamp} == stamp  # nothing redone but the selection's own scores
