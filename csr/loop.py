@@ -284,7 +284,7 @@ class Loop:
     def selection(self, rows: dict[int, dict]) -> dict | None:
         """The run's choice over the iterations it evaluated, with the selected one's reported metrics."""
         s = self.cfg.eval.select
-        values = {k: m["select"][s.metric] for k, m in rows.items() if "select" in m} if self.selecting else {}
+        values = {k: m["select"][s.metric] for k, m in rows.items() if s.metric in m.get("select", {})} if s is not None else {}
         if not values:
             return None
         k = best_iteration(values, s.mode)
