@@ -31,3 +31,7 @@ SELECT_MODES = ("min", "max")  # select.mode: is the selection metric better low
 PRECISIONS = ("32-true", "bf16-mixed", "bf16-true", "16-mixed", "16-true")
 ACCELERATORS = ("cpu", "gpu", "cuda", "auto")
 ATTN_IMPLEMENTATIONS = ("eager", "sdpa", "flash_attention_2", "flash_attention_3", "flex_attention", None)
+# eval.<harness>.results: the results files' format (csr/eval/harness_results.py); .on_failure: raise = stop the
+# run once the other evaluators' metrics are written, record = failed=1 and go on (csr/eval/harness.py)
+HARNESS_RESULTS = ("lmms_eval", "vlmevalkit")
+HARNESS_ON_FAILURE = ("raise", "record")

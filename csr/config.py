@@ -23,6 +23,8 @@ from csr.choices import (
     DPO_REFERENCES,
     DTYPES,
     FAMILIES,
+    HARNESS_ON_FAILURE,
+    HARNESS_RESULTS,
     IPO_FORMS,
     ON_ERROR,
     PAIR_FILTERS,
@@ -253,11 +255,11 @@ class HarnessEvalConfig:
     args: list[str] = field(default_factory=list)
     extra_args: list[str] = field(default_factory=list)  # appended to args (e.g. lmms-eval's --include_path DIR)
     tasks: list[str] = field(default_factory=list)  # the harness's task (dataset) names; each must have results
-    results: str = "lmms_eval"  # the results files' format: one of HARNESS_RESULTS (csr/eval/harness_results.py)
+    results: str = "lmms_eval"  # the results files' format: one of HARNESS_RESULTS
     env: dict[str, str] = field(default_factory=dict)  # added to the harness's environment (values take placeholders)
     config_file: dict | None = None  # written as JSON for {config_file} (its strings take placeholders)
     iterations: list[int] | None = None  # which iterations' checkpoints (0 = the base model); null = every one
-    on_failure: str = "raise"  # raise: the run stops once the other evaluators are written; record: failed=1, go on
+    on_failure: str = "raise"  # one of HARNESS_ON_FAILURE: raise stops the run (the others' metrics written first)
     summary: list[str] = field(default_factory=list)  # "<task>/<metric>" keys the run's summary table shows
 
 
@@ -337,6 +339,10 @@ _CHOICES = {
     "dpo.ipo_form": IPO_FORMS,
     "eval.chair.variant": CHAIR_VARIANTS,
     "eval.pope.parser": POPE_PARSERS,
+    "eval.lmms_eval.results": HARNESS_RESULTS,
+    "eval.lmms_eval.on_failure": HARNESS_ON_FAILURE,
+    "eval.vlmevalkit.results": HARNESS_RESULTS,
+    "eval.vlmevalkit.on_failure": HARNESS_ON_FAILURE,
     "dpo.loss": DPO_LOSSES,
     "dpo.scheduler": SCHEDULERS,
     "dpo.reference": DPO_REFERENCES,

@@ -134,11 +134,15 @@ def test_the_presets_compose_and_their_summary_columns_reach_the_table():
     ({"env": {"X": "{"}}, "literal brace"),
     ({"args": ["{config_file}"]}, "config_file is null"),
     ({"results": "vlmevalkit", "config_file": {"data": {"MME": {}}}}, "must be the datasets of"),
-    ({"on_failure": "ignore"}, "not one of"),
 ])
 def test_a_wrong_harness_block_is_refused_naming_its_key(changes, message):
     with pytest.raises(CSRError, match=message):
         check_harness("lmms_eval", _block(**changes))
+
+
+def test_a_harness_choice_is_checked_at_validation():
+    with pytest.raises(CSRError, match=r"'eval.vlmevalkit.on_failure': 'ignore' is not one of \['raise', 'record'\]"):
+        validate(compose_config("eval.vlmevalkit.on_failure=ignore"))
 
 
 def test_a_run_saved_before_the_harness_blocks_resumes_without_a_change(tmp_path):

@@ -10,7 +10,7 @@ The command is `executable` then `args`, an argv list run without a shell (a pat
 quotes stays one argument). Placeholders in args, env values and the strings of `config_file`:
 {checkpoint} (the evaluated model's directory), {output_dir} (a fresh, empty folder for the harness's
 outputs), {tasks} (eval.<name>.tasks joined by commas, lmms-eval's --tasks), {config_file} (the JSON
-written from `config_file`, VLMEvalKit's --config), {device} (cuda, or cpu under trainer=cpu) and
+written from `config_file`, VLMEvalKit's --config), {device} (cuda, or cpu under trainer.accelerator=cpu) and
 {dtype} (the model's, e.g. bfloat16); `{{` and `}}` are literal braces.
 
 A harness that exits non-zero or leaves no results for an asked task fails with one error naming the
@@ -35,13 +35,12 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from csr.errors import CSRError
-from csr.eval.harness_results import HARNESS_RESULTS, MissingResults, read_results
+from csr.eval.harness_results import MissingResults, read_results
 from csr.io import atomic_write_json
 
 log = logging.getLogger(__name__)
 
 HARNESSES = ("lmms_eval", "vlmevalkit")  # the evaluators of this module, each with its block eval.<name>
-HARNESS_ON_FAILURE = ("raise", "record")
 PLACEHOLDERS = ("checkpoint", "output_dir", "tasks", "config_file", "device", "dtype")
 LAST_LINES = 15  # of the harness's log, quoted in the error when it fails
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")  # lmms-eval's logger colours its lines even into a file
@@ -85,10 +84,6 @@ def check_harness(name: str, h) -> None:
     if shutil.which(h.executable) is None:
         raise CSRError(f"{where}.executable': {h.executable!r} is not an executable file nor found on PATH: "
                        "install the harness (docs/benchmarks.md) or set the key to its path")
-    if h.results not in HARNESS_RESULTS:
-        raise CSRError(f"{where}.results': {h.results!r} is not one of {list(HARNESS_RESULTS)}")
-    if h.on_failure not in HARNESS_ON_FAILURE:
-        raise CSRError(f"{where}.on_failure': {h.on_failure!r} is not one of {list(HARNESS_ON_FAILURE)}")
     if not h.tasks:
         raise CSRError(f"{where}.tasks' is empty: name the harness's tasks (datasets) to run, e.g. [mme,pope]")
     data = (OmegaConf.to_container(h.config_file, resolve=True) or {}).get("data") if h.config_file else None

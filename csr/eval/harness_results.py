@@ -24,9 +24,9 @@ import math
 import re
 from pathlib import Path
 
+from csr.choices import HARNESS_RESULTS
 from csr.errors import CSRError
 
-HARNESS_RESULTS = ("lmms_eval", "vlmevalkit")  # eval.<harness>.results: the results files' format
 # A VLMEvalKit metrics file: <model>_<dataset>[_<judge>]_acc.csv or ..._score.csv
 VLMEVALKIT_SUFFIXES = ("_acc.csv", "_score.csv")
 _EVAL_ID = re.compile(r"^T\d{8}-\d{6}")
