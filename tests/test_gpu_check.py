@@ -77,6 +77,7 @@ def test_dry_run_search_figures(dry_run, model):
     r_t = s["r_t"]
     assert r_t["nodes"] == s["search"]["nodes"] and r_t["truth_nodes"] > 0
     assert r_t["passed"] and r_t["max_abs_csr_vs_hf"] <= r_t["tolerance"] <= 1e-4  # float32: rounding only
+    assert r_t["sees_shift_by_one"]  # an answer one position off moves R_T beyond the tolerance
     speed = s["speed"]
     assert _positive(speed["reference"]["tok_s"], speed["generate"]["tok_s"], speed["speedup_vs_reference"],
                      speed["speedup_vs_generate"])

@@ -11,6 +11,7 @@ model writes decodes to text, and the LM head and token choice are as wide as th
 from __future__ import annotations
 
 import json
+import math
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,6 +71,7 @@ def narrow(raw: dict) -> dict:
     raw["tokens"] = {t: remap.get(i, i) for t, i in raw["tokens"].items()}
     raw["generation"] = _remap_ids(raw["generation"], remap)
     config = _remap_ids(raw["config"], remap)
+    full_hidden = config.get("text_config", config).get("hidden_size", 4096)  # LLaVA's file leaves Llama's default
     if raw["family"] == "llava":
         config["text_config"].update(vocab_size=NARROW_VOCAB, hidden_size=128, intermediate_size=344,
                                      num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4)
@@ -83,6 +85,11 @@ def narrow(raw: dict) -> dict:
         config["vision_config"].update(depth=2, hidden_size=64, intermediate_size=128, num_heads=2,
                                        out_hidden_size=112, fullatt_block_indexes=[1])
         raw["processor"]["max_pixels"] = 224 * 224  # a 640x480 image: 48 tokens
+    # Weights drawn at the full width's scale per unit of width (std x sqrt(full / narrow hidden)), so that
+    # attention and the logits are as peaked as the 7B's: at std 0.02 a 128-wide model attends almost
+    # uniformly and writes near-uniform log-probs, and a wrong position or context would barely show.
+    text = config.get("text_config", config)
+    config["initializer_range"] = text["initializer_range"] = 0.02 * math.sqrt(full_hidden / text["hidden_size"])
     raw["config"] = config
     return raw
 

@@ -43,6 +43,8 @@ def evaluate(results: dict, models: list[str], dry: bool) -> list[dict]:
         r_t = _get(search, "r_t")
         out.append(check("R_T: csr search vs uncached HF forward", m, "exact", _get(r_t, "max_abs_csr_vs_hf"),
                          _get(r_t, "tolerance"), _get(r_t, "passed"), None if r_t else _why_missing(search)))
+        out.append(check("R_T check's power: median |R_T change| when the answer is one position off", m, "exact",
+                         _get(r_t, "median_abs_shift_by_one"), _get(r_t, "tolerance"), _get(r_t, "sees_shift_by_one")))
         out.append(check("model has the published parameter count", m, "exact", _get(search, "model", "params"),
                          _get(search, "model", "expected_params"), _get(search, "model", "params_match")))
         speed = _get(search, "speed")

@@ -40,11 +40,13 @@ def with_answer(family, processor, prompt: str, image, answer: list[int]) -> dic
 
 
 @torch.inference_mode()
-def uncached_logps(model, family, processor, prompt: str, image, answer: list[int]) -> torch.Tensor:
+def uncached_logps(model, family, processor, prompt: str, image, answer: list[int], shift: int = 0) -> torch.Tensor:
     """log p of every answer token from one plain HF forward (no cache, no padding, the family's own
-    positions), float64 on the host."""
+    positions; `shift` moves the answer's positions, the error the check must be able to see), float64
+    on the host."""
     inputs = with_answer(family, processor, prompt, image, answer)
     position, _ = family.prefill_positions(model, inputs)
+    position[..., position.shape[-1] - len(answer) :] += shift
     rest = {**family.image_inputs(inputs, model.dtype), **{key: inputs[key] for key in family.token_keys}}
     device = model.device
     out = model(input_ids=inputs["input_ids"].to(device), attention_mask=inputs["attention_mask"].to(device),
@@ -54,13 +56,14 @@ def uncached_logps(model, family, processor, prompt: str, image, answer: list[in
     return logps.gather(1, torch.tensor(answer, device=device)[:, None])[:, 0].cpu()
 
 
-def tree_scores(model, family, processor, tree, prompt, image, form: str) -> dict[int, float]:
+def tree_scores(model, family, processor, tree, prompt, image, form: str, shift: int = 0) -> dict[int, float]:
     """R_T of every node from uncached forwards, one per leaf (a leaf's path covers its ancestors)."""
     parents = {n.parent for n in tree}
     scores: dict[int, float] = {}
     for leaf in (n for n in tree[1:] if n.id not in parents):
         path = path_to(tree, leaf.id)
-        logps = uncached_logps(model, family, processor, prompt, image, [t for n in path for t in n.token_ids]).tolist()
+        answer = [t for n in path for t in n.token_ids]
+        logps = uncached_logps(model, family, processor, prompt, image, answer, shift).tolist()
         at = 0
         for node in path:
             scores.setdefault(node.id, text_score(logps[at : at + len(node.token_ids)], form))
@@ -72,9 +75,12 @@ def rt_exactness(model, family, processor, trees, prompts, images, form: str, tr
     """R_T of every node as the search wrote it against an uncached HF forward in the model's dtype, and
     how far that forward itself is from the same forward one precision up (the first `truth_prompts`
     prompts): two bf16 computations each within e of the truth differ by at most 2e, so csr passes when
-    max |csr - HF| <= max(2 e, floor)."""
+    max |csr - HF| <= max(2 e, floor). And the check's power: how far R_T moves when the answer sits one
+    position off (the first prompt's nodes); an error of that kind must show above the tolerance."""
     dtype = model.dtype
     hf = [tree_scores(model, family, processor, t, p, im, form) for t, p, im in zip(trees, prompts, images, strict=True)]
+    shifted = tree_scores(model, family, processor, trees[0], prompts[0], images[0], form, shift=1)
+    moved = sorted(abs(r - hf[0][i]) for i, r in shifted.items())
     model.to(WIDER[dtype])
     truth = [tree_scores(model, family, processor, t, p, im, form)
              for t, p, im in zip(trees[:truth_prompts], prompts, images, strict=False)]
@@ -86,7 +92,8 @@ def rt_exactness(model, family, processor, trees, prompts, images, form: str, tr
     return {"nodes": sum(len(t) - 1 for t in trees), "dtype": str(dtype).removeprefix("torch."),
             "truth_dtype": str(WIDER[dtype]).removeprefix("torch."), "truth_nodes": sum(len(s) for s in truth),
             "max_abs_csr_vs_hf": csr_vs_hf, "max_abs_hf_vs_truth": hf_vs_truth, "max_abs_csr_vs_truth": csr_vs_truth,
-            "tolerance": tolerance, "passed": csr_vs_hf <= tolerance}
+            "tolerance": tolerance, "passed": csr_vs_hf <= tolerance,
+            "median_abs_shift_by_one": moved[len(moved) // 2], "sees_shift_by_one": moved[len(moved) // 2] > tolerance}
 
 
 @torch.inference_mode()
