@@ -313,6 +313,10 @@ class Loop:
         prompts = Path(self.cfg.data.prompt_file)
         if reads_prompts and not prompts.is_file():
             raise CSRError(f"{prompts}: prompt file not found (config key 'data.prompt_file')")
+        if reads_prompts:  # and a bad record too (or its counted skip): read it whole now, as the search will
+            from csr.data.prompts import load_prompts
+
+            load_prompts(str(prompts), self.cfg.data.image_root, on_error=self.cfg.data.on_error)
 
     def run(self) -> dict:
         start_ranks(self.cfg.trainer)  # srun / torchrun: all ranks meet here before any file is read

@@ -170,6 +170,16 @@ def _strip(ctx: Ctx) -> object:
     return ctx.image("strip.png")
 
 
+def _bad_record_at_start(ctx: Ctx) -> object:
+    """A run reads the whole prompt file at start, before the base model's evaluation (minutes)."""
+    from csr.loop import Loop
+
+    path = ctx.write([{"id": "r1", "image": "good.png", "input": "Describe the image."}])
+    loop = Loop(validate(compose_config(f"run_dir={ctx.tmp / 'run'}", f"data.prompt_file={path}",
+                                        f"data.image_root={ctx.images}", "data.shapesworld.split=null")))
+    return loop.prepare_data()
+
+
 def _config(*overrides: str) -> Callable[[Ctx], object]:
     return lambda ctx: check_config(compose_config(*overrides))
 
@@ -218,6 +228,7 @@ CASES: dict[tuple[str, str], Callable[[Ctx], object]] = {
     ("prompt file", "JSON nested 100000 deep"): lambda ctx: ctx.prompts(None, raw=b"[" * 100_000 + b"]" * 100_000),
     ("prompt file", "a 5000-digit number as an id"): lambda ctx: ctx.prompts(None, raw=b'[{"id": ' + b"9" * 5000 + b"}]"),
     ("image", "20000x1 pixels (within max_pixels)"): _strip,
+    ("prompt file", "a bad record, found at start (before the base evaluation)"): _bad_record_at_start,
     ("config", "trainer.precision unknown"): _config("trainer.precision=bogus"),
     ("config", "trainer.accelerator unknown (tpu)"): _config("trainer.accelerator=tpu"),
     ("config", "model.attn_implementation unknown"): _config("model.attn_implementation=bogus"),
