@@ -35,10 +35,15 @@ def lmms_eval_executable() -> str | None:
     return os.environ.get("CSR_LMMS_EVAL") or shutil.which("lmms-eval")
 
 
+def harness_python(executable: str) -> Path:
+    """The Python of the harness's own environment (beside its executable)."""
+    return Path(executable).resolve().parent / "python"
+
+
 def lmms_eval_package(executable: str) -> Path:
     """The installed lmms_eval package, as the executable's own Python imports it."""
-    python = Path(executable).resolve().parent / "python"
-    out = subprocess.run([str(python), "-c", "import lmms_eval, os; print(os.path.dirname(lmms_eval.__file__))"],
+    out = subprocess.run([str(harness_python(executable)), "-c",
+                          "import lmms_eval, os; print(os.path.dirname(lmms_eval.__file__))"],
                          capture_output=True, text=True, check=True)
     return Path(out.stdout.strip())
 
@@ -52,34 +57,41 @@ def _pairs(split_dir: Path) -> list[dict]:
     return [p[label] for p in picked.values() if len(p) == 2 for label in ("yes", "no")]
 
 
-def write_datasets(root: Path) -> dict[str, Path]:
-    """ShapesWorld val images and questions as lmms-eval's MME and POPE columns, saved to disk."""
-    import datasets
+# Saved by the harness's own `datasets` (the one that reads them back): the test's environment needs none.
+SAVE = """
+import json, sys
+import datasets
+for name, columns in json.load(open(sys.argv[1])).items():
+    ds = datasets.Dataset.from_dict(columns).cast_column("image", datasets.Image())
+    datasets.DatasetDict({"test": ds}).save_to_disk(sys.argv[2] + "/" + name + "_ds")
+"""
 
+
+def write_datasets(root: Path, executable: str) -> dict[str, Path]:
+    """ShapesWorld val images and questions as lmms-eval's MME and POPE columns, saved to disk."""
     from csr.worlds.shapesworld.splits import write_split
 
     split = root / "shapesworld"
     write_split(split, "val", SPLIT_IMAGES)
     questions = _pairs(split)
     images = [str(split / "images" / q["image"]) for q in questions]
-    mme = datasets.Dataset.from_dict({
-        "question_id": [q["image"] for q in questions], "question": [q["text"] for q in questions],
-        "answer": [q["label"].capitalize() for q in questions], "category": ["existence"] * len(questions),
-        "image": images,
-    }).cast_column("image", datasets.Image())
-    pope = datasets.Dataset.from_dict({
-        "question_id": [str(i) for i in range(len(questions))], "question": [q["text"] for q in questions],
-        "answer": [q["label"] for q in questions], "category": ["random"] * len(questions), "image": images,
-    }).cast_column("image", datasets.Image())
-    out = {"mme": root / "mme_ds", "pope": root / "pope_ds"}
-    for name, ds in (("mme", mme), ("pope", pope)):
-        datasets.DatasetDict({"test": ds}).save_to_disk(str(out[name]))
-    return out
+    texts = [q["text"] for q in questions]
+    columns = {
+        "mme": {"question_id": [q["image"] for q in questions], "question": texts,
+                "answer": [q["label"].capitalize() for q in questions], "category": ["existence"] * len(questions),
+                "image": images},
+        "pope": {"question_id": [str(i) for i in range(len(questions))], "question": texts,
+                 "answer": [q["label"] for q in questions], "category": ["random"] * len(questions), "image": images},
+    }
+    (root / "columns.json").write_text(json.dumps(columns))
+    subprocess.run([str(harness_python(executable)), "-c", SAVE, str(root / "columns.json"), str(root)],
+                   check=True, capture_output=True)
+    return {name: root / f"{name}_ds" for name in columns}
 
 
-def write_tasks(root: Path, package: Path) -> Path:
+def write_tasks(root: Path, executable: str) -> Path:
     """The task folder (lmms-eval's --include_path) with mme_local and pope_local."""
-    data = write_datasets(root)
+    data, package = write_datasets(root, executable), lmms_eval_package(executable)
     tasks = root / "tasks"
     tasks.mkdir(parents=True, exist_ok=True)
     for name in ("mme", "pope"):
@@ -111,7 +123,7 @@ def main(out: str) -> None:
     if executable is None:
         sys.exit("set CSR_LMMS_EVAL to the lmms-eval executable")
     root = Path(out).resolve()
-    tasks = write_tasks(root, lmms_eval_package(executable))
+    tasks = write_tasks(root, executable)
     h = harness_config(executable, tasks, ["mme_local", "pope_local"])
     metrics, settings = run_harness("lmms_eval", h, str(ASSETS / "shapesworld" / "llava"), root / "eval", "cpu",
                                     "float32")

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from compose_config import RUN, compose_config
 from csr_runs import run, tiny_env
-from harness_fixture import harness_config, lmms_eval_executable, lmms_eval_package, write_tasks
+from harness_fixture import harness_config, lmms_eval_executable, write_tasks
 from omegaconf import OmegaConf
 
 from csr.config import ASSETS, EvalConfig, HarnessEvalConfig, validate
@@ -240,7 +240,7 @@ def test_an_iteration_outside_eval_iterations_is_not_run(tmp_path):
 
 @pytest.fixture(scope="module")
 def lmms_tasks(tmp_path_factory) -> Path:
-    return write_tasks(tmp_path_factory.mktemp("lmms_tasks"), lmms_eval_package(LMMS_EVAL))
+    return write_tasks(tmp_path_factory.mktemp("lmms_tasks"), LMMS_EVAL)
 
 
 @needs_lmms_eval
