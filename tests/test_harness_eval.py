@@ -196,8 +196,7 @@ def test_a_failing_harness_names_the_checkpoint_and_its_last_lines(tmp_path):
 
 
 def _loop(tiny_models, tmp_path: Path, on_failure: str) -> Loop:
-    write_data = tiny_env(tiny_models)  # writes the tiny prompts beside the models
-    root = Path(write_data["CSR_TINY_DIR"])
+    root = Path(tiny_env(tiny_models)["CSR_TINY_DIR"])  # tiny_env also writes the tiny prompts there
     cfg = compose_config("experiment=smoke", f"run_dir={tmp_path / 'run'}", f"model.path={tiny_models.llava}",
                          f"reward.clip.weights={tiny_models.clip_weights}",
                          f"reward.clip.config_json={tiny_models.clip_config}",
