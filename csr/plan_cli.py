@@ -15,7 +15,9 @@ import argparse
 import math
 import sys
 
+from hydra.errors import HydraException
 from omegaconf import DictConfig
+from omegaconf.errors import OmegaConfBaseException
 
 from csr import plan as P
 from csr.errors import CSRError
@@ -157,8 +159,9 @@ def main(argv: list[str] | None = None) -> None:
         cfg = compose([*args.overrides, *rest])
         counts = counts or [max(int(cfg.trainer.devices), 1)]
         print(render(cfg, counts, args.gpu_gib, args.prompt_tokens, args.answer_tokens, args.answer_logits, image_hw))
-    except CSRError as err:
-        print(f"csr-plan: error: {err}", file=sys.stderr)
+    except (CSRError, HydraException, OmegaConfBaseException) as err:  # a bad option, override or config
+        message = " ".join(str(err).split()).split(" Config search path:")[0]  # Hydra lists its search path
+        print(f"csr-plan: error: {message}", file=sys.stderr)
         sys.exit(2)
 
 

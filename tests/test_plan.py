@@ -336,7 +336,9 @@ def test_bad_arguments_are_one_line(capsys) -> None:
     for argv, expected in ((["--devices", "0,-1", "--gpu-gib", "-5"], "csr-plan: error: --gpu-gib -5: must be > 0"),
                            (["--devices", "0,-1"], "csr-plan: error: --devices 0,-1: expected device counts >= 1"),
                            (["--devices", "two"], "csr-plan: error: --devices two: expected device counts >= 1"),
-                           (["--image-size", "640"], "csr-plan: error: --image-size 640: expected WIDTHxHEIGHT")):
+                           (["--image-size", "640"], "csr-plan: error: --image-size 640: expected WIDTHxHEIGHT"),
+                           (["nonsense=1"], "csr-plan: error: Could not override 'nonsense'."),
+                           (["model=nosuch"], "csr-plan: error: In 'config': Could not find 'model/nosuch'")):
         with pytest.raises(SystemExit) as stop:
             main(argv)
         err = capsys.readouterr().err
