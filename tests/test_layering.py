@@ -15,6 +15,7 @@ LAYERS = [
     {"extras"},
     {"io"},
     {"signals", "lock", "progress", "distributed", "tracking"},
+    {"selection"},
     {"config", "context", "run_info", "report", "plan"},
     {"run_dir"},
     {"stage_run"},
