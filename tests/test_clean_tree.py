@@ -185,7 +185,7 @@ EXPECTED_SCORES = {  # construct.dfs order: (answer, their cumulative score / le
 }
 
 # What csr's reference rule chose before the authors' clean-up (reference_clean=short, filters [empty,
-# repetition]: ShapesWorld's settings): a different pair on every tree, a Cyrillic answer chosen.
+# repetition], as ShapesWorld had them): a different pair on every tree, a Cyrillic answer chosen.
 SHORT_PAIRS = {
     "repeat_four": (" A red star.", " A moon."),
     "repeat_six": (" A blue moon. It is small.", " A blue moon. It is big."),
@@ -291,7 +291,7 @@ def test_the_search_never_keeps_a_sentence_the_clean_up_drops(clean: str, live: 
 def test_presets() -> None:
     shapes = validate(compose_config(paths=[*RUN, "data.shapesworld.root=/sw", "eval.shapesworld.root=/sw"]))
     assert (shapes.pairs.rule, shapes.pairs.reference_clean, list(shapes.pairs.filters)) == (
-        "reference", "short", ["empty", "repetition"])
+        "reference", "clean_tree", ["empty", "repetition"])
     paths = [*RUN, "reward.clip.weights=/w", "data.prompt_file=/p.json", "data.image_root=/i"]
     for name in ("paper_llava15_7b", "paper_llava15_13b"):
         paper = validate(compose_config(f"experiment={name}", paths=paths))
