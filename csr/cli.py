@@ -290,6 +290,11 @@ def precheck(argv: list[str]) -> str | None:
             check_not_in_use(run_dir)
             check_resume(run_dir, OmegaConf.to_yaml(typed, resolve=True), list(typed.resume.allow_changes),
                          typed.stage != "all")
+        if typed.stage != "all":  # a stage run alone reads what an earlier stage left
+            from csr.stage_run import check_input, stage_iteration
+
+            k = typed.iteration if typed.iteration is not None else stage_iteration(run_dir, typed.stage, typed.iterations)
+            check_input(run_dir, str(typed.stage), k)
     except CSRError as err:
         return str(err)
     except Exception:  # noqa: BLE001 - not a refusal: the app reports it as it always has

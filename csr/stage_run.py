@@ -43,6 +43,18 @@ def has_input(run_dir: Path, k: int, stage: str) -> bool:
     return is_done(run_dir / f"iter_{k}", STAGES[STAGES.index(stage) - 1])
 
 
+def check_input(run_dir: Path, stage: str, k: int) -> None:
+    """Refuse a stage run whose input is not done: it would fail late, or read a base model for a merge."""
+    from csr.errors import CSRError
+
+    if has_input(run_dir, k, stage):
+        return
+    needed = f"iter_{k - 1}/merge (the model it searches with)" if stage == "search" else \
+        f"iter_{k}/{STAGES[STAGES.index(stage) - 1]}"
+    raise CSRError(f"stage={stage} iteration={k} reads {needed}, which is not done in {run_dir}: run that stage "
+                   "first, or the whole loop (csr run_dir=<dir>)")
+
+
 def stage_iteration(run_dir: Path, stage: str, iterations: int) -> int:
     """Without `iteration=`: the last iteration (up to `iterations`) that holds the stage's input."""
     lowest = 0 if stage == "eval" else 1

@@ -24,6 +24,7 @@ from csr.models.clip import load_clip
 from csr.models.tiny import claim_out_dir
 from csr.reproduce import check_target, stage_source
 from csr.run_dir import read_changes, read_saved_config
+from csr.stage_run import check_input
 
 if TYPE_CHECKING:
     from scratch_prompts import Ctx
@@ -229,6 +230,8 @@ CASES: dict[tuple[str, str], Callable[[Ctx], object]] = {
     ("prompt file", "a 5000-digit number as an id"): lambda ctx: ctx.prompts(None, raw=b'[{"id": ' + b"9" * 5000 + b"}]"),
     ("image", "20000x1 pixels (within max_pixels)"): _strip,
     ("prompt file", "a bad record, found at start (before the base evaluation)"): _bad_record_at_start,
+    ("stage run", "its input not done (stage=merge before DPO, stage=search beyond the run)"): lambda ctx: check_input(
+        ctx.tmp, "search", 5),
     ("config", "trainer.precision unknown"): _config("trainer.precision=bogus"),
     ("config", "trainer.accelerator unknown (tpu)"): _config("trainer.accelerator=tpu"),
     ("config", "model.attn_implementation unknown"): _config("model.attn_implementation=bogus"),

@@ -383,3 +383,15 @@ def test_csr_make_tiny_refuses_a_directory_it_did_not_make(tmp_path):
             main([str(out)])
     assert (project / "data" / "prompts.json").read_text() == "[my own prompts]"
     assert sorted(p.name for p in project.rglob("*")) == ["data", "prompts.json"]
+
+
+def test_a_stage_run_beyond_the_run_is_refused_and_leaves_no_iteration_directory(tmp_path):
+    run_dir = tmp_path / "run"
+    start = Loop(validate(compose_config(f"run_dir={run_dir}")))
+    with start.open_run_dir():
+        pass
+    before = _snapshot(run_dir)
+    paths = [a for a in PATHS if not a.startswith("run_dir")]
+    proc = run("csr", "stage=search", "iteration=5", f"run_dir={run_dir}", *paths, env=_env(), cwd=tmp_path, check=False)
+    assert proc.returncode == 2 and "reads iter_4/merge" in proc.stderr and "Traceback" not in proc.stderr
+    assert _snapshot(run_dir) == before and not (run_dir / "iter_5").exists()

@@ -41,7 +41,7 @@ def check_checkpoint_files(path: str) -> None:
         raise CSRError(f"model.path={path!r}: config.json names no model_type: not a transformers model config")
     if not any(directory.glob("*.safetensors")):
         pickles = sorted(f.name for f in directory.iterdir() if f.suffix in PICKLE_SUFFIXES)
-        raise CSRError(f"model.path={path!r}: no *.safetensors weights" + (
+        raise CSRError(f"model.path={path!r}: incomplete checkpoint: no *.safetensors weights" + (
             f"; {', '.join(pickles)} is pickle, which csr does not load (unpickling can run code): convert it to "
             "safetensors" if pickles else ""))
 
