@@ -19,6 +19,7 @@ import subprocess
 import sys
 import time
 import traceback
+from importlib import metadata
 from pathlib import Path
 
 import torch
@@ -47,11 +48,11 @@ def environment() -> dict:
                          capture_output=True, text=True).stdout.strip() if smi else None
     env = {"python": platform.python_version(), "torch": torch.__version__, "cuda": torch.version.cuda, "gpu": gpu,
            "transformers": transformers.__version__, "peft": peft.__version__, "lightning": pytorch_lightning.__version__}
-    for name in ("deepspeed", "trl"):
+    for name in ("deepspeed", "trl", "datasets"):  # installed or not (not imported: the sections say whether they import)
         try:
-            env[name] = __import__(name).__version__
-        except Exception as err:  # noqa: BLE001 - absent or broken: the sections that need it say so
-            env[name] = f"not importable: {type(err).__name__}: {err}"
+            env[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            env[name] = None
     commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=HERE, capture_output=True, text=True)
     env["commit"] = commit.stdout.strip() or None
     return env
