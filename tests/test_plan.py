@@ -289,6 +289,22 @@ def test_search_stage_reads_the_models_kv_size(tiny_models) -> None:
     assert kv_bytes_per_token(model) == 2 * t.num_hidden_layers * t.num_key_value_heads * (t.hidden_size // t.num_attention_heads) * 4
 
 
+def test_search_module_decodes_within_the_byte_cap(tiny_models) -> None:
+    """The search's decode batches take the token cap the byte cap gives at the model's KV size."""
+    from omegaconf import OmegaConf
+
+    from csr.models.checkpoint import load_model
+    from csr.search.stage import build_module
+
+    model, processor = load_model(tiny_models.llava)
+    t = model.config.text_config
+    per_token = 2 * t.num_hidden_layers * t.num_key_value_heads * (t.hidden_size // t.num_attention_heads) * 4
+    cfg = compose(["search.prune_by=lm"])
+    assert build_module(model, processor, None, cfg).engine.s.max_batch_tokens == 65536  # the default: no byte cap
+    OmegaConf.update(cfg, "search.max_batch_kv_gib", 0.001)  # 1,073,741 bytes: 1048 tokens of 1024 B
+    assert per_token == 1024 and build_module(model, processor, None, cfg).engine.s.max_batch_tokens == 1048
+
+
 def test_widest_search_fits_and_one_more_prompt_does_not() -> None:
     d, budget = PUBLIC["llava15_7b"], 60 * P.GIB
     shape = P.SearchShape(prompts_per_batch=8, beam_width=5, candidates=5, keep_top=1, keep_bottom=2, max_sentences=16,
