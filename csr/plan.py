@@ -1,7 +1,9 @@
 """Memory plan: the predicted peak memory per device of each stage, from model dimensions alone.
 
-Pure arithmetic (no model library is imported here): `csr/plan_cli.py` reads the dimensions from a
-config and prints the result. Every stage's peak is a dict of named parts in bytes; `total` adds them.
+Pure arithmetic (no model library is imported here): `csr/models/planning.py` reads the dimensions
+from a config, `csr/plan_cli.py` prints the result, `csr` warns at start when it exceeds the GPU
+(start_warning), the search turns its byte cap into tokens (batch_token_cap) and the merge decides
+where to run with it (merge_check_gpu, fits). Every stage's peak is a dict of named parts in bytes; `total` adds them.
 What is counted, and why, is written next to each term; `experiments/plan/README.md` checks the
 totals against peaks measured on the CPU and says where the formulas are bounds.
 """
