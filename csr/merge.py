@@ -147,6 +147,7 @@ def merge_device(accelerator: str, need: int) -> str:
     the model was loaded; the weights never need a GPU."""
     if accelerator == "cpu" or not torch.cuda.is_available():
         return "cpu"
+    torch.cuda.empty_cache()  # blocks the earlier stages' allocator still caches count as used otherwise
     free, device = torch.cuda.mem_get_info()
     if P.fits(need + device - free, device):
         return "cuda"

@@ -194,6 +194,7 @@ def test_merge_goes_to_the_gpu_only_when_it_fits(monkeypatch, caplog):
     assert merge.merge_device("cpu", 1) == "cpu"
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda: (70 * GIB, 80 * GIB))  # 10 GiB already in use
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
     assert merge.merge_device("cpu", 1) == "cpu"  # trainer=cpu: never the GPU
     assert merge.merge_device("gpu", 62 * GIB) == "cuda"  # 10 + 62 = 72 GiB: 90% of 80
     assert merge.merge_device("gpu", 63 * GIB) == "cpu"  # a float32 13B (55 GiB) with its check beside a full GPU
