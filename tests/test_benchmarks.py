@@ -33,6 +33,7 @@ def _benchmark(script: str, *extra: str, **kw) -> pytest.param:
 BENCHMARKS = [
     _benchmark("bench_dpo/bench.py"),
     _benchmark("bench_dpo/memory.py"),
+    _benchmark("bench_dpo/same_process.py"),
     _benchmark("bench_inspect/bench.py",
                marks=pytest.mark.skipif(chromium() is None, reason="chromium is not installed (.ci/run installs it)")),
     _benchmark("bench_io/bench.py"),
@@ -92,6 +93,9 @@ def check_outputs(script: str, out: Path, stdout: str) -> None:
         for trainer in ("csr_adapter_disabled", "trl", "csr_precomputed"):
             assert row[trainer]["step_s"] > 0 and row[trainer]["steps"] == 1
         assert row["ratio"] > 0 and (out / "step_time.png").stat().st_size > 0
+    elif script == "bench_dpo/same_process.py":
+        result = json.loads((out / "same_process.json").read_text())["tiny"]
+        assert len(result["times"]["csr"]) == len(result["times"]["trl"]) == 2 and result["ratio"] > 0
     elif script == "bench_dpo/memory.py":
         rows = json.loads((out / "memory.json").read_text())["rows"]
         losses = [rows[v]["losses"] for v in ("before", "after", "after_checkpointing")]

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import random
 import resource
@@ -110,16 +111,40 @@ def run_csr(paths: dict, reference: str) -> list[float]:
     return timer.times
 
 
-def run_trl(paths: dict) -> list[float]:
+def trl_trainer(paths: dict, output_dir: Path, lr: float = 1e-5):
+    """TRL's DPOTrainer on the workload's pairs, float32 as csr's run, LoRA on the same modules."""
     from datasets import Dataset
     from peft import LoraConfig
     from PIL import Image
-    from transformers import TrainerCallback
     from trl import DPOConfig, DPOTrainer
 
     from csr.io import read_jsonl
     from csr.models.chat import generation_prompt
     from csr.models.checkpoint import load_model
+
+    model, processor = load_model(paths["model"])
+    pairs = read_jsonl(Path(paths["pairs"]))
+    rows = {"prompt": [generation_prompt(processor, p["prompt"]) for p in pairs],
+            "chosen": [p["chosen"] for p in pairs], "rejected": [p["rejected"] for p in pairs],
+            "images": [[Image.open(Path(paths["images"]) / p["image"]).convert("RGB")] for p in pairs]}
+    args = DPOConfig(
+        output_dir=str(output_dir), per_device_train_batch_size=PAIRS_PER_STEP, learning_rate=lr,
+        num_train_epochs=1, lr_scheduler_type="cosine", warmup_steps=0.03, max_grad_norm=1.0, beta=0.1,
+        precompute_ref_log_probs=False, max_length=None, report_to=[], save_strategy="no", logging_steps=1,
+        use_cpu=True, dataloader_num_workers=0, seed=0, disable_tqdm=True,
+        # TRL defaults to bf16 autocast (even on a CPU) and gradient checkpointing; csr's run here is float32
+        # without checkpointing, so both are switched off for the same arithmetic.
+        bf16=False, gradient_checkpointing=False,
+    )
+    # The same modules as csr's default (the family's: every linear layer of the language model).
+    peft = LoraConfig(r=LORA["r"], lora_alpha=LORA["alpha"], lora_dropout=LORA["dropout"],
+                      target_modules=get_family("llava").lora_targets())
+    return DPOTrainer(model=model, args=args, train_dataset=Dataset.from_dict(rows), processing_class=processor,
+                      peft_config=peft)
+
+
+def run_trl(paths: dict) -> list[float]:
+    from transformers import TrainerCallback
 
     class Timer(TrainerCallback):
         def __init__(self):
@@ -131,26 +156,9 @@ def run_trl(paths: dict) -> list[float]:
         def on_step_end(self, *args, **kwargs):  # after backward and the optimizer step
             self.times.append(time.perf_counter() - self.t0)
 
-    model, processor = load_model(paths["model"])
-    pairs = read_jsonl(Path(paths["pairs"]))
-    rows = {"prompt": [generation_prompt(processor, p["prompt"]) for p in pairs],
-            "chosen": [p["chosen"] for p in pairs], "rejected": [p["rejected"] for p in pairs],
-            "images": [[Image.open(Path(paths["images"]) / p["image"]).convert("RGB")] for p in pairs]}
-    args = DPOConfig(
-        output_dir=str(Path(paths["out"]) / "trl"), per_device_train_batch_size=PAIRS_PER_STEP, learning_rate=1e-5,
-        num_train_epochs=1, lr_scheduler_type="cosine", warmup_steps=0.03, max_grad_norm=1.0, beta=0.1,
-        precompute_ref_log_probs=False, max_length=None, report_to=[], save_strategy="no", logging_steps=1,
-        use_cpu=True, dataloader_num_workers=0, seed=0, disable_tqdm=True,
-        # TRL defaults to bf16 autocast (even on a CPU) and gradient checkpointing; csr's run here is float32
-        # without checkpointing, so both are switched off for the same arithmetic.
-        bf16=False, gradient_checkpointing=False,
-    )
     timer = Timer()
-    # The same modules as csr's default (the family's: every linear layer of the language model).
-    peft = LoraConfig(r=LORA["r"], lora_alpha=LORA["alpha"], lora_dropout=LORA["dropout"],
-                      target_modules=get_family("llava").lora_targets())
-    trainer = DPOTrainer(model=model, args=args, train_dataset=Dataset.from_dict(rows), processing_class=processor,
-                         peft_config=peft, callbacks=[timer])
+    trainer = trl_trainer(paths, Path(paths["out"]) / "trl")
+    trainer.add_callback(timer)
     trainer.train()
     return timer.times
 
@@ -171,8 +179,10 @@ def measure(workload: str, threads: int, rounds: int, warmup: int, steps: int, f
     row = {"workload": paths["name"], "note": paths["note"], "tokens_per_step": sequence_tokens(paths)}
     times: dict[str, list[list[float]]] = {t: [] for t in TRAINERS}
     peaks: dict[str, list[float]] = {t: [] for t in TRAINERS}
+    loads, started = [], time.time()  # the machine's 1-minute load average as each run starts (it is shared)
     for k in range(rounds):
         for trainer in TRAINERS if k % 2 == 0 else TRAINERS[::-1]:
+            loads.append(os.getloadavg()[0])
             out = Path(paths["out"]) / f"{trainer}.json"
             if fresh_process:
                 subprocess.run([sys.executable, __file__, "--child", trainer, "--workload", workload, "--threads",
@@ -194,19 +204,24 @@ def measure(workload: str, threads: int, rounds: int, warmup: int, steps: int, f
     row["ratio"] = statistics.median(per_round["csr_adapter_disabled"])
     row["ratio_precomputed"] = statistics.median(per_round["csr_precomputed"])
     row["ratio_rounds"] = per_round["csr_adapter_disabled"]
+    row["runs"] = {"rounds": rounds, "warmup": warmup, "steps": steps, "load": [min(loads), max(loads)],
+                   "seconds": time.time() - started, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
     return row
 
 
 def table(rows: list[dict]) -> str:
     out = ["| workload | tokens / step | csr s / step | TRL s / step | **csr / TRL** | each round | csr tok/s "
-           "| TRL tok/s | csr peak MB | TRL peak MB | csr precomputed s / step | its / TRL | its peak MB |",
-           "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+           "| TRL tok/s | csr peak MB | TRL peak MB | csr precomputed s / step | its / TRL | its peak MB | runs |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         c, t, p = r["csr_adapter_disabled"], r["trl"], r["csr_precomputed"]
         each = ", ".join(f"{x:.2f}" for x in r["ratio_rounds"])
+        runs = r.get("runs")
+        when = (f"{runs['rounds']} rounds x {runs['steps']} steps after {runs['warmup']}, {runs['date']}, load average "
+                f"{runs['load'][0]:.1f}-{runs['load'][1]:.1f}") if runs else "–"
         out.append(f"| {r['workload']} | {r['tokens_per_step']:.0f} | {c['step_s']:.3f} | {t['step_s']:.3f} "
                    f"| **{r['ratio']:.2f}** | {each} | {c['tok_s']:.0f} | {t['tok_s']:.0f} | {c['peak_mb']:.0f} "
-                   f"| {t['peak_mb']:.0f} | {p['step_s']:.3f} | {r['ratio_precomputed']:.2f} | {p['peak_mb']:.0f} |")
+                   f"| {t['peak_mb']:.0f} | {p['step_s']:.3f} | {r['ratio_precomputed']:.2f} | {p['peak_mb']:.0f} | {when} |")
     return "\n".join(out) + "\n\n" + "\n".join(f"- **{r['workload']}**: {r['note']}" for r in rows) + "\n"
 
 
@@ -254,14 +269,18 @@ def main() -> None:
         if args.out == HERE:
             parser.error("--tiny writes its results under --out, never over this study's: give --out")
         args.workloads, args.rounds, args.warmup, args.steps = "tiny", 1, 1, 1
-    started = time.time()
     rows = [measure(w, args.threads, args.rounds, args.warmup, args.steps, fresh_process=not args.tiny)
             for w in args.workloads.split(",")]
     env = (f"torch {torch.__version__}, trl {version('trl')}, {args.threads} threads, {platform.machine()}, float32, "
-           f"CPU; {PAIRS_PER_STEP} pairs per step, {args.rounds} rounds, each trainer's steps after {args.warmup} "
-           f"warm-up: median of {args.steps * args.rounds}; LoRA r={LORA['r']}; total {time.time() - started:.0f} s")
+           f"CPU; {PAIRS_PER_STEP} pairs per step; LoRA r={LORA['r']}; each trainer's step time the median of its "
+           "timed steps over all rounds, csr / TRL the median of the rounds' own ratios")
+    results = args.out / "results.json"
+    if args.out == HERE and results.exists():  # the workloads not measured now keep their rows
+        measured = {r["workload"] for r in rows}
+        rows = [r for r in json.loads(results.read_text())["rows"] if r["workload"] not in measured] + rows
+        rows.sort(key=lambda r: r["tokens_per_step"])
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "results.json").write_text(json.dumps({"env": env, "rows": rows}, indent=1))
+    results.write_text(json.dumps({"env": env, "rows": rows}, indent=1))
     plot(rows, args.out / "step_time.png")
     print(table(rows))
     if args.out != HERE:
