@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import errno
 import logging
@@ -209,6 +210,20 @@ def _overrides(argv: list[str]) -> dict[str, str]:
     return dict(a.split("=", 1) for a in argv if "=" in a and not a.startswith(("-", "+", "~")))
 
 
+def _path(value: str) -> Path:
+    """An override's value as Hydra reads it (run_dir='/my runs/a' is the path without the quotes)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    with contextlib.suppress(Exception):  # not Hydra's grammar: Hydra itself says so in the app
+        value = str(OverridesParser.create().parse_overrides([f"x={value}"])[0].value())
+    return Path(value).resolve()
+
+
+def _quoted(path: Path) -> str:
+    """`path` as a Hydra override value: quoted, so that spaces, commas and brackets stay in it."""
+    return "'" + str(path).replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
 def _schema_keys() -> tuple[set[str], set[str]]:
     """(leaf keys, inner nodes) of csr's schema (csr/config.py)."""
     from csr.config import RootConfig
@@ -241,8 +256,8 @@ def stage_run_argv(argv: list[str]) -> list[str]:
     given = _overrides(argv)
     if "run_dir" not in given or any(a in ("-m", "--multirun") for a in argv):
         return argv
-    run_dir = Path(given["run_dir"]).resolve()
-    extra = [] if "hydra.run.dir" in given else [f"hydra.run.dir={run_dir}"]
+    run_dir = _path(given["run_dir"])
+    extra = [] if "hydra.run.dir" in given else [f"hydra.run.dir={_quoted(run_dir)}"]
     chosen = any(a.startswith(("--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd")) for a in argv)
     # A config group (experiment=smoke, model=...) exists only in conf/: then compose from there, as a
     # new run would; what differs from the saved config is still accepted and recorded.
@@ -336,7 +351,7 @@ def main() -> None:
         from csr.run_dir import unwritable
 
         run_dir = _overrides(argv).get("run_dir")
-        problem = unwritable(Path(run_dir).resolve()) if run_dir else None
+        problem = unwritable(_path(run_dir)) if run_dir else None
         if problem:
             print(f"csr: error: {problem}", file=sys.stderr)
             sys.exit(2)

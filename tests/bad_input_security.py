@@ -16,7 +16,7 @@ from compose_config import compose_config
 from omegaconf import OmegaConf
 from safetensors.torch import load_file, save_file
 
-from csr.cli import check_config
+from csr.cli import _path, check_config
 from csr.config import validate
 from csr.inspect.site import write_site
 from csr.models.checkpoint import load_model
@@ -252,6 +252,7 @@ CASES: dict[tuple[str, str], Callable[[Ctx], object]] = {
     ("config", 'pairs.filters names an unknown filter'): _config('pairs.filters=[emptyy]'),
     ("config", 'search.candidates_per_step 0'): _config('search.candidates_per_step=0'),
     ("config", 'dpo.reference adapter_disabled with dpo.train_projector'): _config('dpo.reference=adapter_disabled', 'dpo.train_projector=true'),
+    ("run_dir", "a quoted path with a space (run_dir='/my runs/a')"): lambda ctx: str(_path("'/my runs/a'")),
     ("config", "trainer.precision unknown"): _config("trainer.precision=bogus"),
     ("config", "trainer.accelerator unknown (tpu)"): _config("trainer.accelerator=tpu"),
     ("config", "model.attn_implementation unknown"): _config("model.attn_implementation=bogus"),
