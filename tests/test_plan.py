@@ -217,6 +217,18 @@ def test_the_13b_search_fits_by_its_byte_cap() -> None:
     assert not P.fits(P.total(plan_stages(old, dims, clip, 8, prompt_tokens=64)["search"]), GPU_80GB)
 
 
+def test_the_qwen_preset_fills_the_gpu() -> None:
+    """At LLaVA's batches Qwen2.5-VL-7B's search uses a third of the GPU; its preset's fill it to 80-90%."""
+    dims = dims_from_config(public_config("qwen2_5_vl_7b"), "qwen2_5_vl")
+    clip = clip_dims("ViT-L-14-336-quickgelu", None)
+    llava_sized = compose(["experiment=paper_llava15_7b", "model=qwen2_5_vl_7b"])
+    assert P.total(plan_stages(llava_sized, dims, clip, 8, prompt_tokens=64)["search"]) < 0.4 * GPU_80GB
+    cfg = compose(["experiment=paper_qwen2_5_vl_7b"])
+    stages = plan_stages(cfg, dims, clip, 8, prompt_tokens=64)
+    assert 0.8 * GPU_80GB < P.total(stages["search"]) <= 0.9 * GPU_80GB
+    assert P.over_device({s: P.total(parts) for s, parts in stages.items()}, GPU_80GB) == []
+
+
 FAMILIES = ["llava_next", "llava_onevision", "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "gemma3", "idefics3", "smolvlm"]
 
 
