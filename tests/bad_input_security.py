@@ -181,6 +181,21 @@ def _bad_record_at_start(ctx: Ctx) -> object:
     return loop.prepare_data()
 
 
+def _rescored_changed_image(ctx: Ctx) -> object:
+    """stage=reward scores the sentences the search pruned by R_T with the image: the search's, or refused."""
+    from PIL import Image
+
+    from csr.data.image_hash import image_sha256
+    from csr.reward.module import RewardModule
+
+    node = {"id": 0, "parent": -1, "depth": 0}
+    record = {"id": "r1", "image": "good.png", "prompt": "Describe.", "input": "Describe.\n<image>",
+              "image_sha256": image_sha256(str(ctx.images), "good.png"),
+              "nodes": [node, {"id": 1, "parent": 0, "depth": 1, "text": " A cat.", "r_t": -1.0}]}
+    Image.new("RGB", (8, 8), (200, 20, 30)).save(ctx.images / "good.png")  # same name, other pixels
+    return RewardModule(None, 0.9, "rank", str(ctx.images)).score(record)  # refused before CLIP is needed
+
+
 def _config(*overrides: str) -> Callable[[Ctx], object]:
     return lambda ctx: check_config(compose_config(*overrides))
 
@@ -253,6 +268,7 @@ CASES: dict[tuple[str, str], Callable[[Ctx], object]] = {
     ("config", 'search.candidates_per_step 0'): _config('search.candidates_per_step=0'),
     ("config", 'dpo.reference adapter_disabled with dpo.train_projector'): _config('dpo.reference=adapter_disabled', 'dpo.train_projector=true'),
     ("run_dir", "a quoted path with a space (run_dir='/my runs/a')"): lambda ctx: str(_path("'/my runs/a'")),
+    ("image", "changed on disk after the search, re-scored by stage=reward"): _rescored_changed_image,
     ("config", "trainer.precision unknown"): _config("trainer.precision=bogus"),
     ("config", "trainer.accelerator unknown (tpu)"): _config("trainer.accelerator=tpu"),
     ("config", "model.attn_implementation unknown"): _config("model.attn_implementation=bogus"),

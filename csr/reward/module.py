@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 
+from csr.data.image_hash import image_sha256
 from csr.data.images import load_image
 from csr.errors import CSRError
 from csr.pairs.clean import check_clean
@@ -42,6 +43,10 @@ class RewardModule(RecordPredictor):
         if missing:  # pruned by the LM score: CLIP has not seen these sentences yet
             try:
                 image = load_image(self.image_root, record["image"])
+                expected = record.get("image_sha256")  # the sentences the search scored saw that image
+                if expected is not None and image_sha256(self.image_root, record["image"]) != expected:
+                    raise CSRError(f"image {record['image']} changed on disk since the search read it (sha256 "
+                                   f"{expected[:12]}...): restore the file, or run the iteration again from stage=search")
             except CSRError as err:
                 raise CSRError(f"search record id={record['id']!r}: {err}") from None
             for node, r_i in zip(missing, self.scorer.relevance(record["image"], image, [n.text for n in missing]), strict=True):
