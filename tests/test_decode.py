@@ -8,6 +8,7 @@ import pytest
 import torch
 from transformers import DynamicCache
 
+from csr.models.compat import cache_kwargs, cache_of
 from csr.search.decode import DecodeSettings, Rows, choose_step, decode_sentences
 
 V, EOS, DOT, IMAGE = 12, 2, 9, 4
@@ -20,14 +21,15 @@ class Bigram(torch.nn.Module):
         super().__init__()
         self.table = table
 
-    def forward(self, input_ids, attention_mask, position_ids, cache, use_cache, pixel_values=None):
+    def forward(self, input_ids, attention_mask, position_ids, use_cache, pixel_values=None, **cache_arg):
+        cache = cache_of(SimpleNamespace(**cache_arg))  # by the installed transformers' name (csr/models/compat.py)
         assert attention_mask.shape[1] == cache.get_seq_length() + input_ids.shape[1]  # mask covers cache + new
         r, t = input_ids.shape
         cache.update(torch.zeros(r, 1, t, 1), torch.zeros(r, 1, t, 1), 0)
         logits = torch.zeros(r, t, V)
         for i in range(r):
             logits[i, -1, self.table.get(int(input_ids[i, -1]), 0)] = 5.0
-        return SimpleNamespace(logits=logits, cache=cache)
+        return SimpleNamespace(logits=logits, **cache_kwargs(cache))
 
 
 def one_hot(token: int, second: int | None = None) -> torch.Tensor:

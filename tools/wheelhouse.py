@@ -23,10 +23,11 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-# manylinux tags a current x86-64 GPU image accepts (glibc >= 2.28); pure-Python wheels are 'any'.
-PLATFORMS = ["manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64",
-             "linux_x86_64"]
-# An editable install builds csr with setuptools (pyproject's build-system) from the wheelhouse too.
+# Every manylinux tag a current x86-64 GPU image (glibc 2.28 or newer) accepts; pure-Python wheels are 'any'.
+PLATFORMS = [f"manylinux_2_{minor}_x86_64" for minor in range(28, 4, -1)] + [
+    "manylinux2014_x86_64", "manylinux2010_x86_64", "manylinux1_x86_64", "linux_x86_64"]
+# An editable install builds csr in an isolated environment with setuptools (pyproject's build-system),
+# which pip fills from the wheelhouse too, whatever setuptools the target itself has.
 BUILD = ["setuptools>=68"]
 
 
@@ -57,6 +58,19 @@ def _pip(*args: str) -> None:
     subprocess.run([sys.executable, "-m", "pip", *args], check=True)
 
 
+def sources(report: dict) -> list[str]:
+    """`name==version` of each package a resolution takes as source, not as a wheel (csr itself left out)."""
+    return sorted(f"{item['metadata']['name']}=={item['metadata']['version']}" for item in report["install"]
+                  if not item["download_info"]["url"].endswith(".whl") and canonical(item["metadata"]["name"]) != "csr")
+
+
+def _report(args: list[str], tmp: Path) -> dict:
+    """pip's dry-run resolution of `args` (no install) as its JSON report."""
+    report = tmp / "report.json"
+    _pip("install", "--dry-run", "--quiet", "--ignore-installed", "--report", str(report), *args)
+    return json.loads(report.read_text())
+
+
 def _target_flags(python_version: str) -> list[str]:
     return ["--only-binary=:all:", "--python-version", python_version, "--implementation", "cp",
             *[flag for platform in PLATFORMS for flag in ("--platform", platform)]]
@@ -64,19 +78,23 @@ def _target_flags(python_version: str) -> list[str]:
 
 def build(python_version: str, have: dict[str, str], extras: list[str], out: Path) -> list[str]:
     """Resolve csr[extras] for the target with its own versions fixed, then download what it lacks into
-    `out`; returns what was downloaded."""
+    `out` (with csr's build requirement); returns what it holds."""
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         constraints = Path(tmp) / "have.txt"
         constraints.write_text("".join(f"{name}=={version}\n" for name, version in have.items()))
-        report = Path(tmp) / "report.json"
         target = f"{ROOT}[{','.join(extras)}]" if extras else str(ROOT)
-        _pip("install", "--dry-run", "--quiet", "--ignore-installed", "--target", str(Path(tmp) / "target"),
-             "--report", str(report), "-c", str(constraints), *_target_flags(python_version), target, *BUILD)
-        needed = missing(json.loads(report.read_text()), have)
-    if needed:
-        _pip("download", "--quiet", "--no-deps", "-d", str(out), *_target_flags(python_version), *needed)
-    return needed
+        # Packages the registry has only as source (docopt under num2words, antlr4 under hydra), found by a
+        # resolution for this Python (the target's versions may not exist for it), built into wheels here
+        # first: right for the pure-Python ones these are, and the target then needs no build.
+        built = sources(_report([target], Path(tmp)))
+        if built:
+            _pip("wheel", "--quiet", "--no-deps", "--wheel-dir", str(out), *built)
+        report = _report(["--target", str(Path(tmp) / "target"), "--find-links", str(out), "-c", str(constraints),
+                          *_target_flags(python_version), target], Path(tmp))
+        needed = [spec for spec in missing(report, have) if spec not in built]
+    _pip("download", "--quiet", "--no-deps", "-d", str(out), *_target_flags(python_version), *needed, *BUILD)
+    return [*built, *needed, *BUILD]
 
 
 def main() -> None:

@@ -11,6 +11,7 @@ from csr.dpo.data import answer_positions, reference_from_batch, sequence_logps
 from csr.dpo.loss import dpo_loss, reward_metrics
 from csr.dpo.schedule import lr_factor
 from csr.errors import CSRError
+from csr.models.compat import logits_at
 from csr.models.families.base import Family
 
 
@@ -21,22 +22,11 @@ def concatenated_logps(model: torch.nn.Module, batch: dict, family: Family) -> t
     only at answer positions; both equal the full computation to the bit (tests/test_dpo_memory.py).
     """
     image = family.image_inputs(batch["image"], next(model.parameters()).dtype)
-    images = model.get_image_features(**image)
-    shared = family.repeat_image_outputs(images, 2)
-    del images
-    # What the LM still needs of the images besides their features (Qwen's grids give its positions),
-    # once per row: chosen rows, then rejected rows, as the features.
-    again = {key: torch.cat([image[key], image[key]]) for key in family.forward_keys if key in image}
-    out = model(
-        input_ids=batch["input_ids"],
-        attention_mask=batch["attention_mask"],
-        mm_encoder_outputs={"image": shared},
-        logits_to_keep=answer_positions(batch["labels"]),
-        use_cache=False,
-        **again,
-        **batch["types"],
-    )
-    logps = sequence_logps(out.logits, batch["labels"])
+    text = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"], **batch["types"]}
+    # Chosen rows, then rejected rows, each pair's image serving both (csr/models/compat.py: on transformers
+    # without precomputed features the tower runs per row, the values are the same).
+    logits = logits_at(model, family, text, image, 2, answer_positions(batch["labels"]))
+    logps = sequence_logps(logits, batch["labels"])
     half = logps.shape[0] // 2
     return logps[:half], logps[half:]
 

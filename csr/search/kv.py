@@ -21,6 +21,8 @@ from transformers.cache_utils import DynamicLayer
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
+from csr.models.compat import cache_kwargs, cache_of
+
 # One sentence's cache: per layer (keys, values), each [heads, tokens, head_dim].
 Segment = list[tuple[torch.Tensor, torch.Tensor]]
 
@@ -283,8 +285,8 @@ def forward(
             input_ids=to(input_ids),
             attention_mask=to(attention_mask),
             position_ids=to(position_ids),
-            cache=cache if cache is not None else DynamicCache(),
+            **cache_kwargs(cache if cache is not None else DynamicCache()),
             use_cache=True,
             **kwargs,
         )
-    return out.logits[:, -1].float(), out.cache
+    return out.logits[:, -1].float(), cache_of(out)
