@@ -143,13 +143,17 @@ def compare(runs: list[Run], out_dir: Path, metrics: list[str] | None = None) ->
     swept = swept_keys(runs)
     columns = metric_columns(runs, metrics)
     rows = table(runs, swept, columns)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out_dir / "comparison.md", to_markdown(rows))
-    atomic_write_text(out_dir / "comparison.csv", to_csv(rows))
-    labels = {r.name: ", ".join(f"{k}={r.params.get(k)}" for k in swept) or r.name for r in runs}
-    plot_metrics(runs, labels, [c for c in columns if c.startswith("eval/")], out_dir / "metric_vs_iteration.png")
-    plot_score_gap(runs, labels, out_dir / "score_gap.png")
-    plot_r_i_before_after(runs, labels, out_dir / "r_i_before_after.png")
+    try:  # read-only storage, a full disk, a file where the directory should be: one line, not a traceback
+        out_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out_dir / "comparison.md", to_markdown(rows))
+        atomic_write_text(out_dir / "comparison.csv", to_csv(rows))
+        labels = {r.name: ", ".join(f"{k}={r.params.get(k)}" for k in swept) or r.name for r in runs}
+        plot_metrics(runs, labels, [c for c in columns if c.startswith("eval/")], out_dir / "metric_vs_iteration.png")
+        plot_score_gap(runs, labels, out_dir / "score_gap.png")
+        plot_r_i_before_after(runs, labels, out_dir / "r_i_before_after.png")
+    except OSError as err:
+        raise CSRError(f"--out {out_dir}: cannot write {err.filename or out_dir}: {err.strerror or err}; "
+                       "pass a writable --out") from None
     return rows
 
 

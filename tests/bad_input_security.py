@@ -196,6 +196,13 @@ def _rescored_changed_image(ctx: Ctx) -> object:
     return RewardModule(None, 0.9, "rank", str(ctx.images)).score(record)  # refused before CLIP is needed
 
 
+def _compare_onto_file(ctx: Ctx) -> object:
+    from csr.compare import Run, compare
+
+    (ctx.tmp / "file").write_text("mine")
+    return compare([Run("a", {"reward.lam": "0.5"}, {1: {"pairs/pairs": 3.0}}, None)], ctx.tmp / "file" / "out")
+
+
 def _config(*overrides: str) -> Callable[[Ctx], object]:
     return lambda ctx: check_config(compose_config(*overrides))
 
@@ -269,6 +276,7 @@ CASES: dict[tuple[str, str], Callable[[Ctx], object]] = {
     ("config", 'dpo.reference adapter_disabled with dpo.train_projector'): _config('dpo.reference=adapter_disabled', 'dpo.train_projector=true'),
     ("run_dir", "a quoted path with a space (run_dir='/my runs/a')"): lambda ctx: str(_path("'/my runs/a'")),
     ("image", "changed on disk after the search, re-scored by stage=reward"): _rescored_changed_image,
+    ("csr-compare --out", "not writable (read-only storage, a file in the path)"): _compare_onto_file,
     ("config", "trainer.precision unknown"): _config("trainer.precision=bogus"),
     ("config", "trainer.accelerator unknown (tpu)"): _config("trainer.accelerator=tpu"),
     ("config", "model.attn_implementation unknown"): _config("model.attn_implementation=bogus"),
