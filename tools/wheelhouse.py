@@ -54,21 +54,14 @@ def missing(report: dict, have: dict[str, str]) -> list[str]:
     return sorted(f"{name}=={version}" for name, version in wanted if canonical(name) not in have and canonical(name) != "csr")
 
 
-def _pip(*args: str) -> None:
-    subprocess.run([sys.executable, "-m", "pip", *args], check=True)
-
-
 def sources(report: dict) -> list[str]:
     """`name==version` of each package a resolution takes as source, not as a wheel (csr itself left out)."""
     return sorted(f"{item['metadata']['name']}=={item['metadata']['version']}" for item in report["install"]
                   if not item["download_info"]["url"].endswith(".whl") and canonical(item["metadata"]["name"]) != "csr")
 
 
-def _report(args: list[str], tmp: Path) -> dict:
-    """pip's dry-run resolution of `args` (no install) as its JSON report."""
-    report = tmp / "report.json"
-    _pip("install", "--dry-run", "--quiet", "--ignore-installed", "--report", str(report), *args)
-    return json.loads(report.read_text())
+def _pip(*args: str) -> None:
+    subprocess.run([sys.executable, "-m", "pip", *args], check=True)
 
 
 def _target_flags(python_version: str) -> list[str]:
@@ -76,25 +69,39 @@ def _target_flags(python_version: str) -> list[str]:
             *[flag for platform in PLATFORMS for flag in ("--platform", platform)]]
 
 
+def stand_in(have: dict[str, str], root: Path) -> Path:
+    """An empty environment in which the target's packages look installed (metadata only, no files and no
+    dependencies): resolving csr in it asks pip only for what the target lacks, and never walks torch's
+    own tree of CUDA wheels. Returns its python."""
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(root)], check=True)
+    site = next(root.glob("lib/python*/site-packages"))
+    for name, version in have.items():
+        info = site / f"{name.replace('-', '_')}-{version}.dist-info"
+        info.mkdir()
+        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n")
+        (info / "INSTALLER").write_text("wheelhouse stand-in\n")
+    return root / "bin" / "python"
+
+
 def build(python_version: str, have: dict[str, str], extras: list[str], out: Path) -> list[str]:
-    """Resolve csr[extras] for the target with its own versions fixed, then download what it lacks into
-    `out` (with csr's build requirement); returns what it holds."""
+    """Resolve csr[extras] next to the target's packages, then fetch what it lacks as wheels for the
+    target's Python into `out` (with csr's build requirement); returns what `out` holds."""
     out.mkdir(parents=True, exist_ok=True)
+    target = f"{ROOT}[{','.join(extras)}]" if extras else str(ROOT)
     with tempfile.TemporaryDirectory() as tmp:
-        constraints = Path(tmp) / "have.txt"
-        constraints.write_text("".join(f"{name}=={version}\n" for name, version in have.items()))
-        target = f"{ROOT}[{','.join(extras)}]" if extras else str(ROOT)
-        # Packages the registry has only as source (docopt under num2words, antlr4 under hydra), found by a
-        # resolution for this Python (the target's versions may not exist for it), built into wheels here
-        # first: right for the pure-Python ones these are, and the target then needs no build.
-        built = sources(_report([target], Path(tmp)))
-        if built:
-            _pip("wheel", "--quiet", "--no-deps", "--wheel-dir", str(out), *built)
-        report = _report(["--target", str(Path(tmp) / "target"), "--find-links", str(out), "-c", str(constraints),
-                          *_target_flags(python_version), target], Path(tmp))
-        needed = [spec for spec in missing(report, have) if spec not in built]
-    _pip("download", "--quiet", "--no-deps", "-d", str(out), *_target_flags(python_version), *needed, *BUILD)
-    return [*built, *needed, *BUILD]
+        python = stand_in(have, Path(tmp) / "env")
+        report = Path(tmp) / "report.json"
+        # This Python resolves (names and versions); the wheels are then the target Python's.
+        _pip("--python", str(python), "install", "--dry-run", "--quiet", "--report", str(report), target)
+        resolved = json.loads(report.read_text())
+    needed, built = missing(resolved, have), sources(resolved)
+    # Packages the registry has only as source (docopt under num2words, antlr4 under hydra) are built into
+    # wheels here: right for the pure-Python ones these are, and the target then needs no build.
+    if built:
+        _pip("wheel", "--quiet", "--no-deps", "--wheel-dir", str(out), *built)
+    wheels = [spec for spec in needed if spec not in built]
+    _pip("download", "--quiet", "--no-deps", "-d", str(out), *_target_flags(python_version), *wheels, *BUILD)
+    return [*needed, *BUILD]
 
 
 def main() -> None:
