@@ -106,6 +106,9 @@ def check_run_dir(run_dir: Path, hydra_names: set[str] = frozenset()) -> bool:
         raise CSRError(f"run_dir {run_dir} is a file, not a directory: pass a new directory, "
                        "or a csr run directory to resume it")
     if not run_dir.exists():
+        existing = next((p for p in run_dir.parents if p.exists()), None)
+        if existing is not None and not existing.is_dir():  # refused here, before Hydra makes its directory
+            raise CSRError(f"run_dir {run_dir}: part of the path is a file, not a directory; pass another run_dir")
         return False
     if is_run_dir(run_dir):
         return True

@@ -395,3 +395,10 @@ def test_a_stage_run_beyond_the_run_is_refused_and_leaves_no_iteration_directory
     proc = run("csr", "stage=search", "iteration=5", f"run_dir={run_dir}", *paths, env=_env(), cwd=tmp_path, check=False)
     assert proc.returncode == 2 and "reads iter_4/merge" in proc.stderr and "Traceback" not in proc.stderr
     assert _snapshot(run_dir) == before and not (run_dir / "iter_5").exists()
+
+
+def test_a_run_dir_under_a_file_is_one_line_before_hydra(tmp_path):
+    (tmp_path / "afile").write_text("mine")
+    proc = run("csr", f"run_dir={tmp_path / 'afile' / 'sub'}", env=_env(), cwd=tmp_path, check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr + proc.stdout
+    assert "part of the path is a file, not a directory" in proc.stderr
