@@ -26,6 +26,7 @@ from PIL import Image
 from transformers import DynamicCache
 
 from csr.models.clip import ClipBundle
+from csr.models.compat import cache_kwargs
 from csr.models.families import Family, get_family
 from csr.reward.tree import (
     FINISH_BUDGET,
@@ -97,7 +98,7 @@ class ReferenceSearch:
         rest = {**f.image_inputs(inputs, self.model.dtype), **{key: inputs[key] for key in f.token_keys}}
         out = self.model(input_ids=inputs["input_ids"].to(device), attention_mask=inputs["attention_mask"].to(device),
                          position_ids=position.to(device), **{k: v.to(device) for k, v in rest.items()},
-                         cache=cache, use_cache=True, logits_to_keep=1)
+                         **cache_kwargs(cache), use_cache=True, logits_to_keep=1)
         return out.logits[:, -1].float().cpu()
 
     def _forward(self, ids: torch.Tensor, cache: DynamicCache) -> torch.Tensor:
@@ -108,7 +109,7 @@ class ReferenceSearch:
         mask = torch.ones(rows, length + 1, dtype=torch.long)
         device = self.model.device
         out = self.model(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=position.to(device),
-                         cache=cache, use_cache=True, logits_to_keep=1)
+                         **cache_kwargs(cache), use_cache=True, logits_to_keep=1)
         return out.logits[:, -1].float().cpu()
 
     @torch.inference_mode()

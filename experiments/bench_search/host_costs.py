@@ -24,6 +24,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from transformers import DynamicCache
 
+from csr.models.compat import cache_kwargs, cache_of
 from csr.search import kv
 from csr.search.decode import DecodeSettings, Rows, decode_sentences
 
@@ -89,10 +90,11 @@ class StubModel(torch.nn.Module):
         super().__init__()
         self.logits = logits
 
-    def forward(self, input_ids, attention_mask, position_ids, cache, use_cache, pixel_values=None):
+    def forward(self, input_ids, attention_mask, position_ids, use_cache, pixel_values=None, **cache_arg):
+        cache = cache_of(SimpleNamespace(**cache_arg))  # by the installed transformers' name (csr/models/compat.py)
         r = input_ids.shape[0]
         cache.update(torch.zeros(r, 1, 1, 1), torch.zeros(r, 1, 1, 1), 0)
-        return SimpleNamespace(logits=self.logits[:r, None], cache=cache)
+        return SimpleNamespace(logits=self.logits[:r, None], **cache_kwargs(cache))
 
 
 def decode_step(steps: int = 16, repeats: int = 5) -> dict:
