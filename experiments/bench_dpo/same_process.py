@@ -104,7 +104,7 @@ def main() -> None:
         args.workload, args.steps, args.warmup = "tiny", 2, 1
     torch.set_num_threads(args.threads)
     paths = bench.prepare(args.workload, 1)
-    sides = {"csr": csr_step(paths, 1e-5), "trl": trl_step(paths, 1e-5, args.out / "trl_same_process")}
+    sides = {"csr": csr_step(paths, 1e-5), "trl": trl_step(paths, 1e-5, Path(paths["out"]) / "trl_same_process")}
     times: dict[str, list[float]] = {name: [] for name in sides}
     loads = []
     for _ in range(args.warmup + args.steps):
