@@ -1,7 +1,8 @@
 """The expected values of tests/test_clean_tree.py from the authors' code, unchanged:
 `python tests/authors_clean_tree.py AUTHORS_DIR OUT_DIR` prints them as JSON.
 
-AUTHORS_DIR is a checkout's `inference_csr/` (YiyangZhou/CSR; utils.py needs `shortuuid` importable).
+AUTHORS_DIR is a checkout's `inference_csr/` (YiyangZhou/CSR), importable through PYTHONPATH with `shortuuid`
+(utils.py needs it): PYTHONPATH=<site with shortuuid>:AUTHORS_DIR.
 Each tree of test_clean_tree.TREES goes through what score.py's eval_model does per tree (utils.clean_tree,
 then score.get_result: dfs_score with its 4-character test, calculate_ranks) and is saved with
 utils.save_pickle; then `python construct.py` (step3.sh's command) pairs them all, and construct.dfs gives
@@ -18,13 +19,12 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import torch
-from test_clean_tree import LAM, TREES
+from clean_tree_cases import LAM, TREES
 
 PROMPT = "USER: <image>Describe the image. ASSISTANT:"
 SEPARATOR = "###"
@@ -69,7 +69,6 @@ def their_tree(utils, spec: list[tuple]):
 
 
 def main(authors_dir: Path, out_dir: Path) -> dict:
-    sys.path.insert(0, str(authors_dir))
     import construct
     import score
     import utils
@@ -85,7 +84,7 @@ def main(authors_dir: Path, out_dir: Path) -> dict:
     output = out_dir / "construct.json"
     subprocess.run([sys.executable, "construct.py", "--folder_path", str(pickles), "--image_dir", "unused",
                     "--clip_alpha", str(LAM), "--output_file", str(output)], cwd=authors_dir, check=True,
-                   stdout=subprocess.DEVNULL, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+                   stdout=subprocess.DEVNULL)
 
     def ours(text: str) -> str:
         return text.replace(SEPARATOR, "")

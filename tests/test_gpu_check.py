@@ -18,8 +18,11 @@ from csr.models.families import get_family
 
 ROOT = Path(__file__).resolve().parent.parent
 CHECK = ROOT / "experiments" / "gpu_check"
-sys.path.insert(0, str(CHECK))
-from models import build_processor, load_spec  # noqa: E402
+# The check's model builder, loaded by path (it is an experiment's file, not a package's module).
+_spec = importlib.util.spec_from_file_location("gpu_check_models", CHECK / "models.py")
+models = sys.modules["gpu_check_models"] = importlib.util.module_from_spec(_spec)  # dataclasses look it up
+_spec.loader.exec_module(models)
+build_processor, load_spec = models.build_processor, models.load_spec
 
 MODELS = ("llava", "qwen")
 
