@@ -58,13 +58,19 @@ def resolve_image_path(image_root: str | os.PathLike[str], rel: str) -> Path:
     if os.path.isabs(rel) or Path(rel).is_absolute():
         raise CSRError(f"image path {rel!r} is absolute; it must be relative to image_root {image_root}")
     root = Path(image_root).resolve()
+    loop = f"image path {rel!r} under image_root {root} is a symlink loop"
     # resolve() follows symlinks, so both ".." and links leaving the root are caught here.
     try:
         candidate = (root / rel).resolve()
     except (RuntimeError, OSError) as exc:  # Python 3.11 says RuntimeError, 3.13 OSError(ELOOP)
         if isinstance(exc, OSError) and exc.errno != errno.ELOOP:
             raise CSRError(f"image path {rel!r} under image_root {root}: cannot resolve ({exc})") from None
-        raise CSRError(f"image path {rel!r} under image_root {root} is a symlink loop") from None
+        raise CSRError(loop) from None
+    try:
+        (root / rel).stat()  # Python 3.13's resolve() passes over a loop; stat says ELOOP
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise CSRError(loop) from None
     if not candidate.is_relative_to(root):
         raise CSRError(f"image path {rel!r} resolves to {candidate}, outside image_root {root}")
     return candidate
