@@ -203,6 +203,27 @@ def _compare_onto_file(ctx: Ctx) -> object:
     return compare([Run("a", {"reward.lam": "0.5"}, {1: {"pairs/pairs": 3.0}}, None)], ctx.tmp / "file" / "out")
 
 
+def _resumed_search(ctx: Ctx, edit: str) -> object:
+    """A search stopped after one prompt, then resumed after the prompt file or the image was edited."""
+    from PIL import Image
+
+    from csr.data.image_hash import image_sha256
+    from csr.data.prompts import load_prompts
+    from csr.search.stage import check_resumed
+
+    written = {"id": "ok", "image": "good.png", "prompt": "Describe.", "input": "Describe.\n<image>",
+               "image_sha256": image_sha256(str(ctx.images), "good.png"), "nodes": []}
+    (ctx.tmp / "search.jsonl").write_text(json.dumps(written) + "\n")
+    if edit == "prompt":
+        path = ctx.write([])  # rewritten: "ok" now asks something else
+        Path(path).write_text(json.dumps([{"id": "ok", "image": "good.png", "input": "Count the shapes.\n<image>"}]))
+    else:
+        path = ctx.write([{"id": "r2", "image": "good.png", "input": "Describe.\n<image>"}])
+        Image.new("RGB", (8, 8), (200, 20, 30)).save(ctx.images / "good.png")
+    prompts, _ = load_prompts(path, str(ctx.images))
+    return check_resumed(ctx.tmp / "search.jsonl", prompts, str(ctx.images), path)
+
+
 def _config(*overrides: str) -> Callable[[Ctx], object]:
     return lambda ctx: check_config(compose_config(*overrides))
 
@@ -277,6 +298,8 @@ CASES: dict[tuple[str, str], Callable[[Ctx], object]] = {
     ("run_dir", "a quoted path with a space (run_dir='/my runs/a')"): lambda ctx: str(_path("'/my runs/a'")),
     ("image", "changed on disk after the search, re-scored by stage=reward"): _rescored_changed_image,
     ("csr-compare --out", "not writable (read-only storage, a file in the path)"): _compare_onto_file,
+    ("prompt file", "edited while a search was stopped, then resumed"): lambda ctx: _resumed_search(ctx, "prompt"),
+    ("image", "edited while a search was stopped, then resumed"): lambda ctx: _resumed_search(ctx, "image"),
     ("config", "trainer.precision unknown"): _config("trainer.precision=bogus"),
     ("config", "trainer.accelerator unknown (tpu)"): _config("trainer.accelerator=tpu"),
     ("config", "model.attn_implementation unknown"): _config("model.attn_implementation=bogus"),

@@ -6,7 +6,10 @@ from pathlib import Path
 
 from csr import plan as P
 from csr.context import StageContext
-from csr.data.prompts import load_prompts
+from csr.data.image_hash import image_sha256
+from csr.data.prompts import PromptRecord, load_prompts
+from csr.distributed import is_global_zero
+from csr.errors import CSRError
 from csr.io import read_jsonl
 from csr.models.chat import drop_overlong
 from csr.models.checkpoint import special_token_ids
@@ -65,9 +68,41 @@ def run_search(*, model, processor, scorer, cfg, out_path: Path, trainer_kwargs:
                                       cfg.search.max_answer_tokens, cfg.data.on_error, cfg.data.prompt_file)
     if too_long:
         load_skips = {**load_skips, "too_long": too_long}
+    if is_global_zero():
+        check_resumed(out_path, prompts, cfg.data.image_root, cfg.data.prompt_file)
     module = build_module(model, processor, scorer, cfg)
     predict_to_jsonl(module, prompts, out_path, batch_size=cfg.search.prompts_per_batch, trainer_kwargs=trainer_kwargs)
     return search_stats(read_jsonl(out_path), load_skips)
+
+
+def check_resumed(out_path: Path, prompts: list[PromptRecord], image_root: str, prompt_file: str) -> None:
+    """A resumed search goes on only with the prompts and images its written trees came from: a prompt
+    file or an image edited at the same path would mix trees of two inputs in one iteration's pairs."""
+    if not out_path.exists():
+        return
+    try:
+        written = read_jsonl(out_path)
+    except CSRError:
+        return  # a torn last line, which the resume repairs: the records are checked at the next start
+    current = {p.id: (p.image, p.raw) for p in prompts}
+    changed = [r.get("id") for r in written if current.get(r.get("id")) != (r.get("image"), r.get("input"))]
+    if changed:
+        raise CSRError(f"{out_path}: {len(changed)} of the {len(written)} prompts searched so far are no longer in "
+                       f"{prompt_file} as they were, or not among the prompts this start selects (e.g. id="
+                       f"{changed[0]!r}): the prompt file (or data.limit) changed since this search started; restore "
+                       f"it, or delete {out_path} to search again")
+    moved = []
+    for r in written:
+        try:
+            same = not r.get("image_sha256") or image_sha256(image_root, r["image"]) == r["image_sha256"]
+        except (CSRError, OSError):
+            same = False
+        if not same:
+            moved.append(r)
+    if moved:
+        raise CSRError(f"{out_path}: the images of {len(moved)} prompts searched so far changed on disk since the "
+                       f"search read them (e.g. id={moved[0]['id']!r}, image {moved[0]['image']}): restore them, or "
+                       f"delete {out_path} to search again")
 
 
 def search_stats(records: list[dict], load_skips: dict[str, int]) -> dict:
