@@ -283,6 +283,8 @@ def precheck(argv: list[str]) -> str | None:
 
     from csr.run_dir import check_not_in_use, check_resume, check_run_dir
 
+    if not is_global_zero():  # another rank of a starting run (torchrun, Lightning's launcher): rank 0 checked
+        return None           # the run directory and holds its lock
     dashed = [a for a in argv if a.startswith("-")]
     options = dict(a.split("=", 1) for a in dashed if "=" in a)
     if len(options) != len(dashed) or not options.keys() <= {"--config-path", "--config-name"}:
