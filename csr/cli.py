@@ -15,7 +15,7 @@ from pathlib import Path
 
 import hydra
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from csr import signals
 from csr.config import validate
@@ -57,6 +57,13 @@ def check_config(cfg: DictConfig) -> DictConfig:
     """Everything the config alone decides, before a directory is made or a model loads."""
     from csr.worlds import evaluators
 
+    # Before validate(): a misspelt evaluator is the thing to name, not what the selection (eval.select)
+    # then misses among the evaluators.
+    known = evaluators()
+    names = OmegaConf.select(cfg, "eval.evaluators")
+    unknown = [name for name in (names if isinstance(names, ListConfig) else []) if name not in known]
+    if unknown:
+        raise CSRError(f"config key 'eval.evaluators': unknown evaluator {unknown[0]!r}; known: {sorted(known)}")
     typed = validate(cfg)
     check_run_extras(typed)
     check_trainer(typed.trainer)
@@ -65,10 +72,6 @@ def check_config(cfg: DictConfig) -> DictConfig:
     from csr.models.clip import check_activation
 
     check_activation(typed.reward.clip.arch, typed.reward.clip.weights)
-    known = evaluators()
-    unknown = [name for name in typed.eval.evaluators if name not in known]
-    if unknown:
-        raise CSRError(f"config key 'eval.evaluators': unknown evaluator {unknown[0]!r}; known: {sorted(known)}")
     from csr.eval.harness import check_harnesses
 
     check_harnesses(typed.eval)

@@ -34,6 +34,7 @@ from csr.choices import (
     PRUNE_BY,
     REFERENCE_CLEANS,
     SCHEDULERS,
+    SELECT_MODES,
     SHAPESWORLD_SPLITS,
     TEXT_SCORES,
 )
@@ -348,6 +349,7 @@ _CHOICES = {
     "dpo.reference": DPO_REFERENCES,
     "data.shapesworld.split": (*SHAPESWORLD_SPLITS, None),
     "eval.shapesworld.split": SHAPESWORLD_SPLITS,
+    "eval.select.mode": SELECT_MODES,
     "trainer.precision": PRECISIONS,
     "trainer.accelerator": ACCELERATORS,
     "model.attn_implementation": ATTN_IMPLEMENTATIONS,
@@ -423,6 +425,8 @@ def validate(cfg: DictConfig) -> DictConfig:
         raise CSRError(f"config keys {missing} have no value (???): set them on the command line, e.g. {missing[0]}=...")
     for key, choices in _CHOICES.items():
         value = OmegaConf.select(typed, key)
+        if value is None and OmegaConf.select(typed, key.rpartition(".")[0]) is None:
+            continue  # an optional block left out (eval.select=null): nothing to choose
         if value not in choices:
             raise CSRError(f"config key {key!r}: {value!r} is not one of {list(choices)}")
     for key, (ok, rule) in _RANGES.items():

@@ -33,7 +33,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from csr.choices import SELECT_MODES, SHAPESWORLD_SPLITS
+from csr.choices import SHAPESWORLD_SPLITS
 from csr.errors import CSRError
 
 MARKER = "select"  # iter_<k>/eval/select.done.json; its outputs in iter_<k>/eval/select/
@@ -62,8 +62,6 @@ def check_selection(cfg) -> None:
     s = cfg.eval.select
     if s is None:
         return
-    if s.mode not in SELECT_MODES:
-        raise CSRError(f"config key 'eval.select.mode': {s.mode!r} is not one of {list(SELECT_MODES)}")
     if s.patience is not None and s.patience < 1:
         raise CSRError(f"config key 'eval.select.patience': {s.patience!r} must be >= 1 or null (run every iteration)")
     name, key = metric_parts(s.metric)
