@@ -1,5 +1,17 @@
 """The trees tests/test_clean_tree.py holds csr's clean-up to, and tests/authors_clean_tree.py runs the
-authors' code on: each node is (parent, sentence, R_T, R_I, final); ids 1.. in order, the root is 0."""
+authors' code on: each node is (parent, sentence, R_T, R_I, final); ids 1.. in order, the root is 0.
+tree_nodes() makes such a spec into csr's nodes (tests/test_pairs.py's trees are specs too)."""
+
+from csr.reward.tree import FINISH_DELIMITER, FINISH_EOS, Node, new_root
+
+
+def tree_nodes(spec: list[tuple]) -> list[Node]:
+    nodes = [new_root()]
+    for parent, text, r_t, r_i, final in spec:
+        nodes.append(Node(id=len(nodes), parent=parent, depth=nodes[parent].depth + 1, text=text, r_t=r_t, r_i=r_i,
+                          finish=FINISH_EOS if final else FINISH_DELIMITER, final=final))
+    return nodes
+
 
 TREES = {
     # the issue's tree: four repeats are not six, so the authors rank it (csr's repetition filter drops it)

@@ -4,7 +4,7 @@ authors' own code, and where each preset sets it."""
 from __future__ import annotations
 
 import pytest
-from clean_tree_cases import LAM, TREES
+from clean_tree_cases import LAM, TREES, tree_nodes
 from compose_config import RUN, compose_config
 
 from csr.choices import REFERENCE_CLEANS
@@ -23,7 +23,7 @@ from csr.pairs.clean import (
 from csr.pairs.rules import SHORT_SENTENCE
 from csr.reward.answers import score_tree
 from csr.reward.stage import reward_stats
-from csr.reward.tree import FINISH_DELIMITER, FINISH_EOS, Node, new_root, settle_step
+from csr.reward.tree import new_root, settle_step
 
 # --------------------------------------------------------------------------- one sentence
 
@@ -129,14 +129,6 @@ SHORT_PAIRS = {
     "characters": (" -ok-.", " A\n\n\n\n\nmoon."),
     "subtrees": (" A red star.", " A ring. Кольцо."),
 }
-
-
-def tree_nodes(spec: list[tuple]) -> list[Node]:
-    nodes = [new_root()]
-    for parent, text, r_t, r_i, final in spec:
-        nodes.append(Node(id=len(nodes), parent=parent, depth=nodes[parent].depth + 1, text=text, r_t=r_t, r_i=r_i,
-                          finish=FINISH_EOS if final else FINISH_DELIMITER, final=final))
-    return nodes
 
 
 def _record(name: str, clean: str) -> dict:

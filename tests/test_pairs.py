@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+from clean_tree_cases import tree_nodes
 
 from csr.choices import PAIR_FILTERS as FILTERS
 from csr.choices import PAIR_RULES as RULES
@@ -31,7 +32,6 @@ from csr.pairs.select import (
     select_pair,
 )
 from csr.reward.answers import score_tree
-from csr.reward.tree import FINISH_DELIMITER, FINISH_EOS, Node, new_root
 
 # --------------------------------------------------------------------------- answer_score
 
@@ -516,18 +516,10 @@ REFERENCE_SCORES = {  # construct.dfs order: (answer, their cumulative score / l
 }
 
 
-def _tree_nodes(spec: list[tuple]) -> list[Node]:
-    nodes = [new_root()]
-    for parent, text, r_t, r_i, final in spec:
-        nodes.append(Node(id=len(nodes), parent=parent, depth=nodes[parent].depth + 1, text=text, r_t=r_t, r_i=r_i,
-                          finish=FINISH_EOS if final else FINISH_DELIMITER, final=final))
-    return nodes
-
-
 def _tree_record(name: str, rule: str) -> dict:
     lam, spec = TREES[name]
     return {"id": name, "image": f"{name}.jpg", "prompt": "Describe the image.", "input": "<image>\nDescribe.",
-            **score_tree(_tree_nodes(spec), lam, "rank", rule)}
+            **score_tree(tree_nodes(spec), lam, "rank", rule)}
 
 
 @pytest.mark.parametrize("rule", RULES)
