@@ -25,7 +25,7 @@ def installed(module: str) -> bool:
     """Whether `module` can be imported, without importing it (a missing parent package is 'no')."""
     try:
         return importlib.util.find_spec(module) is not None
-    except ModuleNotFoundError:
+    except ImportError:  # a parent that is missing, or set to None in sys.modules (blocked)
         return False
 
 

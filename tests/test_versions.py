@@ -4,6 +4,7 @@ tools/wheelhouse.py finds what a target environment lacks."""
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import tomllib
 from pathlib import Path
@@ -63,6 +64,7 @@ def test_the_lock_lies_inside_the_ranges():
         assert pins[_canonical(req.name)] in req.specifier, f"{req}: the lock's {pins[_canonical(req.name)]}"
 
 
+@functools.cache
 def _wheelhouse():
     spec = importlib.util.spec_from_file_location("wheelhouse", ROOT / "tools" / "wheelhouse.py")
     module = importlib.util.module_from_spec(spec)
