@@ -17,12 +17,12 @@ import hydra
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from csr import signals
-from csr.config import validate
-from csr.distributed import check_trainer, is_global_zero
-from csr.errors import CSRError
-from csr.extras import check_run as check_run_extras
-from csr.extras import require_launcher
+from csr.config.schema import validate
+from csr.core import signals
+from csr.core.distributed import check_trainer, is_global_zero
+from csr.core.errors import CSRError
+from csr.core.extras import check_run as check_run_extras
+from csr.core.extras import require_launcher
 
 log = logging.getLogger("csr")
 # Out of space, over quota, file too large, read-only file system: only a write fails this way.
@@ -37,7 +37,7 @@ CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 def _quiet_libraries() -> None:
     """Keep the console for csr's own progress: Lightning's banners and tips, transformers' weight
     loading and shard writing bars, MLflow's database messages say nothing about the run (csr's own
-    bars name the stage: csr/progress.py; library INFO logs are off in conf/hydra/default.yaml)."""
+    bars name the stage: csr/core/progress.py; library INFO logs are off in conf/hydra/default.yaml)."""
     from huggingface_hub.utils import disable_progress_bars
     from transformers.utils import logging as hf_logging
 
@@ -46,7 +46,7 @@ def _quiet_libraries() -> None:
     logging.getLogger("mlflow").setLevel(logging.WARNING)  # MLflow's own handler, not the root logger's
     hf_logging.disable_progress_bar()
     disable_progress_bars()
-    warnings.filterwarnings("ignore", message=".*overridden `transfer_batch_to_device`.*")  # csr.predict's choice
+    warnings.filterwarnings("ignore", message=".*overridden `transfer_batch_to_device`.*")  # csr.run.predict's choice
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
     warnings.filterwarnings("ignore", message=".*infer the batch indices.*")
@@ -80,12 +80,12 @@ def check_config(cfg: DictConfig) -> DictConfig:
 
 def warn_if_over_device(cfg) -> None:
     """One warning line at start when csr-plan's prediction for a stage exceeds the GPU this rank sees
-    (csr/plan.py start_warning); on the CPU there is nothing to compare with."""
+    (csr/models/memory.py start_warning); on the CPU there is nothing to compare with."""
     import torch
 
     if cfg.trainer.accelerator == "cpu" or not torch.cuda.is_available() or not is_global_zero():
         return
-    from csr import plan as P
+    from csr.models import memory as P
     from csr.models.planning import clip_dims, model_dims, plan
 
     try:
@@ -136,7 +136,7 @@ def check_tiny_files(cfg) -> None:
 
 def stopped_at(loop) -> str:
     """Where a stopped run is: the first stage without its marker (stages run in order)."""
-    from csr.io import is_done
+    from csr.core.io import is_done
     from csr.loop import ITERATION_STAGES
 
     cfg = loop.cfg
@@ -151,7 +151,7 @@ def stopped_at(loop) -> str:
 
 def close_runs(loop, status: str) -> None:
     """No MLflow run of this start stays RUNNING; iterations whose every stage is done stay FINISHED."""
-    from csr.io import is_done
+    from csr.core.io import is_done
     from csr.loop import ITERATION_STAGES
 
     finished = {k for k in loop.tracker.ids["iterations"]
@@ -228,9 +228,9 @@ def _quoted(path: Path) -> str:
 
 
 def _schema_keys() -> tuple[set[str], set[str]]:
-    """(leaf keys, inner nodes) of csr's schema (csr/config.py)."""
-    from csr.config import RootConfig
-    from csr.tracking import flatten
+    """(leaf keys, inner nodes) of csr's schema (csr/config/schema.py)."""
+    from csr.config.schema import RootConfig
+    from csr.core.tracking import flatten
 
     leaves = set(flatten(OmegaConf.to_container(OmegaConf.structured(RootConfig))))
     nodes = {".".join(k.split(".")[:i]) for k in leaves for i in range(1, k.count(".") + 1)}
@@ -252,9 +252,9 @@ def unknown_key(key: str, leaves: set[str], nodes: set[str]) -> str | None:
 
 def stage_run_argv(argv: list[str]) -> list[str]:
     """A stage run alone on a csr run directory starts from that run's latest saved config, with the
-    command line's overrides on top (csr/stage_run.py), unless a config group is named; any run_dir=
+    command line's overrides on top (csr/run/stage_run.py), unless a config group is named; any run_dir=
     keeps Hydra's log and .hydra/ there."""
-    from csr.run_dir import CONFIG, changes, is_run_dir, read_saved_config
+    from csr.run.run_dir import CONFIG, changes, is_run_dir, read_saved_config
 
     given = _overrides(argv)
     if "run_dir" not in given or any(a in ("-m", "--multirun") for a in argv):
@@ -284,7 +284,7 @@ def precheck(argv: list[str]) -> str | None:
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import open_dict
 
-    from csr.run_dir import check_not_in_use, check_resume, check_run_dir
+    from csr.run.run_dir import check_not_in_use, check_resume, check_run_dir
 
     if not is_global_zero():  # another rank of a starting run (torchrun, Lightning's launcher): rank 0 checked
         return None           # the run directory and holds its lock
@@ -311,7 +311,7 @@ def precheck(argv: list[str]) -> str | None:
             check_resume(run_dir, OmegaConf.to_yaml(typed, resolve=True), list(typed.resume.allow_changes),
                          typed.stage != "all")
         if typed.stage != "all":  # a stage run alone reads what an earlier stage left
-            from csr.stage_run import check_input, stage_iteration
+            from csr.run.stage_run import check_input, stage_iteration
 
             k = typed.iteration if typed.iteration is not None else stage_iteration(run_dir, typed.stage, typed.iterations)
             check_input(run_dir, str(typed.stage), k)
@@ -353,7 +353,7 @@ def main() -> None:
         except CSRError as err:
             print(f"csr: error: {err}", file=sys.stderr)
             sys.exit(2)
-        from csr.run_dir import unwritable
+        from csr.run.run_dir import unwritable
 
         run_dir = _overrides(argv).get("run_dir")
         problem = unwritable(_path(run_dir)) if run_dir else None
@@ -377,7 +377,7 @@ class PrepareTrackingStore(Callback):
     start, or concurrent runs race to create the sqlite schema and the experiment."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
-        from csr.tracking import Tracker
+        from csr.core.tracking import Tracker
 
         lg = config.logger
         if lg.enabled and lg.tracking_uri:  # null = a store per run: nothing shared

@@ -2,10 +2,10 @@
 
 run_dir/
   config.yaml              resolved config; a resume may change only what resume.allow_changes names
-                           (config.<n>.yaml + config_changes.json, see csr/run_dir.py)
+                           (config.<n>.yaml + config_changes.json, see csr/run/run_dir.py)
   iter_0/metrics.json      evaluation of the starting model
   iter_k/search.jsonl -> rewards.jsonl -> pairs.jsonl (+ exports) -> adapter/ -> merged/ -> eval/, metrics.json
-  iter_k/eval/select/      with eval.select: the model scored on the selection split (csr/selection.py)
+  iter_k/eval/select/      with eval.select: the model scored on the selection split (csr/run/selection.py)
 Each finished stage leaves `<stage>.done.json`; rerunning the same command skips those and resumes
 the unfinished stage from its partial output.
 """
@@ -23,10 +23,9 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from csr import progress
-from csr.config import Stage
-from csr.context import StageContext
-from csr.distributed import (
+from csr.config.schema import Stage
+from csr.core import progress
+from csr.core.distributed import (
     barrier,
     is_global_zero,
     predict_strategy,
@@ -34,8 +33,8 @@ from csr.distributed import (
     rank_zero_value,
     start_ranks,
 )
-from csr.errors import CSRError
-from csr.io import (
+from csr.core.errors import CSRError
+from csr.core.io import (
     atomic_write_json,
     atomic_write_text,
     done_stats,
@@ -44,8 +43,10 @@ from csr.io import (
     read_json,
     remove_stale_temp_files,
 )
-from csr.lock import run_lock
-from csr.run_dir import (
+from csr.core.lock import run_lock
+from csr.core.tracking import Tracker, flatten
+from csr.run.context import StageContext
+from csr.run.run_dir import (
     CHANGES,
     RUN_INFO,
     change_tags,
@@ -55,8 +56,8 @@ from csr.run_dir import (
     make_run_dir,
     record_config,
 )
-from csr.run_info import record_selection, run_info, run_info_params, started_as, sweep_run_name
-from csr.selection import (
+from csr.run.run_info import record_selection, run_info, run_info_params, started_as, sweep_run_name
+from csr.run.selection import (
     HELD_OUT,
     best_iteration,
     metric_parts,
@@ -66,17 +67,16 @@ from csr.selection import (
     selection_settings,
     selection_tags,
 )
-from csr.selection import MARKER as SELECT
-from csr.stage_run import STAGES as ITERATION_STAGES
-from csr.tracking import Tracker, flatten
+from csr.run.selection import MARKER as SELECT
+from csr.run.stage_run import STAGES as ITERATION_STAGES
 from csr.worlds import evaluators, world_of
 
 log = logging.getLogger(__name__)
 
-# Each stage's module: its `run(ctx: StageContext) -> dict` is the stage (csr/context.py). Imported
+# Each stage's module: its `run(ctx: StageContext) -> dict` is the stage (csr/run/context.py). Imported
 # when the stage runs, so that `csr` checks its config before any model library loads.
 STAGE_MODULES = {"search": "csr.search.stage", "reward": "csr.reward.stage", "pairs": "csr.pairs.build",
-                 "dpo": "csr.dpo.stage", "merge": "csr.merge", "eval": "csr.eval.stage"}
+                 "dpo": "csr.dpo.stage", "merge": "csr.merge.stage", "eval": "csr.eval.stage"}
 # Stages that only read and write files: under several devices rank 0 runs them alone.
 RANK_ZERO_STAGES = ("pairs", "merge")
 
@@ -88,7 +88,7 @@ class Loop:
         self.info = run_info()
         # A no-op until the run directory is held (run): MLflow may create its store there.
         self.tracker = Tracker(self.run_dir, False, None, cfg.logger.experiment_name)
-        self.change: dict | None = None  # this start's accepted config change (csr/run_dir.py)
+        self.change: dict | None = None  # this start's accepted config change (csr/run/run_dir.py)
         self.params = flatten(OmegaConf.to_container(cfg, resolve=True))
         self._policy: tuple[str, object, object] | None = None
         self.world = world_of(cfg.data)
@@ -99,9 +99,9 @@ class Loop:
     @contextmanager
     def open_run_dir(self) -> Iterator[None]:
         """Hold the run directory: refuse a file, someone else's directory, a run in use and a changed
-        config (csr/run_dir.py) before writing anything, then write this start's run_info and config."""
+        config (csr/run/run_dir.py) before writing anything, then write this start's run_info and config."""
         text, allowed = OmegaConf.to_yaml(self.cfg, resolve=True), list(self.cfg.resume.allow_changes)
-        alone = self.cfg.stage != "all"  # a stage run alone may change any key (csr/stage_run.py)
+        alone = self.cfg.stage != "all"  # a stage run alone may change any key (csr/run/stage_run.py)
         resume = check_run_dir(self.run_dir, hydra_outputs(self.run_dir))  # only reads
         if resume:
             check_resume(self.run_dir, text, allowed, alone)  # refused before even the lock file is touched
@@ -229,7 +229,7 @@ class Loop:
             self.tracker.finish(run_id)
         return metrics
 
-    # -- the selected iteration (csr/selection.py) ---------------------------------------------------------
+    # -- the selected iteration (csr/run/selection.py) ---------------------------------------------------------
 
     @property
     def selecting(self) -> bool:
@@ -237,7 +237,7 @@ class Loop:
 
     def select_eval(self, k: int, run_id: str | None) -> None:
         """Score iteration k's evaluated model on the selection split, once: inside eval/, so that what
-        removes the evaluation (csr/stage_run.py) removes this score too."""
+        removes the evaluation (csr/run/stage_run.py) removes this score too."""
         d = self.iter_dir(k) / "eval"
         settings = selection_settings(self.cfg)
         barrier()
@@ -245,7 +245,7 @@ class Loop:
         todo = is_done(self.iter_dir(k), "eval") and (done is None or done.get("selection") != settings)
         if not rank_zero_value(todo):
             return
-        from csr.selection import evaluate
+        from csr.run.selection import evaluate
 
         if done is not None and is_global_zero():  # scored under other selection settings (an allowed change): anew
             log.warning("iteration %d: the selection score was made with %s; scoring again with %s", k,
@@ -362,7 +362,7 @@ class Loop:
             self.tracker.finish(parent, status)
 
     def stage_iteration(self, stage: str) -> int:
-        from csr.stage_run import stage_iteration
+        from csr.run.stage_run import stage_iteration
 
         return self.cfg.iteration if self.cfg.iteration is not None else \
             stage_iteration(self.run_dir, stage, self.cfg.iterations)
@@ -370,7 +370,7 @@ class Loop:
     def stage_alone(self, stage: str) -> dict:
         """Run one stage. Under a changed config: from scratch, dropping what it invalidates, and the
         summary written again; with the run's config: its output is completed (resumed), the rest kept."""
-        from csr.stage_run import describe, invalidate
+        from csr.run.stage_run import describe, invalidate
 
         k = rank_zero_value(self.stage_iteration(stage))  # before rank 0 removes the outputs it invalidates
         redo = self.change is not None
@@ -387,7 +387,7 @@ class Loop:
 
     def summary(self) -> dict:
         from csr.eval.registry import summary_columns
-        from csr.report import write_report
+        from csr.run.report import write_report
 
         rows = {}
         for k in range(0, self.cfg.iterations + 1):

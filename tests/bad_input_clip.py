@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from PIL import Image
 
-from csr.config import validate
+from csr.config.schema import validate
 
 if TYPE_CHECKING:
     from scratch_prompts import Ctx

@@ -1,4 +1,4 @@
-"""Rows of the README's troubleshooting table about the run directory (csr/run_dir.py), one case each;
+"""Rows of the README's troubleshooting table about the run directory (csr/run/run_dir.py), one case each;
 tests/test_bad_input.py merges CASES into its own. Each case opens a run directory as `csr` does, up
 to where the models would load."""
 
@@ -9,10 +9,10 @@ from pathlib import Path
 
 from compose_config import compose_config
 
-from csr.config import validate
-from csr.lock import run_lock
+from csr.config.schema import validate
+from csr.core.lock import run_lock
+from csr.core.tracking import sqlite_path, sqlite_uri
 from csr.loop import Loop
-from csr.tracking import sqlite_path, sqlite_uri
 
 
 def _start(run_dir: Path, *overrides: str) -> Loop:

@@ -12,9 +12,9 @@ from collections.abc import Callable
 from compose_config import compose_config
 
 from csr.cli import check_config
-from csr.config import validate
+from csr.config.schema import validate
+from csr.core.tracking import Tracker
 from csr.models.checkpoint import load_model
-from csr.tracking import Tracker
 
 
 def _store(ctx, uri: str) -> Tracker:

@@ -17,14 +17,14 @@ from omegaconf import OmegaConf
 from safetensors.torch import load_file, save_file
 
 from csr.cli import _path, check_config
-from csr.config import validate
+from csr.commands.reproduce import check_target, stage_source
+from csr.config.schema import validate
 from csr.inspect.site import write_site
 from csr.models.checkpoint import load_model
 from csr.models.clip import load_clip
 from csr.models.tiny import claim_out_dir
-from csr.reproduce import check_target, stage_source
-from csr.run_dir import read_changes, read_saved_config
-from csr.stage_run import check_input
+from csr.run.run_dir import read_changes, read_saved_config
+from csr.run.stage_run import check_input
 
 if TYPE_CHECKING:
     from scratch_prompts import Ctx
@@ -197,7 +197,7 @@ def _rescored_changed_image(ctx: Ctx) -> object:
 
 
 def _compare_onto_file(ctx: Ctx) -> object:
-    from csr.compare import Run, compare
+    from csr.commands.compare import Run, compare
 
     (ctx.tmp / "file").write_text("mine")
     return compare([Run("a", {"reward.lam": "0.5"}, {1: {"pairs/pairs": 3.0}}, None)], ctx.tmp / "file" / "out")

@@ -17,7 +17,7 @@ import torch  # noqa: E402
 from hydra.core.hydra_config import HydraConfig  # noqa: E402
 from pytorch_lightning.utilities.rank_zero import rank_zero_only  # noqa: E402
 
-from csr import signals  # noqa: E402
+from csr.core import signals  # noqa: E402
 from csr.models.tiny import TinyPaths, build_tiny, build_tiny_family  # noqa: E402
 
 if "PYTEST_XDIST_WORKER" in os.environ:

@@ -65,13 +65,13 @@ class Fault:
 
 
 def install(fault: Fault) -> None:
+    import csr.core.io
     import csr.dpo.lora
-    import csr.io
     import csr.loop
-    import csr.merge
+    import csr.merge.stage
     from csr.dpo.module import DPOModule
 
-    write = csr.io.JsonlWriter.write
+    write = csr.core.io.JsonlWriter.write
 
     def write_record(self, record):
         where = str(self.path)
@@ -87,7 +87,7 @@ def install(fault: Fault) -> None:
             fault.die()
         write(self, record)
 
-    csr.io.JsonlWriter.write = write_record
+    csr.core.io.JsonlWriter.write = write_record
 
     replace = os.replace
 
@@ -116,14 +116,14 @@ def install(fault: Fault) -> None:
         return training_step(self, batch, batch_idx)
 
     DPOModule.training_step = step
-    replace_dir = csr.io.replace_dir
+    replace_dir = csr.core.io.replace_dir
 
     def swap_dir(tmp: Path, final: Path):
         if fault.fires("save_dir", str(final)):
             fault.die()
         replace_dir(tmp, final)
 
-    csr.merge.replace_dir = csr.dpo.lora.replace_dir = swap_dir  # the merged model's and the adapter's swap
+    csr.merge.stage.replace_dir = csr.dpo.lora.replace_dir = swap_dir  # the merged model's and the adapter's swap
     iteration = csr.loop.Loop.iteration
 
     def run_iteration(self, k, *args, **kwargs):

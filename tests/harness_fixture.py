@@ -23,7 +23,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from csr.config import HarnessEvalConfig
+from csr.config.schema import HarnessEvalConfig
 
 SPLIT_IMAGES = 6
 # Asked without lmms-eval's "Answer the question using a single word or phrase." suffix, which the
@@ -116,7 +116,7 @@ def harness_config(executable: str, tasks_dir: Path, tasks: list[str], **changes
 def main(out: str) -> None:
     """Run the real lmms-eval through csr's harness evaluator on the shipped ShapesWorld model: the
     recorded tests/fixtures/harness/lmms_eval/ come from here."""
-    from csr.config import ASSETS
+    from csr.config.schema import ASSETS
     from csr.eval.harness import run_harness
 
     executable = lmms_eval_executable()

@@ -1,5 +1,5 @@
 """A rank of tests/test_merge.py's two-process wait: rank 0 finishes a stage only it runs after the
-process group's own timeout, and rank 1 must wait for it (csr.distributed.rank_zero_done)."""
+process group's own timeout, and rank 1 must wait for it (csr.core.distributed.rank_zero_done)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch.distributed as dist
 
-from csr.distributed import barrier, rank_zero_done
+from csr.core.distributed import barrier, rank_zero_done
 
 GROUP_TIMEOUT_S = 10  # also how long the first rank up waits for the other to join
 STAGE_S = 14  # "the merge": longer than any collective of this group may wait

@@ -14,8 +14,8 @@ from types import SimpleNamespace
 
 import torch.distributed as dist
 
-from csr.distributed import start_ranks
-from csr.predict import RecordPredictor, predict_to_jsonl
+from csr.core.distributed import start_ranks
+from csr.run.predict import RecordPredictor, predict_to_jsonl
 
 TRAINER = SimpleNamespace(accelerator="cpu", devices=2, num_nodes=1)
 

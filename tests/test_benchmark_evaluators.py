@@ -9,12 +9,12 @@ import pytest
 from omegaconf import OmegaConf
 from PIL import Image
 
-from csr.config import EvalConfig
-from csr.errors import CSRError
+from csr.config.schema import EvalConfig
+from csr.core.errors import CSRError
+from csr.core.io import read_jsonl
 from csr.eval.generate import image_set, set_digest
 from csr.eval.pope import pope_metrics, yes_no
 from csr.eval.registry import BENCHMARKS
-from csr.io import read_jsonl
 from csr.models.checkpoint import load_model
 
 FIXTURES = Path(__file__).parent / "fixtures" / "coco"

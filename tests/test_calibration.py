@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from csr.choices import CALIBRATIONS, TEXT_SCORES
+from csr.config.choices import CALIBRATIONS, TEXT_SCORES
 from csr.models.clip import image_relevance
 from csr.pairs.rules import reference_ranks
 from csr.reward.calibration import calibrate, rank_normalise, zscore_normalise

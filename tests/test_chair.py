@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from csr.errors import CSRError
+from csr.core.errors import CSRError
+from csr.core.io import read_records
 from csr.eval import chair_original
 from csr.eval.chair import (
     caption_report,
@@ -20,7 +21,6 @@ from csr.eval.chair import (
 )
 from csr.eval.chair_singular import singularize
 from csr.eval.coco_synonyms import COCO_CATEGORIES, COCO_SYNONYMS
-from csr.io import read_records
 from csr.worlds.shapesworld.vocab import synonym_table
 
 FIXTURES = Path(__file__).parent / "fixtures" / "coco"

@@ -1,4 +1,4 @@
-"""Every choice list has one home (csr/choices.py): each table that implements a choice covers exactly its
+"""Every choice list has one home (csr/config/choices.py): each table that implements a choice covers exactly its
 list, and the config refuses a value outside it at start."""
 
 from __future__ import annotations
@@ -6,15 +6,15 @@ from __future__ import annotations
 import pytest
 from compose_config import compose_config
 
-from csr import choices
-from csr.config import _CHOICES, validate
+from csr.config import choices
+from csr.config.schema import _CHOICES, validate
+from csr.core.errors import CSRError
 from csr.dpo.loss import LOSSES
-from csr.errors import CSRError
 from csr.eval.pope import PARSERS
 from csr.models.checkpoint import DTYPES
 from csr.models.families import _WHERE
+from csr.models.memory import DTYPE_BYTES
 from csr.pairs.rules import _SELECT
-from csr.plan import DTYPE_BYTES
 from csr.reward.calibration import _NORMALISERS
 
 

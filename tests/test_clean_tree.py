@@ -7,9 +7,9 @@ import pytest
 from clean_tree_cases import LAM, TREES, tree_nodes
 from compose_config import RUN, compose_config
 
-from csr.choices import REFERENCE_CLEANS
-from csr.config import validate
-from csr.config_upgrade import upgrade
+from csr.config.choices import REFERENCE_CLEANS
+from csr.config.schema import validate
+from csr.config.upgrade import upgrade
 from csr.pairs.build import make_pair
 from csr.pairs.clean import (
     HTML_SPACES,

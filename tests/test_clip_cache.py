@@ -10,11 +10,11 @@ import torch
 from omegaconf import OmegaConf
 from PIL import Image
 
-from csr.config import RootConfig
+from csr.config.schema import RootConfig
+from csr.core.errors import CSRError
 from csr.data.images import load_image
 from csr.data.prompts import load_prompts
 from csr.data.tiny import write_tiny_prompts
-from csr.errors import CSRError
 from csr.eval.generate import GenerateModule
 from csr.models.checkpoint import load_model
 from csr.models.clip import ClipScorer, encode_text_prefix, load_clip, real_length, text_prefix_is_exact

@@ -12,7 +12,7 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
 from csr.cli import CONF_DIR
-from csr.compare import compare, main, runs_from_dirs, runs_from_mlflow, table
+from csr.commands.compare import compare, main, runs_from_dirs, runs_from_mlflow, table
 
 
 def _hydra(*overrides: str):
@@ -65,7 +65,7 @@ def test_the_mlflow_store_gives_the_same_table(swept, tmp_path):
     from_store = runs_from_mlflow(uri, "csr", [])
     from_dirs = runs_from_dirs([swept / "sweep"])
     assert [r.name for r in from_store] == [f"lam_{lam}" for lam in LAMS]
-    assert all(r.run_dir is not None for r in from_store)  # the csr.run_dir tag: per-answer files found
+    assert all(r.run_dir is not None for r in from_store)  # the csr.run.run_dir tag: per-answer files found
     metrics = ["pairs/pairs", "pairs/margin", "dpo/loss", "eval/generate/mean_r_i"]
     strip = [{k: v for k, v in row.items() if k != "run"} for row in table(from_dirs, ["reward.lam"], metrics)]
     assert [{k: v for k, v in row.items() if k != "run"} for row in table(from_store, ["reward.lam"], metrics)] == strip

@@ -10,8 +10,8 @@ from compose_config import PATHS, RUN, compose_config
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from csr.cli import CONF_DIR
-from csr.config import Stage, validate
-from csr.errors import CSRError
+from csr.config.schema import Stage, validate
+from csr.core.errors import CSRError
 
 
 def _fully_resolved(cfg: DictConfig) -> dict:
@@ -228,14 +228,14 @@ def test_family_presets_compose_and_validate(name: str, family: str, path: str) 
 
 
 def test_every_family_has_a_preset() -> None:
-    from csr.choices import FAMILIES
+    from csr.config.choices import FAMILIES
 
     assert {family for _, family, _ in FAMILY_PRESETS} | {"llava"} == set(FAMILIES)
     assert {name for name, _, _ in FAMILY_PRESETS} <= set(_names("model"))
 
 
 # The base file of each group (the one its variants inherit from) and the schema: where the YAML
-# sets a key, it sets the schema's default, so `csr --help`, csr/config.py and conf/ say the same.
+# sets a key, it sets the schema's default, so `csr --help`, csr/config/schema.py and conf/ say the same.
 BASE_FILES = ["dpo/default.yaml", "search/default.yaml", "pairs/default.yaml", "eval/default.yaml",
               "trainer/cpu.yaml", "logger/mlflow.yaml"]
 
@@ -245,7 +245,7 @@ def test_base_yaml_agrees_with_the_schema_defaults(rel):
     from omegaconf import OmegaConf
 
     from csr.cli import CONF_DIR
-    from csr.config import RootConfig
+    from csr.config.schema import RootConfig
 
     group = rel.split("/")[0]
     schema = OmegaConf.to_container(OmegaConf.structured(RootConfig), resolve=False)[group]

@@ -1,4 +1,4 @@
-"""Configs saved before a key was renamed read as today's (csr/config_upgrade.py): resumed, reproduced
+"""Configs saved before a key was renamed read as today's (csr/config/upgrade.py): resumed, reproduced
 and inspected under the current schema."""
 
 from __future__ import annotations
@@ -7,11 +7,11 @@ import pytest
 from compose_config import compose_config
 from omegaconf import OmegaConf
 
-from csr.config import validate
-from csr.config_upgrade import _harness_preset, upgrade
-from csr.errors import CSRError
-from csr.reproduce import _upgrade_configs
-from csr.run_dir import check_resume
+from csr.commands.reproduce import _upgrade_configs
+from csr.config.schema import validate
+from csr.config.upgrade import _harness_preset, upgrade
+from csr.core.errors import CSRError
+from csr.run.run_dir import check_resume
 
 BEFORE = {"data": {"shapesworld_root": "/sw", "shapesworld_split": "csr", "shapesworld_size": 1000, "limit": 200},
           "eval": {"split": "val", "shapesworld_root": "/sw", "pope_images": 40, "limit": 500}}
@@ -35,7 +35,7 @@ def test_an_added_key_gets_the_value_that_did_what_csr_did_before_it():
 
 
 def test_an_old_run_dir_resumes_without_a_diff(tmp_path):
-    # eval.select=null: an old run resumes as it ran, without today's selection (csr/selection.py)
+    # eval.select=null: an old run resumes as it ran, without today's selection (csr/run/selection.py)
     text = OmegaConf.to_yaml(compose_config("eval.shapesworld.split=val", "eval.shapesworld.pope_images=40",
                                             "eval.select=null"), resolve=True)
     saved = OmegaConf.to_container(OmegaConf.create(text))

@@ -11,7 +11,7 @@ import statistics
 import pytest
 from csr_runs import run, tiny_env
 
-from csr.compare import Run, metric_columns
+from csr.commands.compare import Run, metric_columns
 from csr.dpo.schedule import lr_factor
 
 CHATTER = ("Loading weights", "Writing model shards", "[root][INFO]", "v_num", "Setting accelerator",
@@ -81,7 +81,7 @@ def test_a_sweep_job_is_named_by_its_overrides():
     from hydra.core.hydra_config import HydraConfig
 
     from csr.cli import CONF_DIR
-    from csr.run_info import sweep_run_name
+    from csr.run.run_info import sweep_run_name
 
     overrides = ["reward.lam=0.1", "search.beam_width=5", "run_dir=/tmp/x", "logger.tracking_uri=null"]
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):

@@ -7,9 +7,9 @@ import pytest
 from bad_input_clip import write_tiff
 from PIL import Image
 
+from csr.core.errors import CSRError
 from csr.data.images import load_image
 from csr.data.prompts import PromptRecord, load_prompts, resolve_image_path
-from csr.errors import CSRError
 
 REFERENCE = Path("/work/shared/reference/csr_prompts_12k.json")
 

@@ -13,11 +13,11 @@ from hydra import compose, initialize_config_dir
 from safetensors.torch import load_file
 
 from csr.cli import CONF_DIR
-from csr.config import validate
-from csr.distributed import check_trainer, fit_strategy, predict_strategy
-from csr.errors import CSRError
-from csr.io import read_json, read_jsonl
-from csr.predict import consolidate, part_path
+from csr.config.schema import validate
+from csr.core.distributed import check_trainer, fit_strategy, predict_strategy
+from csr.core.errors import CSRError
+from csr.core.io import read_json, read_jsonl
+from csr.run.predict import consolidate, part_path
 
 # -- merging the ranks' part files ------------------------------------------------------------------
 

@@ -16,13 +16,13 @@ from bad_input_dpo import CASES, dpo_pair, logged_reference_pass
 from PIL import Image
 from scratch_prompts import Ctx
 
+from csr.core.errors import CSRError
 from csr.data.image_hash import file_sha256, image_sha256
 from csr.data.prompts import PromptRecord
 from csr.dpo.data import check_images
 from csr.dpo.reference import model_fingerprint, pair_key, reference_settings
-from csr.errors import CSRError
 from csr.pairs.build import make_pair
-from csr.predict import RecordPredictor
+from csr.run.predict import RecordPredictor
 from csr.search.module import SearchModule
 
 

@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
+from csr.core.errors import CSRError
 from csr.data.image_hash import image_sha256
 from csr.data.tiny import write_tiny_prompts
 from csr.dpo.reference import pair_key, reference_settings
 from csr.dpo.stage import run_dpo
-from csr.errors import CSRError
 
 DPO = {"loss": "sigmoid", "beta": 0.1, "ipo_form": "mean", "label_smoothing": 0.0, "lr": 1e-3, "scheduler": "cosine",
        "warmup_ratio": 0.0, "epochs": 1, "batch_size": 2, "grad_accumulation": 1, "weight_decay": 0.0,

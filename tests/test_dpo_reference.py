@@ -1,4 +1,4 @@
-"""The reference pass goes through csr.predict: under the policy's precision (so the log-ratio is 0
+"""The reference pass goes through csr.run.predict: under the policy's precision (so the log-ratio is 0
 at step 0), sharded over ranks (2 gloo processes write the file one process writes), resumable from
 its pending file."""
 
@@ -16,12 +16,12 @@ from bad_input_dpo import DPO, dpo_pair, logged_reference_pass
 from omegaconf import OmegaConf
 from scratch_prompts import Ctx
 
+from csr.core.io import read_json
 from csr.data.image_hash import image_sha256
 from csr.dpo.data import PairDataset, collate
 from csr.dpo.module import concatenated_logps
 from csr.dpo.reference import pair_key, pending_key, reference_settings
 from csr.dpo.stage import run_dpo
-from csr.io import read_json
 from csr.models.checkpoint import load_model
 from csr.models.families import get_family
 

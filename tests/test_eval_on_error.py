@@ -14,11 +14,11 @@ import pytest
 from omegaconf import OmegaConf
 from PIL import Image
 
-from csr.config import EvalConfig
-from csr.errors import CSRError
+from csr.config.schema import EvalConfig
+from csr.core.errors import CSRError
+from csr.core.io import read_jsonl
 from csr.eval.generate import image_set, set_digest, skip_counts
 from csr.eval.registry import BENCHMARKS
-from csr.io import read_jsonl
 from csr.models.checkpoint import load_model
 
 CPU = {"accelerator": "cpu", "devices": 1}

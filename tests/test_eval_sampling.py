@@ -12,12 +12,12 @@ from compose_config import compose_config
 from omegaconf import OmegaConf
 from PIL import Image
 
-from csr.config import EvalConfig, validate
+from csr.config.schema import EvalConfig, validate
+from csr.core.errors import CSRError
+from csr.core.io import read_jsonl
 from csr.data.prompts import load_prompts
-from csr.errors import CSRError
 from csr.eval.generate import GenerateModule, batch_seed, decoding
 from csr.eval.registry import BENCHMARKS
-from csr.io import read_jsonl
 from csr.models.checkpoint import load_model
 
 CPU = {"accelerator": "cpu", "devices": 1}

@@ -1,13 +1,13 @@
 """Optional parts are optional: a run that does not need an extra runs without it installed, and one
-that needs it stops at start with one line naming the extra (csr/extras.py)."""
+that needs it stops at start with one line naming the extra (csr/core/extras.py)."""
 
 from __future__ import annotations
 
 import pytest
 from csr_runs import SMOKE, run, tiny_env
 
-from csr.errors import CSRError
-from csr.extras import installed, missing_message, needed_extras, require, require_launcher
+from csr.core.errors import CSRError
+from csr.core.extras import installed, missing_message, needed_extras, require, require_launcher
 
 
 def _hiding(env: dict, tmp_path, modules: list[str]) -> dict:
@@ -30,12 +30,12 @@ def test_what_each_setting_needs():
 
 def test_a_missing_extra_is_one_line_naming_it(monkeypatch):
     assert installed("json") and not installed("csr_no_such_module") and not installed("csr_no_such.sub")
-    monkeypatch.setattr("csr.extras.installed", lambda module: module != "nltk")
+    monkeypatch.setattr("csr.core.extras.installed", lambda module: module != "nltk")
     with pytest.raises(CSRError) as err:
         require("chair-original", "eval.chair.variant=original")
     assert str(err.value) == missing_message("chair-original", "nltk", "eval.chair.variant=original")
     assert "pip install 'csr[chair-original]'" in str(err.value)
-    monkeypatch.setattr("csr.extras.installed", lambda module: False)
+    monkeypatch.setattr("csr.core.extras.installed", lambda module: False)
     with pytest.raises(CSRError, match=r"hydra/launcher=parallel needs hydra_joblib_launcher.*csr\[sweeps\]"):
         require_launcher("parallel")
     require_launcher("sequential")  # Hydra's own basic launcher needs nothing

@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from csr.choices import FAMILIES
+from csr.config.choices import FAMILIES
 from csr.dpo.data import concat_padded
 from csr.models.checkpoint import load_model
 from csr.models.compat import logits_at

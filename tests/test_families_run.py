@@ -11,8 +11,8 @@ import pytest
 import torch
 from csr_runs import run, tiny_env
 
-from csr.choices import FAMILIES
-from csr.io import is_done, read_json, read_jsonl
+from csr.config.choices import FAMILIES
+from csr.core.io import is_done, read_json, read_jsonl
 from csr.models.families import get_family
 
 pytestmark = pytest.mark.slow

@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from csr.choices import FAMILIES
+from csr.config.choices import FAMILIES
 from csr.models.checkpoint import load_model, special_token_ids
 from csr.models.families import get_family
 from csr.reward.tree import Node, path_to

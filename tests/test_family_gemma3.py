@@ -12,8 +12,8 @@ from safetensors.torch import load_file
 from transformers import DynamicCache
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
+from csr.core.errors import CSRError
 from csr.dpo.data import concat_padded
-from csr.errors import CSRError
 from csr.models.checkpoint import load_model, save_model
 from csr.models.compat import PRECOMPUTED_FEATURES, cache_kwargs, cache_of
 from csr.models.families import get_family

@@ -18,8 +18,9 @@ from csr_runs import run, tiny_env
 from harness_fixture import harness_config, lmms_eval_executable, write_tasks
 from omegaconf import OmegaConf
 
-from csr.config import ASSETS, EvalConfig, HarnessEvalConfig, validate
-from csr.errors import CSRError
+from csr.config.schema import ASSETS, EvalConfig, HarnessEvalConfig, validate
+from csr.core.errors import CSRError
+from csr.core.io import read_json
 from csr.eval.harness import HarnessFailed, check_harness, harness_device, iteration_of, run_harness
 from csr.eval.harness_results import (
     MissingResults,
@@ -29,9 +30,8 @@ from csr.eval.harness_results import (
     read_vlmevalkit_csv,
 )
 from csr.eval.registry import BENCHMARKS, summary_columns
-from csr.io import read_json
 from csr.loop import Loop
-from csr.run_dir import check_resume
+from csr.run.run_dir import check_resume
 
 FIXTURES = Path(__file__).parent / "fixtures" / "harness"
 SHAPESWORLD_LLAVA = str(ASSETS / "shapesworld" / "llava")

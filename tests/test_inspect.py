@@ -14,10 +14,10 @@ import pytest
 from csr_runs import sweep, tiny_env
 from PIL import Image
 
+from csr.core.io import read_jsonl
 from csr.inspect.browser import Browser, chromium
 from csr.inspect.data import prompt_key, prompt_row, sibling_ranks, skip_reason, tree_view
 from csr.inspect.site import write_site
-from csr.io import read_jsonl
 from csr.worlds.shapesworld.vocab import synonym_table
 
 

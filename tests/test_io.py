@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from csr.errors import CSRError
-from csr.io import (
+from csr.core.errors import CSRError
+from csr.core.io import (
     JsonlWriter,
     atomic_write_json,
     atomic_write_text,
@@ -159,7 +159,7 @@ def test_stage_markers(tmp_path: Path) -> None:
 
 def _killed_write(path: Path) -> Path:
     """What a SIGKILL between the temp file's write and its rename leaves: the temp file (returned)."""
-    code = ("import os, signal, sys; from csr.io import atomic_write_text\n"
+    code = ("import os, signal, sys; from csr.core.io import atomic_write_text\n"
             "os.replace = lambda *a: os.kill(os.getpid(), signal.SIGKILL)\n"
             "atomic_write_text(sys.argv[1], '{')")
     before = set(path.parent.iterdir()) if path.parent.exists() else set()
@@ -199,7 +199,7 @@ def test_last_line_reads_back_from_the_end(tmp_path):
 def test_the_prediction_writer_opens_its_file_once_per_stage(tmp_path, monkeypatch):
     from types import SimpleNamespace
 
-    from csr.predict import JsonlPredictionWriter, part_path
+    from csr.run.predict import JsonlPredictionWriter, part_path
 
     opened = []
     enter = JsonlWriter.__enter__

@@ -1,4 +1,4 @@
-"""Imports run one way: the layering the README's architecture section writes down, read from the
+"""Imports run one way: the layering docs/architecture.md writes down, read from the
 package's own source (every import, also those inside functions; not `if TYPE_CHECKING:` ones)."""
 
 from __future__ import annotations
@@ -7,35 +7,23 @@ import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "csr"
+ARCHITECTURE = PACKAGE.parent / "docs" / "architecture.md"
+ROOT_MODULES = {"__init__.py", "cli.py", "loop.py"}  # the entry point and the loop; every other idea has a package
 
-# Lowest first: a unit (a top-level module or a subpackage of csr) imports only units of earlier
-# groups. The same list is in the README ("Architecture").
-LAYERS = [
-    {"errors", "config_upgrade", "choices"},
-    {"extras"},
-    {"io"},
-    {"signals", "lock", "progress", "distributed", "tracking"},
-    {"selection"},
-    {"config", "context", "run_info", "report", "plan"},
-    {"run_dir"},
-    {"stage_run"},
-    {"data"},
-    {"models"},
-    {"predict"},
-    {"pairs"},
-    {"reward"},
-    {"search", "eval"},
-    {"worlds"},
-    {"dpo"},
-    {"merge"},
-    {"inspect"},
-    {"loop"},
-    {"cli", "reproduce", "compare_plots"},
-    {"compare", "plan_cli"},
-]
+
+def layers() -> list[set[str]]:
+    """The layer order, written once: the block between `<!-- layers` and `<!-- /layers -->` in
+    docs/architecture.md, lowest first, one group per line (units of a line are independent). A unit
+    (a subpackage of csr, or a root module) imports only units of earlier lines."""
+    block = ARCHITECTURE.read_text(encoding="utf-8").split("<!-- layers", 1)[1].split("<!-- /layers -->", 1)[0]
+    lines = block.split("```text", 1)[1].split("```", 1)[0].splitlines()
+    return [set(line.replace(",", " ").split()) for line in lines if line.strip()]
+
+
+LAYERS = layers()
 # The math, each alone testable against hand-computed values: no model library, directly or through csr.
 PURE = ["reward/calibration.py", "reward/tree.py", "pairs/rules.py", "pairs/select.py", "dpo/loss.py",
-        "dpo/schedule.py", "eval/chair.py", "plan.py"]
+        "dpo/schedule.py", "eval/chair.py", "models/memory.py"]
 MODEL_LIBRARIES = {"transformers", "peft", "open_clip", "pytorch_lightning", "lightning_fabric", "deepspeed"}
 
 
@@ -73,6 +61,10 @@ def test_every_unit_has_a_layer():
     units = {_unit(m) for m in _sources()} - {"csr"}
     layered = set().union(*LAYERS)
     assert sorted(units - layered) == [] and sorted(layered - units) == []
+
+
+def test_the_package_root_holds_only_the_entry_point_and_the_loop():
+    assert sorted(p.name for p in PACKAGE.glob("*.py")) == sorted(ROOT_MODULES)
 
 
 def test_imports_run_down_the_layers():

@@ -7,13 +7,13 @@ import sys
 
 import pytest
 
-from csr.errors import CSRError
-from csr.lock import run_lock
+from csr.core.errors import CSRError
+from csr.core.lock import run_lock
 
 
 def test_second_holder_is_refused_with_the_holders_pid(tmp_path):
     child = subprocess.Popen(
-        [sys.executable, "-c", f"from pathlib import Path; from csr.lock import run_lock\n"
+        [sys.executable, "-c", f"from pathlib import Path; from csr.core.lock import run_lock\n"
          f"with run_lock(Path({str(tmp_path)!r})):\n    print('held', flush=True); input()"],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
     )

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
+from csr.core.io import read_json, read_jsonl
 from csr.data.tiny import write_tiny_prompts
-from csr.io import read_json, read_jsonl
 
 pytestmark = pytest.mark.slow
 

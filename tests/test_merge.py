@@ -14,10 +14,10 @@ from peft.tuners.lora.layer import Linear as LoraLinear
 from rank_wait import rank_after_a_long_stage
 from safetensors.torch import load_file
 
+from csr.core.errors import CSRError
 from csr.data.tiny import write_tiny_prompts
 from csr.dpo.lora import save_adapter, wrap_lora
-from csr.errors import CSRError
-from csr.merge import UpdateStats, check_logps, run_merge, stored_update
+from csr.merge.stage import UpdateStats, check_logps, run_merge, stored_update
 from csr.models.checkpoint import load_model, save_model
 
 LORA = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
@@ -189,7 +189,7 @@ GIB = 1 << 30
 
 
 def test_merge_goes_to_the_gpu_only_when_it_fits(monkeypatch, caplog):
-    from csr import merge
+    from csr.merge import stage as merge
 
     assert merge.merge_device("cpu", 1) == "cpu"
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
@@ -202,7 +202,7 @@ def test_merge_goes_to_the_gpu_only_when_it_fits(monkeypatch, caplog):
 
 
 def test_check_bytes_counts_the_float32_model_and_its_forward(tiny_models):
-    from csr.merge import check_bytes
+    from csr.merge.stage import check_bytes
 
     model, _ = load_model(tiny_models.llava)
     weights = sum(p.numel() for p in model.parameters()) * 4

@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from csr.errors import CSRError
+from csr.core.errors import CSRError
 from csr.models.checkpoint import load_model, save_model, special_token_ids
 from csr.models.clip import RANDOM_WEIGHTS, ClipScorer, load_clip
 from csr.models.tiny import CLIP_CONFIG, TinyPaths, build_tiny, main

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from clean_tree_cases import tree_nodes
 
-from csr.choices import PAIR_FILTERS as FILTERS
-from csr.choices import PAIR_RULES as RULES
+from csr.config.choices import PAIR_FILTERS as FILTERS
+from csr.config.choices import PAIR_RULES as RULES
 from csr.pairs.build import build_pairs, make_pair, to_llava, to_trl
 from csr.pairs.rules import (
     MIN_SENTENCE_CHARS,

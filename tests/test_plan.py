@@ -1,4 +1,4 @@
-"""csr/plan.py against hand-computed numbers; csr-plan's config reading against the models themselves."""
+"""csr/models/memory.py against hand-computed numbers; csr-plan's config reading against the models themselves."""
 
 from __future__ import annotations
 
@@ -8,8 +8,10 @@ import pytest
 import torch
 from PIL import Image
 
-from csr import plan as P
 from csr.cli import allocator_env
+from csr.commands.plan import PUBLIC, clip_dims, compose, llava_dims, main, model_dims
+from csr.commands.plan import plan as plan_stages
+from csr.models import memory as P
 from csr.models.planning import (
     PUBLIC_CONFIGS,
     built_params,
@@ -18,8 +20,6 @@ from csr.models.planning import (
     processor_settings,
     public_config,
 )
-from csr.plan_cli import PUBLIC, clip_dims, compose, llava_dims, main, model_dims
-from csr.plan_cli import plan as plan_stages
 
 # vocab 10, hidden 4, MLP 6, 2 layers, 2 query heads sharing 1 KV head of width 2: q = 4, kv = 2.
 TOY = P.LMDims(vocab=10, hidden=4, intermediate=6, layers=2, heads=2, kv_heads=1, head_dim=2)
@@ -57,7 +57,7 @@ def test_shapesworld_counts_equal_the_built_models() -> None:
     import open_clip
     from transformers import AutoConfig, LlavaForConditionalGeneration
 
-    from csr.config import ASSETS
+    from csr.config.schema import ASSETS
 
     config = AutoConfig.from_pretrained(str(ASSETS / "shapesworld/llava"), local_files_only=True)
     with torch.device("meta"):

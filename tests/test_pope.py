@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from csr.core.errors import CSRError
 from csr.data.pope_questions import cooccurrence_counts, sample_pope_questions
-from csr.errors import CSRError
 from csr.eval.pope import load_pope_questions, pope_from_files, pope_metrics, read_pope_questions, yes_no
 
 FIXTURES = Path(__file__).parent / "fixtures" / "coco"

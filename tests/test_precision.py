@@ -27,14 +27,14 @@ from PIL import Image
 from pytorch_lightning.plugins.precision import DeepSpeedPrecision
 from scratch_prompts import Ctx
 
+from csr.core.distributed import fit_strategy
+from csr.core.errors import CSRError
 from csr.data.image_hash import image_sha256
-from csr.distributed import fit_strategy
 from csr.dpo.data import PairDataset, collate
 from csr.dpo.lora import wrap_lora
 from csr.dpo.module import DPOModule, concatenated_logps
 from csr.dpo.reference import pair_key
 from csr.dpo.stage import reference_pass
-from csr.errors import CSRError
 from csr.models.checkpoint import load_model
 from csr.models.clip import ClipScorer, load_clip
 from csr.models.families import get_family

@@ -17,10 +17,10 @@ import torch.distributed as dist
 from pytorch_lightning.utilities.rank_zero import rank_zero_only
 from ranks_worker import Squares, items
 
-from csr.distributed import _launcher, check_ranks, start_ranks
-from csr.errors import CSRError
-from csr.io import read_jsonl
-from csr.predict import missing_message, part_path, pending, predict_to_jsonl
+from csr.core.distributed import _launcher, check_ranks, start_ranks
+from csr.core.errors import CSRError
+from csr.core.io import read_jsonl
+from csr.run.predict import missing_message, part_path, pending, predict_to_jsonl
 
 WORKER = Path(__file__).resolve().parent / "ranks_worker.py"
 BIN = Path(sys.executable).parent

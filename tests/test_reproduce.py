@@ -9,9 +9,9 @@ import pytest
 from csr_runs import LAMS, run, sweep, tiny_env
 from mlflow.tracking import MlflowClient
 
-from csr.io import read_json
-from csr.reproduce import _from_mlflow
-from csr.run_info import LIBRARIES
+from csr.commands.reproduce import _from_mlflow
+from csr.core.io import read_json
+from csr.run.run_info import LIBRARIES
 
 pytestmark = pytest.mark.slow
 

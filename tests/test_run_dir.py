@@ -1,4 +1,4 @@
-"""Which directories a run may use, and the one-config rule of a resume (csr/run_dir.py).
+"""Which directories a run may use, and the one-config rule of a resume (csr/run/run_dir.py).
 
 The rules are checked before any model loads, so most tests open the run directory in-process
 (`Loop.open_run_dir`, no model); the last ones run `csr` and `csr-reproduce` on the tiny models.
@@ -18,12 +18,12 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import open_dict
 
 from csr.cli import CONF_DIR
-from csr.config import validate
-from csr.errors import CSRError
-from csr.io import read_json
+from csr.config.schema import validate
+from csr.core.errors import CSRError
+from csr.core.io import read_json
+from csr.core.tracking import Tracker, sqlite_path, sqlite_uri
 from csr.loop import Loop
-from csr.run_dir import EXEMPT, check_run_dir, config_diff, hydra_outputs
-from csr.tracking import Tracker, sqlite_path, sqlite_uri
+from csr.run.run_dir import EXEMPT, check_run_dir, config_diff, hydra_outputs
 
 USER_FILES = ("project/.draft.tmp", "project/src/.main.py.tmp", ".cache/.x.tmp", "notes.txt")
 
@@ -140,7 +140,7 @@ def test_allowed_changes_are_recorded_and_become_the_config_to_resume(tmp_path):
 def test_a_run_refused_by_the_lock_writes_nothing(tmp_path):
     start(tmp_path, "reward.lam=0.5")
     child = subprocess.Popen(
-        [sys.executable, "-c", f"from pathlib import Path; from csr.lock import run_lock\n"
+        [sys.executable, "-c", f"from pathlib import Path; from csr.core.lock import run_lock\n"
          f"with run_lock(Path({str(tmp_path)!r})):\n    print('held', flush=True); input()"],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
     )
@@ -194,7 +194,7 @@ def changed(tiny_models, tmp_path_factory):
     common = [f"run_dir={src}", f"logger.tracking_uri={sqlite_uri(base / 'mlflow.db')}", *TINY]
     run("csr", "stage=search", "iteration=1", "reward.lam=0.5", *common, env=env, cwd=base)
     before = snapshot(src)
-    # A whole-run resume under a changed key is refused; a stage run alone may change it (csr/stage_run.py).
+    # A whole-run resume under a changed key is refused; a stage run alone may change it (csr/run/stage_run.py).
     refused = run("csr", "reward.lam=0.9", *common, env=env, cwd=base, check=False)
     after_refusal = snapshot(src)
     run("csr", "stage=reward", "iteration=1", "reward.lam=0.9", "resume.allow_changes=[reward.lam]", *common,

@@ -6,7 +6,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from csr.config import RootConfig
+from csr.config.schema import RootConfig
 from csr.data.images import load_image
 from csr.data.prompts import load_prompts
 from csr.data.tiny import write_tiny_prompts

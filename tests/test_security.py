@@ -15,8 +15,8 @@ from compose_config import PATHS, compose_config
 from csr_runs import run
 from omegaconf import OmegaConf
 
-from csr.config import validate
-from csr.errors import CSRError
+from csr.config.schema import validate
+from csr.core.errors import CSRError
 from csr.loop import Loop
 
 
@@ -84,7 +84,7 @@ def test_a_resume_refuses_a_saved_config_with_keys_csr_does_not_know(tmp_path, w
 
 
 def test_the_inspector_and_csr_compare_refuse_a_saved_config_with_a_payload(tmp_path):
-    from csr.compare import run_from_dir
+    from csr.commands.compare_runs import run_from_dir
     from csr.inspect.site import write_site
 
     run_dir = _run_dir(tmp_path, tmp_path / "marker")

@@ -1,4 +1,4 @@
-"""Gated iterations (csr/selection.py): the choice and its checks alone, then `csr` runs on the tiny models
+"""Gated iterations (csr/run/selection.py): the choice and its checks alone, then `csr` runs on the tiny models
 that select on ShapesWorld's val split while reporting test: training is untouched by it, a crash in it
 resumes to the same files, a stage run redoes it, csr-reproduce makes the same choice, patience stops."""
 
@@ -17,14 +17,14 @@ from compose_config import compose_config
 from csr_runs import run, tiny_env
 from omegaconf import OmegaConf, open_dict
 
-from csr.config import validate
-from csr.config_upgrade import upgrade
-from csr.errors import CSRError
+from csr.config.schema import validate
+from csr.config.upgrade import upgrade
+from csr.core.errors import CSRError
+from csr.core.io import done_stats, read_json
 from csr.inspect.browser import Browser, chromium
-from csr.io import done_stats, read_json
-from csr.report import markdown, selection_note, table_rows
-from csr.run_info import record_selection, started_as
-from csr.selection import best_iteration, patience_spent, selection_eval_cfg, selection_record
+from csr.run.report import markdown, selection_note, table_rows
+from csr.run.run_info import record_selection, started_as
+from csr.run.selection import best_iteration, patience_spent, selection_eval_cfg, selection_record
 
 # -- the choice, pure -------------------------------------------------------------------------------------
 

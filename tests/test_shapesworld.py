@@ -7,7 +7,7 @@ import random
 import numpy as np
 import pytest
 
-from csr.choices import SHAPESWORLD_SPLITS
+from csr.config.choices import SHAPESWORLD_SPLITS
 from csr.eval.chair import caption_report, chair_scores
 from csr.worlds.shapesworld.scenes import CELL, make, sample_scene
 from csr.worlds.shapesworld.splits import (
@@ -127,11 +127,11 @@ def test_the_fresh_split_is_new_images(tmp_path):
 def test_shapesworld_evaluator_scores_its_answers_and_records_its_settings(tmp_path):
     from omegaconf import OmegaConf
 
-    from csr.config import ASSETS, EvalConfig
+    from csr.config.schema import ASSETS, EvalConfig
+    from csr.core.io import read_jsonl
     from csr.data.pope_questions import QUESTION_TEMPLATE, STRATEGIES
     from csr.eval.generate import image_set
     from csr.eval.pope import pope_metrics, read_pope_questions, yes_no
-    from csr.io import read_jsonl
     from csr.models.checkpoint import load_model
     from csr.worlds.shapesworld.evaluate import evaluate_shapesworld
 

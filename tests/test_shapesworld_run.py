@@ -14,7 +14,7 @@ import torch
 from omegaconf import OmegaConf
 from PIL import Image
 
-from csr.config import ASSETS
+from csr.config.schema import ASSETS
 from csr.eval.chair import chair_scores
 from csr.models.chat import generation_prompt
 from csr.models.checkpoint import load_model, special_token_ids

@@ -13,7 +13,7 @@ import signal
 import fault_harness
 import pytest
 
-from csr import signals
+from csr.core import signals
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ import pytest
 
 
 def _open(run_dir: str, uri: str, start: float, out: mp.Queue) -> None:
-    from csr.tracking import Tracker
+    from csr.core.tracking import Tracker
 
     time.sleep(max(0.0, start - time.time()))  # both start creating at once
     try:

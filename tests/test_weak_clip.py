@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from csr.io import atomic_write_json, read_json
+from csr.core.io import atomic_write_json, read_json
 from csr.worlds.shapesworld.clip_train import sentence_batch
 from csr.worlds.shapesworld.pool import render_pool
 from csr.worlds.shapesworld.weak_clip import (
@@ -69,7 +69,7 @@ def test_only_an_images_absent_partner_sentences_are_relabelled(pool):
 def test_the_shipped_weak_clip_loads_through_its_preset():
     from compose_config import compose_config
 
-    from csr.config import validate
+    from csr.config.schema import validate
     from csr.models.clip import ClipScorer, load_clip
 
     paths = ["run_dir=/tmp/x", "logger.tracking_uri=null", "data.shapesworld.root=/sw", "eval.shapesworld.root=/sw"]

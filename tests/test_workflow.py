@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 from csr_runs import run, tiny_env
 
-from csr.errors import CSRError
-from csr.io import atomic_write_json, mark_done, read_json, read_jsonl
-from csr.reproduce import METRICS, check_splits, data_differences, settings_diff
-from csr.stage_run import OUTPUTS, STAGES, invalidate, stage_iteration
+from csr.commands.reproduce import METRICS, check_splits, data_differences, settings_diff
+from csr.core.errors import CSRError
+from csr.core.io import atomic_write_json, mark_done, read_json, read_jsonl
+from csr.run.stage_run import OUTPUTS, STAGES, invalidate, stage_iteration
 from csr.worlds.shapesworld.splits import MARKER, ensure_split, split_identity
 
 SPLIT_N = 4  # a small split: written in well under a second

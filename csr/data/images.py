@@ -24,8 +24,8 @@ import warnings
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from csr.core.errors import CSRError
 from csr.data.prompts import resolve_image_path
-from csr.errors import CSRError
 
 # Modes that carry transparency; they are composited on white, as a viewer would show them,
 # instead of dropping alpha (which can reveal arbitrary colour hidden under transparent pixels).

@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from csr.choices import ON_ERROR
-from csr.errors import CSRError
-from csr.io import read_json
+from csr.config.choices import ON_ERROR
+from csr.core.errors import CSRError
+from csr.core.io import read_json
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytorch_lightning as pl
 import torch
 
-from csr.distributed import gathered_parameters
+from csr.core.distributed import gathered_parameters
 from csr.dpo.lora import save_adapter
 
 

@@ -8,10 +8,10 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
+from csr.core.errors import CSRError
 from csr.data.image_hash import file_sha256
 from csr.data.images import load_image
 from csr.data.prompts import resolve_image_path
-from csr.errors import CSRError
 from csr.models.chat import IGNORE
 from csr.models.families.base import Family
 

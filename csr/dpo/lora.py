@@ -7,7 +7,7 @@ from pathlib import Path
 
 from peft import LoraConfig, get_peft_model
 
-from csr.io import replace_dir, safetensors_write_errors
+from csr.core.io import replace_dir, safetensors_write_errors
 
 
 def wrap_lora(model, r: int, alpha: int, dropout: float, target_modules: str, projector: str | None):

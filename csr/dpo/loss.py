@@ -22,7 +22,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from csr.choices import IPO_FORMS
+from csr.config.choices import IPO_FORMS
 
 LossFn = Callable[[torch.Tensor, float, float], torch.Tensor]
 

@@ -7,10 +7,10 @@ import math
 import pytorch_lightning as pl
 import torch
 
+from csr.core.errors import CSRError
 from csr.dpo.data import answer_positions, reference_from_batch, sequence_logps
 from csr.dpo.loss import dpo_loss, reward_metrics
 from csr.dpo.schedule import lr_factor
-from csr.errors import CSRError
 from csr.models.compat import logits_at
 from csr.models.families.base import Family
 

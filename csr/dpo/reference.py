@@ -8,7 +8,7 @@ Anything else is recomputed and the log says how many and why. Batch composition
 can move a value in its last float digits (padding, kernels); that is rounding, not a change of
 content, and is not keyed.
 
-The pairs to compute go through csr.predict as the search does: on the trainer's accelerator, dealt
+The pairs to compute go through csr.run.predict as the search does: on the trainer's accelerator, dealt
 out to the ranks, with the numerics the policy trains with (the fit's own precision plugin and
 weights as DeepSpeed casts them: csr.dpo.stage.reference_pass; the log-ratio is 0 at step 0),
 appended batch by batch to ref_logps.pending.jsonl, which a stopped pass resumes. Rank 0 then writes
@@ -25,11 +25,11 @@ from pathlib import Path
 
 import torch
 
-from csr.distributed import barrier, is_global_zero
+from csr.core.distributed import barrier, is_global_zero
+from csr.core.io import atomic_write_json, read_json, read_jsonl
 from csr.dpo.data import PairDataset, collate, to_device
 from csr.dpo.module import concatenated_logps
-from csr.io import atomic_write_json, read_json, read_jsonl
-from csr.predict import RecordPredictor, predict_to_jsonl
+from csr.run.predict import RecordPredictor, predict_to_jsonl
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +127,7 @@ def pending_key(settings: dict, key: str) -> str:
 
 def _compute(model, dataset: PairDataset, keys: list[str], stale: list[int], settings: dict, pad_id: int,
              batch_size: int, cache_path: Path, trainer_kwargs: dict) -> list[tuple[float, float]]:
-    """The stale pairs' log-probs through csr.predict (batches of the stale pairs in order, as before)."""
+    """The stale pairs' log-probs through csr.run.predict (batches of the stale pairs in order, as before)."""
     items = [{"key": pending_key(settings, keys[i]), "index": i} for i in stale]
     pending = pending_path(cache_path)
     predict_to_jsonl(ReferenceModule(model, dataset, pad_id), items, pending, batch_size=batch_size,

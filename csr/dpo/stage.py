@@ -15,18 +15,18 @@ from pytorch_lightning.plugins.precision import DeepSpeedPrecision
 from pytorch_lightning.strategies import DeepSpeedStrategy
 from torch.utils.data import DataLoader, DistributedSampler
 
-from csr.context import StageContext
-from csr.distributed import fit_strategy, predict_strategy
+from csr.core.distributed import fit_strategy, predict_strategy
+from csr.core.io import read_jsonl
+from csr.core.progress import bar_callbacks
+from csr.core.signals import StopOnSignal
 from csr.dpo.checkpoint import SaveAdapter, trainable_params
 from csr.dpo.data import PairDataset, check_images, collate
 from csr.dpo.lora import wrap_lora
 from csr.dpo.module import DPOModule
 from csr.dpo.reference import pair_key, precompute_reference, reference_settings
-from csr.io import read_jsonl
 from csr.models.checkpoint import load_model
 from csr.models.families import get_family
-from csr.progress import bar_callbacks
-from csr.signals import StopOnSignal
+from csr.run.context import StageContext
 
 log = logging.getLogger(__name__)
 # What the reference pass takes from DPO's trainer arguments (not its strategy, logger or callbacks;

@@ -11,11 +11,11 @@ import json
 from collections import Counter
 from pathlib import Path
 
+from csr.core.io import atomic_write_text, read_json
 from csr.data.prompts import PromptRecord
 from csr.eval.chair import coco_chair
 from csr.eval.generate import decoding, generate_answers, image_set, sampling, set_digest, skip_counts
 from csr.eval.pope import pope_metrics, read_pope_questions, yes_no
-from csr.io import atomic_write_text, read_json
 
 CHAIR_PROMPT = "Please describe this image in detail."  # the prompt CSR and LLaVA report CHAIR with
 POPE_MAX_NEW_TOKENS = 8  # room for "Yes, there is a ..." : the verdict is in the first words

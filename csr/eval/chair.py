@@ -30,8 +30,9 @@ from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from csr.choices import CHAIR_VARIANTS
-from csr.errors import CSRError
+from csr.config.choices import CHAIR_VARIANTS
+from csr.core.errors import CSRError
+from csr.core.io import read_json, read_records
 from csr.eval import chair_original
 from csr.eval.coco_synonyms import (
     ANIMAL_WORDS,
@@ -40,7 +41,6 @@ from csr.eval.coco_synonyms import (
     PHRASE_REWRITES,
     VEHICLE_WORDS,
 )
-from csr.io import read_json, read_records
 
 StrPath = str | os.PathLike[str]
 StrPaths = StrPath | Sequence[StrPath]  # one annotation file, or several read as one (train + val)

@@ -19,14 +19,14 @@ from pathlib import Path
 
 import torch
 
+from csr.core.errors import CSRError
+from csr.core.io import read_jsonl
 from csr.data.images import load_image
 from csr.data.prompts import PromptRecord, load_prompts
-from csr.errors import CSRError
-from csr.io import read_jsonl
 from csr.models.chat import drop_overlong
 from csr.models.checkpoint import special_token_ids
 from csr.models.families import family_for
-from csr.predict import RecordPredictor, predict_to_jsonl
+from csr.run.predict import RecordPredictor, predict_to_jsonl
 
 log = logging.getLogger(__name__)
 

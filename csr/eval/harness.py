@@ -34,9 +34,9 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from csr.errors import CSRError
+from csr.core.errors import CSRError
+from csr.core.io import atomic_write_json
 from csr.eval.harness_results import MissingResults, read_results
-from csr.io import atomic_write_json
 
 log = logging.getLogger(__name__)
 
@@ -195,7 +195,7 @@ def run_harness(name: str, h, checkpoint: str, out_dir: Path, device: str, dtype
 def evaluate_harness(name: str, *, model, processor, scorer, eval_cfg, prompt_file: str, image_root: str,
                      out_dir: Path, trainer_kwargs: dict, on_error: str = "raise") -> dict:
     """The evaluator of harness `name` (eval.<name>): its metrics on the model the stage evaluates."""
-    from csr.distributed import is_global_zero, rank_zero_done
+    from csr.core.distributed import is_global_zero, rank_zero_done
 
     h = eval_cfg[name]
     k = iteration_of(out_dir)

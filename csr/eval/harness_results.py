@@ -24,8 +24,8 @@ import math
 import re
 from pathlib import Path
 
-from csr.choices import HARNESS_RESULTS
-from csr.errors import CSRError
+from csr.config.choices import HARNESS_RESULTS
+from csr.core.errors import CSRError
 
 # A VLMEvalKit metrics file: <model>_<dataset>[_<judge>]_acc.csv or ..._score.csv
 VLMEVALKIT_SUFFIXES = ("_acc.csv", "_score.csv")

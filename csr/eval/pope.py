@@ -12,9 +12,9 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from csr.choices import POPE_PARSERS
-from csr.errors import CSRError
-from csr.io import StrPath, read_records
+from csr.config.choices import POPE_PARSERS
+from csr.core.errors import CSRError
+from csr.core.io import StrPath, read_records
 
 log = logging.getLogger(__name__)
 

@@ -7,10 +7,10 @@ and then the stage fails with the harness's error. Rerunning the same command re
 
 from __future__ import annotations
 
-from csr import progress
-from csr.context import StageContext
+from csr.core import progress
+from csr.core.io import atomic_write_json
 from csr.eval.harness import HarnessFailed
-from csr.io import atomic_write_json
+from csr.run.context import StageContext
 
 PARTIAL = "partial_metrics.json"  # the other evaluators' metrics when a harness failed
 

@@ -12,8 +12,8 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
+from csr.core.io import read_json, read_jsonl
 from csr.eval.chair import caption_report, chair_scores
-from csr.io import read_json, read_jsonl
 from csr.pairs.build import make_pair
 from csr.reward.calibration import calibrate, rank_normalise
 from csr.reward.tree import Node, mean_path_score

@@ -26,13 +26,13 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
+from csr.core.errors import CSRError
+from csr.core.io import atomic_write_json, read_json
 from csr.data.images import load_image
 from csr.data.prompts import resolve_image_path
-from csr.errors import CSRError
 from csr.eval.chair import caption_report
 from csr.inspect import data
-from csr.io import atomic_write_json, read_json
-from csr.run_dir import read_saved_config
+from csr.run.run_dir import read_saved_config
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,7 @@ def _iterations(run_dir: Path) -> list[int]:
 
 
 def _config(run_dir: Path) -> Any:
-    """The run's saved config, read as data (csr/run_dir.py refuses a Hydra section or unknown keys)."""
+    """The run's saved config, read as data (csr/run/run_dir.py refuses a Hydra section or unknown keys)."""
     path = run_dir / "config.yaml"
     return OmegaConf.create(read_saved_config(path)) if path.exists() else OmegaConf.create({})
 
@@ -200,7 +200,7 @@ def build(run_dir: Path, out: Path) -> dict:
         "ground_truth": truth is not None,
         "eval_ground_truth": eval_truth is not None, "dpo_note": DPO_NOTE,
         "config": {**settings, "model": cfg.get("model", {}).get("path"), "filters": filters},
-        # the selected iteration (csr/selection.py), recorded in run_info.json at the end of the run
+        # the selected iteration (csr/run/selection.py), recorded in run_info.json at the end of the run
         "selection": (read_json(run_dir / "run_info.json") if (run_dir / "run_info.json").exists() else {}).get("selection"),
     }
     _write_js(out / "data" / "run.js", "run", run)

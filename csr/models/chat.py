@@ -7,9 +7,9 @@ from typing import Any
 
 from PIL import Image
 
+from csr.core.errors import CSRError
 from csr.data.images import open_image
 from csr.data.prompts import resolve_image_path
-from csr.errors import CSRError
 
 # The label of positions no loss is taken on (prompt, image, padding): torch's cross_entropy ignore_index.
 IGNORE = -100

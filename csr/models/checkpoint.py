@@ -12,9 +12,9 @@ from safetensors import SafetensorError, safe_open
 from transformers import AutoProcessor, PreTrainedConfig
 from transformers.processing_utils import ProcessorMixin
 
-from csr.choices import FAMILIES
-from csr.errors import CSRError
-from csr.io import safetensors_write_errors
+from csr.config.choices import FAMILIES
+from csr.core.errors import CSRError
+from csr.core.io import safetensors_write_errors
 from csr.models.families import family_of, get_family
 
 DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}

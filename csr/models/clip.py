@@ -20,8 +20,8 @@ from PIL import Image
 from safetensors import SafetensorError
 from safetensors.torch import save_file
 
-from csr.errors import CSRError
-from csr.io import safetensors_write_errors
+from csr.core.errors import CSRError
+from csr.core.io import safetensors_write_errors
 
 # reward.clip.weights for a randomly initialised CLIP: csr-make-tiny and tests only. A file that is
 # really called "random" is given as ./random.

@@ -1,4 +1,4 @@
-"""A config's memory plan: csr/plan.py's arithmetic fed with the dimensions of `model.path`'s checkpoint.
+"""A config's memory plan: csr/models/memory.py's arithmetic fed with the dimensions of `model.path`'s checkpoint.
 
 The dimensions come from the checkpoint's config.json through transformers' config classes (unset
 keys get the library's defaults), or, for presets whose checkpoints are not on this machine, from the
@@ -17,7 +17,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from csr import plan as P
+from csr.models import memory as P
 from csr.models.families import get_family
 
 # llava-hf/llava-1.5-{7b,13b}-hf's config.json: Vicuna-1.5 (vocab 32064 with <image> and <pad>) and
@@ -217,7 +217,7 @@ def model_dims(path: str, name: str, family: str = "llava", image_hw: tuple[int,
     """(dims, where they came from): the checkpoint's config if it is here, else the published one."""
     from transformers import AutoConfig
 
-    from csr.errors import CSRError
+    from csr.core.errors import CSRError
 
     try:
         config, source = AutoConfig.from_pretrained(path, local_files_only=True), f"{path}/config.json"
@@ -291,7 +291,7 @@ def activation_bytes(cfg: DictConfig) -> int:
 
 def merge_parts(cfg: DictConfig, dims: P.LlavaDims, prompt_tokens: int, answers: int,
                 answer_logits: bool = ANSWER_LOGITS_DEFAULT) -> tuple[dict[str, int], dict[str, int]]:
-    """(host RAM, GPU memory of its check) of the merge stage: csr/merge.py merges on the CPU and runs
+    """(host RAM, GPU memory of its check) of the merge stage: csr/merge/stage.py merges on the CPU and runs
     its log-prob check on 4 pairs on the GPU when it fits there with HEADROOM, else on the CPU."""
     t = training(cfg, 1, answer_logits)
     lora = P.lora_params(dims.lm, t.lora_r, t.modules)

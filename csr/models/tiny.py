@@ -17,9 +17,9 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
-from csr.choices import FAMILIES
+from csr.config.choices import FAMILIES
+from csr.core.errors import CSRError
 from csr.data.tiny import write_tiny_prompts
-from csr.errors import CSRError
 from csr.models.clip import load_clip, save_clip
 from csr.models.families import get_family
 

@@ -11,11 +11,11 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from csr.context import StageContext
+from csr.core.io import atomic_write_json, atomic_write_text, read_jsonl
 from csr.data.prompts import resolve_image_path
-from csr.io import atomic_write_json, atomic_write_text, read_jsonl
 from csr.pairs.rules import margin, select_by_rule
 from csr.pairs.select import failed_filter
+from csr.run.context import StageContext
 
 
 def make_pair(record: dict, filters: Sequence[str]) -> tuple[dict | None, str | None]:

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import re
 
-from csr.choices import REFERENCE_CLEANS
+from csr.config.choices import REFERENCE_CLEANS
 from csr.pairs.rules import MIN_SENTENCE_CHARS, SHORT_SENTENCE, too_short
 
 # Why a sentence is dropped, besides SHORT_SENTENCE (an answer through it carries the reason as `dropped`).

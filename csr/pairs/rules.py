@@ -32,7 +32,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from csr.choices import PAIR_RULES
+from csr.config.choices import PAIR_RULES
 from csr.pairs.select import SKIP_IDENTICAL, SKIP_NAN, SKIP_TOO_FEW, Choice, select_pair
 
 MIN_SENTENCE_CHARS = 4  # score.py keeps a candidate only if its new text has at least 4 characters

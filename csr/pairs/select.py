@@ -6,7 +6,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from csr.choices import PAIR_FILTERS
+from csr.config.choices import PAIR_FILTERS
 
 SKIP_TOO_FEW = "fewer_than_2_answers"
 SKIP_IDENTICAL = "chosen_equals_rejected"

@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from csr.choices import CALIBRATIONS
+from csr.config.choices import CALIBRATIONS
 
 
 def rank_normalise(values: Sequence[float]) -> list[float]:

@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import logging
 
+from csr.core.errors import CSRError
 from csr.data.image_hash import image_sha256
 from csr.data.images import load_image
-from csr.errors import CSRError
 from csr.pairs.clean import check_clean
 from csr.pairs.rules import check_rule
-from csr.predict import RecordPredictor
 from csr.reward.answers import score_tree
 from csr.reward.tree import Node
+from csr.run.predict import RecordPredictor
 
 log = logging.getLogger(__name__)
 

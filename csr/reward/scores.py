@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from csr.choices import TEXT_SCORES
+from csr.config.choices import TEXT_SCORES
 
 
 def text_score(token_logprobs: Sequence[float], form: str = "mean_logprob") -> float:

@@ -6,10 +6,10 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
-from csr.context import StageContext
-from csr.io import read_jsonl
-from csr.predict import predict_to_jsonl
+from csr.core.io import read_jsonl
 from csr.reward.module import RewardModule
+from csr.run.context import StageContext
+from csr.run.predict import predict_to_jsonl
 
 
 def run_reward(*, scorer, cfg, search_path: Path, out_path: Path, trainer_kwargs: dict) -> dict:

@@ -8,13 +8,13 @@ from collections.abc import Sequence
 
 import torch
 
+from csr.core.errors import CSRError
 from csr.data.image_hash import image_sha256
 from csr.data.images import load_image
 from csr.data.prompts import PromptRecord
-from csr.errors import CSRError
 from csr.models.families.base import Family
-from csr.predict import RecordPredictor
 from csr.reward.tree import Node
+from csr.run.predict import RecordPredictor
 from csr.search.decode import DecodeSettings
 from csr.search.engine import RelevanceFn, SearchSettings, TreeSearch
 

@@ -4,18 +4,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from csr import plan as P
-from csr.context import StageContext
+from csr.core.distributed import is_global_zero
+from csr.core.errors import CSRError
+from csr.core.io import read_jsonl
 from csr.data.image_hash import image_sha256
 from csr.data.prompts import PromptRecord, load_prompts
-from csr.distributed import is_global_zero
-from csr.errors import CSRError
-from csr.io import read_jsonl
+from csr.models import memory as P
 from csr.models.chat import drop_overlong
 from csr.models.checkpoint import special_token_ids
 from csr.models.families import get_family
 from csr.models.planning import lm_dims
-from csr.predict import predict_to_jsonl
+from csr.run.context import StageContext
+from csr.run.predict import predict_to_jsonl
 from csr.search.decode import DecodeSettings
 from csr.search.engine import SearchSettings
 from csr.search.module import SearchModule

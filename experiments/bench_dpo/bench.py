@@ -35,8 +35,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "bench_search"))  # the benchmark models are the search benchmark's
 from workloads import CACHE, mid, shapesworld, tiny  # noqa: E402
 
+from csr.core.io import atomic_write_text  # noqa: E402
 from csr.data.tiny import write_tiny_prompts  # noqa: E402
-from csr.io import atomic_write_text  # noqa: E402
 from csr.models.checkpoint import save_model  # noqa: E402
 from csr.models.families import get_family  # noqa: E402
 
@@ -74,8 +74,8 @@ def prepare(name: str, steps: int) -> dict:
 
 def sequence_tokens(paths: dict) -> float:
     """Real (unpadded) tokens per optimizer step: prompt with image tokens + answer + EOS, chosen and rejected."""
+    from csr.core.io import read_jsonl
     from csr.dpo.data import PairDataset
-    from csr.io import read_jsonl
     from csr.models.checkpoint import load_model
 
     _, processor = load_model(paths["model"])
@@ -88,7 +88,7 @@ def run_csr(paths: dict, reference: str) -> list[float]:
     import pytorch_lightning as pl
     from omegaconf import OmegaConf
 
-    from csr.config import DPOConfig, ModelConfig
+    from csr.config.schema import DPOConfig, ModelConfig
     from csr.dpo.stage import run_dpo
 
     class Timer(pl.Callback):
@@ -118,7 +118,7 @@ def trl_trainer(paths: dict, output_dir: Path, lr: float = 1e-5):
     from PIL import Image
     from trl import DPOConfig, DPOTrainer
 
-    from csr.io import read_jsonl
+    from csr.core.io import read_jsonl
     from csr.models.chat import generation_prompt
     from csr.models.checkpoint import load_model
 

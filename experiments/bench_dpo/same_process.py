@@ -39,11 +39,11 @@ _spec.loader.exec_module(bench)
 
 def csr_step(paths: dict, lr: float):
     """A callable running one csr DPO step on the first pairs of the workload."""
+    from csr.core.io import read_jsonl
     from csr.dpo.data import PairDataset, collate
     from csr.dpo.lora import wrap_lora
     from csr.dpo.loss import dpo_loss
     from csr.dpo.module import concatenated_logps
-    from csr.io import read_jsonl
     from csr.models.checkpoint import load_model
     from csr.models.families import get_family
 

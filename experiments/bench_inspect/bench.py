@@ -22,7 +22,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 from PIL import Image
 
-from csr.config import RootConfig
+from csr.config.schema import RootConfig
 from csr.inspect.browser import Browser
 from csr.inspect.site import write_site
 from csr.pairs.build import build_pairs

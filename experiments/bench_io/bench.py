@@ -21,8 +21,8 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
-from csr.io import JsonlWriter, read_jsonl
-from csr.predict import JsonlPredictionWriter
+from csr.core.io import JsonlWriter, read_jsonl
+from csr.run.predict import JsonlPredictionWriter
 
 HERE = Path(__file__).resolve().parent
 RECORD_BYTES = 73_000  # one search tree of ~200-token answers, beam 5 x K 5, as JSON

@@ -1,7 +1,7 @@
 """The DPO and merge sections, on the saved full-width model: csr's DPO stage itself
 (csr.dpo.stage.run_dpo: its reference pass, LoRA, DPOModule, trainer) under the preset's ZeRO-2
 strategy with the precomputed reference (step-0 log-ratio, reference pass and step peaks against
-csr-plan), csr against TRL's DPOTrainer on the same pairs, and csr's merge stage (csr.merge.run_merge)."""
+csr-plan), csr against TRL's DPOTrainer on the same pairs, and csr's merge stage (csr.merge.stage.run_merge)."""
 
 from __future__ import annotations
 
@@ -16,11 +16,11 @@ from models import build_model, build_processor
 from PIL import Image
 from transformers import AutoProcessor, TrainerCallback
 
+from csr.core.io import read_jsonl
 from csr.dpo.data import PairDataset
 from csr.dpo.lora import save_adapter, wrap_lora
 from csr.dpo.stage import run_dpo
-from csr.io import read_jsonl
-from csr.merge import run_merge
+from csr.merge.stage import run_merge
 from csr.models.checkpoint import load_model, save_model
 from csr.models.families import get_family
 

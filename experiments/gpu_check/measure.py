@@ -12,8 +12,8 @@ from pathlib import Path
 import torch
 from models import IMAGE_SIZE
 
-from csr import plan as P
-from csr import plan_cli
+from csr.commands import plan as plan_cli
+from csr.models import memory as P
 
 GIB = 1 << 30
 _LIBC = ctypes.CDLL("libc.so.6")
@@ -38,7 +38,7 @@ def compose_cfg(preset: str, model_dir: Path, work: Path, dry: bool, overrides: 
 
 def fit_kwargs(cfg) -> dict:
     """The Lightning arguments csr's DPO stage fits with (csr/dpo/stage.py run, csr/loop.py trainer_kwargs)."""
-    from csr.distributed import fit_strategy
+    from csr.core.distributed import fit_strategy
 
     t = cfg.trainer
     return {"accelerator": t.accelerator, "devices": t.devices, "num_nodes": t.num_nodes, "precision": t.precision,

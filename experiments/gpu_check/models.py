@@ -21,7 +21,7 @@ from PIL import Image, ImageDraw
 from tokenizers import Tokenizer
 from transformers import AutoConfig, PretrainedConfig, PreTrainedTokenizerFast, Qwen2VLImageProcessor
 
-from csr.io import atomic_write_text
+from csr.core.io import atomic_write_text
 from csr.models.families import get_family
 from csr.models.families.llava import make_processor as llava_processor
 from csr.models.tiny import train_byte_bpe

@@ -27,9 +27,9 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "bench_search"))  # the benchmark models are the search benchmark's
 from workloads import CACHE, Workload, mid, shapesworld, tiny  # noqa: E402
 
-from csr import plan as P  # noqa: E402
+from csr.commands.plan import ANSWER_LOGITS_DEFAULT, clip_dims, llava_dims  # noqa: E402
+from csr.models import memory as P  # noqa: E402
 from csr.models.families import get_family  # noqa: E402
-from csr.plan_cli import ANSWER_LOGITS_DEFAULT, clip_dims, llava_dims  # noqa: E402
 
 # LoRA as each workload's config trains it: ShapesWorld's r16, the paper's r128 on the mid model.
 LORA = {"tiny": (16, 32), "shapesworld": (16, 32), "mid": (128, 256)}

@@ -39,7 +39,7 @@ def base_row(base: Path | None) -> dict | None:
     if base is None:
         return None
     from csr.eval.registry import summary_columns
-    from csr.report import table_rows
+    from csr.run.report import table_rows
     from csr.worlds import evaluators
 
     metrics = json.loads((base / "iter_0" / "metrics.json").read_text())

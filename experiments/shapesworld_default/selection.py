@@ -1,4 +1,4 @@
-"""What gating the iterations on val (csr/selection.py) would have kept in the runs already measured, with
+"""What gating the iterations on val (csr/run/selection.py) would have kept in the runs already measured, with
 no new run: the same seeds were trained once with evaluation on val (val.md, explore.md) and once on
 test (test.md), and evaluation never touches training (tests/test_select.py), so a seed's models are
 the same in both and val can choose what test then reports.
@@ -13,7 +13,7 @@ import re
 import statistics
 from pathlib import Path
 
-from csr.selection import best_iteration, patience_spent
+from csr.run.selection import best_iteration, patience_spent
 
 HERE = Path(__file__).resolve().parent
 

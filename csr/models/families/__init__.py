@@ -1,11 +1,11 @@
-"""The model families csr runs, by `model.family` name (csr/choices.py FAMILIES lists them)."""
+"""The model families csr runs, by `model.family` name (csr/config/choices.py FAMILIES lists them)."""
 
 from __future__ import annotations
 
 import importlib
 
-from csr.choices import FAMILIES
-from csr.errors import CSRError
+from csr.config.choices import FAMILIES
+from csr.core.errors import CSRError
 from csr.models.families.base import Family
 
 # family name -> "module:Class" under csr.models.families (imported on first use: each pulls its

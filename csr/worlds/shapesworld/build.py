@@ -25,7 +25,7 @@ import torch
 from torch.utils.data import DataLoader
 from transformers import LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
 
-from csr.io import atomic_write_json
+from csr.core.io import atomic_write_json
 from csr.models.checkpoint import save_model
 from csr.models.clip import save_clip
 from csr.models.families.llava import make_processor

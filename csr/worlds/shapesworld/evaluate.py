@@ -10,9 +10,9 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
+from csr.core.errors import CSRError
 from csr.data.pope_questions import QUESTION_TEMPLATE, STRATEGIES
 from csr.data.prompts import PromptRecord
-from csr.errors import CSRError
 from csr.eval.chair import caption_report, chair_scores
 from csr.eval.generate import answer_metrics, decoding, generate_answers, image_set, sampling, skip_counts
 from csr.eval.pope import pope_metrics, read_pope_questions, yes_no
@@ -98,7 +98,7 @@ def evaluate_shapesworld(*, model, processor, scorer, eval_cfg, prompt_file: str
     metrics["partner_hallucination"] = partner_hallucination_rate(answers, truth)
     objects = scene_objects(split_dir)
     metrics.update(grammar_metrics([a["answer"] for a in answers], [objects[a["id"]] for a in answers]))
-    pope, pope_skips, shown = {}, Counter(), []  # pope_images: 0 (a selection on CHAIR alone, csr/selection.py)
+    pope, pope_skips, shown = {}, Counter(), []  # pope_images: 0 (a selection on CHAIR alone, csr/run/selection.py)
     if eval_cfg.shapesworld.pope_images > 0:
         pope, pope_skips, shown = _pope(model, processor, eval_cfg, split_dir,
                                         {f"{i}.png" for i in ids[: eval_cfg.shapesworld.pope_images]},

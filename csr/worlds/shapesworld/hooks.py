@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from csr.core.io import read_jsonl
 from csr.eval.registry import Evaluator
-from csr.io import read_jsonl
 from csr.worlds.shapesworld.evaluate import SUMMARY, evaluate_shapesworld, pair_hallucination
 from csr.worlds.shapesworld.splits import ensure_split, ground_truth
 

@@ -20,9 +20,9 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from csr.core.errors import CSRError
+from csr.core.io import atomic_write_json, atomic_write_text
 from csr.data.pope_questions import STRATEGIES, cooccurrence_counts, sample_pope_questions
-from csr.errors import CSRError
-from csr.io import atomic_write_json, atomic_write_text
 from csr.worlds.shapesworld.scenes import make, sample_scene
 from csr.worlds.shapesworld.text import DESCRIBE_PROMPTS
 from csr.worlds.shapesworld.vocab import SHAPES

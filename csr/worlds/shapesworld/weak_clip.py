@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from csr.io import atomic_write_json, read_json
+from csr.core.io import atomic_write_json, read_json
 from csr.models.clip import load_clip, save_clip
 from csr.worlds.shapesworld.clip_train import auc, evaluate_clip, sentence_batch
 from csr.worlds.shapesworld.overrides import set_fields

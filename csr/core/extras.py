@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 
-from csr.errors import CSRError
+from csr.core.errors import CSRError
 
 # extra -> the modules it provides (import names, not distribution names).
 EXTRAS: dict[str, tuple[str, ...]] = {

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from csr.errors import CSRError
+from csr.core.errors import CSRError
 
 
 @contextmanager

@@ -11,7 +11,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from csr.errors import CSRError
+from csr.core.errors import CSRError
 
 
 @dataclass

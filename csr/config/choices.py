@@ -1,4 +1,4 @@
-"""Every choice list of the config, here only: `validate()` (csr/config.py) checks each key against its
+"""Every choice list of the config, here only: `validate()` (csr/config/schema.py) checks each key against its
 list at start, the modules that implement the choices import them, and the YAML files, the schema and
 the README point here. A pure module (no imports), so that the pure math can import it too."""
 

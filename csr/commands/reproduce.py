@@ -25,11 +25,11 @@ import tempfile
 from datetime import datetime
 from pathlib import Path
 
-from csr.errors import CSRError
-from csr.io import atomic_write_json, atomic_write_text, read_json
-from csr.run_dir import CHANGES, read_changes, read_saved_config
-from csr.run_info import run_info, version_differences
-from csr.tracking import download_loop, flatten, sqlite_uri
+from csr.core.errors import CSRError
+from csr.core.io import atomic_write_json, atomic_write_text, read_json
+from csr.core.tracking import download_loop, flatten, sqlite_uri
+from csr.run.run_dir import CHANGES, read_changes, read_saved_config
+from csr.run.run_info import run_info, version_differences
 
 SOURCE_DIR = "reproduced_from"  # inside the new run: the source's config.yaml, run_info.json, source.json
 METRICS = "metrics"  # inside SOURCE_DIR: the source's iter_<k>.json (its iter_<k>/metrics.json)
@@ -57,8 +57,8 @@ def _from_run_dir(source: Path, into: Path) -> dict:
 
 
 def _upgrade_configs(into: Path) -> None:
-    """The copied configs in today's key names (csr/config_upgrade.py): they become `csr`'s primary config,
-    so each is first read as data and refused unless it holds exactly csr's keys (csr/run_dir.py)."""
+    """The copied configs in today's key names (csr/config/upgrade.py): they become `csr`'s primary config,
+    so each is first read as data and refused unless it holds exactly csr's keys (csr/run/run_dir.py)."""
     from omegaconf import OmegaConf
 
     for name in ["config.yaml", *(e["config"] for e in read_changes(into))]:
@@ -79,7 +79,7 @@ def _from_mlflow(run_id: str, tracking_uri: str, into: Path) -> dict:
 
 def eval_settings(metrics: dict) -> dict:
     """evaluator/settings -> what that evaluator recorded it ran on (csr/eval/*.py); the selection's
-    evaluation (csr/selection.py) as select/evaluator/settings, so that its split is checked too."""
+    evaluation (csr/run/selection.py) as select/evaluator/settings, so that its split is checked too."""
     found = {k: v for k, v in metrics.get("eval", {}).items() if k.endswith("/settings")}
     found.update({f"select/{k}": v for k, v in (metrics.get("select") or {}).items() if k.endswith("/settings")})
     return found

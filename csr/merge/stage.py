@@ -1,7 +1,7 @@
 """The merge stage: the DPO adapter merged into a plain HF checkpoint, the next iteration's policy.
 
 The merge runs in float32 whatever `model.dtype` is, loaded on the CPU: it moves to the run's GPU
-only when the float32 model and its check fit there with the plan's headroom (csr/plan.py), so no
+only when the float32 model and its check fit there with the plan's headroom (csr/models/memory.py), so no
 rank needs a GPU's worth of float32 weights (about 55 GiB at 13B). DPO at the paper's lr (1e-7) moves a weight
 by ~1e-5, while bfloat16's spacing around a typical weight (~0.02) is ~1.2e-4: merged in bfloat16,
 W + delta rounds back to W for most elements (tests/test_merge.py measures it). The merged
@@ -25,13 +25,13 @@ from peft import PeftModel
 from peft.tuners.lora import LoraLayer
 from peft.utils import ModulesToSaveWrapper
 
-from csr import plan as P
-from csr.context import StageContext
-from csr.errors import CSRError
-from csr.io import read_jsonl, replace_dir
+from csr.core.errors import CSRError
+from csr.core.io import read_jsonl, replace_dir
+from csr.models import memory as P
 from csr.models.checkpoint import DTYPES, load_model, save_model
 from csr.models.families import get_family
 from csr.models.families.base import Family
+from csr.run.context import StageContext
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +128,7 @@ def check_batch(pairs_path: Path, processor, image_root: str, family: Family) ->
 
 
 def check_bytes(model, batch: dict | None) -> int:
-    """GPU memory the merge needs on the check's device (csr/plan.py merge_check_gpu): the float32
+    """GPU memory the merge needs on the check's device (csr/models/memory.py merge_check_gpu): the float32
     model with its adapter, and the language model's working set in the check's forward over `batch`
     (the vision tower's, for CHECK_PAIRS images, is far smaller)."""
     from csr.models.planning import lm_dims

@@ -6,7 +6,7 @@
 Takes the same Hydra overrides as `csr`. The model's dimensions come from model.path's config.json
 (through transformers' config classes, so unset keys get the library's defaults; no weights are
 read), or, for the presets whose checkpoints are not on this machine, from the published configs
-built into csr/models/planning.py. The arithmetic is csr/plan.py's.
+built into csr/models/planning.py. The arithmetic is csr/models/memory.py's.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
-from csr import plan as P
-from csr.errors import CSRError
+from csr.core.errors import CSRError
+from csr.models import memory as P
 from csr.models.planning import (  # noqa: F401 - PUBLIC, llava_dims, model_dims: csr-plan's readers, used by tests
     ANSWER_LOGITS_DEFAULT,
     IMAGE_HW,
@@ -42,7 +42,7 @@ def compose(overrides: list[str]) -> DictConfig:
     from hydra import initialize_config_dir
     from hydra.core.hydra_config import HydraConfig
 
-    import csr.config  # noqa: F401 - registers the ${asset:} resolver
+    import csr.config.schema  # noqa: F401 - registers the ${asset:} resolver
     from csr.cli import CONF_DIR
 
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):

@@ -10,8 +10,8 @@ scores; the reported metrics of the selected iteration are then looked up once, 
 
 Where it is kept: iter_<k>/eval/select/<evaluator>/ with its marker iter_<k>/eval/select.done.json,
 inside the eval stage's directory, so that whatever removes an evaluation (a stage run under a changed
-config, csr/stage_run.py) removes its selection score with it. The choice: run_info.json's "selection"
-(csr/run_info.py), the summary's columns, tags of the MLflow parent run and the inspector's run page.
+config, csr/run/stage_run.py) removes its selection score with it. The choice: run_info.json's "selection"
+(csr/run/run_info.py), the summary's columns, tags of the MLflow parent run and the inspector's run page.
 Its checkpoint is a path relative to the run directory (iter_<k>/merged), or model.path when the base
 model is the best: a path written in JSON survives any copy of a run directory, where a `best/` link is
 dropped or copied as a second set of weights (rsync -r, zip, shutil.copytree, MLflow artifacts), and the
@@ -27,63 +27,15 @@ from __future__ import annotations
 import math
 import shutil
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from omegaconf import OmegaConf
 
-from csr.choices import SHAPESWORLD_SPLITS
-from csr.errors import CSRError
+from csr.config.held_out import HELD_OUT, metric_parts
+from csr.core.errors import CSRError
 
 MARKER = "select"  # iter_<k>/eval/select.done.json; its outputs in iter_<k>/eval/select/
-
-
-@dataclass(frozen=True)
-class HeldOut:
-    eval_key: str  # the key that names the split the evaluator scores (and the run reports)
-    training_key: str  # the key that names the split the loop trains on
-    splits: tuple[str, ...]
-
-
-# The evaluators that can score another split than the one they report: only these can select.
-HELD_OUT = {"shapesworld": HeldOut("eval.shapesworld.split", "data.shapesworld.split", SHAPESWORLD_SPLITS)}
-
-
-def metric_parts(metric: str) -> tuple[str, str]:
-    """"shapesworld/chair_s" -> ("shapesworld", "chair_s")."""
-    name, _, key = metric.partition("/")
-    return name, key
-
-
-def check_selection(cfg) -> None:
-    """At start: the metric names a selecting evaluator of the run, on a split that is neither the
-    reported one nor the training one."""
-    s = cfg.eval.select
-    if s is None:
-        return
-    if s.patience is not None and s.patience < 1:
-        raise CSRError(f"config key 'eval.select.patience': {s.patience!r} must be >= 1 or null (run every iteration)")
-    name, key = metric_parts(s.metric)
-    where = "config key 'eval.select.metric'"
-    if not key:
-        raise CSRError(f"{where}: {s.metric!r} must be '<evaluator>/<metric>', e.g. shapesworld/chair_s")
-    if name not in cfg.eval.evaluators:
-        raise CSRError(f"{where}: evaluator {name!r} is not in eval.evaluators {list(cfg.eval.evaluators)}: "
-                       "add it there, or set eval.select=null (no selection)")
-    if name not in HELD_OUT:
-        raise CSRError(f"{where}: evaluator {name!r} has no held-out split besides the one it reports, and a "
-                       f"number chosen on the split it is reported on is not a held-out result; evaluators that "
-                       f"can select: {sorted(HELD_OUT)}")
-    held = HELD_OUT[name]
-    if s.split not in held.splits:
-        raise CSRError(f"config key 'eval.select.split': {s.split!r} is not one of {list(held.splits)}")
-    if s.split == OmegaConf.select(cfg, held.eval_key):
-        raise CSRError(f"config key 'eval.select.split': {s.split!r} is the split the run reports ({held.eval_key}): "
-                       "select on another held-out split (e.g. val), never on the reported one")
-    if s.split == OmegaConf.select(cfg, held.training_key):
-        raise CSRError(f"config key 'eval.select.split': {s.split!r} is the split the run trains on "
-                       f"({held.training_key}): select on a held-out split (e.g. val)")
 
 
 def selection_eval_cfg(cfg):
@@ -109,9 +61,9 @@ def remove_selection(eval_dir: Path) -> None:
 
 
 def evaluate(ctx) -> dict:
-    """Score the model iteration ctx.k produced on the selection split (csr/context.py StageContext):
+    """Score the model iteration ctx.k produced on the selection split (csr/run/context.py StageContext):
     the selecting evaluator's metrics, namespaced `<evaluator>/<key>` as the eval stage's are."""
-    from csr import progress
+    from csr.core import progress
 
     cfg = ctx.cfg
     name, key = metric_parts(cfg.eval.select.metric)

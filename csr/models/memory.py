@@ -1,7 +1,7 @@
 """Memory plan: the predicted peak memory per device of each stage, from model dimensions alone.
 
 Pure arithmetic (no model library is imported here): `csr/models/planning.py` reads the dimensions
-from a config, `csr/plan_cli.py` prints the result, `csr` warns at start when it exceeds the GPU
+from a config, `csr/commands/plan.py` prints the result, `csr` warns at start when it exceeds the GPU
 (start_warning), the search turns its byte cap into tokens (batch_token_cap) and the merge decides
 where to run with it (merge_check_gpu, fits). Every stage's peak is a dict of named parts in bytes; `total` adds them.
 What is counted, and why, is written next to each term; `experiments/plan/README.md` checks the
@@ -20,7 +20,7 @@ GIB = 1 << 30
 # an 80 GiB card), allocator rounding and the fragmentation left with expandable segments, and the
 # formulas' own error (checked within 8.4% on CPU peaks, experiments/plan/; GPU-only kernels unmeasured).
 HEADROOM = 0.10
-MERGE_CHECK_PAIRS = 4  # pairs whose log-probs the merged model must reproduce (csr/merge.py)
+MERGE_CHECK_PAIRS = 4  # pairs whose log-probs the merged model must reproduce (csr/merge/stage.py)
 
 
 # --- dimensions -----------------------------------------------------------------------------------
@@ -375,7 +375,7 @@ def largest_linear(d: LMDims) -> int:
 
 
 def merge_host(d: LlavaDims, lora: int) -> dict[str, int]:
-    """Host RAM of the merge (csr/merge.py), which loads and merges on the CPU: the model and the
+    """Host RAM of the merge (csr/merge/stage.py), which loads and merges on the CPU: the model and the
     adapter in float32, and the update statistics of one weight (float32 weight and delta, the stored
     update and the delta in float64, their products)."""
     return {"weights_fp32": model_params(d) * 4, "lora_fp32": lora * 4, "update_stats": 48 * largest_linear(d.lm)}

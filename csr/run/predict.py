@@ -21,11 +21,11 @@ import pytorch_lightning as pl
 from pytorch_lightning.callbacks import BasePredictionWriter
 from torch.utils.data import DataLoader
 
-from csr import signals
-from csr.distributed import barrier, check_ranks, is_global_zero, rank_zero_value
-from csr.errors import CSRError
-from csr.io import JsonlWriter, atomic_write_text, read_jsonl
-from csr.progress import bar_callbacks
+from csr.core import signals
+from csr.core.distributed import barrier, check_ranks, is_global_zero, rank_zero_value
+from csr.core.errors import CSRError
+from csr.core.io import JsonlWriter, atomic_write_text, read_jsonl
+from csr.core.progress import bar_callbacks
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +34,7 @@ class RecordPredictor(pl.LightningModule):
     """Base of the predict-only modules: batches are lists of records (dataclasses or dicts) that
     predict_step turns into tensors itself, so Lightning must not try to move them to a device."""
 
-    counts = "batches"  # what the progress bar counts (csr/progress.py)
+    counts = "batches"  # what the progress bar counts (csr/core/progress.py)
 
     def transfer_batch_to_device(self, batch: Any, device: Any, dataloader_idx: int) -> Any:
         return batch

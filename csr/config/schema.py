@@ -13,7 +13,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import InterpolationResolutionError, OmegaConfBaseException
 
-from csr.choices import (
+from csr.config.choices import (
     ACCELERATORS,
     ATTN_IMPLEMENTATIONS,
     CALIBRATIONS,
@@ -38,13 +38,13 @@ from csr.choices import (
     SHAPESWORLD_SPLITS,
     TEXT_SCORES,
 )
-from csr.errors import CSRError
-from csr.selection import check_selection
-from csr.tracking import sqlite_uri
+from csr.config.held_out import check_selection
+from csr.core.errors import CSRError
+from csr.core.tracking import sqlite_uri
 
 # logger.tracking_uri: the MLflow stores csr can open (a typo'd scheme would fail deep inside MLflow)
 TRACKING_SCHEMES = ("sqlite:///", "http://", "https://", "file:", "databricks", "postgresql", "mysql", "mssql")
-ASSETS = Path(__file__).resolve().parent / "assets"
+ASSETS = Path(__file__).resolve().parent.parent / "assets"
 # ${asset:shapesworld/llava} -> the shipped checkpoint inside the package, wherever csr runs from.
 OmegaConf.register_new_resolver("asset", lambda name: str(ASSETS / name), replace=True)
 # ${sqlite_uri:/some/dir/mlflow.db} -> a sqlite URI with '%' and '?' escaped (a cwd may contain them).
@@ -235,7 +235,7 @@ class ShapesWorldEvalConfig:
 
 @dataclass
 class SelectConfig:
-    # Which iteration the run keeps (csr/selection.py): each evaluated model is also scored on a held-out
+    # Which iteration the run keeps (csr/run/selection.py): each evaluated model is also scored on a held-out
     # selection split, never the reported one, and the best by `metric` is selected; `iterations` is the most.
     metric: str = "???"  # "<evaluator>/<key>" of eval.evaluators, e.g. shapesworld/chair_s
     mode: str = "min"  # one of SELECT_MODES
@@ -281,7 +281,7 @@ class EvalConfig:
     sample_seed: int = 0  # with temperature > 0: the answers' seed (with each batch's record ids)
     batch_size: int = 8
     at_base: bool = True  # also evaluate the starting model (iteration 0)
-    select: SelectConfig | None = None  # which iteration to keep (csr/selection.py); null: none, every iteration runs
+    select: SelectConfig | None = None  # which iteration to keep (csr/run/selection.py); null: none, every iteration runs
 
 
 @dataclass
@@ -296,7 +296,7 @@ class LoggerConfig:
 class ResumeConfig:
     # Keys (as `reward.lam`) that a resume of an existing run_dir may change; any other
     # result-relevant change is refused. Each accepted change is recorded (config.<n>.yaml,
-    # config_changes.json), logged to MLflow and replayed by csr-reproduce. See csr/run_dir.py.
+    # config_changes.json), logged to MLflow and replayed by csr-reproduce. See csr/run/run_dir.py.
     allow_changes: list[str] = field(default_factory=list)
 
 

@@ -1,6 +1,6 @@
 """What a run needs to be reproduced besides its resolved config: the command-line overrides, the
 csr version and git commit, and the versions of the libraries that decide its numbers; at its end,
-the iteration it selected (csr/selection.py)."""
+the iteration it selected (csr/run/selection.py)."""
 
 from __future__ import annotations
 
@@ -11,11 +11,11 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-from csr.io import atomic_write_text
+from csr.core.io import atomic_write_text
 
 LIBRARIES = ("torch", "torchvision", "transformers", "tokenizers", "peft", "pytorch-lightning",
              "open_clip_torch", "hydra-core", "omegaconf", "mlflow", "deepspeed")
-SOURCE = Path(__file__).resolve().parent.parent
+SOURCE = Path(__file__).resolve().parents[2]  # the checkout (git commit and dirty state)
 SELECTION = "selection"  # added at the end of a run with an eval.select block (record_selection)
 
 
@@ -67,7 +67,7 @@ def run_info() -> dict[str, Any]:
 
 
 def record_selection(path: Path, selection: dict[str, Any] | None) -> None:
-    """Write the run's selected iteration (csr/selection.py) into its run_info.json at the end of the run,
+    """Write the run's selected iteration (csr/run/selection.py) into its run_info.json at the end of the run,
     replacing an earlier one; None removes it (a run whose summary no longer selects)."""
     info = json.loads(path.read_text())
     if info.get(SELECTION) == selection or (selection is None and SELECTION not in info):

@@ -31,7 +31,7 @@ from omegaconf import OmegaConf
 from pytorch_lightning.utilities.rank_zero import rank_zero_only
 from torch.distributed.constants import default_pg_timeout
 
-from csr.errors import CSRError
+from csr.core.errors import CSRError
 
 STRATEGIES = ("auto", "ddp", "deepspeed")
 RANK_ZERO_POLL_S = 2.0  # how often the other ranks look whether rank 0 has finished its stage

@@ -20,7 +20,7 @@ def _harness_preset(name: str) -> dict[str, Any]:
     """conf/eval/harness/<name>.yaml as today's config holds it. Before the harness evaluators no harness
     ran, and a block that eval.evaluators does not name does nothing: an old run reads as one with
     today's block, so it resumes without a change."""
-    path = Path(__file__).resolve().parent.parent / "conf" / "eval" / "harness" / f"{name}.yaml"
+    path = Path(__file__).resolve().parents[2] / "conf" / "eval" / "harness" / f"{name}.yaml"
     return OmegaConf.to_container(OmegaConf.load(path), resolve=True)
 
 

@@ -9,7 +9,7 @@ someone else's directory.
 A run directory has one config. A resume whose resolved config changes a result-relevant key is
 refused with the diff, unless `resume.allow_changes` names every changed key; then this start's
 config is kept as config.<n>.yaml and the change appended to config_changes.json with the stages
-finished before it, which MLflow also gets and `csr-reproduce` replays (csr/reproduce.py).
+finished before it, which MLflow also gets and `csr-reproduce` replays (csr/commands/reproduce.py).
 """
 
 from __future__ import annotations
@@ -28,11 +28,11 @@ import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from csr.config import RootConfig
-from csr.config_upgrade import upgrade
-from csr.errors import CSRError
-from csr.io import atomic_write_json, atomic_write_text, is_temp_name, read_json
-from csr.tracking import flatten
+from csr.config.schema import RootConfig
+from csr.config.upgrade import upgrade
+from csr.core.errors import CSRError
+from csr.core.io import atomic_write_json, atomic_write_text, is_temp_name, read_json
+from csr.core.tracking import flatten
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +123,7 @@ def check_run_dir(run_dir: Path, hydra_names: set[str] = frozenset()) -> bool:
 
 
 def check_not_in_use(run_dir: Path) -> None:
-    """Refuse a run directory another csr start holds (csr/lock.py), without taking or writing the lock."""
+    """Refuse a run directory another csr start holds (csr/core/lock.py), without taking or writing the lock."""
     import fcntl
 
     try:
@@ -165,7 +165,7 @@ FINISHED = re.compile(r"iter_[0-9]{1,6}/(search|reward|pairs|dpo|merge|eval)")
 
 @functools.cache
 def schema_leaves(schema: type = RootConfig, prefix: str = "") -> frozenset[str]:
-    """Every dotted leaf key of csr's schema (csr/config.py): its fields that are not blocks of their own
+    """Every dotted leaf key of csr's schema (csr/config/schema.py): its fields that are not blocks of their own
     (a free-form dict, such as trainer.deepspeed, is one leaf)."""
     hints = typing.get_type_hints(schema)
     return frozenset(leaf for f in dataclasses.fields(schema)
@@ -194,7 +194,7 @@ def _shown(keys: list[str]) -> str:
 
 
 def read_saved_config(path: Path) -> dict[str, Any]:
-    """A run's saved config, in today's key names (csr/config_upgrade.py), refused in one line unless it
+    """A run's saved config, in today's key names (csr/config/upgrade.py), refused in one line unless it
     holds exactly csr's keys: no Hydra section, no key csr does not know (`_target_` included), no key
     missing that no recorded upgrade explains, no interpolation (csr saves resolved values)."""
     try:
@@ -223,7 +223,7 @@ def read_saved_config(path: Path) -> dict[str, Any]:
                        "keys (nothing in it is instantiated): delete them, or start a new run")
     missing = sorted(leaf for leaf in leaves if not _present(upgraded, leaf.split(".")))
     if missing:
-        raise CSRError(f"{path}: config keys missing that no recorded upgrade explains (csr/config_upgrade.py): "
+        raise CSRError(f"{path}: config keys missing that no recorded upgrade explains (csr/config/upgrade.py): "
                        f"{_shown(missing)}. Restore the file csr wrote, or start a new run")
     interpolated = _interpolations(saved)
     if interpolated:
@@ -276,7 +276,7 @@ def changes(run_dir: Path) -> list[dict[str, Any]]:
 def check_resume(run_dir: Path, config_text: str, allowed: list[str],
                  stage_run: bool = False) -> dict[str, tuple[Any, Any]]:
     """The changes this resume makes to the run's latest config; refuses any not in `allowed`, unless
-    this start is a stage run alone, whose point is to redo a stage under changed keys (csr/stage_run.py):
+    this start is a stage run alone, whose point is to redo a stage under changed keys (csr/run/stage_run.py):
     then every change is accepted and recorded as if allowed. Only reads."""
     entries = changes(run_dir)
     latest = run_dir / (entries[-1]["config"] if entries else CONFIG)
@@ -316,7 +316,7 @@ def record_config(run_dir: Path, config_text: str, diff: dict[str, tuple[Any, An
     entry = {"config": name, "changes": {k: list(v) for k, v in diff.items()}, "finished": finished,
              "started_at": datetime.now(UTC).isoformat(timespec="seconds")}
     atomic_write_json(run_dir / CHANGES, [*changes(run_dir), entry])
-    if not stage_run:  # a stage run says what it changes and redoes in its own line (csr/stage_run.py)
+    if not stage_run:  # a stage run says what it changes and redoes in its own line (csr/run/stage_run.py)
         log.warning("resuming %s with config changes allowed by resume.allow_changes: %s (after %s); saved as %s",
                     run_dir, show_diff(diff), ", ".join(finished) or "no finished stage", name)
     return entry

@@ -1,7 +1,7 @@
 """A stage run alone on an existing run directory (`csr stage=reward run_dir=D reward.lam=0.1`).
 
 It starts from the run's latest saved config (csr/cli.py puts it under the overrides), may change
-any key (that is its point: the change is recorded like an allowed resume, csr/run_dir.py, and
+any key (that is its point: the change is recorded like an allowed resume, csr/run/run_dir.py, and
 csr-reproduce replays it). Under a changed config it redoes its stage from scratch and removes every
 output the new one invalidates: the later stages of its iteration, all
 later iterations (they start from its merged model; not after eval, which nothing reads) and the
@@ -15,7 +15,7 @@ import logging
 import shutil
 from pathlib import Path
 
-from csr.io import is_done
+from csr.core.io import is_done
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ def has_input(run_dir: Path, k: int, stage: str) -> bool:
 
 def check_input(run_dir: Path, stage: str, k: int) -> None:
     """Refuse a stage run whose input is not done: it would fail late, or read a base model for a merge."""
-    from csr.errors import CSRError
+    from csr.core.errors import CSRError
 
     if has_input(run_dir, k, stage):
         return
@@ -94,7 +94,7 @@ def invalidate(run_dir: Path, k: int, stage: str) -> list[str]:
 
 def describe(k: int, stage: str, change: dict | None, removed: list[str] | None) -> str:
     """The one log line of a stage run: what it redoes, under which change, what it removed."""
-    from csr.run_dir import show_diff
+    from csr.run.run_dir import show_diff
 
     if change is None:
         return (f"stage run: iteration {k} {stage} under the run's config: its output is completed where it "

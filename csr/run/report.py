@@ -1,6 +1,6 @@
 """The per-iteration table of a run (printed, Markdown, JSON) and its plot (PNG).
 
-With a selection (csr/selection.py) the table gains the selection score of each iteration (`val
+With a selection (csr/run/selection.py) the table gains the selection score of each iteration (`val
 CHAIR_S`) and a `selected` column, and a note under it says which iteration was selected, on what,
 and that every other column is that iteration's evaluation on the reported split."""
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from csr.io import atomic_write_json, atomic_write_text
+from csr.core.io import atomic_write_json, atomic_write_text
 
 log = logging.getLogger(__name__)
 

@@ -20,9 +20,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, unquote
 
-from csr.errors import CSRError
-from csr.extras import require
-from csr.io import atomic_write_json, read_json
+from csr.core.errors import CSRError
+from csr.core.extras import require
+from csr.core.io import atomic_write_json, read_json
 
 log = logging.getLogger(__name__)
 
@@ -232,7 +232,7 @@ class Tracker:
 
 def loop_runs(tracking_uri: str, experiment: str | None,
               run_ids: list[str]) -> list[tuple[str, dict[str, str], dict[int, dict[str, float]], str | None]]:
-    """(name, params, iteration -> metrics, the csr.run_dir tag) of each loop's parent run: of an
+    """(name, params, iteration -> metrics, the csr.run.run_dir tag) of each loop's parent run: of an
     experiment, or the parents of the given runs. Iteration 0 (the base model's evaluation) lives in the
     parent at step 0, iteration k in its nested run."""
     require("mlflow", "reading runs from an MLflow store")

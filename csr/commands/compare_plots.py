@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from csr.io import read_jsonl
-
-if TYPE_CHECKING:
-    from csr.compare import Run
+from csr.commands.compare_runs import Run
+from csr.core.io import read_jsonl
 
 
 def _pyplot():

@@ -21,7 +21,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from csr.errors import CSRError
+from csr.core.errors import CSRError
 
 log = logging.getLogger(__name__)
 
