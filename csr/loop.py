@@ -37,6 +37,7 @@ from csr.core.errors import CSRError
 from csr.core.io import (
     atomic_write_json,
     atomic_write_text,
+    done_made_from,
     done_stats,
     is_done,
     mark_done,
@@ -46,6 +47,7 @@ from csr.core.io import (
 from csr.core.lock import run_lock
 from csr.core.tracking import Tracker, flatten
 from csr.run.context import StageContext
+from csr.run.inputs import made_from, record_inputs, stale_input
 from csr.run.run_dir import (
     CHANGES,
     RUN_INFO,
@@ -112,6 +114,7 @@ class Loop:
             # What `csr-reproduce` needs besides the config: overrides, package and library versions, commit.
             self._save_once("run_info", ".json", json.dumps(self.info, indent=2) + "\n", started_as)
             self.change = record_config(self.run_dir, text, diff, self.finished(), alone)
+            record_inputs(self.run_dir, OmegaConf.to_container(self.cfg, resolve=True))  # csr/run/inputs.py
             yield
 
     def finished(self) -> list[str]:
@@ -184,6 +187,7 @@ class Loop:
             rank_zero_done(f"iteration {k} {stage}")  # no timeout: rank 0's merge may take longer than one
             return {}
         log.info("iteration %d: %s", k, stage)
+        sources = made_from(self.run_dir, k, stage) if is_global_zero() else None  # what it reads, as it starts
         with progress.stage(f"iteration {k} {stage}"):
             stats = importlib.import_module(STAGE_MODULES[stage]).run(self.context(k, run_id))
             if stage == "pairs" and self.world is not None:  # ground truth known: is the reward right?
@@ -191,7 +195,7 @@ class Loop:
         stats["seconds"] = round(time.time() - start, 3)
         if not is_global_zero():
             return stats
-        mark_done(d, stage, stats)
+        mark_done(d, stage, stats, sources)
         self.tracker.log_metrics(run_id, stats, prefix=f"{stage}/")
         log.info("iteration %d: %s done in %.1fs", k, stage, stats["seconds"])
         if stage in RANK_ZERO_STAGES:
@@ -207,6 +211,8 @@ class Loop:
         for stage in stages:
             barrier()  # every rank sees the files of the stage before
             todo = rank_zero_value(force or not is_done(d, stage))  # one answer, though rank 0's marker may lag elsewhere
+            if not todo:
+                self.check_made_from(k, stage)
             barrier()  # every rank has decided before rank 0 can mark this stage done
             if todo:
                 self.run_stage(stage, k, run_id)
@@ -217,6 +223,8 @@ class Loop:
         metrics = {s: done_stats(d, s) for s in ITERATION_STAGES if is_done(d, s)}
         if is_done(d / "eval", SELECT):
             metrics["select"] = done_stats(d / "eval", SELECT)
+        if "eval" in metrics:
+            metrics["eval"].update(self.selected_harness_metrics(k))
         if not is_global_zero():
             return metrics
         atomic_write_json(d / "metrics.json", metrics)
@@ -228,6 +236,15 @@ class Loop:
         if k > 0 and all(is_done(d, s) for s in ITERATION_STAGES):
             self.tracker.finish(run_id)
         return metrics
+
+    def check_made_from(self, k: int, stage: str) -> None:
+        """Refuse to go on from a finished stage whose input was rebuilt or replaced since (csr/run/inputs.py)."""
+        stale = rank_zero_value(stale_input(self.run_dir, k, stage, done_made_from(self.iter_dir(k), stage))
+                                if is_global_zero() else None)
+        if stale is not None:
+            raise CSRError(f"{self.iter_dir(k)}/{stage}.done.json: iteration {k}'s {stage} was made from {stale} as it "
+                           f"was then, which has changed since (rebuilt or replaced): redo it and what follows with "
+                           f"`csr stage={stage} iteration={k} run_dir={self.run_dir}`, or restore {stale}")
 
     # -- the selected iteration (csr/run/selection.py) ---------------------------------------------------------
 
@@ -293,6 +310,44 @@ class Loop:
         held = HELD_OUT[metric_parts(s.metric)[0]]
         return selection_record(values, s, rows[k].get("eval", {}), OmegaConf.select(self.cfg, held.eval_key),
                                 self.cfg.model.path, stopped)
+
+    def selected_harness_metrics(self, k: int) -> dict:
+        """The metrics of the harnesses with only_selected that ran on iteration k's model (it was selected)."""
+        from csr.eval.harness import selected_only
+
+        found = {name: done_stats(self.iter_dir(k) / "eval", f"selected_{name}") for name in selected_only(self.cfg.eval)}
+        return {f"{name}/{key}": v for name, stats in found.items() if stats is not None for key, v in stats.items()}
+
+    def evaluate_selected(self, selection: dict, rows: dict[int, dict]) -> CSRError | None:
+        """The harnesses with only_selected, once, on the selected iteration's model; their metrics join that
+        iteration's row (and metrics.json, MLflow). Kept inside its eval/ like the selection score, so that
+        whatever removes the evaluation removes them too. A failure is returned, for after the summary."""
+        from csr.eval.harness import HarnessFailed, evaluate_checkpoint, selected_only
+
+        k = selection["iteration"]
+        d = self.iter_dir(k)
+        checkpoint = self.cfg.model.path if k == 0 else str(d / "merged")
+        failure = None
+        for name in selected_only(self.cfg.eval):
+            if is_done(d / "eval", f"selected_{name}"):
+                continue
+            log.info("iteration %d (selected): %s", k, name)
+            try:
+                stats = evaluate_checkpoint(name, self.cfg.eval[name], checkpoint, d / "eval" / name,
+                                            self.cfg.trainer.accelerator, self.cfg.model.dtype)
+            except HarnessFailed as err:
+                failure = err
+                continue
+            mark_done(d / "eval", f"selected_{name}", stats)
+        metrics = {**read_json(d / "metrics.json")}
+        metrics["eval"] = {**metrics.get("eval", {}), **self.selected_harness_metrics(k)}
+        atomic_write_json(d / "metrics.json", metrics)
+        rows[k] = metrics
+        parent = self.tracker.ids.get("parent")
+        self.tracker.log_metrics(parent, metrics["eval"], step=k, prefix="eval/")
+        if k > 0:
+            self.tracker.log_metrics(self.tracker.iteration(k, self.params), metrics["eval"], prefix="eval/")
+        return failure
 
     def base_eval(self) -> dict:
         return self.iteration(0, stages=("eval",))
@@ -373,10 +428,14 @@ class Loop:
         from csr.run.stage_run import describe, invalidate
 
         k = rank_zero_value(self.stage_iteration(stage))  # before rank 0 removes the outputs it invalidates
-        redo = self.change is not None
+        # Redone from scratch too when what it was made from changed since (csr/run/inputs.py)
+        stale = rank_zero_value(stale_input(self.run_dir, k, stage, done_made_from(self.iter_dir(k), stage))
+                                if is_global_zero() else None)
+        redo = self.change is not None or stale is not None
         had_summary = redo and (self.run_dir / "summary.md").exists()
         if is_global_zero():
-            log.warning("%s", describe(k, stage, self.change, invalidate(self.run_dir, k, stage) if redo else None))
+            removed = invalidate(self.run_dir, k, stage) if redo else None
+            log.warning("%s", describe(k, stage, self.change, removed, stale))
         barrier()
         result = self.iteration(k, stages=(stage,), force=True)
         if k > 0:  # done with it for now, finished or not: no run stays RUNNING (a resume reopens it)
@@ -386,6 +445,7 @@ class Loop:
         return result
 
     def summary(self) -> dict:
+        from csr.eval.harness import selected_only
         from csr.eval.registry import summary_columns
         from csr.run.report import write_report
 
@@ -395,6 +455,10 @@ class Loop:
             if path.exists():
                 rows[k] = read_json(path)
         selection = self.selection(rows)
+        failure = None
+        if selection is not None and selected_only(self.cfg.eval):
+            failure = self.evaluate_selected(selection, rows)
+            selection = self.selection(rows)  # its reported metrics now hold the harnesses' too
         columns = summary_columns(evaluators(), self.cfg.eval.evaluators, self.cfg.eval)  # a harness's from its config
         result = write_report(rows, self.run_dir, columns, selection)
         record_selection(self.run_dir / RUN_INFO, selection)
@@ -407,4 +471,6 @@ class Loop:
             from csr.inspect import write_site
 
             self.tracker.log_artifact(self.tracker.ids.get("parent"), write_site(self.run_dir))
+        if failure is not None:  # the summary holds every other metric; rerunning the command runs the harness again
+            raise failure
         return result

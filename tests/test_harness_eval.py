@@ -21,7 +21,14 @@ from omegaconf import OmegaConf
 from csr.config.schema import ASSETS, EvalConfig, HarnessEvalConfig, validate
 from csr.core.errors import CSRError
 from csr.core.io import read_json
-from csr.eval.harness import HarnessFailed, check_harness, harness_device, iteration_of, run_harness
+from csr.eval.harness import (
+    HarnessFailed,
+    check_harness,
+    check_harnesses,
+    harness_device,
+    iteration_of,
+    run_harness,
+)
 from csr.eval.harness_results import (
     MissingResults,
     lmms_eval_results_file,
@@ -145,6 +152,25 @@ def test_a_harness_choice_is_checked_at_validation():
         validate(compose_config("eval.vlmevalkit.on_failure=ignore"))
 
 
+@pytest.mark.parametrize(("overrides", "message"), [
+    (["eval.select=null", "eval.lmms_eval.only_selected=true"], "only_selected' is true but eval.select is null"),
+    (["eval.lmms_eval.only_selected=true", "eval.lmms_eval.iterations=[1]"], "both choose the checkpoints"),
+])
+def test_only_the_selected_checkpoint_needs_a_selection_and_no_iteration_list(overrides, message):
+    cfg = validate(compose_config("eval.evaluators=[shapesworld,lmms_eval]", f"eval.lmms_eval.executable={sys.executable}",
+                                  *overrides))
+    with pytest.raises(CSRError, match=message):
+        check_harnesses(cfg.eval)
+
+
+def test_a_run_saved_before_only_selected_resumes_without_a_change(tmp_path):
+    text = OmegaConf.to_yaml(compose_config(), resolve=True)
+    saved = OmegaConf.to_container(OmegaConf.create(text))
+    del saved["eval"]["lmms_eval"]["only_selected"], saved["eval"]["vlmevalkit"]["only_selected"]
+    (tmp_path / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(saved)))
+    assert check_resume(tmp_path, text, []) == {}
+
+
 def test_a_run_saved_before_the_harness_blocks_resumes_without_a_change(tmp_path):
     text = OmegaConf.to_yaml(compose_config(), resolve=True)
     saved = OmegaConf.to_container(OmegaConf.create(text))
@@ -225,6 +251,15 @@ def test_a_failing_harness_recorded_as_failed_lets_the_run_go_on(tiny_models, tm
     assert metrics["lmms_eval/failed"] == 1 and "CUDA out of memory" in metrics["lmms_eval/error"]
 
 
+def test_with_only_selected_the_eval_stage_leaves_the_harness_to_the_end_of_the_run(tmp_path):
+    out = tmp_path / "run" / "iter_1" / "eval" / "lmms_eval"
+    cfg = OmegaConf.structured(EvalConfig)
+    cfg.lmms_eval = _block(args=["-c", "raise SystemExit(1)"], only_selected=True)
+    result = BENCHMARKS["lmms_eval"].run(model=None, processor=None, scorer=None, eval_cfg=cfg, prompt_file="",
+                                         image_root="", out_dir=out, trainer_kwargs={"accelerator": "cpu"})
+    assert result["ran"] == 0 and "only_selected" in result["settings"]["skipped"] and not out.exists()
+
+
 def test_an_iteration_outside_eval_iterations_is_not_run(tmp_path):
     out = tmp_path / "run" / "iter_1" / "eval" / "lmms_eval"
     cfg = OmegaConf.structured(EvalConfig)
@@ -283,3 +318,33 @@ def test_a_run_with_the_real_lmms_eval_reports_its_metrics_everywhere(tiny_model
     parent = read_json(run_dir / "mlflow_runs.json")["parent"]
     history = client.get_metric_history(parent, f"eval/{key}")
     assert sorted(m.step for m in history) == [0, 1]
+
+
+# ShapesWorld's evaluator on the tiny models selects on val (mean_r_i differs between the tiny models).
+SELECTING = ["experiment=smoke", "logger.tracking_uri=null", "eval.evaluators=[shapesworld,lmms_eval]",
+             "+eval.shapesworld.pope_images=2", "eval.batch_size=2",
+             "eval.select={metric: shapesworld/mean_r_i, mode: max, split: val, patience: null, "
+             "overrides: {shapesworld: {pope_images: 0}}}"]
+
+
+@needs_lmms_eval
+@pytest.mark.slow
+def test_only_the_selected_iteration_is_run_through_the_harness(tiny_models, lmms_tasks, tmp_path):
+    """eval.lmms_eval.only_selected: the eval stage of each iteration leaves the harness out; once the run
+    has chosen, lmms-eval runs on the selected checkpoint only, and its metrics reach that iteration's
+    metrics.json, the selection's reported metrics in run_info.json and the summary."""
+    run_dir = tmp_path / "run"
+    run("csr", *SELECTING, "iterations=1", f"run_dir={run_dir}", f"+eval.shapesworld.root={tmp_path / 'data'}",
+        f"eval.lmms_eval.executable={LMMS_EVAL}", "eval.lmms_eval.tasks=[mme_local]", "eval.lmms_eval.only_selected=true",
+        f"eval.lmms_eval.extra_args=[--include_path,{lmms_tasks}]",
+        "eval.lmms_eval.summary=[mme_local/mme_perception_score]", env=tiny_env(tiny_models), cwd=tmp_path)
+    selection = read_json(run_dir / "run_info.json")["selection"]
+    chosen, other = selection["iteration"], 1 - selection["iteration"]
+    key = "lmms_eval/mme_local/mme_perception_score"
+    assert isinstance(read_json(run_dir / f"iter_{chosen}" / "metrics.json")["eval"][key], float)
+    assert isinstance(selection["reported"][key], float)
+    assert key not in read_json(run_dir / f"iter_{other}" / "metrics.json")["eval"]
+    assert read_json(run_dir / f"iter_{other}" / "metrics.json")["eval"]["lmms_eval/ran"] == 0
+    assert (run_dir / f"iter_{chosen}" / "eval" / "lmms_eval" / "harness.log").exists()
+    assert not (run_dir / f"iter_{other}" / "eval" / "lmms_eval" / "harness.log").exists()
+    assert "lmms_eval mme_local/mme_perception_score" in (run_dir / "summary.md").read_text()

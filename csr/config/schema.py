@@ -260,6 +260,8 @@ class HarnessEvalConfig:
     env: dict[str, str] = field(default_factory=dict)  # added to the harness's environment (values take placeholders)
     config_file: dict | None = None  # written as JSON for {config_file} (its strings take placeholders)
     iterations: list[int] | None = None  # which iterations' checkpoints (0 = the base model); null = every one
+    # true: only the checkpoint the run selects (eval.select), run once at the end of the run after the choice
+    only_selected: bool = False
     on_failure: str = "raise"  # one of HARNESS_ON_FAILURE: raise stops the run (the others' metrics written first)
     summary: list[str] = field(default_factory=list)  # "<task>/<metric>" keys the run's summary table shows
 

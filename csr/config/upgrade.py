@@ -43,6 +43,8 @@ ADDED = (
     ("pairs.reference_clean", "short"),  # the reference rule dropped only sentences under 4 characters (2026-12)
     ("eval.lmms_eval", _harness_preset("lmms_eval")),  # external harnesses (csr/eval/harness.py, 2026-12)
     ("eval.vlmevalkit", _harness_preset("vlmevalkit")),
+    ("eval.lmms_eval.only_selected", False),  # a harness ran on every evaluated checkpoint (2026-12)
+    ("eval.vlmevalkit.only_selected", False),
 )
 
 

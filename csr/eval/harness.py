@@ -107,6 +107,17 @@ def check_harnesses(eval_cfg) -> None:
     for name in HARNESSES:
         if name in eval_cfg.evaluators:
             check_harness(name, eval_cfg[name])
+            if eval_cfg[name].only_selected and eval_cfg.select is None:
+                raise CSRError(f"config key 'eval.{name}.only_selected' is true but eval.select is null: no iteration "
+                               "is selected; set an eval.select block, or only_selected=false (every checkpoint)")
+            if eval_cfg[name].only_selected and eval_cfg[name].iterations is not None:
+                raise CSRError(f"config keys 'eval.{name}.only_selected' and 'eval.{name}.iterations' both choose "
+                               "the checkpoints: set one (iterations=null, or only_selected=false)")
+
+
+def selected_only(eval_cfg) -> list[str]:
+    """The harnesses of the run that evaluate only the selected checkpoint, at the end of the run."""
+    return [name for name in HARNESSES if name in eval_cfg.evaluators and eval_cfg[name].only_selected]
 
 
 def iteration_of(out_dir: Path) -> int | None:
@@ -199,20 +210,25 @@ def evaluate_harness(name: str, *, model, processor, scorer, eval_cfg, prompt_fi
 
     h = eval_cfg[name]
     k = iteration_of(out_dir)
+    if h.only_selected:  # the loop runs it on the selected checkpoint once the choice is made (evaluate_checkpoint)
+        return {"ran": 0, "settings": {"harness": name, "skipped": f"eval.{name}.only_selected: run at the end of "
+                                                                   "the run, on the selected iteration only"}}
     if h.iterations is not None and k is not None and k not in h.iterations:
         return {"ran": 0, "settings": {"harness": name, "skipped": f"iteration {k} is not in eval.{name}.iterations"}}
     # One harness process per checkpoint, from rank 0 (the loop writes rank 0's metrics only); the other
     # ranks wait for it without a collective's timeout, which a benchmark run can outlast.
     try:
-        return _evaluate(name, h, model, out_dir, trainer_kwargs) if is_global_zero() else {}
+        if not is_global_zero():
+            return {}
+        dtype = str(getattr(model, "dtype", "float32")).removeprefix("torch.")
+        return evaluate_checkpoint(name, h, checkpoint_of(model), out_dir, trainer_kwargs.get("accelerator", "cpu"), dtype)
     finally:
         rank_zero_done(f"harness {name}")
 
 
-def _evaluate(name: str, h, model, out_dir: Path, trainer_kwargs: dict) -> dict:
-    checkpoint = checkpoint_of(model)
-    device = harness_device(trainer_kwargs.get("accelerator", "cpu"))
-    dtype = str(getattr(model, "dtype", "float32")).removeprefix("torch.")
+def evaluate_checkpoint(name: str, h, checkpoint: str, out_dir: Path, accelerator: str, dtype: str) -> dict:
+    """The harness's metrics on a checkpoint on disk (the eval stage's model, or the selected one)."""
+    device = harness_device(accelerator)
     try:
         metrics, settings = run_harness(name, h, checkpoint, out_dir, device, dtype)
     except HarnessFailed as err:
