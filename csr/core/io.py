@@ -300,10 +300,19 @@ def _marker(directory: StrPath, stage: str) -> Path:
     return Path(directory) / f"{stage}.done.json"
 
 
-def mark_done(directory: StrPath, stage: str, stats: dict[str, Any]) -> None:
-    """Record that `stage` finished; written last, so its presence means the outputs are complete."""
+def mark_done(directory: StrPath, stage: str, stats: dict[str, Any], made_from: dict[str, str] | None = None) -> None:
+    """Record that `stage` finished; written last, so its presence means the outputs are complete.
+    made_from: the identity of each input it read (csr/run/inputs.py), for a later start to compare."""
     finished_at = datetime.now(UTC).isoformat(timespec="seconds")
-    atomic_write_json(_marker(directory, stage), {"stage": stage, "stats": stats, "finished_at": finished_at})
+    extra = {"made_from": made_from} if made_from is not None else {}
+    atomic_write_json(_marker(directory, stage), {"stage": stage, "stats": stats, "finished_at": finished_at, **extra})
+
+
+def done_made_from(directory: StrPath, stage: str) -> dict[str, str] | None:
+    """What `mark_done` recorded the stage was made from (None: not done, or recorded nothing)."""
+    if done_stats(directory, stage) is None:
+        return None
+    return read_json(_marker(directory, stage)).get("made_from")
 
 
 def done_stats(directory: StrPath, stage: str) -> dict[str, Any] | None:

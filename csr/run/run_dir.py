@@ -33,6 +33,7 @@ from csr.config.upgrade import upgrade
 from csr.core.errors import CSRError
 from csr.core.io import atomic_write_json, atomic_write_text, is_temp_name, read_json
 from csr.core.tracking import flatten
+from csr.run.inputs import input_diff
 
 log = logging.getLogger(__name__)
 
@@ -285,11 +286,14 @@ def check_resume(run_dir: Path, config_text: str, allowed: list[str],
     for key in allowed:
         if key not in known:
             raise CSRError(f"config key 'resume.allow_changes': {key!r} is not a config key (write it as reward.lam)")
-    diff = config_diff(old, new)
+    inputs = input_diff(run_dir, new)  # a checkpoint or CLIP file changed on disk at the same path
+    diff = {**config_diff(old, new), **inputs}
     if not stage_run and any(k not in allowed for k in diff):
+        what = "other inputs" if inputs.keys() == diff.keys() else "another config" + " and other inputs" * bool(inputs)
         raise CSRError(
-            f"run_dir {run_dir} was started with another config ({show_diff(diff)}). A run directory has one"
-            f" config: pass a new run_dir, or accept the change with resume.allow_changes=[{','.join(diff)}]"
+            f"run_dir {run_dir} was started with {what} ({show_diff(diff)}). A run directory has one"
+            f" config{' and inputs: restore them, ' if inputs else ': '}pass a new run_dir, or accept the change with"
+            f" resume.allow_changes=[{','.join(diff)}]"
             " (recorded in config_changes.json and MLflow, replayed by csr-reproduce)"
         )
     return diff

@@ -92,10 +92,13 @@ def invalidate(run_dir: Path, k: int, stage: str) -> list[str]:
     return removed
 
 
-def describe(k: int, stage: str, change: dict | None, removed: list[str] | None) -> str:
+def describe(k: int, stage: str, change: dict | None, removed: list[str] | None, stale: str | None = None) -> str:
     """The one log line of a stage run: what it redoes, under which change, what it removed."""
     from csr.run.run_dir import show_diff
 
+    if change is None and stale is not None:
+        gone = f": removed {', '.join(removed)}" if removed else ""
+        return f"stage run: iteration {k} {stage} again, from scratch: {stale} changed since it was made{gone}"
     if change is None:
         return (f"stage run: iteration {k} {stage} under the run's config: its output is completed where it "
                 "stopped, later outputs are kept (change a key to redo it)")
