@@ -203,9 +203,18 @@ def _run(cfg: DictConfig) -> float | None:
                       "write" if err.errno in WRITE_ERRORS else "access", err.filename or cfg.run_dir, err.strerror)
             sys.exit(2)
         raise
+    return objective(result)
+
+
+def objective(result) -> float | None:
+    """Returned to Hydra sweepers (e.g. Optuna): the answer R_I of the iteration the run keeps, the
+    selected one (eval.select) or else the last."""
     rows = result.get("rows") if isinstance(result, dict) else None
-    # Returned to Hydra sweepers (e.g. Optuna) as the objective: the last iteration's answer R_I.
-    return rows[-1].get("answer R_I") if rows else None
+    if not rows:
+        return None
+    selection = result.get("selection")
+    kept = [r for r in rows if selection and r["iteration"] == selection["iteration"]] or rows[-1:]
+    return kept[0].get("answer R_I")
 
 
 def _overrides(argv: list[str]) -> dict[str, str]:

@@ -58,6 +58,15 @@ def test_the_record_points_to_the_selected_checkpoint():
     assert base["checkpoint"] == "/base"  # no iteration beat the starting model
 
 
+def test_a_sweeper_optimises_the_kept_iteration_not_the_last():
+    from csr.cli import objective
+
+    rows = [{"iteration": 0, "answer R_I": 0.1}, {"iteration": 1, "answer R_I": 0.3}, {"iteration": 2, "answer R_I": 0.2}]
+    assert objective({"rows": rows, "selection": {"iteration": 1}}) == 0.3
+    assert objective({"rows": rows, "selection": None}) == 0.2
+    assert objective({}) is None and objective(None) is None
+
+
 # -- config -------------------------------------------------------------------------------------------------
 
 
