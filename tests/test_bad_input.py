@@ -1,8 +1,9 @@
-"""The README's troubleshooting table, row by row: each bad input gives the message the table shows
-(naming the file, record or key), or the counted skip, or the conversion it promises.
+"""The troubleshooting table (docs/troubleshooting.md, "Bad input"), row by row: each bad input gives
+the message the table shows (naming the file, record or key), or the counted skip, or the conversion
+it promises.
 
-The rows are read from README.md, so the table and this test cannot drift apart: a row without a
-case here fails, and so does a case whose row is gone.
+The rows are read from docs/troubleshooting.md, so the table and this test cannot drift apart: a row
+without a case here fails, and so does a case whose row is gone.
 """
 
 from __future__ import annotations
@@ -23,22 +24,22 @@ from compose_config import compose_config
 from PIL import Image
 from scratch_prompts import Ctx
 
-from csr.config import validate
+from csr.config.schema import validate
+from csr.core.errors import CSRError
 from csr.data.images import load_image
 from csr.data.prompts import load_prompts
-from csr.errors import CSRError
 from csr.models.chat import drop_overlong
 from csr.models.checkpoint import load_model
 from csr.models.clip import load_clip
 from csr.models.families import get_family
 from csr.pairs.select import select_pair
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+TROUBLESHOOTING = Path(__file__).resolve().parent.parent / "docs" / "troubleshooting.md"
 SHAPESWORLD = Path(__file__).resolve().parent.parent / "csr" / "assets" / "shapesworld"
 
 
 def table_rows() -> list[tuple[str, str, str]]:
-    text = README.read_text(encoding="utf-8").split("## Troubleshooting", 1)[1].split("\n## ", 1)[0]
+    text = TROUBLESHOOTING.read_text(encoding="utf-8").split("## Bad input", 1)[1].split("\n## ", 1)[0]
     rows = []
     for line in text.splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")]

@@ -11,7 +11,7 @@ from hydra import compose, initialize_config_dir
 from PIL import Image
 
 from csr.cli import CONF_DIR
-from csr.config import validate
+from csr.config.schema import validate
 from csr.models.chat import generation_prompt
 from csr.models.checkpoint import load_model
 
@@ -62,7 +62,7 @@ def test_every_mlflow_server_the_docs_suggest_listens_on_localhost_only():
     """MLflow's UI/server has no authentication: a command in the docs must not expose it."""
     root = Path(__file__).resolve().parent.parent
     commands = []
-    for doc in [root / "README.md", *root.glob("experiments/*/README.md")]:
+    for doc in [root / "README.md", *root.glob("docs/*.md"), *root.glob("experiments/*/README.md")]:
         commands += re.findall(r"mlflow (?:ui|server)\b[^`\n]*", doc.read_text())
     assert commands, "the docs should say how to look at the runs"
     for command in commands:
