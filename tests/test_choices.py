@@ -12,7 +12,8 @@ from csr.core.errors import CSRError
 from csr.dpo.loss import LOSSES
 from csr.eval.pope import PARSERS
 from csr.models.checkpoint import DTYPES
-from csr.models.families import _WHERE
+from csr.models.families import get_family
+from csr.models.families.base import Family
 from csr.models.memory import DTYPE_BYTES
 from csr.pairs.rules import _SELECT
 from csr.reward.calibration import _NORMALISERS
@@ -21,11 +22,16 @@ from csr.reward.calibration import _NORMALISERS
 @pytest.mark.parametrize(("table", "names"), [
     (LOSSES, choices.DPO_LOSSES), (PARSERS, choices.POPE_PARSERS), (DTYPES, choices.DTYPES),
     (DTYPE_BYTES, choices.DTYPES), (_SELECT, choices.PAIR_RULES), (_NORMALISERS, choices.CALIBRATIONS),
-    (_WHERE, choices.FAMILIES),
-], ids=["dpo.loss", "eval.pope.parser", "model.dtype", "plan dtypes", "pairs.rule", "reward.calibration",
-        "model.family"])
+], ids=["dpo.loss", "eval.pope.parser", "model.dtype", "plan dtypes", "pairs.rule", "reward.calibration"])
 def test_each_implementation_table_covers_its_choice_list(table, names):
     assert sorted(table) == sorted(names)
+
+
+def test_every_family_of_the_one_table_resolves_to_its_adapter():
+    """model.family's names and their classes are one table (choices.FAMILIES): each entry names a real class."""
+    for name in choices.FAMILIES:
+        family = get_family(name)
+        assert isinstance(family, Family) and family.name == name and family.model_types, name
 
 
 def test_every_choice_list_is_checked_at_start():

@@ -3,9 +3,20 @@ list at start, the modules that implement the choices import them, and the YAML 
 the README point here. A pure module (no imports), so that the pure math can import it too."""
 
 DTYPES = ("float32", "bfloat16", "float16")  # model.dtype
-# model.family: csr/models/families/ (one module per family; the registry there maps a name to its class)
-FAMILIES = ("llava", "llava_next", "llava_onevision", "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "idefics3", "smolvlm",
-            "gemma3")
+# model.family -> "<module>:<Class>" of its adapter under csr/models/families/. The one table of families: its
+# names are the choice list (validate(), csr-make-tiny --family), and the registry there (get_family) imports a
+# family's class from here on first use, so the config is checked before any model library loads.
+FAMILIES = {
+    "llava": "llava:Llava",
+    "llava_next": "llava_next:LlavaNext",
+    "llava_onevision": "llava_next:LlavaOneVision",
+    "qwen2_vl": "qwen_vl:Qwen2VL",
+    "qwen2_5_vl": "qwen_vl:Qwen25VL",
+    "qwen3_vl": "qwen_vl:Qwen3VL",
+    "idefics3": "idefics3:Idefics3",
+    "smolvlm": "idefics3:SmolVLM",
+    "gemma3": "gemma3:Gemma3",
+}
 CALIBRATIONS = ("rank", "zscore", "raw")  # reward.calibration: how R_T and R_I are put on one scale per sibling set
 TEXT_SCORES = ("mean_logprob", "sum_logprob", "prob")  # reward.text_score: the form of R_T
 DECODING_STRATEGIES = ("diverse_greedy", "sample")  # diverse_greedy: the reference's group beam search, 1 beam/group

@@ -207,7 +207,8 @@ def qwen25_mid(n_prompts: int = 4, seed: int = 0) -> Workload:
     """(b') A random-weight Qwen2.5-VL-shaped model with 576 image tokens, float32 on the CPU."""
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
-    from csr.models.families.qwen_vl import SPECIAL_TOKENS, Qwen25VL
+    from csr.models.families import get_family
+    from csr.models.families.qwen_vl import SPECIAL_TOKENS
     from csr.models.tiny import build_chatml_tokenizer
 
     tokenizer = build_chatml_tokenizer(SPECIAL_TOKENS)
@@ -223,7 +224,7 @@ def qwen25_mid(n_prompts: int = 4, seed: int = 0) -> Workload:
     config.text_config._attn_implementation = config.vision_config._attn_implementation = "sdpa"
     torch.manual_seed(seed)
     model = Qwen2_5_VLForConditionalGeneration(config).eval()
-    processor = Qwen25VL().make_processor(tokenizer, min_pixels=QWEN_MID_PIXELS, max_pixels=QWEN_MID_PIXELS)
+    processor = get_family("qwen2_5_vl").make_processor(tokenizer, min_pixels=QWEN_MID_PIXELS, max_pixels=QWEN_MID_PIXELS)
     for part in (processor.image_processor, processor.video_processor):
         part.patch_size = 14
     processor.tokenizer.padding_side = "left"

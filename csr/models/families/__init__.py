@@ -1,4 +1,10 @@
-"""The model families csr runs, by `model.family` name (csr/config/choices.py FAMILIES lists them)."""
+"""The model families csr runs, by `model.family` name.
+
+The one table of families is csr/config/choices.py FAMILIES (name -> "<module>:<Class>" here): the config
+validates `model.family` against its names without importing any model library, and `get_family` imports
+the named class from it on first use (each family module pulls its transformers classes). A run resolves
+its family once (csr/loop.py, into the stages' context); csr-plan and csr-make-tiny once at their start.
+"""
 
 from __future__ import annotations
 
@@ -8,38 +14,17 @@ from csr.config.choices import FAMILIES
 from csr.core.errors import CSRError
 from csr.models.families.base import Family
 
-# family name -> "module:Class" under csr.models.families (imported on first use: each pulls its
-# transformers classes).
-_WHERE = {
-    "llava": "llava:Llava",
-    "llava_next": "llava_next:LlavaNext",
-    "llava_onevision": "llava_next:LlavaOneVision",
-    "qwen2_vl": "qwen_vl:Qwen2VL",
-    "qwen2_5_vl": "qwen_vl:Qwen25VL",
-    "qwen3_vl": "qwen_vl:Qwen3VL",
-    "idefics3": "idefics3:Idefics3",
-    "smolvlm": "idefics3:SmolVLM",
-    "gemma3": "gemma3:Gemma3",
-}
-
 
 def get_family(name: str) -> Family:
-    if name not in _WHERE:
+    """The adapter of family `name` (a `model.family` value)."""
+    if name not in FAMILIES:
         raise CSRError(f"model.family={name!r}: expected one of {', '.join(FAMILIES)}")
-    module, cls = _WHERE[name].split(":")
-    return getattr(importlib.import_module(f"csr.models.families.{module}"), cls)()
-
-
-def family_for(model) -> Family:
-    """The family of a loaded model (load_model checked it against model.family)."""
-    name = family_of(model.config.model_type)
-    if name is None:
-        raise CSRError(f"no csr family runs model_type={model.config.model_type!r} (families: {', '.join(FAMILIES)})")
-    return get_family(name)
+    module, cls = FAMILIES[name].split(":")
+    return getattr(importlib.import_module(f"csr.models.families.{module}"), cls)(name)
 
 
 def family_of(model_type: str | None) -> str | None:
-    """The family that loads checkpoints of `model_type`, if any."""
+    """The family that loads checkpoints of `model_type`, if any (load_model's hint when model.family is wrong)."""
     for name in FAMILIES:
         if model_type in get_family(name).model_types:
             return name

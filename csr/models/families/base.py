@@ -25,7 +25,6 @@ LINEAR = r"(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
 
 
 class Family:
-    name: ClassVar[str]  # model.family
     model_types: ClassVar[tuple[str, ...]]  # config.json model_type values this family loads
     model_class: ClassVar[type]  # the transformers class from_pretrained builds
     # Processor outputs that describe the images (forwarded to get_image_features and the forward).
@@ -42,6 +41,9 @@ class Family:
     turn_end: ClassVar[str | None] = None
     # The chat template writes the bos token itself: the tokenizer must not add a second one.
     template_writes_bos: ClassVar[bool] = False
+
+    def __init__(self, name: str) -> None:
+        self.name = name  # model.family: its key in the one table of families (csr/config/choices.py FAMILIES)
 
     # -- prompts and processor outputs ---------------------------------------------------------------
 

@@ -50,7 +50,6 @@ TINY_SLIDING_WINDOW = 8  # shorter than any prompt, so the sliding layer really 
 
 
 class Gemma3(Family):
-    name = "gemma3"
     model_types = ("gemma3",)
     model_class = Gemma3ForConditionalGeneration
     # The bidirectional attention over each image's soft tokens is built from these (1 = image).

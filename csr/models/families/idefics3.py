@@ -63,7 +63,6 @@ TINY_TOKENS_PER_CROP = (TINY_CROP // TINY_PATCH_SIZE) ** 2 // TINY_SCALE**2
 
 
 class Idefics3(Family):
-    name = "idefics3"
     model_types = ("idefics3",)
     model_class = Idefics3ForConditionalGeneration
     image_keys = ("pixel_values", "pixel_attention_mask")
@@ -122,7 +121,6 @@ class Idefics3(Family):
 
 
 class SmolVLM(Idefics3):
-    name = "smolvlm"
     model_types = ("smolvlm",)
     model_class = SmolVLMForConditionalGeneration
     config_class = SmolVLMConfig

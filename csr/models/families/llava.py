@@ -34,7 +34,6 @@ TINY_PATCH_SIZE = 8
 
 
 class Llava(Family):
-    name = "llava"
     model_types = ("llava",)
     model_class = LlavaForConditionalGeneration
 

@@ -80,7 +80,6 @@ TINY_SLIDING_WINDOW = 16  # shorter than any prompt (an image alone is over 16 t
 
 
 class LlavaNext(Family):
-    name = "llava_next"
     model_types = ("llava_next",)
     model_class = LlavaNextForConditionalGeneration
     # image_sizes gives each image's real crop count and grid; the forward does not need it once the
@@ -135,7 +134,6 @@ class LlavaNext(Family):
 
 
 class LlavaOneVision(LlavaNext):
-    name = "llava_onevision"
     model_types = ("llava_onevision",)
     model_class = LlavaOnevisionForConditionalGeneration
     # batch_num_images (images per prompt, [prompts]): only a prompt of one image is tiled, several

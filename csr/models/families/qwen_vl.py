@@ -78,7 +78,6 @@ TINY_MROPE_SECTION = [2, 3, 3]
 
 
 class Qwen2VL(Family):
-    name = "qwen2_vl"
     model_types = ("qwen2_vl",)
     model_class = Qwen2VLForConditionalGeneration
     image_keys = ("pixel_values", "image_grid_thw")
@@ -139,7 +138,6 @@ class Qwen2VL(Family):
 
 
 class Qwen25VL(Qwen2VL):
-    name = "qwen2_5_vl"
     model_types = ("qwen2_5_vl",)
     model_class = Qwen2_5_VLForConditionalGeneration
     # Image positions as Qwen2-VL's (get_rope_index's second_per_grid_ts only spaces video frames).
@@ -155,7 +153,6 @@ class Qwen25VL(Qwen2VL):
 
 
 class Qwen3VL(Qwen2VL):
-    name = "qwen3_vl"
     model_types = ("qwen3_vl",)
     model_class = Qwen3VLForConditionalGeneration
     chat_template = QWEN3_CHAT_TEMPLATE
