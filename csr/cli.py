@@ -248,7 +248,7 @@ def _schema_keys() -> tuple[set[str], set[str]]:
 
 
 def unknown_key(key: str, leaves: set[str], nodes: set[str]) -> str | None:
-    """The README's message for a key the schema lacks, with the nearest known key; None if known.
+    """The message (docs/troubleshooting.md) for a key the schema lacks, with the nearest known key; None if known.
     Keys below a free-form leaf (trainer.deepspeed.zero_optimization.stage) are known."""
     parts = key.split(".")
     if key in leaves or key in nodes or key.split("/")[0] in nodes or key.startswith("hydra.") \

@@ -1,6 +1,6 @@
 """Every choice list of the config, here only: `validate()` (csr/config/schema.py) checks each key against its
 list at start, the modules that implement the choices import them, and the YAML files, the schema and
-the README point here. A pure module (no imports), so that the pure math can import it too."""
+the docs point here. A pure module (no imports), so that the pure math can import it too."""
 
 DTYPES = ("float32", "bfloat16", "float16")  # model.dtype
 # model.family -> "<module>:<Class>" of its adapter under csr/models/families/. The one table of families: its
@@ -37,7 +37,7 @@ POPE_PARSERS = ("official", "robust")  # official: POPE's evaluate.py; robust: c
 SHAPESWORLD_SPLITS = ("csr", "val", "test", "fresh")
 SELECT_MODES = ("min", "max")  # select.mode: is the selection metric better lower (CHAIR) or higher (recall, F1)
 
-# trainer.precision: Lightning's names csr runs under (README "Scale-out"); trainer.accelerator: cpu,
+# trainer.precision: Lightning's names csr runs under (docs/scale-out.md); trainer.accelerator: cpu,
 # or gpu / cuda (NVIDIA), or auto; model.attn_implementation: transformers' kernels, null = its default.
 PRECISIONS = ("32-true", "bf16-mixed", "bf16-true", "16-mixed", "16-true")
 ACCELERATORS = ("cpu", "gpu", "cuda", "auto")

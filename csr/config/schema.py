@@ -213,7 +213,7 @@ class CocoEvalConfig:
 @dataclass
 class ChairEvalConfig:
     # original = LisaAnne/Hallucination chair.py as the literature runs it (quirks included);
-    # fixed = csr's corrections (README table). COCO only: ShapesWorld has its own exact vocabulary.
+    # fixed = csr's corrections (docs/fidelity.md table). COCO only: ShapesWorld has its own exact vocabulary.
     variant: str = "original"  # one of CHAIR_VARIANTS
 
 

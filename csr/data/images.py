@@ -1,6 +1,6 @@
 """Loading one prompt image as 8-bit RGB, with every failure a CSRError naming the file.
 
-Conversion rules (the README's troubleshooting table lists them):
+Conversion rules (docs/troubleshooting.md's table lists them):
 - EXIF orientation is applied, so the image is the one a viewer shows;
 - transparency is composited on white;
 - integer samples of up to 16 bits ('I;16*', 16-bit PNG and PGM/PPM, 12- and 16-bit TIFF) keep
