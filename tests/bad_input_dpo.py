@@ -1,6 +1,6 @@
 """Troubleshooting-table cases for DPO's inputs (merged into tests/test_bad_input.py's CASES).
 
-Rows (README "## Troubleshooting"):
+Rows (docs/troubleshooting.md, "Bad input"):
 | image | changed on disk after the search | error: `changed on disk since the search read it` |
 | ref_logps.json | pairs rebuilt with other content under the same ids | recomputed: `1 of 1 reference log-probs recomputed: pairs changed` |
 | ref_logps.json | reference model or its dtype changed | recomputed: `1 of 1 reference log-probs recomputed: reference model or settings changed` |

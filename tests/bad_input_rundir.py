@@ -1,4 +1,4 @@
-"""Rows of the README's troubleshooting table about the run directory (csr/run/run_dir.py), one case each;
+"""Rows of the troubleshooting table (docs/troubleshooting.md) about the run directory (csr/run/run_dir.py), one case each;
 tests/test_bad_input.py merges CASES into its own. Each case opens a run directory as `csr` does, up
 to where the models would load."""
 

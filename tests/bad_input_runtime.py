@@ -1,4 +1,4 @@
-"""Cases for README troubleshooting rows about the MLflow store, the config checked at start and a
+"""Cases for troubleshooting rows (docs/troubleshooting.md) about the MLflow store, the config checked at start and a
 truncated checkpoint (issue 13, item 8): each raises the CSRError its row shows. tests/test_bad_input.py
 merges CASES into its own and checks them row by row with its Ctx."""
 

@@ -254,7 +254,7 @@ def test_coco_chair_original_equals_chair_py_overall() -> None:
 
 
 def test_coco_chair_fixed_on_the_same_captions() -> None:
-    # Values from csr's own `fixed` code (the README's "original vs fixed" table explains each gap).
+    # Values from csr's own `fixed` code (docs/fidelity.md's "original vs fixed" table explains each gap).
     scores = coco_chair(GENERATED, SPLIT_INSTANCES, SPLIT_CAPTIONS, variant="fixed")
     assert scores == pytest.approx({"chair_s": 34 / 72, "chair_i": 43 / 155, "recall": 112 / 163,
                                     "mean_mentions": 155 / 72, "n": 72, "chair_variant": "fixed"})

@@ -68,7 +68,7 @@ def test_robust_parser(answer: str, expected: bool) -> None:
     assert yes_no(answer, "robust") is expected
 
 
-# Where the two parsers disagree among OFFICIAL: the README's POPE parser table lists these.
+# Where the two parsers disagree among OFFICIAL: docs/fidelity.md's POPE parser table lists these.
 DIFFER = ["NO", "NO.", "No!", "NO!", "Not sure.", "Not", "NOT", "nO", "No;", "No:", "(no)", '"No"', "No\n",
           "No\tthere is", "No,there is none.", "Answer:No", "No\u2026", "No\u00a0dog", "no-one", "No_way", "No2",
           "Definitely not!", "The answer is NO", "No\u3002", "Not at all"]
