@@ -44,7 +44,7 @@ def _imports(path: Path) -> list[str]:
         if isinstance(node, ast.Import):
             found += [a.name for a in node.names]
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            found += [f"{node.module}.{a.name}" if node.module == "csr" else node.module for a in node.names]
+            found += [f"{node.module}.{a.name}" for a in node.names]  # a module of the package, or a name in it
     return found
 
 
@@ -77,6 +77,30 @@ def test_imports_run_down_the_layers():
             if target.startswith("csr.") and there != here and rank.get(there, -1) >= rank.get(here, -1):
                 wrong.append(f"{path.relative_to(PACKAGE.parent)} imports {target} ({here} -> {there})")
     assert wrong == []
+
+
+def test_no_module_imports_itself_back():
+    """No import cycle between modules, also inside a unit (`from pkg import mod` imports mod, not pkg)."""
+    sources = _sources()
+    graph = {}
+    for module, path in sources.items():
+        targets = {target if target in sources else target.rpartition(".")[0] for target in _imports(path)}
+        graph[module] = {t for t in targets if t in sources and t != module}
+    cycles, done = [], set()
+
+    def visit(module: str, path: list[str]) -> None:
+        if module in path:
+            cycles.append(" -> ".join(path[path.index(module):] + [module]))
+            return
+        if module in done:
+            return
+        for target in sorted(graph[module]):
+            visit(target, [*path, module])
+        done.add(module)
+
+    for module in sorted(graph):
+        visit(module, [])
+    assert cycles == []
 
 
 def test_the_math_imports_no_model_library():
