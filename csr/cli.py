@@ -78,9 +78,10 @@ def check_config(cfg: DictConfig) -> DictConfig:
     return typed
 
 
-def warn_if_over_device(cfg) -> None:
+def warn_if_over_device(cfg, loop) -> None:
     """One warning line at start when csr-plan's prediction for a stage exceeds the GPU this rank sees
-    (csr/models/memory.py start_warning); on the CPU there is nothing to compare with."""
+    (csr/models/memory.py start_warning); on the CPU there is nothing to compare with. The plan is of the
+    run's family, as the loop resolved it (loop.family)."""
     import torch
 
     if cfg.trainer.accelerator == "cpu" or not torch.cuda.is_available() or not is_global_zero():
@@ -89,10 +90,10 @@ def warn_if_over_device(cfg) -> None:
     from csr.models.planning import clip_dims, model_dims, plan
 
     try:
-        dims, _ = model_dims(cfg.model.path, cfg.model.name, cfg.model.family)
+        dims, _ = model_dims(cfg.model.path, cfg.model.name, loop.family)
         clip = clip_dims(cfg.reward.clip.arch, cfg.reward.clip.config_json)
         devices = cfg.trainer.devices if cfg.trainer.devices > 0 else torch.cuda.device_count()
-        stages = plan(cfg, dims, clip, devices * cfg.trainer.num_nodes, prompt_tokens=64)
+        stages = plan(cfg, loop.family, dims, clip, devices * cfg.trainer.num_nodes, prompt_tokens=64)
     except Exception as err:  # noqa: BLE001 - a plan that cannot be made must not stop the run
         log.warning("csr-plan could not plan this run (%s: %s); memory not checked", type(err).__name__, err)
         return
@@ -178,8 +179,8 @@ def _run(cfg: DictConfig) -> float | None:
     loop = None
     try:
         typed = check_config(cfg)
-        warn_if_over_device(typed)
         loop = Loop(typed)
+        warn_if_over_device(typed, loop)
         result = loop.run()
     except BaseException as err:
         signum = signals.closing()  # whatever a signal led to (ours, Lightning's SIGTERM exit), report it

@@ -12,6 +12,7 @@ the unfinished stage from its partial output.
 
 from __future__ import annotations
 
+import functools
 import gc
 import importlib
 import json
@@ -142,7 +143,7 @@ class Loop:
     def context(self, k: int, run_id: str | None) -> StageContext:
         return StageContext(
             cfg=self.cfg, k=k, iter_dir=self.iter_dir(k), model_path=self.model_path(k),
-            evaluated_path=self.model_path(k + 1), trainer_kwargs=self.trainer_kwargs(),
+            evaluated_path=self.model_path(k + 1), trainer_kwargs=self.trainer_kwargs(), family=self.family,
             policy=self.policy, scorer=self.scorer, release_policy=self.release_policy,
             logger=lambda: self.tracker.lightning_logger(run_id), evaluators=evaluators(),
         )
@@ -158,6 +159,14 @@ class Loop:
 
     # -- models, loaded lazily and shared between the stages of an iteration --------------------------
 
+    @functools.cached_property
+    def family(self):
+        """model.family's adapter (csr/models/families/), resolved once for the run and handed to every
+        stage in its context; each load checks the checkpoint's model_type against it (load_model)."""
+        from csr.models.families import get_family
+
+        return get_family(self.cfg.model.family)
+
     def policy(self, path: str):
         from csr.models.checkpoint import load_model
 
@@ -165,7 +174,7 @@ class Loop:
             self._policy = None
             gc.collect()
             m = self.cfg.model
-            model, processor = load_model(path, family=m.family, dtype=m.dtype, attn_implementation=m.attn_implementation)
+            model, processor = load_model(path, self.family, dtype=m.dtype, attn_implementation=m.attn_implementation)
             self._policy = (path, model, processor)
         return self._policy[1], self._policy[2]
 

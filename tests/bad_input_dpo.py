@@ -47,7 +47,7 @@ def train(ctx: Ctx, pairs: list[dict], model_path: str) -> dict:
     iteration = ctx.tmp / "iter_1"
     iteration.mkdir(exist_ok=True)
     (iteration / "pairs.jsonl").write_text("".join(json.dumps(p) + "\n" for p in pairs))
-    return run_dpo(model_path=model_path, pairs_path=iteration / "pairs.jsonl", adapter_dir=iteration / "adapter",
+    return run_dpo(model_path=model_path, family=get_family("llava"), pairs_path=iteration / "pairs.jsonl", adapter_dir=iteration / "adapter",
                    image_root=str(ctx.images), model_cfg=OmegaConf.create({"family": "llava", "dtype": "float32", "attn_implementation": "sdpa"}),
                    dpo_cfg=OmegaConf.create(DPO), trainer_kwargs={"accelerator": "cpu", "devices": 1}, logger=None)
 

@@ -11,12 +11,13 @@ from bad_input_dpo import DPO
 from omegaconf import OmegaConf
 
 from csr.dpo.stage import run_dpo
+from csr.models.families import get_family
 
 
 def main(model: str, iteration: Path, image_root: str, devices: int) -> None:
     kwargs = {"accelerator": "cpu", "devices": devices, "strategy": "ddp" if devices > 1 else "auto",
               "precision": "32-true", "deterministic": True, "enable_progress_bar": False}
-    run_dpo(model_path=model, pairs_path=iteration / "pairs.jsonl", adapter_dir=iteration / "adapter",
+    run_dpo(model_path=model, family=get_family("llava"), pairs_path=iteration / "pairs.jsonl", adapter_dir=iteration / "adapter",
             image_root=image_root, model_cfg=OmegaConf.create({"family": "llava", "dtype": "float32", "attn_implementation": "sdpa"}),
             dpo_cfg=OmegaConf.create(DPO), trainer_kwargs=kwargs, logger=None)
 

@@ -18,8 +18,11 @@ from csr.data.tiny import write_tiny_prompts
 from csr.eval.generate import GenerateModule
 from csr.models.checkpoint import load_model
 from csr.models.clip import ClipScorer, encode_text_prefix, load_clip, real_length, text_prefix_is_exact
+from csr.models.families import get_family
 from csr.reward.module import RewardModule
 from csr.search.stage import build_module
+
+LLAVA = get_family("llava")  # the tiny model's family
 
 SHAPESWORLD_CLIP = Path(__file__).resolve().parent.parent / "csr" / "assets" / "shapesworld" / "clip"
 TEXTS = [" A red circle.", " There is a small blue square in the top left corner of the picture.", " x"]
@@ -60,7 +63,7 @@ def test_same_names_in_two_roots_each_stage_scores_its_own_image(tiny_models, ro
     assert [p.image for p in train_prompts] == [p.image for p in eval_prompts]
 
     def evaluate() -> None:
-        for record in GenerateModule(model, processor, eval_root, 8, scorer=scorer).predict_step(eval_prompts):
+        for record in GenerateModule(model, processor, LLAVA, eval_root, 8, scorer=scorer).predict_step(eval_prompts):
             assert record["answer"].strip()
             expected = _fresh(tiny_models, eval_root, record["image"], [record["answer"]])
             assert record["r_i"] == pytest.approx(expected[0], abs=1e-4)
@@ -70,7 +73,7 @@ def test_same_names_in_two_roots_each_stage_scores_its_own_image(tiny_models, ro
     cfg.data.image_root = train_root
     cfg.search.max_sentences, cfg.search.max_new_tokens_per_sentence, cfg.search.max_answer_tokens = 2, 4, 8
     assert cfg.search.prune_by == "calibrated"  # the search itself scores with CLIP
-    searched = build_module(model, processor, scorer, cfg).predict_step(train_prompts)
+    searched = build_module(model, processor, LLAVA, scorer, cfg).predict_step(train_prompts)
     reward = RewardModule(scorer, lam=0.9, calibration="rank", image_root=train_root)
     for record in searched:
         texts = [n["text"] for n in record["nodes"][1:]]
@@ -101,9 +104,9 @@ def test_scorer_is_a_submodule_of_every_module_that_scores(tiny_models, tmp_path
     cfg = OmegaConf.structured(RootConfig)
     cfg.data.image_root = str(tmp_path)
     modules = {
-        "search": build_module(model, processor, scorer, cfg),
+        "search": build_module(model, processor, LLAVA, scorer, cfg),
         "reward": RewardModule(scorer, 0.9, "rank", str(tmp_path)),
-        "eval": GenerateModule(model, processor, str(tmp_path), 8, scorer=scorer),
+        "eval": GenerateModule(model, processor, LLAVA, str(tmp_path), 8, scorer=scorer),
     }
     for stage, module in modules.items():
         assert any(m is scorer for m in module.modules()), stage
@@ -111,7 +114,7 @@ def test_scorer_is_a_submodule_of_every_module_that_scores(tiny_models, tmp_path
         module.train()
         assert not scorer.training  # frozen: Lightning's mode switches leave it in eval mode
     cfg.search.prune_by = "lm"  # no CLIP during the search: nothing to place there
-    assert not any(m is scorer for m in build_module(model, processor, scorer, cfg).modules())
+    assert not any(m is scorer for m in build_module(model, processor, LLAVA, scorer, cfg).modules())
 
 
 def test_weights_and_cached_embeddings_follow_the_module(tiny_models) -> None:

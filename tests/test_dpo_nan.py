@@ -13,6 +13,7 @@ from csr.data.image_hash import image_sha256
 from csr.data.tiny import write_tiny_prompts
 from csr.dpo.reference import pair_key, reference_settings
 from csr.dpo.stage import run_dpo
+from csr.models.families import get_family
 
 DPO = {"loss": "sigmoid", "beta": 0.1, "ipo_form": "mean", "label_smoothing": 0.0, "lr": 1e-3, "scheduler": "cosine",
        "warmup_ratio": 0.0, "epochs": 1, "batch_size": 2, "grad_accumulation": 1, "weight_decay": 0.0,
@@ -39,7 +40,7 @@ def test_nan_reference_logp_stops_dpo_at_its_batch_and_saves_nothing(tiny_models
     model_cfg = OmegaConf.create({"family": "llava", "dtype": "float32", "attn_implementation": "sdpa"})
     kwargs = {"accelerator": "cpu", "devices": 1, "deterministic": True, "enable_progress_bar": False}
     with pytest.raises(CSRError) as info:
-        run_dpo(model_path=tiny_models.llava, pairs_path=iteration / "pairs.jsonl", adapter_dir=iteration / "adapter",
+        run_dpo(model_path=tiny_models.llava, family=get_family("llava"), pairs_path=iteration / "pairs.jsonl", adapter_dir=iteration / "adapter",
                 image_root=str(data / "images"), model_cfg=model_cfg, dpo_cfg=OmegaConf.create(DPO),
                 trainer_kwargs=kwargs, logger=None)
     message = str(info.value)

@@ -44,7 +44,7 @@ def _dpo(ctx: Ctx, pairs: list[dict], precision: str) -> dict:
     (iteration / "pairs.jsonl").write_text("".join(json.dumps(p) + "\n" for p in pairs))
     # One step over both pairs: the logged metrics are step 0's, before any update.
     dpo = OmegaConf.create({**DPO, "batch_size": len(pairs)})
-    return run_dpo(model_path=ctx.tiny.llava, pairs_path=iteration / "pairs.jsonl", adapter_dir=iteration / "adapter",
+    return run_dpo(model_path=ctx.tiny.llava, family=get_family("llava"), pairs_path=iteration / "pairs.jsonl", adapter_dir=iteration / "adapter",
                    image_root=str(ctx.images), model_cfg=OmegaConf.create({"family": "llava", "dtype": "float32", "attn_implementation": "sdpa"}),
                    dpo_cfg=dpo, trainer_kwargs={"accelerator": "cpu", "devices": 1, "precision": precision,
                                                 "enable_progress_bar": False}, logger=None)

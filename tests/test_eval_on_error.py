@@ -20,6 +20,7 @@ from csr.core.io import read_jsonl
 from csr.eval.generate import image_set, set_digest, skip_counts
 from csr.eval.registry import BENCHMARKS
 from csr.models.checkpoint import load_model
+from csr.models.families import get_family
 
 CPU = {"accelerator": "cpu", "devices": 1}
 GOOD = [{"id": "a", "image": "a.png", "input": "<image>\nDescribe the image."},
@@ -63,7 +64,7 @@ def _generate(llava, prompts: Path, images: Path, out: Path, on_error: str) -> d
     cfg = OmegaConf.structured(EvalConfig)
     cfg.max_new_tokens, cfg.batch_size = 6, 4
     out.mkdir()
-    return BENCHMARKS["generate"].run(model=model, processor=processor, scorer=None, eval_cfg=cfg,
+    return BENCHMARKS["generate"].run(model=model, processor=processor, family=get_family("llava"), scorer=None, eval_cfg=cfg,
                                   prompt_file=str(prompts), image_root=str(images), out_dir=out,
                                   trainer_kwargs=CPU, on_error=on_error)
 

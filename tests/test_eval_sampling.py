@@ -19,6 +19,7 @@ from csr.data.prompts import load_prompts
 from csr.eval.generate import GenerateModule, batch_seed, decoding
 from csr.eval.registry import BENCHMARKS
 from csr.models.checkpoint import load_model
+from csr.models.families import get_family
 
 CPU = {"accelerator": "cpu", "devices": 1}
 
@@ -45,7 +46,7 @@ def _answers(llava, prompts, out: Path, temperature: float, seed: int = 0) -> tu
     cfg = OmegaConf.structured(EvalConfig)
     cfg.max_new_tokens, cfg.batch_size, cfg.temperature, cfg.sample_seed = 12, 4, temperature, seed
     out.mkdir()
-    metrics = BENCHMARKS["generate"].run(model=model, processor=processor, scorer=None, eval_cfg=cfg,
+    metrics = BENCHMARKS["generate"].run(model=model, processor=processor, family=get_family("llava"), scorer=None, eval_cfg=cfg,
                                          prompt_file=str(prompts[0]), image_root=str(prompts[1]), out_dir=out,
                                          trainer_kwargs=CPU)
     return [r["answer"] for r in read_jsonl(out / "answers.jsonl")], metrics["settings"]
@@ -77,7 +78,7 @@ def test_sampled_answers_are_seeded_and_differ_from_greedy(llava, prompts, tmp_p
 def test_sampling_leaves_the_callers_random_state_as_it_was(llava, prompts) -> None:
     model, processor = llava
     records, _ = load_prompts(str(prompts[0]), str(prompts[1]))
-    module = GenerateModule(model, processor, str(prompts[1]), 12, temperature=1.0)
+    module = GenerateModule(model, processor, get_family("llava"), str(prompts[1]), 12, temperature=1.0)
     before = torch.random.get_rng_state()
     sampled = module.predict_step(records)
     assert torch.equal(torch.random.get_rng_state(), before)

@@ -255,7 +255,7 @@ def test_with_only_selected_the_eval_stage_leaves_the_harness_to_the_end_of_the_
     out = tmp_path / "run" / "iter_1" / "eval" / "lmms_eval"
     cfg = OmegaConf.structured(EvalConfig)
     cfg.lmms_eval = _block(args=["-c", "raise SystemExit(1)"], only_selected=True)
-    result = BENCHMARKS["lmms_eval"].run(model=None, processor=None, scorer=None, eval_cfg=cfg, prompt_file="",
+    result = BENCHMARKS["lmms_eval"].run(model=None, processor=None, family=None, scorer=None, eval_cfg=cfg, prompt_file="",
                                          image_root="", out_dir=out, trainer_kwargs={"accelerator": "cpu"})
     assert result["ran"] == 0 and "only_selected" in result["settings"]["skipped"] and not out.exists()
 
@@ -264,7 +264,7 @@ def test_an_iteration_outside_eval_iterations_is_not_run(tmp_path):
     out = tmp_path / "run" / "iter_1" / "eval" / "lmms_eval"
     cfg = OmegaConf.structured(EvalConfig)
     cfg.lmms_eval = _block(args=["-c", "raise SystemExit(1)"], iterations=[0, 3])
-    result = BENCHMARKS["lmms_eval"].run(model=None, processor=None, scorer=None, eval_cfg=cfg, prompt_file="",
+    result = BENCHMARKS["lmms_eval"].run(model=None, processor=None, family=None, scorer=None, eval_cfg=cfg, prompt_file="",
                                          image_root="", out_dir=out, trainer_kwargs={"accelerator": "cpu"})
     assert result["ran"] == 0 and not (out / "harness.log").exists()
 
@@ -282,12 +282,13 @@ def test_the_real_lmms_eval_on_a_checkpoint_matches_the_recorded_run(lmms_tasks,
     """The evaluator as the eval stage calls it, on the shipped ShapesWorld model: lmms-eval runs its own
     MME task on the local fixture, and the metrics are the recorded run's."""
     from csr.models.checkpoint import load_model
+    from csr.models.families import get_family
 
     model, processor = load_model(SHAPESWORLD_LLAVA)
     cfg = OmegaConf.structured(EvalConfig)
     cfg.lmms_eval = harness_config(LMMS_EVAL, lmms_tasks, ["mme_local"])
     out = tmp_path / "run" / "iter_0" / "eval" / "lmms_eval"
-    result = BENCHMARKS["lmms_eval"].run(model=model, processor=processor, scorer=None, eval_cfg=cfg, prompt_file="",
+    result = BENCHMARKS["lmms_eval"].run(model=model, processor=processor, family=get_family("llava"), scorer=None, eval_cfg=cfg, prompt_file="",
                                          image_root="", out_dir=out, trainer_kwargs={"accelerator": "cpu"})
     assert result["mme_local/mme_perception_score"] == RECORDED["mme_local/mme_perception_score"]
     assert result["mme_local/n_samples"] == 12 and result["failed"] == 0

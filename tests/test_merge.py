@@ -19,6 +19,7 @@ from csr.data.tiny import write_tiny_prompts
 from csr.dpo.lora import save_adapter, wrap_lora
 from csr.merge.stage import UpdateStats, check_logps, run_merge, stored_update
 from csr.models.checkpoint import load_model, save_model
+from csr.models.families import get_family
 
 LORA = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
 
@@ -134,7 +135,7 @@ def test_paper_sized_update_is_lost_by_a_bf16_merge_and_kept_by_ours(tiny_models
     elements, lost, cosine = _kept(updates, before, old.state_dict())
     assert lost / elements > 0.5 and cosine < 0.9  # measured: 0.867 of the elements lost, cosine 0.512
 
-    stats = run_merge(base, d, OmegaConf.create({"family": "llava", "dtype": "bfloat16", "attn_implementation": "sdpa"}), "cpu", images)
+    stats = run_merge(base, get_family("llava"), d, OmegaConf.create({"family": "llava", "dtype": "bfloat16", "attn_implementation": "sdpa"}), "cpu", images)
     after = _weights(d / "merged")
     elements_new, lost_new, cosine_new = _kept(updates, before, after)
     assert stats["save_dtype"] == "float32" and _file_dtypes(d / "merged") == {torch.float32}
@@ -152,7 +153,7 @@ def test_paper_sized_update_is_lost_by_a_bf16_merge_and_kept_by_ours(tiny_models
 def test_a_large_update_survives_bf16_and_is_saved_in_model_dtype(tiny_models, tmp_path):
     base = _bf16_base(tiny_models, tmp_path)
     d, images = _iteration(tmp_path, base, b_std=3e-2)  # |delta| ~1e-2: bfloat16 keeps it
-    stats = run_merge(base, d, OmegaConf.create({"family": "llava", "dtype": "bfloat16", "attn_implementation": "sdpa"}), "cpu", images)
+    stats = run_merge(base, get_family("llava"), d, OmegaConf.create({"family": "llava", "dtype": "bfloat16", "attn_implementation": "sdpa"}), "cpu", images)
     assert stats["save_dtype"] == "bfloat16" and stats["update/lost_fraction_saved"] < 0.01
     assert _file_dtypes(d / "merged") == {torch.bfloat16}
     assert stats["check/passed"]  # on the bfloat16 weights as saved
@@ -160,7 +161,7 @@ def test_a_large_update_survives_bf16_and_is_saved_in_model_dtype(tiny_models, t
 
 def test_float32_merge_writes_what_the_old_merge_wrote(tiny_models, tmp_path):
     d, images = _iteration(tmp_path, tiny_models.llava, b_std=1e-2)
-    stats = run_merge(tiny_models.llava, d, OmegaConf.create({"family": "llava", "dtype": "float32", "attn_implementation": "sdpa"}),
+    stats = run_merge(tiny_models.llava, get_family("llava"), d, OmegaConf.create({"family": "llava", "dtype": "float32", "attn_implementation": "sdpa"}),
                       "cpu", images)
     old = PeftModel.from_pretrained(load_model(tiny_models.llava)[0], str(d / "adapter")).merge_and_unload()
     saved = load_file(d / "merged" / "model.safetensors")
@@ -178,7 +179,7 @@ def test_a_wrong_merge_is_refused_and_not_saved(tiny_models, tmp_path, monkeypat
 
     monkeypatch.setattr(LoraLinear, "get_delta_weight", doubled)
     with pytest.raises(CSRError, match="merged model's log-probs differ from the adapter model's"):
-        run_merge(tiny_models.llava, d, OmegaConf.create({"family": "llava", "dtype": "float32", "attn_implementation": "sdpa"}),
+        run_merge(tiny_models.llava, get_family("llava"), d, OmegaConf.create({"family": "llava", "dtype": "float32", "attn_implementation": "sdpa"}),
                   "cpu", images)
     assert not (d / "merged").exists()
 

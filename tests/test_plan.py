@@ -12,6 +12,7 @@ from csr.cli import allocator_env
 from csr.commands.plan import PUBLIC, clip_dims, compose, llava_dims, main, model_dims
 from csr.commands.plan import plan as plan_stages
 from csr.models import memory as P
+from csr.models.families import get_family
 from csr.models.planning import (
     PUBLIC_CONFIGS,
     built_params,
@@ -141,7 +142,7 @@ def test_dpo_switches_lower_memory() -> None:
 
 
 def test_public_table_without_the_checkpoint() -> None:
-    dims, source = model_dims("llava-hf/llava-1.5-13b-hf", "llava15_13b")
+    dims, source = model_dims("llava-hf/llava-1.5-13b-hf", "llava15_13b", get_family("llava"))
     assert dims == PUBLIC["llava15_13b"] and "public" in source
 
 
@@ -174,7 +175,7 @@ PUBLISHED_PARAMS = {"qwen2_5_vl_3b": 3_754_622_976, "qwen2_5_vl_7b": 8_292_166_6
 def test_public_configs_build_the_published_counts() -> None:
     assert set(PUBLISHED_PARAMS) == set(PUBLIC_CONFIGS)
     for key, (family, _) in PUBLIC_CONFIGS.items():
-        assert built_params(public_config(key), family) == PUBLISHED_PARAMS[key], key
+        assert built_params(public_config(key), get_family(family)) == PUBLISHED_PARAMS[key], key
 
 
 # An 80 GB H100 as torch sees it (total_memory 85,520,809,984 B); an 80 GB A100 has 80.0 GiB.
@@ -198,10 +199,10 @@ def test_every_model_preset_fits_an_80gb_gpu(name, tiny_models, monkeypatch) -> 
     monkeypatch.setenv("CSR_TINY_DIR", str(Path(tiny_models.llava).parent))
     cfg = compose(preset_overrides(name))
     assert cfg.model.name == name
-    dims, _ = model_dims(cfg.model.path, cfg.model.name, cfg.model.family)
+    dims, _ = model_dims(cfg.model.path, cfg.model.name, get_family(cfg.model.family))
     clip = clip_dims(cfg.reward.clip.arch, cfg.reward.clip.config_json)
     for devices in (1, 8):
-        stages = plan_stages(cfg, dims, clip, devices, prompt_tokens=64)
+        stages = plan_stages(cfg, get_family(cfg.model.family), dims, clip, devices, prompt_tokens=64)
         assert {"search", "dpo", "merge", "eval"} <= set(stages)
         need = {stage: P.total(parts) for stage, parts in stages.items() if stage != "merge"}
         assert P.over_device(need, GPU_80GB) == [], (name, devices, {k: round(v / P.GIB, 2) for k, v in need.items()})
@@ -211,20 +212,22 @@ def test_the_13b_search_fits_by_its_byte_cap() -> None:
     """Issue 27: at the old token cap (65536) the 13B search planned 94 GiB; the byte cap keeps it under 90%."""
     cfg = compose(["experiment=paper_llava15_13b"])
     dims, clip = PUBLIC["llava15_13b"], clip_dims(cfg.reward.clip.arch, None)
-    search = P.total(plan_stages(cfg, dims, clip, 8, prompt_tokens=64)["search"])
+    search = P.total(plan_stages(cfg, get_family(cfg.model.family), dims, clip, 8, prompt_tokens=64)["search"])
     assert search / P.GIB == pytest.approx(66.81, abs=0.01) and P.fits(search, GPU_80GB)
     old = compose(["experiment=paper_llava15_13b", "search.max_batch_tokens=65536", "search.max_batch_kv_gib=null"])
-    assert not P.fits(P.total(plan_stages(old, dims, clip, 8, prompt_tokens=64)["search"]), GPU_80GB)
+    assert not P.fits(P.total(plan_stages(old, get_family(old.model.family), dims, clip, 8, prompt_tokens=64)["search"]),
+                      GPU_80GB)
 
 
 def test_the_qwen_preset_fills_the_gpu() -> None:
     """At LLaVA's batches Qwen2.5-VL-7B's search uses a third of the GPU; its preset's fill it to 80-90%."""
-    dims = dims_from_config(public_config("qwen2_5_vl_7b"), "qwen2_5_vl")
+    dims = dims_from_config(public_config("qwen2_5_vl_7b"), get_family("qwen2_5_vl"))
     clip = clip_dims("ViT-L-14-336-quickgelu", None)
     llava_sized = compose(["experiment=paper_llava15_7b", "model=qwen2_5_vl_7b"])
-    assert P.total(plan_stages(llava_sized, dims, clip, 8, prompt_tokens=64)["search"]) < 0.4 * GPU_80GB
+    qwen = get_family(llava_sized.model.family)
+    assert P.total(plan_stages(llava_sized, qwen, dims, clip, 8, prompt_tokens=64)["search"]) < 0.4 * GPU_80GB
     cfg = compose(["experiment=paper_qwen2_5_vl_7b"])
-    stages = plan_stages(cfg, dims, clip, 8, prompt_tokens=64)
+    stages = plan_stages(cfg, get_family(cfg.model.family), dims, clip, 8, prompt_tokens=64)
     assert 0.8 * GPU_80GB < P.total(stages["search"]) <= 0.9 * GPU_80GB
     assert P.over_device({s: P.total(parts) for s, parts in stages.items()}, GPU_80GB) == []
 
@@ -238,15 +241,13 @@ def test_image_tokens_are_what_the_processor_writes(family, tiny_family) -> None
     (with the processor's saved settings, for an image of two sizes)."""
     from transformers import AutoConfig, AutoProcessor
 
-    from csr.models.families import get_family
-
     path = tiny_family(family)
     config, processor, fam = AutoConfig.from_pretrained(path), AutoProcessor.from_pretrained(path), get_family(family)
     for height, width in ((480, 640), (300, 200)):
         inputs = fam.encode(processor, [fam.chat_prompt(processor, "Describe.")], [Image.new("RGB", (width, height))])
         written = int((inputs["input_ids"] == config.image_token_id).sum())
         assert image_tokens(config, family, (height, width), processor_settings(path))[0] == written
-    dims = dims_from_config(config, family, processor=processor_settings(path))
+    dims = dims_from_config(config, fam, processor=processor_settings(path))
     with torch.device("meta"):
         model = fam.model_class(config)
     assert P.model_params(dims) == sum(p.numel() for p in model.parameters())
@@ -276,7 +277,8 @@ def test_qwen2_5_vl_plans(capsys) -> None:
 
 def test_byte_cap_gives_the_token_cap_by_hand() -> None:
     llava7b, llava13b, qwen7b = (P.kv_bytes_per_token(d.lm, 2) for d in (PUBLIC["llava15_7b"], PUBLIC["llava15_13b"],
-                                                                          dims_from_config(public_config("qwen2_5_vl_7b"), "qwen2_5_vl")))
+                                                                          dims_from_config(public_config("qwen2_5_vl_7b"),
+                                                                                           get_family("qwen2_5_vl"))))
     assert (llava7b, llava13b, qwen7b) == (2 * 32 * 4096 * 2, 2 * 40 * 5120 * 2, 2 * 28 * 4 * 128 * 2)
     assert P.batch_token_cap(262144, 24, llava7b) == 24 * 2**30 // 524288 == 49152
     assert P.batch_token_cap(262144, 24, llava13b) == 24 * 2**30 // 819200 == 31457
@@ -312,9 +314,9 @@ def test_search_module_decodes_within_the_byte_cap(tiny_models) -> None:
     t = model.config.text_config
     per_token = 2 * t.num_hidden_layers * t.num_key_value_heads * (t.hidden_size // t.num_attention_heads) * 4
     cfg = compose(["search.prune_by=lm"])
-    assert build_module(model, processor, None, cfg).engine.s.max_batch_tokens == 65536  # the default: no byte cap
+    assert build_module(model, processor, get_family("llava"), None, cfg).engine.s.max_batch_tokens == 65536  # the default: no byte cap
     OmegaConf.update(cfg, "search.max_batch_kv_gib", 0.001)  # 1,073,741 bytes: 1048 tokens of 1024 B
-    assert per_token == 1024 and build_module(model, processor, None, cfg).engine.s.max_batch_tokens == 1048
+    assert per_token == 1024 and build_module(model, processor, get_family("llava"), None, cfg).engine.s.max_batch_tokens == 1048
 
 
 def test_widest_search_fits_and_one_more_prompt_does_not() -> None:

@@ -13,8 +13,11 @@ from csr.data.tiny import write_tiny_prompts
 from csr.models.chat import generation_prompt
 from csr.models.checkpoint import load_model, special_token_ids
 from csr.models.clip import ClipScorer, load_clip
+from csr.models.families import get_family
 from csr.reward.tree import Node, path_to
 from csr.search.stage import build_module
+
+LLAVA = get_family("llava")  # the tiny model's family
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +42,7 @@ def test_batched_search_equals_one_prompt_at_a_time(setup):
     cfg, model, processor, scorer, prompts = setup
     # The prompts differ in length, so the batch is left-padded and answers right-padded.
     assert len({len(p.prompt) for p in prompts}) > 1
-    module = build_module(model, processor, scorer, cfg)
+    module = build_module(model, processor, LLAVA, scorer, cfg)
     together = module.predict_step(prompts)
     alone = [module.predict_step([p])[0] for p in prompts]
     for a, b in zip(trees(together), trees(alone), strict=True):
@@ -52,17 +55,17 @@ def test_batched_search_equals_one_prompt_at_a_time(setup):
 
 def test_small_batch_rows_give_the_same_tree(setup):
     cfg, model, processor, scorer, prompts = setup
-    wide = build_module(model, processor, scorer, cfg).predict_step(prompts[:2])
+    wide = build_module(model, processor, LLAVA, scorer, cfg).predict_step(prompts[:2])
     cfg2 = cfg.copy()
     cfg2.search.max_batch_rows = 5  # one node (5 candidates) at a time
-    narrow = build_module(model, processor, scorer, cfg2).predict_step(prompts[:2])
+    narrow = build_module(model, processor, LLAVA, scorer, cfg2).predict_step(prompts[:2])
     assert [[n.token_ids for n in t] for t in trees(wide)] == [[n.token_ids for n in t] for t in trees(narrow)]
 
 
 def test_cached_sentence_scores_equal_a_full_recompute(setup):
     cfg, model, processor, scorer, prompts = setup
     prompt = prompts[0]
-    (record,) = build_module(model, processor, scorer, cfg).predict_step([prompt])
+    (record,) = build_module(model, processor, LLAVA, scorer, cfg).predict_step([prompt])
     nodes = [Node(**n) for n in record["nodes"]]
     deep = next(n for n in nodes if n.depth == 3)
     answer = [t for n in path_to(nodes, deep.id) for t in n.token_ids]
@@ -81,7 +84,7 @@ def test_cached_sentence_scores_equal_a_full_recompute(setup):
 def test_sentences_concatenate_to_the_decoded_answer(setup):
     cfg, model, processor, scorer, prompts = setup
     tok = processor.tokenizer
-    for nodes in trees(build_module(model, processor, scorer, cfg).predict_step(prompts)):
+    for nodes in trees(build_module(model, processor, LLAVA, scorer, cfg).predict_step(prompts)):
         for final in (n for n in nodes if n.final):
             path = path_to(nodes, final.id)
             ids = [t for n in path for t in n.token_ids]
@@ -91,7 +94,7 @@ def test_sentences_concatenate_to_the_decoded_answer(setup):
 def test_budget_specials_and_pruning(setup):
     cfg, model, processor, scorer, prompts = setup
     specials = set(special_token_ids(processor)) | {processor.tokenizer.eos_token_id}
-    for nodes in trees(build_module(model, processor, scorer, cfg).predict_step(prompts)):
+    for nodes in trees(build_module(model, processor, LLAVA, scorer, cfg).predict_step(prompts)):
         for n in nodes[1:]:
             assert n.answer_tokens <= cfg.search.max_answer_tokens  # answer tokens only: the prompt is ~49
             assert not specials & set(n.token_ids)
@@ -106,6 +109,6 @@ def test_budget_specials_and_pruning(setup):
 def test_clip_encodes_each_image_once(setup, tiny_models):
     cfg, model, processor, _, prompts = setup
     scorer = ClipScorer(load_clip(tiny_models.clip_arch, tiny_models.clip_weights, tiny_models.clip_config))
-    build_module(model, processor, scorer, cfg).predict_step(prompts)
+    build_module(model, processor, LLAVA, scorer, cfg).predict_step(prompts)
     assert scorer.image_encodes == len(prompts)
 

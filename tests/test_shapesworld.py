@@ -133,6 +133,7 @@ def test_shapesworld_evaluator_scores_its_answers_and_records_its_settings(tmp_p
     from csr.eval.generate import image_set
     from csr.eval.pope import pope_metrics, read_pope_questions, yes_no
     from csr.models.checkpoint import load_model
+    from csr.models.families import get_family
     from csr.worlds.shapesworld.evaluate import evaluate_shapesworld
 
     model, processor = load_model(str(ASSETS / "shapesworld" / "llava"))
@@ -140,8 +141,9 @@ def test_shapesworld_evaluator_scores_its_answers_and_records_its_settings(tmp_p
     cfg.shapesworld.root, cfg.limit, cfg.shapesworld.pope_images, cfg.max_new_tokens, cfg.batch_size = str(tmp_path), 24, 8, 96, 24
     out = tmp_path / "out"
     out.mkdir()
-    metrics = evaluate_shapesworld(model=model, processor=processor, scorer=None, eval_cfg=cfg, prompt_file="",
-                                   image_root="", out_dir=out, trainer_kwargs={"accelerator": "cpu", "devices": 1})
+    metrics = evaluate_shapesworld(model=model, processor=processor, family=get_family("llava"), scorer=None,
+                                   eval_cfg=cfg, prompt_file="", image_root="", out_dir=out,
+                                   trainer_kwargs={"accelerator": "cpu", "devices": 1})
     split = tmp_path / "test"
     truth = ground_truth(split)
     answers = read_jsonl(out / "answers.jsonl")

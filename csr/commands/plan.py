@@ -21,6 +21,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from csr.core.errors import CSRError
 from csr.models import memory as P
+from csr.models.families import Family, get_family
 from csr.models.planning import (  # noqa: F401 - PUBLIC, llava_dims, model_dims: csr-plan's readers, used by tests
     ANSWER_LOGITS_DEFAULT,
     IMAGE_HW,
@@ -55,16 +56,16 @@ def gib(n: int) -> str:
     return f"{n / P.GIB:.2f}"
 
 
-def render(cfg: DictConfig, device_counts: list[int], gpu_gib: float | None, prompt_tokens: int,
+def render(cfg: DictConfig, family: Family, device_counts: list[int], gpu_gib: float | None, prompt_tokens: int,
            answer_tokens: int | None, answer_logits: bool, image_hw: tuple[int, int] = IMAGE_HW) -> str:
-    dims, source = model_dims(cfg.model.path, cfg.model.name, cfg.model.family, image_hw)
+    dims, source = model_dims(cfg.model.path, cfg.model.name, family, image_hw)
     clip = clip_dims(cfg.reward.clip.arch, cfg.reward.clip.config_json)
-    plans = {n: plan(cfg, dims, clip, n, prompt_tokens, answer_tokens, answer_logits) for n in device_counts}
-    t = training(cfg, device_counts[0], answer_logits)
+    plans = {n: plan(cfg, family, dims, clip, n, prompt_tokens, answer_tokens, answer_logits) for n in device_counts}
+    t = training(cfg, family, device_counts[0], answer_logits)
     answers = answer_tokens if answer_tokens is not None else cfg.search.max_answer_tokens
     act = activation_bytes(cfg)
     kv_gib = cfg.search.get("max_batch_kv_gib")
-    host, _ = merge_parts(cfg, dims, prompt_tokens, answers, answer_logits)
+    host, _ = merge_parts(cfg, family, dims, prompt_tokens, answers, answer_logits)
     head = [
         f"csr-plan: {cfg.model.name} ({P.model_params(dims) / 1e9:.3f} B params, {cfg.model.dtype}, "
         f"activations {act} B) from {source}",
@@ -158,7 +159,8 @@ def main(argv: list[str] | None = None) -> None:
         counts = parse_devices(args.devices) if args.devices else None
         cfg = compose([*args.overrides, *rest])
         counts = counts or [max(int(cfg.trainer.devices), 1)]
-        print(render(cfg, counts, args.gpu_gib, args.prompt_tokens, args.answer_tokens, args.answer_logits, image_hw))
+        family = get_family(cfg.model.family)  # once: every part of the plan is of this family
+        print(render(cfg, family, counts, args.gpu_gib, args.prompt_tokens, args.answer_tokens, args.answer_logits, image_hw))
     except (CSRError, HydraException, OmegaConfBaseException) as err:  # a bad option, override or config
         message = " ".join(str(err).split()).split(" Config search path:")[0]  # Hydra lists its search path
         print(f"csr-plan: error: {message}", file=sys.stderr)

@@ -25,7 +25,7 @@ from csr.dpo.lora import wrap_lora
 from csr.dpo.module import DPOModule
 from csr.dpo.reference import pair_key, precompute_reference, reference_settings
 from csr.models.checkpoint import load_model
-from csr.models.families import get_family
+from csr.models.families.base import Family
 from csr.run.context import StageContext
 
 log = logging.getLogger(__name__)
@@ -100,16 +100,15 @@ def reference_pass(model: torch.nn.Module, dataset: PairDataset, keys: list[str]
                                 reference_trainer_kwargs(trainer_kwargs))
 
 
-def run_dpo(*, model_path: str, pairs_path: Path, adapter_dir: Path, image_root: str, model_cfg, dpo_cfg,
-            trainer_kwargs: dict, logger) -> dict:
+def run_dpo(*, model_path: str, family: Family, pairs_path: Path, adapter_dir: Path, image_root: str, model_cfg,
+            dpo_cfg, trainer_kwargs: dict, logger) -> dict:
     pairs = read_jsonl(pairs_path)
     if not pairs:
         log.warning("%s holds no pairs: this iteration trains nothing and keeps the model", pairs_path)
         return {"pairs": 0, "steps": 0}
     digests = check_images(pairs, image_root)  # before any model loads: a changed image stops here
     pl.seed_everything(dpo_cfg.seed, workers=True)
-    family = get_family(model_cfg.family)
-    model, processor = load_model(model_path, family=model_cfg.family, dtype=model_cfg.dtype,
+    model, processor = load_model(model_path, family, dtype=model_cfg.dtype,
                                   attn_implementation=model_cfg.attn_implementation)
     pad_id = processor.tokenizer.pad_token_id
     ref_model, ref_logps = None, None
@@ -170,6 +169,6 @@ def run(ctx: StageContext) -> dict:
     ctx.release_policy()  # DPO loads its own trainable copy; free the inference one
     t = ctx.cfg.trainer  # DPO fits under the training strategy; predict calls use plain DDP
     fit_kwargs = {**ctx.trainer_kwargs, "strategy": fit_strategy(t), "log_every_n_steps": t.log_every_n_steps}
-    return run_dpo(model_path=ctx.model_path, pairs_path=ctx.require("pairs.jsonl"), adapter_dir=ctx.iter_dir / "adapter",
-                   image_root=ctx.cfg.data.image_root, model_cfg=ctx.cfg.model, dpo_cfg=ctx.cfg.dpo,
-                   trainer_kwargs=fit_kwargs, logger=ctx.logger())
+    return run_dpo(model_path=ctx.model_path, family=ctx.family, pairs_path=ctx.require("pairs.jsonl"),
+                   adapter_dir=ctx.iter_dir / "adapter", image_root=ctx.cfg.data.image_root, model_cfg=ctx.cfg.model,
+                   dpo_cfg=ctx.cfg.dpo, trainer_kwargs=fit_kwargs, logger=ctx.logger())

@@ -24,12 +24,12 @@ COCO_CHAIR_SUMMARY = (("COCO CHAIR_S", "chair_s"), ("COCO CHAIR_I", "chair_i"), 
 POPE_SUMMARY = (("POPE acc", "accuracy"), ("POPE F1 (bench)", "f1"))
 
 
-def evaluate_coco_chair(*, model, processor, scorer, eval_cfg, prompt_file: str, image_root: str,
+def evaluate_coco_chair(*, model, processor, family, scorer, eval_cfg, prompt_file: str, image_root: str,
                         out_dir: Path, trainer_kwargs: dict, on_error: str = "raise") -> dict:
     c = eval_cfg.coco
     images = read_json(c.instances)["images"][: eval_cfg.limit]
     records = [PromptRecord(id=str(im["id"]), image=im["file_name"], prompt=CHAIR_PROMPT, raw="") for im in images]
-    answers, skips = generate_answers(model, processor, scorer, records, c.image_root, out_dir / "answers.jsonl",
+    answers, skips = generate_answers(model, processor, family, scorer, records, c.image_root, out_dir / "answers.jsonl",
                                       max_new_tokens=eval_cfg.max_new_tokens, batch_size=eval_cfg.batch_size,
                                       trainer_kwargs=trainer_kwargs, on_error=on_error, source=c.instances,
                                       **sampling(eval_cfg))
@@ -43,13 +43,13 @@ def evaluate_coco_chair(*, model, processor, scorer, eval_cfg, prompt_file: str,
             **skip_counts(skips), "settings": settings}
 
 
-def evaluate_pope(*, model, processor, scorer, eval_cfg, prompt_file: str, image_root: str,
+def evaluate_pope(*, model, processor, family, scorer, eval_cfg, prompt_file: str, image_root: str,
                   out_dir: Path, trainer_kwargs: dict, on_error: str = "raise") -> dict:
     p = eval_cfg.pope
     questions, skips = read_pope_questions(p.questions, on_error)
     questions = questions[: eval_cfg.limit]
     records = [PromptRecord(id=str(q["question_id"]), image=q["image"], prompt=q["text"], raw="") for q in questions]
-    replies, more = generate_answers(model, processor, None, records, p.image_root, out_dir / "answers.jsonl",
+    replies, more = generate_answers(model, processor, family, None, records, p.image_root, out_dir / "answers.jsonl",
                                      max_new_tokens=POPE_MAX_NEW_TOKENS, batch_size=eval_cfg.batch_size,
                                      trainer_kwargs=trainer_kwargs, on_error=on_error, source=p.questions,
                                      **sampling(eval_cfg))

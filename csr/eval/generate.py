@@ -25,7 +25,7 @@ from csr.data.images import load_image
 from csr.data.prompts import PromptRecord, load_prompts
 from csr.models.chat import drop_overlong
 from csr.models.checkpoint import special_token_ids
-from csr.models.families import family_for
+from csr.models.families.base import Family
 from csr.run.predict import RecordPredictor, predict_to_jsonl
 
 log = logging.getLogger(__name__)
@@ -53,14 +53,14 @@ SUMMARY = (("generated R_I", "mean_r_i"), ("generated tokens", "mean_answer_toke
 
 
 class GenerateModule(RecordPredictor):
-    def __init__(self, model, processor, image_root: str, max_new_tokens: int, scorer=None, on_error: str = "raise",
-                 source: str = "eval prompts", temperature: float = 0.0, sample_seed: int = 0):
+    def __init__(self, model, processor, family: Family, image_root: str, max_new_tokens: int, scorer=None,
+                 on_error: str = "raise", source: str = "eval prompts", temperature: float = 0.0, sample_seed: int = 0):
         super().__init__()
         self.temperature, self.sample_seed = temperature, sample_seed
         self.policy, self.processor, self.image_root = model, processor, image_root
         self.max_new_tokens, self.scorer = max_new_tokens, scorer
         self.on_error, self.source = on_error, source  # source: the input file, named in errors
-        self.family = family_for(model)
+        self.family = family  # the run's (csr/loop.py), as every stage's
         self.end_ids = self.family.end_token_ids(processor, model)
         self.suppress = special_token_ids(processor, self.end_ids)
 
@@ -159,7 +159,7 @@ def skip_counts(skips: dict[str, int]) -> dict:
     return {"skipped": sum(skips.values()), **{f"skipped/{k}": v for k, v in sorted(skips.items()) if v}}
 
 
-def generate_answers(model, processor, scorer, records: list[PromptRecord], image_root, out_path: Path, *,
+def generate_answers(model, processor, family: Family, scorer, records: list[PromptRecord], image_root, out_path: Path, *,
                      max_new_tokens: int, batch_size: int, trainer_kwargs: dict, on_error: str = "raise",
                      source: str | None = None, temperature: float = 0.0,
                      sample_seed: int = 0) -> tuple[list[dict], dict[str, int]]:
@@ -170,9 +170,8 @@ def generate_answers(model, processor, scorer, records: list[PromptRecord], imag
     `source` (the input file) and the record, or with on_error="skip" is left out and counted.
     With `scorer` each answer also gets its R_I; the evaluators all answer through here."""
     source = source or f"{out_path.parent.name} eval prompts"
-    records, too_long = drop_overlong(records, processor, model, family_for(model), image_root, max_new_tokens,
-                                      on_error, source)
-    module = GenerateModule(model, processor, str(image_root), max_new_tokens, scorer, on_error, str(source),
+    records, too_long = drop_overlong(records, processor, model, family, image_root, max_new_tokens, on_error, source)
+    module = GenerateModule(model, processor, family, str(image_root), max_new_tokens, scorer, on_error, str(source),
                             temperature, sample_seed)
     module.counts = f"{out_path.stem} batches"  # an evaluator may write several files
     predict_to_jsonl(module, records, out_path, batch_size=batch_size, trainer_kwargs=trainer_kwargs)
@@ -185,11 +184,11 @@ def generate_answers(model, processor, scorer, records: list[PromptRecord], imag
     return [r for r in mine if "skipped" not in r], dict(skips)
 
 
-def evaluate_generate(*, model, processor, scorer, eval_cfg, prompt_file: str, image_root: str,
+def evaluate_generate(*, model, processor, family: Family, scorer, eval_cfg, prompt_file: str, image_root: str,
                       out_dir: Path, trainer_kwargs: dict, on_error: str = "raise") -> dict:
     prompts, skips = load_prompts(prompt_file, image_root, limit=eval_cfg.limit, on_error=on_error)
     answers, more = generate_answers(
-        model, processor, scorer, prompts, image_root, out_dir / "answers.jsonl",
+        model, processor, family, scorer, prompts, image_root, out_dir / "answers.jsonl",
         max_new_tokens=eval_cfg.max_new_tokens, batch_size=eval_cfg.batch_size, trainer_kwargs=trainer_kwargs,
         on_error=on_error, source=prompt_file, **sampling(eval_cfg),
     )

@@ -203,7 +203,7 @@ def run_harness(name: str, h, checkpoint: str, out_dir: Path, device: str, dtype
     return metrics, settings
 
 
-def evaluate_harness(name: str, *, model, processor, scorer, eval_cfg, prompt_file: str, image_root: str,
+def evaluate_harness(name: str, *, model, processor, family, scorer, eval_cfg, prompt_file: str, image_root: str,
                      out_dir: Path, trainer_kwargs: dict, on_error: str = "raise") -> dict:
     """The evaluator of harness `name` (eval.<name>): its metrics on the model the stage evaluates."""
     from csr.core.distributed import is_global_zero, rank_zero_done

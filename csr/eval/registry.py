@@ -18,10 +18,11 @@ from csr.eval import benchmarks, generate, harness
 
 
 class EvaluateFn(Protocol):
-    def __call__(self, *, model: Any, processor: Any, scorer: Any, eval_cfg: Any, prompt_file: str, image_root: str,
-                 out_dir: Path, trainer_kwargs: dict, on_error: str = "raise") -> dict:
-        """Score `model` (with its `processor`; `scorer` the run's CLIP) into out_dir; its metrics, with
-        the `settings` it ran with. prompt_file and image_root: eval's, else the training data's."""
+    def __call__(self, *, model: Any, processor: Any, family: Any, scorer: Any, eval_cfg: Any, prompt_file: str,
+                 image_root: str, out_dir: Path, trainer_kwargs: dict, on_error: str = "raise") -> dict:
+        """Score `model` (with its `processor`; `family` the run's, csr/models/families/; `scorer` the run's
+        CLIP) into out_dir; its metrics, with the `settings` it ran with. prompt_file and image_root: eval's,
+        else the training data's."""
 
 
 @dataclass(frozen=True)

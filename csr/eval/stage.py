@@ -25,7 +25,7 @@ def run(ctx: StageContext) -> dict:
         try:
             with progress.stage(name):
                 result = ctx.evaluators[name].run(
-                    model=model, processor=processor, scorer=ctx.scorer(), eval_cfg=e,
+                    model=model, processor=processor, family=ctx.family, scorer=ctx.scorer(), eval_cfg=e,
                     prompt_file=e.prompt_file or data.prompt_file, image_root=e.image_root or data.image_root,
                     out_dir=out, trainer_kwargs=ctx.trainer_kwargs, on_error=data.on_error,
                 )

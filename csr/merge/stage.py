@@ -29,7 +29,6 @@ from csr.core.errors import CSRError
 from csr.core.io import read_jsonl, replace_dir
 from csr.models import memory as P
 from csr.models.checkpoint import DTYPES, load_model, save_model
-from csr.models.families import get_family
 from csr.models.families.base import Family
 from csr.run.context import StageContext
 
@@ -158,13 +157,12 @@ def merge_device(accelerator: str, need: int) -> str:
 
 # -- the merge stage --------------------------------------------------------------------------------
 
-def run_merge(base_path: str, iter_dir: Path, model_cfg, accelerator: str, image_root: str) -> dict:
-    """iter_dir/adapter + the iteration's starting model -> iter_dir/merged, a plain Llava checkpoint
-    (model + processor) that from_pretrained loads; checked against the adapter model on
-    iter_dir/pairs.jsonl. No adapter (an iteration without pairs): the starting model is copied."""
+def run_merge(base_path: str, family: Family, iter_dir: Path, model_cfg, accelerator: str, image_root: str) -> dict:
+    """iter_dir/adapter + the iteration's starting model (of `family`) -> iter_dir/merged, a plain
+    checkpoint of that family (model + processor) that from_pretrained loads; checked against the adapter
+    model on iter_dir/pairs.jsonl. No adapter (an iteration without pairs): the starting model is copied."""
     adapter_dir, out_dir = iter_dir / "adapter", iter_dir / "merged"
-    family = get_family(model_cfg.family)
-    model, processor = load_model(base_path, family=model_cfg.family, dtype="float32",
+    model, processor = load_model(base_path, family, dtype="float32",
                                   attn_implementation=model_cfg.attn_implementation)
     stats: dict = {"adapter_found": adapter_dir.exists()}
     save_dtype = model_cfg.dtype
@@ -211,4 +209,5 @@ def run_merge(base_path: str, iter_dir: Path, model_cfg, accelerator: str, image
 
 def run(ctx: StageContext) -> dict:
     """Merge stage: adapter/ + the starting model -> merged/, the next iteration's policy; rank 0 only."""
-    return run_merge(ctx.model_path, ctx.iter_dir, ctx.cfg.model, ctx.cfg.trainer.accelerator, ctx.cfg.data.image_root)
+    return run_merge(ctx.model_path, ctx.family, ctx.iter_dir, ctx.cfg.model, ctx.cfg.trainer.accelerator,
+                     ctx.cfg.data.image_root)

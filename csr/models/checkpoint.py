@@ -15,7 +15,7 @@ from transformers.processing_utils import ProcessorMixin
 from csr.config.choices import FAMILIES
 from csr.core.errors import CSRError
 from csr.core.io import safetensors_write_errors
-from csr.models.families import family_of, get_family
+from csr.models.families import Family, family_of, get_family
 
 DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -61,21 +61,26 @@ def model_type(path: str) -> str | None:
 
 def load_model(
     path: str,
-    family: str = "llava",
+    family: Family | str = "llava",
     dtype: str = "float32",
     attn_implementation: str | None = "sdpa",
     device: str = "cpu",
 ) -> tuple[Any, ProcessorMixin]:
-    """Load a VLM of `family` (in eval mode) and its processor from a local dir or the HF cache."""
+    """Load a VLM of `family` (in eval mode) and its processor from a local dir or the HF cache.
+
+    family: the run's Family, resolved once from model.family (csr/loop.py; csr-plan and csr-make-tiny
+    at their start), or for a caller outside a run (a test, a benchmark) a family's name. Here, and
+    only here, the checkpoint's model_type is checked against it: every stage's model goes through
+    this load."""
     if dtype not in DTYPES:
         raise CSRError(f"model.dtype={dtype!r}: expected one of {sorted(DTYPES)}")
-    fam = get_family(family)
+    fam = family if isinstance(family, Family) else get_family(family)
     found = model_type(path)
     if found not in fam.model_types:
         other = family_of(found)
         hint = (f": set model.family={other}" if other else
                 f", which no csr family loads (families: {', '.join(FAMILIES)}; README: adding a family)")
-        raise CSRError(f"model.path={path!r}: model.family={family} expects a {' or '.join(fam.model_types)} "
+        raise CSRError(f"model.path={path!r}: model.family={fam.name} expects a {' or '.join(fam.model_types)} "
                        f"checkpoint, found model_type={found!r}{hint}")
     try:
         model, loading = fam.model_class.from_pretrained(

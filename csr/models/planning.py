@@ -18,7 +18,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from csr.models import memory as P
-from csr.models.families import get_family
+from csr.models.families import Family, get_family
 
 # llava-hf/llava-1.5-{7b,13b}-hf's config.json: Vicuna-1.5 (vocab 32064 with <image> and <pad>) and
 # CLIP ViT-L/14-336 (24 layers, LLaVA takes the features of layer -2, 576 patch tokens, no CLS).
@@ -184,22 +184,23 @@ def image_tokens(config, family: str, image_hw: tuple[int, int], processor: dict
     raise ValueError(f"no image token count for family {family!r}")
 
 
-def built_params(config, family: str) -> int:
+def built_params(config, family: Family) -> int:
     """Parameters of the family's model built from `config` on the meta device (no memory used)."""
     import torch
 
     with torch.device("meta"):
-        model = get_family(family).model_class(config)
+        model = family.model_class(config)
     return sum(p.numel() for p in model.parameters())
 
 
-def dims_from_config(config, family: str, image_hw: tuple[int, int] = IMAGE_HW, processor: dict | None = None) -> P.LlavaDims:
+def dims_from_config(config, family: Family, image_hw: tuple[int, int] = IMAGE_HW,
+                     processor: dict | None = None) -> P.LlavaDims:
     """Any family's dimensions from its transformers config (and its processor's saved settings)."""
-    if family == "llava":
+    if family.name == "llava":
         return llava_dims(config)
     v, t = config.vision_config, config.get_text_config()
     tied = bool(getattr(config, "tie_word_embeddings", False) or getattr(t, "tie_word_embeddings", False))
-    prompt_tokens, tower_tokens = image_tokens(config, family, image_hw, processor)
+    prompt_tokens, tower_tokens = image_tokens(config, family.name, image_hw, processor)
     width = getattr(v, "embed_dim", None) or v.hidden_size  # Qwen2-VL names its tower width embed_dim
     layers = getattr(v, "depth", None) or v.num_hidden_layers
     mlp = getattr(v, "intermediate_size", None) or int(width * v.mlp_ratio)
@@ -209,12 +210,14 @@ def dims_from_config(config, family: str, image_hw: tuple[int, int] = IMAGE_HW, 
 
 
 def public_config(key: str):
+    """The transformers config of built-in published checkpoint `key`, by the class of the family it names."""
     family, values = PUBLIC_CONFIGS[key]
     return get_family(family).model_class.config_class(**values)
 
 
-def model_dims(path: str, name: str, family: str = "llava", image_hw: tuple[int, int] = IMAGE_HW) -> tuple[P.LlavaDims, str]:
-    """(dims, where they came from): the checkpoint's config if it is here, else the published one."""
+def model_dims(path: str, name: str, family: Family, image_hw: tuple[int, int] = IMAGE_HW) -> tuple[P.LlavaDims, str]:
+    """(dims, where they came from): the checkpoint's config if it is here, else the published one.
+    family: the run's, resolved once by the caller (csr-plan, csr's start check)."""
     from transformers import AutoConfig
 
     from csr.core.errors import CSRError
@@ -223,9 +226,9 @@ def model_dims(path: str, name: str, family: str = "llava", image_hw: tuple[int,
         config, source = AutoConfig.from_pretrained(path, local_files_only=True), f"{path}/config.json"
     except OSError:
         key = PUBLIC_PATHS.get(path, name)
-        if key in PUBLIC and family == "llava":
+        if key in PUBLIC and family.name == "llava":
             return PUBLIC[key], f"the public {key} config (built in; {path} is not on this machine)"
-        if key not in PUBLIC_CONFIGS or PUBLIC_CONFIGS[key][0] != family:
+        if key not in PUBLIC_CONFIGS or PUBLIC_CONFIGS[key][0] != family.name:
             known = sorted(PUBLIC) + sorted(PUBLIC_CONFIGS)
             raise CSRError(f"model.path={path!r} has no config.json here and model.name={name!r} is not one of the "
                            f"built-in public configs {known}") from None
@@ -252,7 +255,7 @@ def clip_dims(arch: str, config_json: str | None) -> P.ClipDims:
 # --- the config's shapes --------------------------------------------------------------------------
 
 
-def training(cfg: DictConfig, devices: int, answer_logits: bool) -> P.Training:
+def training(cfg: DictConfig, family: Family, devices: int, answer_logits: bool) -> P.Training:
     t, dpo = cfg.trainer, cfg.dpo
     strategy = "ddp" if devices > 1 else "single"
     if t.strategy == "deepspeed":
@@ -261,7 +264,7 @@ def training(cfg: DictConfig, devices: int, answer_logits: bool) -> P.Training:
         if strategy == "zero3" and "offload_optimizer" in zero:
             strategy = "zero3_offload"
     bucket = int(((t.deepspeed or {}).get("zero_optimization", {}) or {}).get("reduce_bucket_size", 16_777_216))
-    targets = dpo.lora.target_modules or get_family(cfg.model.family).lora_targets()
+    targets = dpo.lora.target_modules or family.lora_targets()
     modules = tuple(m for m in P.LORA_MODULES if m in targets)
     return P.Training(pairs=dpo.batch_size, lora_r=dpo.lora.r, lora_dropout=dpo.lora.dropout > 0, modules=modules,
                       strategy=strategy, devices=devices, reference=dpo.reference,
@@ -289,18 +292,18 @@ def activation_bytes(cfg: DictConfig) -> int:
     return min(weight, 2) if str(cfg.trainer.precision).startswith(("bf16", "16")) else weight
 
 
-def merge_parts(cfg: DictConfig, dims: P.LlavaDims, prompt_tokens: int, answers: int,
+def merge_parts(cfg: DictConfig, family: Family, dims: P.LlavaDims, prompt_tokens: int, answers: int,
                 answer_logits: bool = ANSWER_LOGITS_DEFAULT) -> tuple[dict[str, int], dict[str, int]]:
     """(host RAM, GPU memory of its check) of the merge stage: csr/merge/stage.py merges on the CPU and runs
     its log-prob check on 4 pairs on the GPU when it fits there with HEADROOM, else on the CPU."""
-    t = training(cfg, 1, answer_logits)
+    t = training(cfg, family, 1, answer_logits)
     lora = P.lora_params(dims.lm, t.lora_r, t.modules)
     rows, length = 2 * P.MERGE_CHECK_PAIRS, dims.image_tokens + prompt_tokens + answers + 1
     positions = rows * (answers + 1) if answer_logits else rows * length
     return P.merge_host(dims, lora), P.merge_check_gpu(dims, lora, rows, length, positions)
 
 
-def plan(cfg: DictConfig, dims: P.LlavaDims, clip: P.ClipDims, devices: int, prompt_tokens: int,
+def plan(cfg: DictConfig, family: Family, dims: P.LlavaDims, clip: P.ClipDims, devices: int, prompt_tokens: int,
          answer_tokens: int | None = None, answer_logits: bool = ANSWER_LOGITS_DEFAULT) -> dict[str, dict[str, int]]:
     """Every stage's parts (bytes per device) for one device count. answer_tokens: the longest answer
     expected, in the search (its widths) and in DPO and the reference pass (default
@@ -314,8 +317,8 @@ def plan(cfg: DictConfig, dims: P.LlavaDims, clip: P.ClipDims, devices: int, pro
         "search": P.search_peak(dims, shape, prompt_tokens, act, search_clip),
         "reward": {"clip": clip_bytes},
         "reference": P.reference_peak(dims, cfg.dpo.batch_size, prompt_tokens, answers, act, answer_logits),
-        "dpo": P.dpo_peak(dims, training(cfg, devices, answer_logits), prompt_tokens, answers, act),
-        "merge": merge_parts(cfg, dims, prompt_tokens, answers, answer_logits)[1],
+        "dpo": P.dpo_peak(dims, training(cfg, family, devices, answer_logits), prompt_tokens, answers, act),
+        "merge": merge_parts(cfg, family, dims, prompt_tokens, answers, answer_logits)[1],
         "eval": P.eval_peak(dims, cfg.eval.batch_size, prompt_tokens, cfg.eval.max_new_tokens, act, clip_bytes),
     }
     if weight != act:  # weights are stored in model.dtype, computed in the autocast dtype

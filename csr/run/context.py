@@ -7,11 +7,14 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig
 
 from csr.core.errors import CSRError
+
+if TYPE_CHECKING:  # the run layer sits below models: the loop resolves the family and hands it in
+    from csr.models.families.base import Family
 
 
 @dataclass
@@ -22,6 +25,7 @@ class StageContext:
     model_path: str  # the policy iteration k starts from (the base model, then iter_<k-1>/merged)
     evaluated_path: str  # the model iteration k produced, which its evaluation scores (k = 0: the base model)
     trainer_kwargs: dict[str, Any]  # Lightning Trainer arguments for predict calls (device, ranks, precision)
+    family: Family  # model.family, resolved once per run (csr/loop.py): every stage's model is of this family
     policy: Callable[[str], tuple[Any, Any]]  # path -> (model, processor), loaded once and shared
     scorer: Callable[[], Any]  # the CLIP reward model (csr/models/clip.ClipScorer), loaded once
     release_policy: Callable[[], None]  # frees the shared policy (DPO loads its own trainable copy)

@@ -73,7 +73,7 @@ def evaluate(ctx) -> dict:
     model, processor = ctx.policy(ctx.evaluated_path)
     with progress.stage(f"{name} on {cfg.eval.select.split} (selection)"):
         result = ctx.evaluators[name].run(
-            model=model, processor=processor, scorer=ctx.scorer(), eval_cfg=eval_cfg,
+            model=model, processor=processor, family=ctx.family, scorer=ctx.scorer(), eval_cfg=eval_cfg,
             prompt_file=eval_cfg.prompt_file or cfg.data.prompt_file,
             image_root=eval_cfg.image_root or cfg.data.image_root,
             out_dir=out, trainer_kwargs=ctx.trainer_kwargs, on_error=cfg.data.on_error,

@@ -12,7 +12,7 @@ from csr.data.prompts import PromptRecord, load_prompts
 from csr.models import memory as P
 from csr.models.chat import drop_overlong
 from csr.models.checkpoint import special_token_ids
-from csr.models.families import get_family
+from csr.models.families.base import Family
 from csr.models.planning import lm_dims
 from csr.run.context import StageContext
 from csr.run.predict import predict_to_jsonl
@@ -32,9 +32,8 @@ def kv_bytes_per_token(model) -> int:
     return P.kv_bytes_per_token(lm_dims(model.config.get_text_config(), tied=False), model.dtype.itemsize)
 
 
-def build_module(model, processor, scorer, cfg) -> SearchModule:
+def build_module(model, processor, family: Family, scorer, cfg) -> SearchModule:
     s, tok = cfg.search, processor.tokenizer
-    family = get_family(cfg.model.family)
     end_ids = family.end_token_ids(processor, model)
     settings = SearchSettings(
         beam_width=s.beam_width, candidates_per_step=s.candidates_per_step, keep_top=s.keep_top,
@@ -59,18 +58,18 @@ def build_module(model, processor, scorer, cfg) -> SearchModule:
     return module
 
 
-def run_search(*, model, processor, scorer, cfg, out_path: Path, trainer_kwargs: dict) -> dict:
+def run_search(*, model, processor, family: Family, scorer, cfg, out_path: Path, trainer_kwargs: dict) -> dict:
     prompts, load_skips = load_prompts(
         cfg.data.prompt_file, cfg.data.image_root, limit=cfg.data.limit,
         shuffle_seed=cfg.data.shuffle_seed, on_error=cfg.data.on_error,
     )
-    prompts, too_long = drop_overlong(prompts, processor, model, get_family(cfg.model.family), cfg.data.image_root,
+    prompts, too_long = drop_overlong(prompts, processor, model, family, cfg.data.image_root,
                                       cfg.search.max_answer_tokens, cfg.data.on_error, cfg.data.prompt_file)
     if too_long:
         load_skips = {**load_skips, "too_long": too_long}
     if is_global_zero():
         check_resumed(out_path, prompts, cfg.data.image_root, cfg.data.prompt_file)
-    module = build_module(model, processor, scorer, cfg)
+    module = build_module(model, processor, family, scorer, cfg)
     predict_to_jsonl(module, prompts, out_path, batch_size=cfg.search.prompts_per_batch, trainer_kwargs=trainer_kwargs)
     return search_stats(read_jsonl(out_path), load_skips)
 
@@ -125,6 +124,6 @@ def search_stats(records: list[dict], load_skips: dict[str, int]) -> dict:
 def run(ctx: StageContext) -> dict:
     """Search stage: the iteration's policy writes search.jsonl (sentence trees with their R_T)."""
     model, processor = ctx.policy(ctx.model_path)
-    stats = run_search(model=model, processor=processor, scorer=ctx.scorer(), cfg=ctx.cfg,
+    stats = run_search(model=model, processor=processor, family=ctx.family, scorer=ctx.scorer(), cfg=ctx.cfg,
                        out_path=ctx.iter_dir / "search.jsonl", trainer_kwargs=ctx.trainer_kwargs)
     return {**stats, "model_path": ctx.model_path}

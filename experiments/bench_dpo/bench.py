@@ -105,7 +105,7 @@ def run_csr(paths: dict, reference: str) -> list[float]:
     dpo.batch_size, dpo.lr, dpo.reference = PAIRS_PER_STEP, 1e-5, reference
     dpo.lora.r, dpo.lora.alpha, dpo.lora.dropout = LORA["r"], LORA["alpha"], LORA["dropout"]
     timer = Timer()
-    run_dpo(model_path=paths["model"], pairs_path=Path(paths["pairs"]), adapter_dir=Path(paths["out"]) / "csr_adapter",
+    run_dpo(model_path=paths["model"], family=get_family("llava"), pairs_path=Path(paths["pairs"]), adapter_dir=Path(paths["out"]) / "csr_adapter",
             image_root=paths["images"], model_cfg=OmegaConf.structured(ModelConfig), dpo_cfg=dpo, logger=None,
             trainer_kwargs={"accelerator": "cpu", "devices": 1, "callbacks": [timer], "enable_progress_bar": False})
     return timer.times

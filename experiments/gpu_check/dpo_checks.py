@@ -76,7 +76,7 @@ def csr_dpo(cfg, model_dir: Path, pairs_path: Path, images: Path, out: Path, met
     """csr's DPO stage as `csr` runs it, with a probe among its callbacks."""
     probe = Probe(meter, cfg.dpo.beta)
     meter.reset()
-    stats = run_dpo(model_path=str(model_dir), pairs_path=pairs_path, adapter_dir=out / "adapter", image_root=str(images),
+    stats = run_dpo(model_path=str(model_dir), family=get_family(cfg.model.family), pairs_path=pairs_path, adapter_dir=out / "adapter", image_root=str(images),
                     model_cfg=cfg.model, dpo_cfg=cfg.dpo, trainer_kwargs={**fit_kwargs(cfg), "callbacks": [probe]},
                     logger=None)
     return {"strategy": cfg.trainer.strategy, "precision": cfg.trainer.precision, "reference": cfg.dpo.reference,
@@ -120,7 +120,7 @@ def trl_dpo(cfg, model_dir: Path, pairs_path: Path, images: Path, out: Path, met
     from peft import LoraConfig
 
     family = get_family(cfg.model.family)
-    model, processor = load_model(str(model_dir), family=cfg.model.family, dtype=cfg.model.dtype,
+    model, processor = load_model(str(model_dir), family, dtype=cfg.model.dtype,
                                   attn_implementation=cfg.model.attn_implementation)
     pairs = read_jsonl(pairs_path)
     rows = {"prompt": [family.chat_prompt(processor, p["prompt"]) for p in pairs],
@@ -160,7 +160,7 @@ def merge_check(cfg, spec, base_dir: Path, pairs_path: Path, images: Path, iter_
     save_model(model, build_processor(spec), str(base_dir))
     del model
     family = get_family(cfg.model.family)
-    model, _ = load_model(str(base_dir), family=cfg.model.family, dtype=cfg.model.dtype)
+    model, _ = load_model(str(base_dir), family, dtype=cfg.model.dtype)
     lora = cfg.dpo.lora
     policy = wrap_lora(model, lora.r, lora.alpha, lora.dropout, lora.target_modules or family.lora_targets(), None)
     with torch.no_grad():

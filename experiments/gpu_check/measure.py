@@ -14,6 +14,7 @@ from models import IMAGE_SIZE
 
 from csr.commands import plan as plan_cli
 from csr.models import memory as P
+from csr.models.families import get_family
 
 GIB = 1 << 30
 _LIBC = ctypes.CDLL("libc.so.6")
@@ -111,12 +112,13 @@ def planned(cfg, model_dir: Path, prompt_length: int, answer_tokens: int | None)
     RAM as `merge_host`, for prompts of `prompt_length` tokens (image included; the images are
     IMAGE_SIZE) and answers of `answer_tokens`; {"error": ...} when csr-plan cannot plan this model."""
     try:
-        dims, _ = plan_cli.model_dims(str(model_dir), cfg.model.name, cfg.model.family, IMAGE_SIZE[::-1])
+        family = get_family(cfg.model.family)
+        dims, _ = plan_cli.model_dims(str(model_dir), cfg.model.name, family, IMAGE_SIZE[::-1])
         clip = plan_cli.clip_dims(cfg.reward.clip.arch, cfg.reward.clip.config_json)
         prompt = prompt_length - dims.image_tokens
-        stages = plan_cli.plan(cfg, dims, clip, 1, prompt, answer_tokens)
+        stages = plan_cli.plan(cfg, family, dims, clip, 1, prompt, answer_tokens)
         answers = answer_tokens if answer_tokens is not None else cfg.search.max_answer_tokens
-        stages["merge_host"] = plan_cli.merge_parts(cfg, dims, prompt, answers)[0]
+        stages["merge_host"] = plan_cli.merge_parts(cfg, family, dims, prompt, answers)[0]
     except (Exception, SystemExit) as err:  # noqa: BLE001 - the check records why and goes on
         return {"error": f"csr-plan failed: {type(err).__name__}: {err}"}
     return {stage: round(P.total(parts) / GIB, 3) for stage, parts in stages.items()}

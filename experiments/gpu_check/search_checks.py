@@ -174,7 +174,7 @@ def host_share(model, engine, prompts, images, keys, rows: list[int], active: in
 def run_search_sections(model, processor, family, cfg, model_dir: Path, prompts, images, keys, meter, budget_s: float,
                         record) -> None:
     """Every search section on `model`, each result passed to record(name, value) as soon as it exists."""
-    module = build_module(model, processor, None, cfg)
+    module = build_module(model, processor, family, None, cfg)
     engine = module.engine
     engine.search(prompts[:1], images[:1], keys[:1])  # warm-up: kernels, allocator, caches
     rows: list[int] = []

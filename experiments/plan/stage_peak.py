@@ -195,7 +195,7 @@ def run_eval(w: Workload, root: Path) -> Run:
     from csr.models.clip import ClipScorer
 
     scorer = ClipScorer(w.clip)
-    module = GenerateModule(w.model, w.processor, str(root), w.shape.max_answer_tokens, scorer)
+    module = GenerateModule(w.model, w.processor, get_family("llava"), str(root), w.shape.max_answer_tokens, scorer)
     records = [PromptRecord(str(i), w.keys[i], w.prompts[i], w.prompts[i]) for i in range(EVAL_BATCH)]
     base = held(w.model, scorer)
     answers, peak = profiled(lambda: module.answer(records, w.images[:EVAL_BATCH]))

@@ -50,7 +50,7 @@ SUMMARY = (("CHAIR_S", "chair_s"), ("CHAIR_I", "chair_i"), ("recall", "recall"),
            ("binding errors", "binding_errors"))
 
 
-def _pope(model, processor, eval_cfg, split_dir: Path, images: set[str], out_dir: Path, trainer_kwargs: dict,
+def _pope(model, processor, family, eval_cfg, split_dir: Path, images: set[str], out_dir: Path, trainer_kwargs: dict,
           on_error: str) -> tuple[dict, Counter[str], list[str]]:
     """POPE of each strategy on `images`: (metrics, skip counts, the images its scored questions showed)."""
     metrics: dict = {}
@@ -62,7 +62,7 @@ def _pope(model, processor, eval_cfg, split_dir: Path, images: set[str], out_dir
         questions = [q for q in questions if q["image"] in images]
         records = [PromptRecord(id=f"{strategy}_{q['question_id']}", image=q["image"], prompt=q["text"], raw="")
                    for q in questions]
-        replies, more = generate_answers(model, processor, None, records, split_dir / "images",
+        replies, more = generate_answers(model, processor, family, None, records, split_dir / "images",
                                          out_dir / f"pope_{strategy}.jsonl", max_new_tokens=POPE_MAX_NEW_TOKENS,
                                          batch_size=eval_cfg.batch_size, trainer_kwargs=trainer_kwargs,
                                          on_error=on_error, source=str(split_dir / f"pope_{strategy}.jsonl"),
@@ -78,7 +78,7 @@ def _pope(model, processor, eval_cfg, split_dir: Path, images: set[str], out_dir
     return metrics, skips, shown
 
 
-def evaluate_shapesworld(*, model, processor, scorer, eval_cfg, prompt_file: str, image_root: str,
+def evaluate_shapesworld(*, model, processor, family, scorer, eval_cfg, prompt_file: str, image_root: str,
                          out_dir: Path, trainer_kwargs: dict, on_error: str = "raise") -> dict:
     if eval_cfg.limit is not None and eval_cfg.limit > HELD_OUT_SIZE:
         raise CSRError(f"config key 'eval.limit': {eval_cfg.limit} is more than the {HELD_OUT_SIZE} images of a"
@@ -88,7 +88,7 @@ def evaluate_shapesworld(*, model, processor, scorer, eval_cfg, prompt_file: str
     truth = ground_truth(split_dir)
     ids = sorted(truth)[: eval_cfg.limit]
     describe = [PromptRecord(id=i, image=f"{i}.png", prompt=DESCRIBE_PROMPT, raw="") for i in ids]
-    answers, skips = generate_answers(model, processor, scorer, describe, split_dir / "images",
+    answers, skips = generate_answers(model, processor, family, scorer, describe, split_dir / "images",
                                       out_dir / "answers.jsonl", max_new_tokens=eval_cfg.max_new_tokens,
                                       batch_size=eval_cfg.batch_size, trainer_kwargs=trainer_kwargs,
                                       on_error=on_error, **sampling(eval_cfg), source=str(split_dir))
@@ -100,7 +100,7 @@ def evaluate_shapesworld(*, model, processor, scorer, eval_cfg, prompt_file: str
     metrics.update(grammar_metrics([a["answer"] for a in answers], [objects[a["id"]] for a in answers]))
     pope, pope_skips, shown = {}, Counter(), []  # pope_images: 0 (a selection on CHAIR alone, csr/run/selection.py)
     if eval_cfg.shapesworld.pope_images > 0:
-        pope, pope_skips, shown = _pope(model, processor, eval_cfg, split_dir,
+        pope, pope_skips, shown = _pope(model, processor, family, eval_cfg, split_dir,
                                         {f"{i}.png" for i in ids[: eval_cfg.shapesworld.pope_images]},
                                         out_dir, trainer_kwargs, on_error)
     metrics.update(pope)
