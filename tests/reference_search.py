@@ -70,7 +70,7 @@ class ReferenceSearch:
             live = settle_step(
                 tree, children, lam=self.s.lam, calibration=self.s.calibration, prune_by=self.s.prune_by,
                 beam_width=self.s.beam_width, keep_top=self.s.keep_top, keep_bottom=self.s.keep_bottom,
-                max_sentences=self.s.max_sentences,
+                max_sentences=self.s.max_sentences, rule=self.s.rule,
             )
         return tree
 

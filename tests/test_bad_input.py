@@ -32,7 +32,7 @@ from csr.models.chat import drop_overlong
 from csr.models.checkpoint import load_model
 from csr.models.clip import load_clip
 from csr.models.families import get_family
-from csr.pairs.select import select_pair
+from csr.reward.rules.mean import select_pair
 
 TROUBLESHOOTING = Path(__file__).resolve().parent.parent / "docs" / "troubleshooting.md"
 SHAPESWORLD = Path(__file__).resolve().parent.parent / "csr" / "assets" / "shapesworld"

@@ -10,8 +10,8 @@ import torch
 
 from csr.config.choices import CALIBRATIONS, TEXT_SCORES
 from csr.models.clip import image_relevance
-from csr.pairs.rules import reference_ranks
 from csr.reward.calibration import calibrate, rank_normalise, zscore_normalise
+from csr.reward.rules.reference import reference_ranks
 from csr.reward.scores import text_score
 
 # sqrt(3/2): the z-score of the extremes of three evenly spaced values (population std sqrt(2/3) * step).

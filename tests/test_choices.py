@@ -15,13 +15,13 @@ from csr.models.checkpoint import DTYPES
 from csr.models.families import get_family
 from csr.models.families.base import Family
 from csr.models.memory import DTYPE_BYTES
-from csr.pairs.rules import _SELECT
 from csr.reward.calibration import _NORMALISERS
+from csr.reward.rules import RULES
 
 
 @pytest.mark.parametrize(("table", "names"), [
     (LOSSES, choices.DPO_LOSSES), (PARSERS, choices.POPE_PARSERS), (DTYPES, choices.DTYPES),
-    (DTYPE_BYTES, choices.DTYPES), (_SELECT, choices.PAIR_RULES), (_NORMALISERS, choices.CALIBRATIONS),
+    (DTYPE_BYTES, choices.DTYPES), (RULES, choices.PAIR_RULES), (_NORMALISERS, choices.CALIBRATIONS),
 ], ids=["dpo.loss", "eval.pope.parser", "model.dtype", "plan dtypes", "pairs.rule", "reward.calibration"])
 def test_each_implementation_table_covers_its_choice_list(table, names):
     assert sorted(table) == sorted(names)

@@ -1,4 +1,4 @@
-"""The reference rule's clean-up before ranking (`pairs.reference_clean`, csr/pairs/clean.py) held to the
+"""The reference rule's clean-up before ranking (`pairs.reference_clean`, csr/reward/rules/clean.py) held to the
 authors' own code, and where each preset sets it."""
 
 from __future__ import annotations
@@ -11,17 +11,18 @@ from csr.config.choices import REFERENCE_CLEANS
 from csr.config.schema import validate
 from csr.config.upgrade import upgrade
 from csr.pairs.build import make_pair
-from csr.pairs.clean import (
+from csr.reward.answers import score_tree
+from csr.reward.rules import pair_rule
+from csr.reward.rules.clean import (
     HTML_SPACES,
     NEWLINES,
     OTHER_SCRIPT,
     REPETITION,
+    SHORT_SENTENCE,
     authors_view,
     check_clean,
     drop_reason,
 )
-from csr.pairs.rules import SHORT_SENTENCE
-from csr.reward.answers import score_tree
 from csr.reward.stage import reward_stats
 from csr.reward.tree import new_root, settle_step
 
@@ -75,7 +76,7 @@ def test_unknown_clean_up_is_refused() -> None:
     with pytest.raises(ValueError, match="unknown reference clean-up 'none'"):
         check_clean("none")
     with pytest.raises(ValueError, match="unknown reference clean-up 'none'"):
-        score_tree([new_root()], 0.9, "rank", "reference", "none")
+        score_tree([new_root()], 0.9, "rank", pair_rule("reference", "none"))
 
 
 # --------------------------------------------------------------------------- whole trees, against the authors' code
@@ -133,7 +134,7 @@ SHORT_PAIRS = {
 
 def _record(name: str, clean: str) -> dict:
     return {"id": name, "image": f"{name}.jpg", "prompt": "Describe the image.", "input": "<image>\nDescribe.",
-            **score_tree(tree_nodes(TREES[name]), LAM, "rank", "reference", clean)}
+            **score_tree(tree_nodes(TREES[name]), LAM, "rank", pair_rule("reference", clean))}
 
 
 def _pair(record: dict, filters: list[str]) -> tuple[str, str]:
@@ -181,7 +182,7 @@ def test_a_dropped_answer_names_its_first_dropped_sentence() -> None:
 
 
 def test_reward_stats_count_the_dropped_answers_by_reason() -> None:
-    stats = reward_stats([_record(name, "clean_tree") for name in TREES], "reference")
+    stats = reward_stats([_record(name, "clean_tree") for name in TREES], pair_rule("reference"))
     assert stats["answers_dropped"] == 15
     assert {k: v for k, v in stats.items() if k.startswith("answers_dropped/")} == {
         "answers_dropped/html_spaces": 1, "answers_dropped/newlines": 1, "answers_dropped/other_script": 6,
@@ -205,7 +206,7 @@ def test_the_search_never_keeps_a_sentence_the_clean_up_drops(clean: str, live: 
     for node in nodes[1:]:
         node.reward = None
     kept = settle_step(nodes, [1, 2, 3, 4, 5], lam=LAM, calibration="rank", prune_by="calibrated", beam_width=3,
-                       keep_top=1, keep_bottom=2, max_sentences=5, rule="reference", clean=clean)
+                       keep_top=1, keep_bottom=2, max_sentences=5, rule=pair_rule("reference", clean))
     assert kept == live
     if clean == "clean_tree":
         assert (nodes[1].reward, nodes[2].reward) == (None, None)

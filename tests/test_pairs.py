@@ -11,27 +11,13 @@ from clean_tree_cases import tree_nodes
 from csr.config.choices import PAIR_FILTERS as FILTERS
 from csr.config.choices import PAIR_RULES as RULES
 from csr.pairs.build import build_pairs, make_pair, to_llava, to_trl
-from csr.pairs.rules import (
-    MIN_SENTENCE_CHARS,
-    margin,
-    reference_path_score,
-    reference_sentence_value,
-    select_by_rule,
-    select_reference,
-    too_short,
-)
-from csr.pairs.select import (
-    SKIP_IDENTICAL,
-    SKIP_NAN,
-    SKIP_TIED,
-    SKIP_TOO_FEW,
-    Answer,
-    Choice,
-    answer_score,
-    failed_filter,
-    select_pair,
-)
+from csr.pairs.filters import failed_filter
 from csr.reward.answers import score_tree
+from csr.reward.rules import pair_rule
+from csr.reward.rules.base import SKIP_IDENTICAL, SKIP_NAN, SKIP_TIED, SKIP_TOO_FEW, Choice
+from csr.reward.rules.clean import MIN_SENTENCE_CHARS, too_short
+from csr.reward.rules.mean import Answer, answer_score, select_pair
+from csr.reward.rules.reference import reference_path_score, reference_sentence_value, select_reference
 
 # --------------------------------------------------------------------------- answer_score
 
@@ -380,12 +366,12 @@ def test_select_reference_skips(scores: list[float], texts: list[str], reason: s
 
 def test_rules_dispatch_and_margin() -> None:
     assert RULES == ("mean", "reference")
-    assert select_by_rule("mean", [0.1, 0.9], ["a", "b"]) == Choice(chosen=1, rejected=0)
-    assert select_by_rule("reference", [0.1, 0.9], ["a", "b"]) == Choice(chosen=0, rejected=1)
-    assert margin("mean", 0.9, 0.1) == pytest.approx(0.8)
-    assert margin("reference", 0.1, 0.9) == pytest.approx(0.8)  # lower is better: still positive
+    assert pair_rule("mean").choose([0.1, 0.9], ["a", "b"]) == Choice(chosen=1, rejected=0)
+    assert pair_rule("reference").choose([0.1, 0.9], ["a", "b"]) == Choice(chosen=0, rejected=1)
+    assert pair_rule("mean").margin(0.9, 0.1) == pytest.approx(0.8)
+    assert pair_rule("reference").margin(0.1, 0.9) == pytest.approx(0.8)  # lower is better: still positive
     with pytest.raises(ValueError, match="unknown pair rule 'median'"):
-        select_by_rule("median", [0.1, 0.9], ["a", "b"])
+        pair_rule("median").choose([0.1, 0.9], ["a", "b"])
 
 
 # --------------------------------------------------------------------------- hand-built trees, both rules
@@ -400,7 +386,7 @@ def test_rules_dispatch_and_margin() -> None:
 # cumulative as sample.py writes it; CLIP replaced by a table of these R_I; score.get_result then
 # construct.process_data). REFERENCE_SCORES are the path scores their construct.dfs gave, in its
 # depth-first order, and ours must equal them exactly. Where their code pairs one answer with itself
-# we skip the prompt instead (see csr/pairs/rules.py).
+# we skip the prompt instead (see csr/reward/rules/reference.py).
 
 TREES = {
     # sibling sets of 3, 2 and 4, answers of depth 1 and 2
@@ -519,7 +505,7 @@ REFERENCE_SCORES = {  # construct.dfs order: (answer, their cumulative score / l
 def _tree_record(name: str, rule: str) -> dict:
     lam, spec = TREES[name]
     return {"id": name, "image": f"{name}.jpg", "prompt": "Describe the image.", "input": "<image>\nDescribe.",
-            **score_tree(tree_nodes(spec), lam, "rank", rule)}
+            **score_tree(tree_nodes(spec), lam, "rank", pair_rule(rule))}
 
 
 @pytest.mark.parametrize("rule", RULES)

@@ -7,6 +7,7 @@ import json
 import pytest
 
 from csr.reward.answers import score_tree
+from csr.reward.rules import pair_rule
 from csr.reward.tree import (
     FINISH_BUDGET,
     FINISH_DELIMITER,
@@ -162,7 +163,7 @@ def test_settle_step_first_step() -> None:
     nodes = _step_one(finishes)
     live = settle_step(
         nodes, [1, 2, 3, 4, 5], lam=0.9, calibration="rank", prune_by="calibrated",
-        beam_width=3, keep_top=1, keep_bottom=1, max_sentences=4,
+        beam_width=3, keep_top=1, keep_bottom=1, max_sentences=4, rule=pair_rule("mean"),
     )
     # Rewards are calibrated over all five siblings, finals included.
     assert [n.reward for n in nodes[1:]] == pytest.approx(STEP_ONE_REWARDS)
@@ -182,7 +183,7 @@ def test_settle_step_keeps_all_open_children_below_beam_width() -> None:
     # Paper defaults: 5 children but only 3 are open, fewer than beam_width 5 -> all open ones live.
     live = settle_step(
         nodes, [1, 2, 3, 4, 5], lam=0.9, calibration="rank", prune_by="calibrated",
-        beam_width=5, keep_top=1, keep_bottom=2, max_sentences=8,
+        beam_width=5, keep_top=1, keep_bottom=2, max_sentences=8, rule=pair_rule("mean"),
     )
     assert live == [1, 3, 4]
     assert [n.kept for n in nodes[1:]] == [True, False, True, True, False]
@@ -192,7 +193,7 @@ def test_settle_step_all_open_paper_pruning() -> None:
     nodes = _step_one([FINISH_DELIMITER] * 5)
     live = settle_step(
         nodes, [1, 2, 3, 4, 5], lam=0.9, calibration="rank", prune_by="calibrated",
-        beam_width=5, keep_top=1, keep_bottom=2, max_sentences=8,
+        beam_width=5, keep_top=1, keep_bottom=2, max_sentences=8, rule=pair_rule("mean"),
     )
     # R [.28, .98, .78, .40, .56]: best node 2, worst nodes 1 (.28) and 4 (.40)
     assert live == [1, 2, 4]
@@ -225,7 +226,7 @@ def test_settle_step_second_step_calibrated() -> None:
     nodes = _step_two([FINISH_DELIMITER] * 4)
     live = settle_step(
         nodes, [3, 4, 5, 6], lam=0.9, calibration="rank", prune_by="calibrated",
-        beam_width=4, keep_top=1, keep_bottom=1, max_sentences=5,
+        beam_width=4, keep_top=1, keep_bottom=1, max_sentences=5, rule=pair_rule("mean"),
     )
     assert [n.reward for n in nodes[3:]] == pytest.approx([0.55, 0.95, 0.95, 0.55])
     # parent sum + own: .5 + .55, .5 + .95, .25 + .95, .25 + .55
@@ -242,7 +243,7 @@ def test_settle_step_second_step_lm() -> None:
     nodes = _step_two([FINISH_DELIMITER] * 4)
     live = settle_step(
         nodes, [3, 4, 5, 6], lam=0.9, calibration="rank", prune_by="lm",
-        beam_width=4, keep_top=1, keep_bottom=1, max_sentences=5,
+        beam_width=4, keep_top=1, keep_bottom=1, max_sentences=5, rule=pair_rule("mean"),
     )
     # Pruning by the LM score leaves the calibrated reward to the reward stage.
     assert [n.reward for n in nodes[3:]] == [None] * 4
@@ -258,7 +259,7 @@ def test_settle_step_lm_needs_no_image_score() -> None:
         n.r_i = None
     live = settle_step(
         nodes, [3, 4, 5, 6], lam=0.9, calibration="rank", prune_by="lm",
-        beam_width=4, keep_top=1, keep_bottom=1, max_sentences=5,
+        beam_width=4, keep_top=1, keep_bottom=1, max_sentences=5, rule=pair_rule("mean"),
     )
     assert live == [3, 5]
 
@@ -268,7 +269,7 @@ def test_settle_step_max_sentences_makes_everything_final() -> None:
     nodes = _step_two(finishes)
     live = settle_step(
         nodes, [3, 4, 5, 6], lam=0.9, calibration="rank", prune_by="calibrated",
-        beam_width=4, keep_top=1, keep_bottom=1, max_sentences=2,
+        beam_width=4, keep_top=1, keep_bottom=1, max_sentences=2, rule=pair_rule("mean"),
     )
     assert live == []
     assert all(n.final for n in nodes[3:])
@@ -284,7 +285,7 @@ def test_settle_step_no_children() -> None:
     nodes = [new_root()]
     live = settle_step(
         nodes, [], lam=0.9, calibration="rank", prune_by="calibrated",
-        beam_width=5, keep_top=1, keep_bottom=2, max_sentences=8,
+        beam_width=5, keep_top=1, keep_bottom=2, max_sentences=8, rule=pair_rule("mean"),
     )
     assert live == []
 
@@ -310,8 +311,8 @@ def test_short_subtrees() -> None:
         Node(id=4, parent=2, depth=2, text="  No. "),  # 3 once stripped
         Node(id=5, parent=2, depth=2, text=" A cat."),
     ]
-    assert set(dropped_subtrees(nodes)) == {1, 3, 4}
-    assert set(dropped_subtrees(nodes, "short")) == {1, 3, 4}
+    assert set(dropped_subtrees(nodes, pair_rule("reference"))) == {1, 3, 4}
+    assert set(dropped_subtrees(nodes, pair_rule("reference", "short"))) == {1, 3, 4}
 
 
 @pytest.mark.parametrize(
@@ -325,14 +326,14 @@ def test_short_subtrees() -> None:
 )
 def test_prune_score(by: str, rule: str, expected: float) -> None:
     node = Node(id=3, parent=1, depth=2, path_reward=0.9, path_r_t=-3.0)
-    assert prune_score(node, by, rule) == pytest.approx(expected)
+    assert prune_score(node, by, pair_rule(rule)) == pytest.approx(expected)
 
 
 def test_settle_step_reference_drops_short_sentences() -> None:
     nodes = _step_one([FINISH_DELIMITER] * 5)  # " S0." ... " S4.": 3 characters each
     live = settle_step(
         nodes, [1, 2, 3, 4, 5], lam=0.9, calibration="rank", prune_by="calibrated",
-        beam_width=5, keep_top=1, keep_bottom=2, max_sentences=8, rule="reference",
+        beam_width=5, keep_top=1, keep_bottom=2, max_sentences=8, rule=pair_rule("reference"),
     )
     assert live == []
     assert [n.reward for n in nodes[1:]] == [None] * 5
@@ -344,7 +345,7 @@ def test_settle_step_reference_first_step() -> None:
         node.text = f" Sentence{node.id}."
     live = settle_step(
         nodes, [1, 2, 3, 4, 5], lam=0.9, calibration="zscore", prune_by="calibrated",
-        beam_width=5, keep_top=1, keep_bottom=2, max_sentences=8, rule="reference",
+        beam_width=5, keep_top=1, keep_bottom=2, max_sentences=8, rule=pair_rule("reference"),
     )
     # rank by r_t [-1..-5] descending: [.2, .4, .6, .8, 1]; r_i [10, 50, 40, 20, 30]: [1, .2, .4, .8, .6]
     # value .1 rank + .9 clip_rank: [.92, .22, .42, .80, .64] (`calibration` plays no part)
@@ -380,7 +381,7 @@ def test_settle_step_reference_sibling_sets_of_different_sizes_and_a_short_sente
     nodes = _step_two_reference()
     live = settle_step(
         nodes, [3, 4, 5, 6, 7, 8], lam=0.9, calibration="rank", prune_by="calibrated",
-        beam_width=4, keep_top=1, keep_bottom=1, max_sentences=5, rule="reference",
+        beam_width=4, keep_top=1, keep_bottom=1, max_sentences=5, rule=pair_rule("reference"),
     )
     assert [n.reward for n in nodes[3:8]] == pytest.approx([0.1 / 3 + 0.9, 0.2 / 3 + 0.3, 0.7, 0.95, 0.55])
     assert nodes[8].reward is None
@@ -395,7 +396,7 @@ def test_settle_step_reference_short_sentences_do_not_count_for_the_beam() -> No
     # 6 children, 5 of them ranked: below beam_width 6 every ranked open child lives; " It." never does.
     live = settle_step(
         nodes, [3, 4, 5, 6, 7, 8], lam=0.9, calibration="rank", prune_by="calibrated",
-        beam_width=6, keep_top=1, keep_bottom=1, max_sentences=5, rule="reference",
+        beam_width=6, keep_top=1, keep_bottom=1, max_sentences=5, rule=pair_rule("reference"),
     )
     assert live == [3, 4, 5, 6, 7]
 
@@ -406,18 +407,18 @@ def test_settle_step_reference_values_are_the_reward_stages() -> None:
     nodes = _step_two_reference()
     nodes[1].reward, nodes[2].reward = None, None
     settle_step(nodes, [1, 2], lam=0.9, calibration="rank", prune_by="calibrated",
-                beam_width=5, keep_top=1, keep_bottom=2, max_sentences=5, rule="reference")
+                beam_width=5, keep_top=1, keep_bottom=2, max_sentences=5, rule=pair_rule("reference"))
     settle_step(nodes, [3, 4, 5, 6, 7, 8], lam=0.9, calibration="rank", prune_by="calibrated",
-                beam_width=5, keep_top=1, keep_bottom=2, max_sentences=2, rule="reference")
+                beam_width=5, keep_top=1, keep_bottom=2, max_sentences=2, rule=pair_rule("reference"))
     searched = [n.reward for n in nodes]
     assert all(n.final for n in nodes[3:])
-    record = score_tree(nodes, 0.9, "rank", "reference")
+    record = score_tree(nodes, 0.9, "rank", pair_rule("reference"))
     assert [n.reward for n in nodes] == searched
     for answer in record["answers"]:
         path = path_to(nodes, answer["node"])
         assert [s["reward"] for s in answer["sentences"]] == [n.reward for n in path]
         if answer["score"] is not None:
-            assert answer["score"] == pytest.approx(-prune_score(nodes[answer["node"]], "calibrated", "reference"))
+            assert answer["score"] == pytest.approx(-prune_score(nodes[answer["node"]], "calibrated", pair_rule("reference")))
 
 
 def test_settle_step_reference_lm_pruning_is_unchanged() -> None:
@@ -425,7 +426,7 @@ def test_settle_step_reference_lm_pruning_is_unchanged() -> None:
         nodes = _step_two([FINISH_DELIMITER] * 4)
         live = settle_step(
             nodes, [3, 4, 5, 6], lam=0.9, calibration="rank", prune_by="lm",
-            beam_width=4, keep_top=1, keep_bottom=1, max_sentences=5, rule=rule,
+            beam_width=4, keep_top=1, keep_bottom=1, max_sentences=5, rule=pair_rule(rule),
         )
         assert live == [3, 5]
         assert [n.reward for n in nodes[3:]] == [None] * 4
@@ -434,4 +435,4 @@ def test_settle_step_reference_lm_pruning_is_unchanged() -> None:
 def test_settle_step_unknown_rule_raises() -> None:
     with pytest.raises(ValueError, match="unknown pair rule 'median'"):
         settle_step(_step_two([FINISH_DELIMITER] * 4), [3, 4, 5, 6], lam=0.9, calibration="rank",
-                    prune_by="calibrated", beam_width=4, keep_top=1, keep_bottom=1, max_sentences=5, rule="median")
+                    prune_by="calibrated", beam_width=4, keep_top=1, keep_bottom=1, max_sentences=5, rule=pair_rule("median"))

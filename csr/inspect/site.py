@@ -32,6 +32,7 @@ from csr.data.images import load_image
 from csr.data.prompts import resolve_image_path
 from csr.eval.chair import caption_report
 from csr.inspect import data
+from csr.reward.rules import pair_rule
 from csr.run.run_dir import read_saved_config
 
 log = logging.getLogger(__name__)
@@ -150,7 +151,7 @@ def build(run_dir: Path, out: Path) -> dict:
     reward, pairs_cfg, d, e = (cfg.get(k, {}) for k in ("reward", "pairs", "data", "eval"))
     settings = {"lam": reward.get("lam", 0.9), "calibration": reward.get("calibration", "rank"),
                 "prune_by": cfg.get("search", {}).get("prune_by", "calibrated"),
-                "lower_is_better": pairs_cfg.get("rule", "mean") == "reference"}
+                "lower_is_better": pair_rule(pairs_cfg.get("rule", "mean")).lower_is_better}
     filters = list(pairs_cfg.get("filters", ["empty", "repetition"]))
     truth = _truth(d.get("shapesworld", {}).get("root"), d.get("shapesworld", {}).get("split"))
     eval_truth = _truth(e.get("shapesworld", {}).get("root"), e.get("shapesworld", {}).get("split"))

@@ -1,4 +1,5 @@
 """Pairs stage: chosen/rejected per prompt from the scored answers, every score kept, skips counted.
+The choice is the pair rule's the reward stage scored the answers under (csr/reward/rules).
 
 Also writes the two exchange layouts: the LLaVA conversation JSON the reference code emitted and
 the prompt/chosen/rejected/images layout of TRL's DPOTrainer.
@@ -13,8 +14,8 @@ from pathlib import Path
 
 from csr.core.io import atomic_write_json, atomic_write_text, read_jsonl
 from csr.data.prompts import resolve_image_path
-from csr.pairs.rules import margin, select_by_rule
-from csr.pairs.select import failed_filter
+from csr.pairs.filters import failed_filter
+from csr.reward.rules import pair_rule
 from csr.run.context import StageContext
 
 
@@ -22,10 +23,10 @@ def make_pair(record: dict, filters: Sequence[str]) -> tuple[dict | None, str | 
     """(pair, None) or (None, skip reason) for one reward record."""
     if "skipped" in record:
         return None, record["skipped"]
-    rule = record.get("rule", "mean")  # the pair rule the reward stage scored these answers under
-    # A None score is an answer the reference rule dropped (a sentence under 4 characters).
+    rule = pair_rule(record.get("rule", "mean"))  # the pair rule the reward stage scored these answers under
+    # A None score is an answer the rule's clean-up dropped (e.g. through a sentence under 4 characters).
     answers = [a for a in record["answers"] if a["score"] is not None and failed_filter(a["text"], filters) is None]
-    choice = select_by_rule(rule, [a["score"] for a in answers], [a["text"] for a in answers])
+    choice = rule.choose([a["score"] for a in answers], [a["text"] for a in answers])
     if choice.skip:
         return None, choice.skip
     chosen, rejected = answers[choice.chosen], answers[choice.rejected]
@@ -41,7 +42,7 @@ def make_pair(record: dict, filters: Sequence[str]) -> tuple[dict | None, str | 
         "rejected": rejected["text"],
         "chosen_score": chosen["score"],
         "rejected_score": rejected["score"],
-        "margin": margin(rule, chosen["score"], rejected["score"]),
+        "margin": rule.margin(chosen["score"], rejected["score"]),
         "chosen_sentences": chosen["sentences"],
         "rejected_sentences": rejected["sentences"],
         "n_answers": len(record["answers"]),

@@ -14,7 +14,7 @@ from csr.config.choices import CALIBRATIONS
 def rank_normalise(values: Sequence[float]) -> list[float]:
     """Rank within a sibling set, scaled to (0, 1]: the best gets 1, the worst 1/n (csr's `mean` rule).
 
-    This is NOT the authors' rank read the other way round. Theirs (`csr.pairs.rules.reference_ranks`,
+    This is NOT the authors' rank read the other way round. Theirs (`csr.reward.rules.reference.reference_ranks`,
     used by `pairs.rule=reference`) is (i+1)/n with best = 1/n, lower is better: without ties it
     equals (n+1)/n minus this one, an offset that depends on the sibling set's size, so once ranks
     from sets of different sizes are summed or averaged along a path the two orders can disagree.

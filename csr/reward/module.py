@@ -11,9 +11,9 @@ import logging
 from csr.core.errors import CSRError
 from csr.data.image_hash import image_sha256
 from csr.data.images import load_image
-from csr.pairs.clean import check_clean
-from csr.pairs.rules import check_rule
 from csr.reward.answers import score_tree
+from csr.reward.rules import PairRule
+from csr.reward.rules.mean import MEAN
 from csr.reward.tree import Node
 from csr.run.predict import RecordPredictor
 
@@ -22,12 +22,10 @@ log = logging.getLogger(__name__)
 
 class RewardModule(RecordPredictor):
     counts = "prompt batches"
-    def __init__(self, scorer, lam: float, calibration: str, image_root: str, rule: str = "mean",
-                 clean: str = "clean_tree"):
+    def __init__(self, scorer, lam: float, calibration: str, image_root: str, rule: PairRule = MEAN):
         super().__init__()
         self.scorer, self.lam, self.calibration, self.image_root = scorer, lam, calibration, image_root
-        self.rule = check_rule(rule)  # pairs.rule: the answer score written here is that rule's
-        self.clean = check_clean(clean)  # pairs.reference_clean: what that rule drops before ranking
+        self.rule = rule  # pairs.rule: the answer score written here is that rule's
 
     def predict_step(self, batch: list[dict], batch_idx: int = 0) -> list[dict]:
         return [self.score(record) for record in batch]
@@ -51,4 +49,4 @@ class RewardModule(RecordPredictor):
                 raise CSRError(f"search record id={record['id']!r}: {err}") from None
             for node, r_i in zip(missing, self.scorer.relevance(record["image"], image, [n.text for n in missing]), strict=True):
                 node.r_i = r_i
-        return {**base, **score_tree(nodes, self.lam, self.calibration, self.rule, self.clean)}
+        return {**base, **score_tree(nodes, self.lam, self.calibration, self.rule)}

@@ -8,19 +8,20 @@ from pathlib import Path
 
 from csr.core.io import read_jsonl
 from csr.reward.module import RewardModule
+from csr.reward.rules import PairRule, pair_rule
 from csr.run.context import StageContext
 from csr.run.predict import predict_to_jsonl
 
 
 def run_reward(*, scorer, cfg, search_path: Path, out_path: Path, trainer_kwargs: dict) -> dict:
     records = read_jsonl(search_path)
-    module = RewardModule(scorer, cfg.reward.lam, cfg.reward.calibration, cfg.data.image_root, cfg.pairs.rule,
-                          cfg.pairs.reference_clean)
+    rule = pair_rule(cfg.pairs.rule, cfg.pairs.reference_clean)
+    module = RewardModule(scorer, cfg.reward.lam, cfg.reward.calibration, cfg.data.image_root, rule)
     predict_to_jsonl(module, records, out_path, batch_size=cfg.search.prompts_per_batch, trainer_kwargs=trainer_kwargs)
-    return reward_stats(read_jsonl(out_path), cfg.pairs.rule)
+    return reward_stats(read_jsonl(out_path), rule)
 
 
-def reward_stats(scored: list[dict], rule: str) -> dict:
+def reward_stats(scored: list[dict], rule: PairRule) -> dict:
     answers = [a for r in scored for a in r["answers"]]
     sentences = [s for a in answers for s in a["sentences"]]
 
@@ -36,7 +37,7 @@ def reward_stats(scored: list[dict], rule: str) -> dict:
         "mean_r_i": mean([s["r_i"] for s in sentences]),
         "mean_reward": mean([s["reward"] for s in sentences]),
     }
-    if rule == "reference":  # answers through a sentence its clean-up dropped, and why
+    if rule.cleans_tree:  # answers through a sentence its clean-up dropped, and why
         reasons = Counter(a["dropped"] for a in answers if "dropped" in a)
         stats["answers_dropped"] = sum(reasons.values())
         stats.update({f"answers_dropped/{reason}": n for reason, n in sorted(reasons.items())})

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
 
-from csr.pairs.clean import drop_reason
-from csr.pairs.rules import check_rule, reference_ranks, reference_sentence_value
-from csr.reward.calibration import calibrate
+if TYPE_CHECKING:  # the rules import this module's Node and walks; it only calls them
+    from csr.reward.rules import PairRule
 
 ROOT = 0
 
@@ -32,8 +32,9 @@ class Node:
     token_ids: list[int] = field(default_factory=list)
     r_t: float | None = None
     r_i: float | None = None
-    # Calibrated R within its sibling set; under pairs.rule=reference the authors' sentence value
-    # (1-a) * rank + a * clip_rank, LOWER is better, and None for a sentence that rule drops.
+    # The pair rule's sentence reward within its sibling set (csr/reward/rules): the calibrated R
+    # under `mean`; under `reference` the authors' (1-a) * rank + a * clip_rank, LOWER is better,
+    # and None for a sentence that rule drops.
     reward: float | None = None
     path_reward: float = 0.0  # sum of `reward` from the root to here
     path_r_t: float = 0.0  # sum of `r_t` from the root to here
@@ -75,12 +76,12 @@ def depth_first(nodes: Sequence[Node]) -> list[Node]:
     return order
 
 
-def dropped_subtrees(nodes: Sequence[Node], clean: str = "clean_tree") -> dict[int, str]:
-    """Id -> why, for every sentence the reference rule drops before ranking (csr/pairs/clean.py)
+def dropped_subtrees(nodes: Sequence[Node], rule: PairRule) -> dict[int, str]:
+    """Id -> why, for every sentence the rule's clean-up drops before ranking (csr/reward/rules/clean.py)
     and every sentence below one (which inherits its reason)."""
     dropped: dict[int, str] = {}
     for node in nodes[1:]:  # a parent's id is smaller than its children's
-        reason = dropped.get(node.parent) or drop_reason(node.text, clean)
+        reason = dropped.get(node.parent) or rule.drop_reason(node.text)
         if reason is not None:
             dropped[node.id] = reason
     return dropped
@@ -92,15 +93,12 @@ def mean_path_score(node: Node, by: str) -> float:
     return total / node.depth
 
 
-def prune_score(node: Node, by: str, rule: str) -> float:
-    """What `prune` ranks an open node by, higher is better.
-
-    Under the reference rule the calibrated path score is the authors' sum / (sentences + 1), where
-    lower is better: negated, prune's order (-score, index) is their stable ascending sort, so the
-    best kept are the ones it would choose and the worst kept the ones it would reject.
-    """
-    if check_rule(rule) == "reference" and by == "calibrated":
-        return -(node.path_reward / (node.depth + 1))
+def prune_score(node: Node, by: str, rule: PairRule) -> float:
+    """What `prune` ranks an open node by, higher is better: by the calibrated reward, the rule's
+    running answer score (so the best kept are the ones it would choose and the worst kept the ones
+    it would reject); by the LM score, the mean R_T under either rule."""
+    if by == "calibrated":
+        return rule.prune_score(node)
     return mean_path_score(node, by)
 
 
@@ -128,28 +126,6 @@ def siblings_by_parent(nodes: Sequence[Node], ids: Sequence[int]) -> dict[int, l
     return groups
 
 
-def score_siblings(siblings: Sequence[Node], lam: float, calibration: str) -> None:
-    """Set the calibrated reward of one sibling set (all its R_I must be known)."""
-    rewards = calibrate([n.r_t for n in siblings], [n.r_i for n in siblings], lam, calibration)
-    for node, reward in zip(siblings, rewards, strict=True):
-        node.reward = reward
-
-
-def score_siblings_reference(siblings: Sequence[Node], lam: float,
-                             clean: str = "clean_tree") -> dict[int, tuple[float, float]]:
-    """Set the authors' sentence value as the reward of one sibling set; returns (rank, clip_rank) by id.
-
-    A sentence the clean-up drops (`clean`, csr/pairs/clean.py) is dropped before ranking: its
-    reward is None and the others rank among themselves (n counts only them).
-    """
-    ranked = [n for n in siblings if drop_reason(n.text, clean) is None]
-    both = zip(reference_ranks([n.r_t for n in ranked]), reference_ranks([n.r_i for n in ranked]), strict=True)
-    ranks = {n.id: rank_pair for n, rank_pair in zip(ranked, both, strict=True)}
-    for node in siblings:
-        node.reward = reference_sentence_value(*ranks[node.id], lam) if node.id in ranks else None
-    return ranks
-
-
 def settle_step(
     nodes: list[Node],
     child_ids: Sequence[int],
@@ -161,22 +137,18 @@ def settle_step(
     keep_top: int,
     keep_bottom: int,
     max_sentences: int,
-    rule: str = "mean",
-    clean: str = "clean_tree",
+    rule: PairRule,
 ) -> list[int]:
     """Score one step's children, mark finals, prune the rest; return the ids that live on.
 
-    Children must already carry r_t (and r_i when pruning by the calibrated reward). With
-    `rule="reference"` and the calibrated reward, children are scored and pruned as the authors'
-    pair rule scores answers (their ranks; `calibration` is not used), and a sentence that rule drops
-    before ranking (`clean`, pairs.reference_clean) is never kept.
+    Children must already carry r_t (and r_i when pruning by the calibrated reward). With the
+    calibrated reward, children are scored and pruned as the pair rule (`pairs.rule`) scores answers,
+    and a sentence that rule drops before ranking has no reward and is never kept.
     """
-    by_reference = check_rule(rule) == "reference" and prune_by == "calibrated"
+    by_reward = prune_by == "calibrated"
     for siblings in siblings_by_parent(nodes, child_ids).values():
-        if by_reference:
-            score_siblings_reference(siblings, lam, clean)
-        elif prune_by == "calibrated":
-            score_siblings(siblings, lam, calibration)
+        if by_reward:
+            rule.score_siblings(siblings, lam, calibration)
         for node in siblings:
             parent = nodes[node.parent]
             node.path_r_t = parent.path_r_t + node.r_t
@@ -186,7 +158,7 @@ def settle_step(
             elif node.depth >= max_sentences:
                 node.final, node.finish = True, FINISH_SENTENCES
     open_ids = [i for i in child_ids if not nodes[i].final]
-    if by_reference:  # nothing below a dropped sentence can become an answer
+    if by_reward:  # nothing below a sentence the rule dropped can become an answer
         open_ids = [i for i in open_ids if nodes[i].reward is not None]
     scores = [prune_score(nodes[i], prune_by, rule) for i in open_ids]
     live = [open_ids[k] for k in prune(scores, beam_width, keep_top, keep_bottom)]

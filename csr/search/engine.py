@@ -17,6 +17,8 @@ import torch
 from PIL import Image
 
 from csr.models.families.base import Family
+from csr.reward.rules import PairRule
+from csr.reward.rules.mean import MEAN
 from csr.reward.scores import text_score
 from csr.reward.tree import ROOT, Node, new_root, path_to, settle_step
 from csr.search import kv
@@ -42,8 +44,7 @@ class SearchSettings:
     text_score: str
     max_batch_rows: int
     max_batch_tokens: int
-    pair_rule: str = "mean"  # pairs.rule: with prune_by=calibrated the search ranks as that rule does
-    pair_clean: str = "clean_tree"  # pairs.reference_clean: what that rule drops before ranking
+    rule: PairRule = MEAN  # pairs.rule: with prune_by=calibrated the search scores and ranks as that rule does
 
 
 @dataclass
@@ -105,7 +106,7 @@ class TreeSearch:
                 kept = settle_step(
                     trees[p], ids, lam=self.s.lam, calibration=self.s.calibration, prune_by=self.s.prune_by,
                     beam_width=self.s.beam_width, keep_top=self.s.keep_top, keep_bottom=self.s.keep_bottom,
-                    max_sentences=self.s.max_sentences, rule=self.s.pair_rule, clean=self.s.pair_clean,
+                    max_sentences=self.s.max_sentences, rule=self.s.rule,
                 )
                 live += [(p, i) for i in kept]
             on_paths = {(p, a.id) for p, n in live for a in path_to(trees[p], n)}

@@ -14,6 +14,7 @@ from csr.models.chat import drop_overlong
 from csr.models.checkpoint import special_token_ids
 from csr.models.families.base import Family
 from csr.models.planning import lm_dims
+from csr.reward.rules import pair_rule
 from csr.run.context import StageContext
 from csr.run.predict import predict_to_jsonl
 from csr.search.decode import DecodeSettings
@@ -42,7 +43,7 @@ def build_module(model, processor, family: Family, scorer, cfg) -> SearchModule:
         text_score=cfg.reward.text_score, max_batch_rows=s.max_batch_rows,
         max_batch_tokens=s.max_batch_tokens if s.max_batch_kv_gib is None else
         P.batch_token_cap(s.max_batch_tokens, s.max_batch_kv_gib, kv_bytes_per_token(model)),
-        pair_rule=cfg.pairs.rule, pair_clean=cfg.pairs.reference_clean,
+        rule=pair_rule(cfg.pairs.rule, cfg.pairs.reference_clean),
     )
     d = s.decoding
     decode = DecodeSettings(

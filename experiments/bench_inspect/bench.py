@@ -26,7 +26,7 @@ from csr.config.schema import RootConfig
 from csr.inspect.browser import Browser
 from csr.inspect.site import write_site
 from csr.pairs.build import build_pairs
-from csr.pairs.select import answer_score
+from csr.reward.rules.mean import MEAN, answer_score
 from csr.reward.tree import Node, path_to, settle_step
 
 WORDS = ["a", "small", "large", "red", "green", "blue", "circle", "square", "star", "moon", "heart", "arrow", "ring", "in", "the", "top", "left", "right", "bottom"]
@@ -48,7 +48,7 @@ def synthetic_tree(rng: random.Random, k: int = 5, max_sentences: int = 6) -> li
                 nodes.append(node)
                 children.append(node.id)
         live = settle_step(nodes, children, lam=0.9, calibration="rank", prune_by="calibrated", beam_width=5,
-                           keep_top=1, keep_bottom=2, max_sentences=max_sentences)
+                           keep_top=1, keep_bottom=2, max_sentences=max_sentences, rule=MEAN)
         if not live:
             break
     return nodes

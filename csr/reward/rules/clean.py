@@ -10,7 +10,7 @@ Both look at the sentence as their `extract_new_text` gives it: stripped, then w
 outside a fixed set removed (`utils.clean_text`). The ranks then come from the siblings that remain.
 
 csr checks the sentence's exact text (the authors cut 3 characters off its start first, a slicing
-artefact of theirs that csr does not copy; see csr/pairs/rules.py). Written from what their code does;
+artefact of theirs that csr does not copy; see csr/reward/rules/reference.py). Written from what their code does;
 the tests hold it to the output of their code run unchanged (tests/test_clean_tree.py).
 
 `clean_tree` (the default) is all of the above; `short` is the short-sentence drop alone, on the
@@ -22,9 +22,10 @@ from __future__ import annotations
 import re
 
 from csr.config.choices import REFERENCE_CLEANS
-from csr.pairs.rules import MIN_SENTENCE_CHARS, SHORT_SENTENCE, too_short
 
-# Why a sentence is dropped, besides SHORT_SENTENCE (an answer through it carries the reason as `dropped`).
+MIN_SENTENCE_CHARS = 4  # score.py keeps a candidate only if its new text has at least 4 characters
+# Why a sentence is dropped (an answer through it carries the reason as `dropped`).
+SHORT_SENTENCE = "short_sentence"
 OTHER_SCRIPT = "other_script"  # Korean, Cyrillic or Japanese kana
 HTML_SPACES = "html_spaces"  # `&nbsp;&nbsp;`
 REPETITION = "repetition"
@@ -50,6 +51,11 @@ def check_clean(clean: str) -> str:
     if clean not in REFERENCE_CLEANS:
         raise ValueError(f"unknown reference clean-up {clean!r}; expected one of {REFERENCE_CLEANS}")
     return clean
+
+
+def too_short(text: str) -> bool:
+    """True for a sentence of stripped length < 4 (the drop under pairs.reference_clean=short)."""
+    return len(text.strip()) < MIN_SENTENCE_CHARS
 
 
 def authors_view(text: str) -> str:

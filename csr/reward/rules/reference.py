@@ -1,13 +1,9 @@
-"""The two preference-pair rules (`pairs.rule`), pure functions on plain lists.
-
-`mean` (csr's rule, `csr.pairs.select`): an answer scores the mean of its sentences' calibrated R
-(higher is better); the best answer is chosen, the worst rejected, ties go to the earliest answer.
-
-`reference`: the rule of the authors' code (YiyangZhou/CSR, `inference_csr/`), which picked the
-published pairs, written here from what that code does:
+"""`pairs.rule=reference` (pure): the rule of the authors' code (YiyangZhou/CSR, `inference_csr/`),
+which picked the published pairs, written here from what that code does:
 - `score.py` cleans the tree before anything is ranked: `utils.clean_tree` drops sentences in some
   other scripts, with long repetitions or many newlines, then a candidate sentence shorter than 4
-  characters is dropped, each with everything below it (csr/pairs/clean.py, `pairs.reference_clean`).
+  characters is dropped, each with everything below it (csr/reward/rules/clean.py,
+  `pairs.reference_clean`).
   It measures the new text after cutting 3 characters off its start (an artefact of how it sliced
   the decoded text, which csr does not copy); csr measures the sentence's exact text with
   surrounding whitespace stripped, as their `.strip()` does, so " It." (3 characters) is dropped
@@ -25,29 +21,23 @@ published pairs, written here from what that code does:
 Where csr departs from that code it says so: a prompt with fewer than 2 answers, or whose chosen
 and rejected texts are equal, is skipped and counted (the authors' code would emit a pair of one
 answer with itself), and a NaN score skips the prompt. Fully tied answers still make a pair
-(first against last), as in their code.
+(first against last), as in their code. A search pruning by the calibrated reward under this
+rule ranks open answers by the same path score (their search pruned by R_T alone).
 """
+
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from csr.config.choices import PAIR_RULES
-from csr.pairs.select import SKIP_IDENTICAL, SKIP_NAN, SKIP_TOO_FEW, Choice, select_pair
+from csr.reward.rules.base import SKIP_IDENTICAL, SKIP_NAN, SKIP_TOO_FEW, Choice, PairRule
+from csr.reward.rules.clean import check_clean, drop_reason
+from csr.reward.tree import depth_first
 
-MIN_SENTENCE_CHARS = 4  # score.py keeps a candidate only if its new text has at least 4 characters
-SHORT_SENTENCE = "short_sentence"  # an answer through such a sentence is not a candidate (csr/pairs/clean.py)
-
-
-def check_rule(rule: str) -> str:
-    if rule not in PAIR_RULES:
-        raise ValueError(f"unknown pair rule {rule!r}; expected one of {PAIR_RULES}")
-    return rule
-
-
-def too_short(text: str) -> bool:
-    """True for a sentence of stripped length < 4 (the drop under pairs.reference_clean=short)."""
-    return len(text.strip()) < MIN_SENTENCE_CHARS
+if TYPE_CHECKING:
+    from csr.reward.tree import Node
 
 
 def reference_ranks(values: Sequence[float]) -> list[float]:
@@ -88,15 +78,42 @@ def select_reference(scores: Sequence[float], texts: Sequence[str]) -> Choice:
     return Choice(chosen, rejected)
 
 
-_SELECT = {"mean": select_pair, "reference": select_reference}
+@dataclass(frozen=True)
+class ReferenceRule(PairRule):
+    clean: str = "clean_tree"  # pairs.reference_clean: what it drops before ranking (csr/reward/rules/clean.py)
+    name = "reference"
+    lower_is_better = True
+    cleans_tree = True
+    sentence_fields = ("rank", "clip_rank")
 
+    def __post_init__(self) -> None:
+        check_clean(self.clean)
 
-def select_by_rule(rule: str, scores: Sequence[float], texts: Sequence[str]) -> Choice:
-    return _SELECT[check_rule(rule)](scores, texts)
+    def drop_reason(self, text: str) -> str | None:
+        return drop_reason(text, self.clean)
 
+    def score_siblings(self, siblings: Sequence[Node], lam: float, calibration: str) -> dict[int, dict]:
+        """The authors' sentence value as each reward, from the ranks among the siblings it keeps
+        (n counts only them); `calibration` is not theirs and not used."""
+        ranked = [n for n in siblings if self.drop_reason(n.text) is None]
+        both = zip(reference_ranks([n.r_t for n in ranked]), reference_ranks([n.r_i for n in ranked]), strict=True)
+        ranks = {n.id: rank_pair for n, rank_pair in zip(ranked, both, strict=True)}
+        for node in siblings:
+            node.reward = reference_sentence_value(*ranks[node.id], lam) if node.id in ranks else None
+        return {i: {"rank": rank, "clip_rank": clip_rank} for i, (rank, clip_rank) in ranks.items()}
 
-def margin(rule: str, chosen_score: float, rejected_score: float) -> float:
-    """How much better the chosen answer scores than the rejected one (>= 0 under either rule)."""
-    if check_rule(rule) == "reference":  # lower is better
-        return rejected_score - chosen_score
-    return chosen_score - rejected_score
+    def answer_order(self, nodes: Sequence[Node]) -> Sequence[Node]:
+        return depth_first(nodes)  # construct.py's order, which decides its ties
+
+    def answer_score(self, rewards: Sequence[float]) -> float:
+        return reference_path_score(rewards)
+
+    def prune_score(self, node: Node) -> float:
+        # Negated: prune's order (-score, index) is then their stable ascending sort.
+        return -(node.path_reward / (node.depth + 1))
+
+    def choose(self, scores: Sequence[float], texts: Sequence[str]) -> Choice:
+        return select_reference(scores, texts)
+
+    def record_fields(self) -> dict:
+        return {"rule": self.name, "reference_clean": self.clean}
