@@ -148,7 +148,7 @@ class PairsConfig:
     # How an answer is scored: `mean` = mean calibrated R over its sentences (csr's rule);
     # `reference` = the authors' construct.py (ranks per sibling set, lower is better, / (sentences + 1)).
     rule: str = "mean"  # one of PAIR_RULES
-    # What `reference` drops before ranking (csr/pairs/clean.py): `clean_tree` = the authors' score.py
+    # What `reference` drops before ranking (csr/reward/rules/clean.py): `clean_tree` = the authors' score.py
     # (their clean_tree, then sentences under 4 characters); `short` = sentences under 4 characters alone.
     reference_clean: str = "clean_tree"  # one of REFERENCE_CLEANS
     filters: list[str] = field(default_factory=lambda: ["empty", "repetition"])  # some of PAIR_FILTERS
