@@ -198,13 +198,30 @@ def _run(cfg: DictConfig) -> float | None:
             # A user-facing problem: the message names the file, record or key; no traceback needed.
             log.error("%s", err)
             sys.exit(2)
+        if store_full(err):  # MLflow's sqlite store found the disk full: a failed write like any other
+            err = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), loop.tracker.uri if loop is not None else None)
         if isinstance(err, OSError) and err.errno in WRITE_ERRORS | ACCESS_ERRORS:
+            # Hydra's cli.log lies on the same full or read-only disk: its handler would follow the line with
+            # logging's own traceback ("--- Logging error ---"); the console handler still prints it.
+            logging.raiseExceptions = False
             log.error("cannot %s %s: %s. Finished stages are kept and no partial file is read as complete: "
                       "free space or fix the permissions, then rerun the same command to resume.",
                       "write" if err.errno in WRITE_ERRORS else "access", err.filename or cfg.run_dir, err.strerror)
             sys.exit(2)
         raise
     return objective(result)
+
+
+def store_full(err: BaseException) -> bool:
+    """Whether `err` comes from SQLite finding its disk full (MLflow's store), through any chain of causes."""
+    import sqlite3
+
+    seen: BaseException | None = err
+    while seen is not None:
+        if isinstance(seen, sqlite3.OperationalError) and getattr(seen, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL:
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 def objective(result) -> float | None:

@@ -90,3 +90,19 @@ def test_read_only_run_dir_is_a_clear_error(first_iteration, tmp_path):
     assert rc == 2, out
     assert "Read-only file system" in out and "Traceback" not in out
     assert _digests(tmp_path / "after") == before
+
+
+@pytest.mark.parametrize("size, tracking", [("8k", True), ("24k", False), ("100k", True)])
+def test_a_full_disk_at_start_is_one_line(tmp_path, size, tracking):
+    """A new run on a disk with no room (8k: not even for Hydra's .hydra/; 24k: for those, then not for
+    the first stage, whose error the log file on that disk cannot take; 100k: not for MLflow's store)."""
+    env, _ = fault_harness.setup(tmp_path, reference=False)
+    mnt, log = tmp_path / "mnt", tmp_path / "csr.log"
+    mnt.mkdir()
+    csr = shlex.join([*fault_harness.csr_command(mnt / "run", None), f"logger.enabled={str(tracking).lower()}"])
+    script = f"mount -t tmpfs -o size={size} tmpfs {mnt} && {{ {csr} > {log} 2>&1; }}"
+    proc = subprocess.run([*_namespace_prefix(), "sh", "-c", script], env=env, capture_output=True, text=True)
+    out = log.read_text() + proc.stderr
+    assert proc.returncode == 2, out
+    assert "No space left on device" in out and "Traceback" not in out and "Logging error" not in out, out
+    assert len([line for line in out.splitlines() if "error" in line.lower()]) == 1, out

@@ -18,6 +18,7 @@ import dataclasses
 import functools
 import json
 import logging
+import os
 import re
 import typing
 from datetime import UTC, datetime
@@ -54,6 +55,7 @@ EXEMPT = (
     "resume",  # this rule's own allowance
 )
 _ABSENT = "<absent>"
+PROBE_BYTES = 64 << 10  # more than Hydra's .hydra/*.yaml and csr's first files of a start
 
 
 def _is_csr_run_info(path: Path) -> bool:
@@ -91,9 +93,11 @@ def unwritable(run_dir: Path) -> str | None:
     existing = next((p for p in (run_dir, *run_dir.parents) if p.exists()), None)
     if existing is None or not existing.is_dir():
         return None  # a file where a directory should be: check_run_dir says so, in the app
-    try:
-        with tempfile.NamedTemporaryFile(dir=existing, prefix=".csr-probe-", suffix=".tmp"):
-            pass
+    try:  # with bytes in it: on a full disk an empty file can still be made (Hydra's first files cannot)
+        with tempfile.NamedTemporaryFile(dir=existing, prefix=".csr-probe-", suffix=".tmp") as probe:
+            probe.write(b"\0" * PROBE_BYTES)
+            probe.flush()
+            os.fsync(probe.fileno())
     except OSError as err:
         return (f"run_dir {run_dir}: cannot write into {existing}: {err.strerror}. Nothing was written: fix the "
                 "permissions or pass another run_dir, then rerun the same command")
