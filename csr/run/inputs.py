@@ -91,7 +91,7 @@ def record_inputs(run_dir: Path, cfg: dict[str, Any]) -> None:
     """Write this start's inputs: at the first start, and after an accepted change."""
     now = current_inputs(cfg)
     path = run_dir / INPUTS
-    if not path.exists() or read_json(path) != now:
+    if (now or path.exists()) and (not path.exists() or read_json(path) != now):
         atomic_write_json(path, now)
 
 
