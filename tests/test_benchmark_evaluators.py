@@ -16,6 +16,7 @@ from csr.eval.generate import image_set, set_digest
 from csr.eval.pope import pope_metrics, yes_no
 from csr.eval.registry import BENCHMARKS
 from csr.models.checkpoint import load_model
+from csr.models.families import get_family
 
 FIXTURES = Path(__file__).parent / "fixtures" / "coco"
 
@@ -35,8 +36,8 @@ def _setup(tiny_models, tmp_path: Path):
     cfg.coco.instances, cfg.coco.captions = str(FIXTURES / "instances.json"), str(FIXTURES / "captions.json")
     cfg.coco.image_root = cfg.pope.image_root = str(images)
     cfg.pope.questions = str(FIXTURES / "questions.jsonl")
-    common = {"model": model, "processor": processor, "scorer": None, "eval_cfg": cfg, "prompt_file": "",
-              "image_root": "", "trainer_kwargs": {"accelerator": "cpu", "devices": 1}}
+    common = {"model": model, "processor": processor, "family": get_family("llava"), "scorer": None, "eval_cfg": cfg,
+              "prompt_file": "", "image_root": "", "trainer_kwargs": {"accelerator": "cpu", "devices": 1}}
     return cfg, common
 
 

@@ -76,9 +76,9 @@ def csr_dpo(cfg, model_dir: Path, pairs_path: Path, images: Path, out: Path, met
     """csr's DPO stage as `csr` runs it, with a probe among its callbacks."""
     probe = Probe(meter, cfg.dpo.beta)
     meter.reset()
-    stats = run_dpo(model_path=str(model_dir), family=get_family(cfg.model.family), pairs_path=pairs_path, adapter_dir=out / "adapter", image_root=str(images),
-                    model_cfg=cfg.model, dpo_cfg=cfg.dpo, trainer_kwargs={**fit_kwargs(cfg), "callbacks": [probe]},
-                    logger=None)
+    stats = run_dpo(model_path=str(model_dir), family=get_family(cfg.model.family), pairs_path=pairs_path,
+                    adapter_dir=out / "adapter", image_root=str(images), model_cfg=cfg.model, dpo_cfg=cfg.dpo,
+                    trainer_kwargs={**fit_kwargs(cfg), "callbacks": [probe]}, logger=None)
     return {"strategy": cfg.trainer.strategy, "precision": cfg.trainer.precision, "reference": cfg.dpo.reference,
             "steps": stats["steps"], "trainable_params": stats["trainable_params"], "step_times": probe.times,
             "step_s": step_time(probe.times), "step0": probe.step0, "peak_before_fit": probe.before_fit,
@@ -172,7 +172,8 @@ def merge_check(cfg, spec, base_dir: Path, pairs_path: Path, images: Path, iter_
     (iter_dir / "pairs.jsonl").write_text(pairs_path.read_text())
     del model, policy
     meter.reset()
-    stats, seconds = timed(run_merge, str(base_dir), iter_dir, cfg.model, cfg.trainer.accelerator, str(images))
+    stats, seconds = timed(run_merge, str(base_dir), get_family(cfg.model.family), iter_dir, cfg.model,
+                           cfg.trainer.accelerator, str(images))
     peak = meter.read()
     prompt, answer = pair_lengths(cfg, base_dir, pairs_path, images)
     predicted = planned(cfg, base_dir, prompt, answer)
