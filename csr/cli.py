@@ -182,6 +182,7 @@ def _run(cfg: DictConfig) -> float | None:
         loop = Loop(typed)
         warn_if_over_device(typed, loop)
         result = loop.run()
+        signals.check()  # a signal recorded but dropped where Python cannot raise (csr/core/signals.py) is no success
     except BaseException as err:
         signum = signals.closing()  # whatever a signal led to (ours, Lightning's SIGTERM exit), report it
         if loop is not None:

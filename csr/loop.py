@@ -25,7 +25,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from csr.config.schema import Stage
-from csr.core import progress
+from csr.core import progress, signals
 from csr.core.distributed import (
     barrier,
     is_global_zero,
@@ -195,6 +195,7 @@ class Loop:
         if stage in RANK_ZERO_STAGES and not is_global_zero():
             rank_zero_done(f"iteration {k} {stage}")  # no timeout: rank 0's merge may take longer than one
             return {}
+        signals.check()  # a safe point: a signal Python dropped in a finaliser (csr/core/signals.py) stops here
         log.info("iteration %d: %s", k, stage)
         sources = made_from(self.run_dir, k, stage) if is_global_zero() else None  # what it reads, as it starts
         with progress.stage(f"iteration {k} {stage}"):

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
+import weakref
 
 import fault_harness
 import pytest
@@ -54,6 +56,32 @@ def test_a_deferred_signal_stops_at_the_end_of_the_loop_and_none_after_closing(h
     assert signals.closing() == signal.SIGTERM
     os.kill(os.getpid(), signal.SIGTERM)  # reported runs only record it
     signals.check()
+
+
+def test_a_signal_in_a_finaliser_prints_nothing_and_stops_at_the_next_safe_point(monkeypatch) -> None:
+    """SIGTERM at the start of the base evaluation came while SQLAlchemy's weakref callbacks ran: Python
+    dropped the handler's exception there and printed "Exception ignored in ..." with a traceback."""
+    dropped = []
+
+    def printed(unraisable) -> None:  # Python's own hook prints "Exception ignored in ..."
+        dropped.append(unraisable.exc_value)
+
+    monkeypatch.setattr(sys, "unraisablehook", printed)
+    previous = signals.install()
+    try:
+        class Resource:
+            pass
+
+        resource = Resource()
+        ref = weakref.ref(resource, lambda _: os.kill(os.getpid(), signal.SIGTERM))
+        del resource  # the callback runs, the signal's handler raises inside it, where Python cannot raise
+        assert ref() is None and dropped == []
+        with pytest.raises(signals.Interrupted) as info:
+            signals.check()  # the next safe point (each batch, each stage, the end of the loop)
+        assert info.value.signum == signal.SIGTERM
+    finally:
+        signals.restore(previous)
+    assert sys.unraisablehook is printed
 
 
 @pytest.fixture(scope="module")

@@ -17,6 +17,7 @@ the batch. `StopOnSignal` acts one hook earlier; and whatever a signal led to, t
 from __future__ import annotations
 
 import signal
+import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -38,6 +39,7 @@ class _State:
     received: int | None = None  # the first signal's number
     depth = 0  # > 0 inside a loop that stops at its next batch boundary
     closing = False  # the CLI is reporting: later signals are only recorded
+    unraisable_hook = None  # sys.unraisablehook before install()
 
 
 _state = _State()
@@ -52,6 +54,16 @@ def _handle(signum: int, frame) -> None:
     raise Interrupted(_state.received)
 
 
+def _unraisable(unraisable) -> None:
+    """A signal that came while Python ran a finaliser or a weakref callback (the garbage collector, e.g.
+    in SQLAlchemy's registries) raised where Python drops the exception and prints "Exception ignored in
+    ..." with a traceback. Nothing to print: the signal stays recorded, and the run stops at its next safe
+    point (`check()`: each batch, each stage, the end of the loop)."""
+    if isinstance(unraisable.exc_value, Interrupted):
+        return
+    (_state.unraisable_hook or sys.__unraisablehook__)(unraisable)
+
+
 def install() -> dict:
     """Route SIGTERM and SIGINT to csr (SIGINT then raises no KeyboardInterrupt); returns the handlers
     they had, for `restore`. Main thread only, as Python allows; elsewhere (a launcher's worker
@@ -59,6 +71,8 @@ def install() -> dict:
     _state.received, _state.depth, _state.closing = None, 0, False
     if threading.current_thread() is not threading.main_thread():
         return {}
+    if sys.unraisablehook is not _unraisable:
+        _state.unraisable_hook, sys.unraisablehook = sys.unraisablehook, _unraisable
     return {signum: signal.signal(signum, _handle) for signum in SIGNALS}
 
 
@@ -67,6 +81,8 @@ def restore(previous: dict) -> None:
     _state.closing = True
     for signum, handler in previous.items():
         signal.signal(signum, handler)
+    if sys.unraisablehook is _unraisable:
+        sys.unraisablehook = _state.unraisable_hook or sys.__unraisablehook__
 
 
 def received() -> int | None:
