@@ -323,7 +323,7 @@ def test_a_run_with_the_real_lmms_eval_reports_its_metrics_everywhere(tiny_model
 
 # ShapesWorld's evaluator on the tiny models selects on val (mean_r_i differs between the tiny models).
 SELECTING = ["experiment=smoke", "logger.tracking_uri=null", "eval.evaluators=[shapesworld,lmms_eval]",
-             "+eval.shapesworld.pope_images=2", "eval.batch_size=2",
+             "eval.shapesworld.pope_images=2", "eval.batch_size=2",
              "eval.select={metric: shapesworld/mean_r_i, mode: max, split: val, patience: null, "
              "overrides: {shapesworld: {pope_images: 0}}}"]
 
@@ -335,7 +335,7 @@ def test_only_the_selected_iteration_is_run_through_the_harness(tiny_models, lmm
     has chosen, lmms-eval runs on the selected checkpoint only, and its metrics reach that iteration's
     metrics.json, the selection's reported metrics in run_info.json and the summary."""
     run_dir = tmp_path / "run"
-    run("csr", *SELECTING, "iterations=1", f"run_dir={run_dir}", f"+eval.shapesworld.root={tmp_path / 'data'}",
+    run("csr", *SELECTING, "iterations=1", f"run_dir={run_dir}", f"eval.shapesworld.root={tmp_path / 'data'}",
         f"eval.lmms_eval.executable={LMMS_EVAL}", "eval.lmms_eval.tasks=[mme_local]", "eval.lmms_eval.only_selected=true",
         f"eval.lmms_eval.extra_args=[--include_path,{lmms_tasks}]",
         "eval.lmms_eval.summary=[mme_local/mme_perception_score]", env=tiny_env(tiny_models), cwd=tmp_path)

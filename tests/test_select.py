@@ -151,13 +151,13 @@ INJECT = Path(__file__).resolve().parent / "fault_inject.py"
 # ShapesWorld's evaluator on the tiny models: test reported, val selects. mean_r_i varies between the
 # tiny models (CHAIR does not: they name no shapes), so the choice is not a tie.
 SHAPES = ["experiment=smoke", "logger.tracking_uri=null", "eval.evaluators=[shapesworld]",
-          "+eval.shapesworld.pope_images=2", "eval.batch_size=2"]
+          "eval.shapesworld.pope_images=2", "eval.batch_size=2"]
 SELECT = "eval.select={metric: shapesworld/mean_r_i, mode: max, split: val, patience: null, " \
          "overrides: {shapesworld: {pope_images: 0}}}"
 
 
 def _shapes(tmp: Path) -> list[str]:
-    return [*SHAPES, f"+eval.shapesworld.root={tmp / 'data'}"]
+    return [*SHAPES, f"eval.shapesworld.root={tmp / 'data'}"]
 
 
 def _numbers(stats: dict) -> dict:

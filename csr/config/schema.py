@@ -1,7 +1,9 @@
 """The config schema: one dataclass per `conf/<group>/`, each field a knob with its default.
 
-Hydra composes the YAML files; `validate()` merges the result into this schema, so an unknown
-key or a wrong type fails at start with the key's full name, and then checks value ranges.
+Every default is written here once: conf/config.yaml composes this schema's defaults first (the
+`schema` config registered below) and each file in conf/ sets only what differs. Hydra composes the
+YAML files; `validate()` merges the result into this schema, so an unknown key or a wrong type fails
+at start with the key's full name, and then checks value ranges.
 """
 
 from __future__ import annotations
@@ -10,7 +12,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 
-from omegaconf import DictConfig, OmegaConf
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import InterpolationResolutionError, OmegaConfBaseException
 
 from csr.config.choices import (
@@ -74,7 +77,7 @@ class ModelConfig:
 @dataclass
 class ClipConfig:
     arch: str = "ViT-L-14-336"  # open_clip architecture name
-    weights: str | None = None  # local weights file (safetensors), or "random" (random init: tests only); null is refused
+    weights: str | None = MISSING  # local weights file (safetensors), or "random" (random init: tests only); null is refused
     config_json: str | None = None  # JSON of a custom architecture, registered before loading
 
 
@@ -305,8 +308,8 @@ class ResumeConfig:
 @dataclass
 class ReportConfig:
     # Write the inspector site (`csr-inspect`: trees, pairs, answers) to <run_dir>/inspect at the end
-    # of a run and log it to the MLflow parent run. On in conf/config.yaml (the ShapesWorld default).
-    inspect: bool = False
+    # of a run and log it to the MLflow parent run.
+    inspect: bool = True
 
 
 @dataclass
@@ -327,6 +330,13 @@ class RootConfig:
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
     resume: ResumeConfig = field(default_factory=ResumeConfig)
+
+
+# The first default of conf/config.yaml: every key with its default above, under which Hydra merges the
+# groups' files. Stored as plain data, not as the dataclass, so that Hydra composes an untyped config as
+# before and validate() names a wrong type or value in csr's own words.
+ConfigStore.instance().store(name="schema", node=OmegaConf.to_container(OmegaConf.structured(RootConfig),
+                                                                        enum_to_str=True))
 
 
 _CHOICES = {
