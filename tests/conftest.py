@@ -18,6 +18,7 @@ from hydra.core.hydra_config import HydraConfig  # noqa: E402
 from pytorch_lightning.utilities.rank_zero import rank_zero_only  # noqa: E402
 
 from csr.core import signals  # noqa: E402
+from csr.models.families import get_family  # noqa: E402
 from csr.models.tiny import TinyPaths, build_tiny, build_tiny_family  # noqa: E402
 
 if "PYTEST_XDIST_WORKER" in os.environ:
@@ -33,7 +34,7 @@ def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> TinyPaths:
 def tiny_family(tiny_models: TinyPaths):
     """family name -> its tiny checkpoint's directory, built on first use (beside the tiny LLaVA)."""
     root = str(Path(tiny_models.llava).parent)
-    return lambda family: build_tiny_family(root, family) if family != "llava" else tiny_models.llava
+    return lambda family: build_tiny_family(root, get_family(family)) if family != "llava" else tiny_models.llava
 
 
 @pytest.fixture(autouse=True)

@@ -21,7 +21,7 @@ from csr.config.choices import FAMILIES
 from csr.core.errors import CSRError
 from csr.data.tiny import write_tiny_prompts
 from csr.models.clip import load_clip, save_clip
-from csr.models.families import get_family
+from csr.models.families import Family, get_family
 
 SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<pad>", "<image>"]
 IMAGE_SIZE = 32
@@ -144,18 +144,18 @@ def build_tiny(out_dir: str, seed: int = 0) -> TinyPaths:
     return paths
 
 
-def build_tiny_family(out_dir: str, family: str, seed: int = 0) -> str:
-    """The tiny checkpoint of `family` under out_dir/<family> (built, or reused if complete for this seed)."""
-    model_dir = os.path.join(os.path.abspath(out_dir), family)
+def build_tiny_family(out_dir: str, family: Family, seed: int = 0) -> str:
+    """The tiny checkpoint of `family` under out_dir/<its name> (built, or reused if complete for this seed)."""
+    model_dir = os.path.join(os.path.abspath(out_dir), family.name)
     marker = os.path.join(model_dir, MARKER)
     if os.path.isfile(marker):
         with open(marker) as f:
             if json.load(f).get("seed") == seed:
                 return model_dir
     os.makedirs(model_dir, exist_ok=True)
-    get_family(family).build_tiny(model_dir, seed)
+    family.build_tiny(model_dir, seed)
     with open(marker, "w") as f:
-        json.dump({"seed": seed, "family": family}, f)
+        json.dump({"seed": seed, "family": family.name}, f)
     return model_dir
 
 
@@ -185,13 +185,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--family", choices=FAMILIES, default="llava",
                         help="the model family; a family other than llava is written to OUT_DIR/<family>")
     args = parser.parse_args(argv)
+    family = get_family(args.family)  # once, at the start: the family of the checkpoint built beside the tiny LLaVA
     try:
         claim_out_dir(Path(args.out_dir))
     except CSRError as err:
         raise SystemExit(f"csr-make-tiny: {err}") from None
     paths = asdict(build_tiny(args.out_dir, args.seed))
-    if args.family != "llava":
-        paths[args.family] = build_tiny_family(args.out_dir, args.family, args.seed)
+    if family.name != "llava":
+        paths[family.name] = build_tiny_family(args.out_dir, family, args.seed)
     paths["prompts"] = str(write_tiny_prompts(os.path.join(args.out_dir, "data"), args.prompts, args.seed))
     print(json.dumps(paths, indent=2))
 
