@@ -79,7 +79,7 @@ def load_model(
     if found not in fam.model_types:
         other = family_of(found)
         hint = (f": set model.family={other}" if other else
-                f", which no csr family loads (families: {', '.join(FAMILIES)}; README: adding a family)")
+                f", which no csr family loads (families: {', '.join(FAMILIES)}; docs/adding-a-family.md)")
         raise CSRError(f"model.path={path!r}: model.family={fam.name} expects a {' or '.join(fam.model_types)} "
                        f"checkpoint, found model_type={found!r}{hint}")
     try:
