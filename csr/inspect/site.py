@@ -26,6 +26,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
+from csr.config.schema import RootConfig
 from csr.core.errors import CSRError
 from csr.core.io import atomic_write_json, read_json
 from csr.data.images import load_image
@@ -50,9 +51,10 @@ def _iterations(run_dir: Path) -> list[int]:
 
 
 def _config(run_dir: Path) -> Any:
-    """The run's saved config, read as data (csr/run/run_dir.py refuses a Hydra section or unknown keys)."""
+    """The run's saved config, read as data (csr/run/run_dir.py refuses a Hydra section or unknown keys), over
+    the schema's defaults: a run directory without its config reads as csr's defaults (csr/config/schema.py)."""
     path = run_dir / "config.yaml"
-    return OmegaConf.create(read_saved_config(path)) if path.exists() else OmegaConf.create({})
+    return OmegaConf.merge(OmegaConf.structured(RootConfig), read_saved_config(path) if path.exists() else {})
 
 
 def _truth(root: str | None, split: str | None) -> dict[str, set[str]] | None:
@@ -66,16 +68,14 @@ def _truth(root: str | None, split: str | None) -> dict[str, set[str]] | None:
 
 def eval_image_root(cfg: Any, evaluator: str) -> str | None:
     """Where an evaluator read its images (as csr.eval's evaluators resolve them)."""
-    e = cfg.get("eval", {})
+    e = cfg.eval
     if evaluator == "shapesworld":
-        world = e.get("shapesworld", {})
-        root = world.get("root")
-        return str(Path(root) / world.get("split", "test") / "images") if root else None
+        return str(Path(e.shapesworld.root) / e.shapesworld.split / "images") if e.shapesworld.root else None
     if evaluator == "coco_chair":
-        return e.get("coco", {}).get("image_root")
+        return e.coco.image_root
     if evaluator == "pope":
-        return e.get("pope", {}).get("image_root")
-    return e.get("image_root") or cfg.get("data", {}).get("image_root")
+        return e.pope.image_root
+    return e.image_root or cfg.data.get("image_root")
 
 
 class _Images:
@@ -148,13 +148,12 @@ def _eval_item(record: dict, truth: dict[str, set[str]] | None, synonyms) -> dic
 def build(run_dir: Path, out: Path) -> dict:
     """Write the site's data and images into `out` (an empty directory); returns run.js's content."""
     cfg = _config(run_dir)
-    reward, pairs_cfg, d, e = (cfg.get(k, {}) for k in ("reward", "pairs", "data", "eval"))
-    settings = {"lam": reward.get("lam", 0.9), "calibration": reward.get("calibration", "rank"),
-                "prune_by": cfg.get("search", {}).get("prune_by", "calibrated"),
+    reward, pairs_cfg, d, e = cfg.reward, cfg.pairs, cfg.data, cfg.eval
+    settings = {"lam": reward.lam, "calibration": reward.calibration, "prune_by": cfg.search.prune_by,
                 "lower_is_better": pair_rule(pairs_cfg.get("rule", "mean")).lower_is_better}
-    filters = list(pairs_cfg.get("filters", ["empty", "repetition"]))
-    truth = _truth(d.get("shapesworld", {}).get("root"), d.get("shapesworld", {}).get("split"))
-    eval_truth = _truth(e.get("shapesworld", {}).get("root"), e.get("shapesworld", {}).get("split"))
+    filters = list(pairs_cfg.filters)
+    truth = _truth(d.shapesworld.root, d.shapesworld.split)
+    eval_truth = _truth(e.shapesworld.root, e.shapesworld.split)
     synonyms = None
     if truth is not None or eval_truth is not None:
         from csr.worlds.shapesworld.vocab import synonym_table
@@ -200,7 +199,7 @@ def build(run_dir: Path, out: Path) -> dict:
         "iterations": iterations, "evaluators": sorted(evals), "eval_keys": {n: data.prompt_key(n) for n in evals},
         "ground_truth": truth is not None,
         "eval_ground_truth": eval_truth is not None, "dpo_note": DPO_NOTE,
-        "config": {**settings, "model": cfg.get("model", {}).get("path"), "filters": filters},
+        "config": {**settings, "model": cfg.model.get("path"), "filters": filters},
         # the selected iteration (csr/run/selection.py), recorded in run_info.json at the end of the run
         "selection": (read_json(run_dir / "run_info.json") if (run_dir / "run_info.json").exists() else {}).get("selection"),
     }
