@@ -22,7 +22,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from csr.config.choices import IPO_FORMS
+from csr.config.choices import DPO_LOSSES, IPO_FORMS
 
 LossFn = Callable[[torch.Tensor, float, float], torch.Tensor]
 
@@ -48,7 +48,9 @@ def _ipo(logits: torch.Tensor, beta: float, label_smoothing: float) -> torch.Ten
     return (logits - 1 / (2 * beta)) ** 2
 
 
-LOSSES: dict[str, LossFn] = {"sigmoid": _sigmoid, "robust": _robust, "hinge": _hinge, "ipo": _ipo}
+# One function per dpo.loss choice, named _<choice>: the names are written once, in csr/config/choices.py
+# DPO_LOSSES (a choice without its function fails here, at import).
+LOSSES: dict[str, LossFn] = {name: globals()[f"_{name}"] for name in DPO_LOSSES}
 
 
 def per_token(logratios: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:

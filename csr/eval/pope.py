@@ -41,7 +41,9 @@ def robust_says_yes(answer: str) -> bool:
     return not ("no" in words or "not" in words)
 
 
-PARSERS: dict[str, Callable[[str], bool]] = {"official": official_says_yes, "robust": robust_says_yes}
+# One reading per eval.pope.parser choice, named <choice>_says_yes: the names are written once, in
+# csr/config/choices.py POPE_PARSERS (a choice without its function fails here, at import).
+PARSERS: dict[str, Callable[[str], bool]] = {name: globals()[f"{name}_says_yes"] for name in POPE_PARSERS}
 
 
 def yes_no(answer: str, parser: str = "official") -> bool:

@@ -12,12 +12,13 @@ from safetensors import SafetensorError, safe_open
 from transformers import AutoProcessor, PreTrainedConfig
 from transformers.processing_utils import ProcessorMixin
 
+from csr.config import choices
 from csr.config.choices import FAMILIES
 from csr.core.errors import CSRError
 from csr.core.io import safetensors_write_errors
 from csr.models.families import Family, family_of, get_family
 
-DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPES: dict[str, torch.dtype] = {name: getattr(torch, name) for name in choices.DTYPES}  # model.dtype: torch's names
 
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+from csr.config.choices import DTYPES
+
+DTYPE_BYTES = {name: int(name[-2:]) // 8 for name in DTYPES}  # model.dtype's bytes: its bits end its name
 LORA_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 GIB = 1 << 30
 # A stage "fits" a device when its predicted peak leaves this share of the device's memory free. It

@@ -12,15 +12,28 @@ _REPEATED_CHAR = re.compile(r"(.)\1{9,}")  # same character 10+ times in a row
 _NON_LATIN = re.compile(r"[^\x00-\u024f\u2000-\u206f]")  # outside Latin letters and punctuation
 
 
+def _empty(text: str) -> bool:
+    return not text.strip()
+
+
+def _repetition(text: str) -> bool:
+    return bool(_REPEATED_WORD.search(text) or _REPEATED_CHAR.search(text))
+
+
+def _non_latin(text: str) -> bool:
+    return bool(_NON_LATIN.search(text))
+
+
+# One test per pairs.filters choice, named _<choice>: the names are written once, in csr/config/choices.py
+# PAIR_FILTERS (a choice without its test fails here, at import).
+_FAILS = {name: globals()[f"_{name}"] for name in PAIR_FILTERS}
+
+
 def failed_filter(text: str, filters: Sequence[str]) -> str | None:
     """The first filter an answer fails (the reference code's clean-up), or None."""
     for name in filters:
-        if name == "empty" and not text.strip():
-            return "empty"
-        if name == "repetition" and (_REPEATED_WORD.search(text) or _REPEATED_CHAR.search(text)):
-            return "repetition"
-        if name == "non_latin" and _NON_LATIN.search(text):
-            return "non_latin"
-        if name not in PAIR_FILTERS:
+        if name not in _FAILS:
             raise ValueError(f"unknown pair filter {name!r}; expected some of {PAIR_FILTERS}")
+        if _FAILS[name](text):
+            return name
     return None

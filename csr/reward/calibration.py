@@ -48,7 +48,14 @@ def zscore_normalise(values: Sequence[float]) -> list[float]:
     return [(v - mean) / std for v in values]
 
 
-_NORMALISERS = {"rank": rank_normalise, "zscore": zscore_normalise, "raw": list}
+def raw_normalise(values: Sequence[float]) -> list[float]:
+    """The values as they are: R_T and R_I added on their own scales."""
+    return list(values)
+
+
+# One function per reward.calibration choice, named <choice>_normalise: the names are written once, in
+# csr/config/choices.py CALIBRATIONS (a choice without its function fails here, at import).
+_NORMALISERS = {name: globals()[f"{name}_normalise"] for name in CALIBRATIONS}
 
 
 def calibrate(r_t: Sequence[float], r_i: Sequence[float], lam: float, method: str) -> list[float]:
