@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from bad_input_clip import CASES as CLIP_CASES
+from bad_input_commands import CASES as COMMAND_CASES
 from bad_input_dpo import CASES as DPO_CASES
 from bad_input_rundir import CASES as RUNDIR_CASES
 from bad_input_runtime import CASES as RUNTIME_CASES
@@ -182,6 +183,7 @@ CASES: dict[tuple[str, str], Callable[[Ctx], object]] = {
     **RUNDIR_CASES,
     **RUNTIME_CASES,
     **SECURITY_CASES,
+    **COMMAND_CASES,
 }
 # What each error must name besides the problem, so a user can find it.
 NAMES = {"prompt file": "prompts.json", "image": ".png", "config": "'"}

@@ -132,7 +132,7 @@ def check_args(args) -> None:
     """Every numeric option in range, or one line naming it (before Hydra composes anything)."""
     for name, value in (("--gpu-gib", args.gpu_gib), ("--prompt-tokens", args.prompt_tokens),
                         ("--answer-tokens", args.answer_tokens)):
-        if value is not None and value <= 0:
+        if value is not None and not (math.isfinite(value) and value > 0):  # nan and inf ended in a traceback
             raise CSRError(f"{name} {value:g}: must be > 0")
 
 
@@ -141,7 +141,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, as for csr")
     parser.add_argument("--devices", default=None, help="device counts to plan for, e.g. 1,2,8 (default trainer.devices)")
     parser.add_argument("--gpu-gib", type=float, default=None,
-                        help=f"memory per device: mark what fits with {P.HEADROOM:.0%} of it left free")
+                        help=f"memory per device: mark what fits with {P.HEADROOM:.0%}% of it left free")  # %%: argparse formats help
     parser.add_argument("--prompt-tokens", type=int, default=64, help="text tokens of a prompt with its chat template")
     parser.add_argument("--answer-tokens", type=int, default=None,
                         help="the longest answer expected, in search and DPO (default search.max_answer_tokens, the cap)")

@@ -158,6 +158,9 @@ def check_target(run_dir: Path) -> None:
 def stage_source(source: str, overrides: list[str], tracking_uri: str, into: Path) -> None:
     """The source's configs, run_info and metrics copied into `into` (a private temporary directory),
     each checked: whatever is refused here leaves nothing in the new run's place."""
+    if not Path(source).is_dir() and (Path(source).exists() or "/" in source):  # a path (an MLflow run id has no '/')
+        raise CSRError(f"{source}: {'a file, not' if Path(source).exists() else 'no such directory:'} a csr run "
+                       "directory (give a run directory, or an MLflow run id)")
     where = _from_run_dir(Path(source), into) if Path(source).is_dir() else _from_mlflow(source, tracking_uri, into)
     atomic_write_json(into / "source.json", {**where, "extra_overrides": overrides})
     check_splits(into)

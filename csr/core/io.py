@@ -122,6 +122,10 @@ def read_text_file(path: StrPath, what: str = "file") -> str:
         return p.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise CSRError(f"{p}: {what} not found") from None
+    except IsADirectoryError:
+        raise CSRError(f"{p}: is a directory; give the {what} itself") from None
+    except PermissionError as exc:
+        raise CSRError(f"{p}: cannot read the {what}: {exc.strerror}") from None
     except UnicodeDecodeError as exc:
         raise CSRError(f"{p}: {what} is not valid UTF-8 ({exc})") from None
 

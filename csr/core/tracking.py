@@ -52,9 +52,9 @@ def sqlite_uri(path: Path) -> str:
     return "sqlite:///" + str(Path(path).resolve()).replace("%", "%25").replace("?", "%3F")
 
 
-def check_store(uri: str) -> None:
+def check_store(uri: str, key: str = "logger.tracking_uri") -> None:
     """Fail in one line, before any model loads, on a store MLflow could only retry against."""
-    where = f"logger.tracking_uri={uri!r}"
+    where = f"{key}={uri!r}"
     path = sqlite_path(uri)
     if path is not None:
         if not path.exists():
@@ -79,6 +79,25 @@ def check_store(uri: str) -> None:
             reason = getattr(err, "reason", err)
             raise CSRError(f"{where}: cannot reach the MLflow tracking server ({reason}): start it, or set "
                            "logger.tracking_uri=null for a store inside the run directory") from None
+
+
+def reading_client(uri: str, key: str = "--tracking-uri"):
+    """An MlflowClient on a store a command only reads (csr-compare, csr-reproduce): a store that is not
+    there, is not a store, or has a scheme MLflow does not know is one line naming it (they were
+    SQLAlchemy's or MLflow's tracebacks), and a missing sqlite file is not created."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    path = sqlite_path(uri)
+    if path is not None and not path.is_file():
+        raise CSRError(f"{key} {uri}: no MLflow store at {path}{' (a directory)' if path.is_dir() else ''}: "
+                       "name the store the runs were tracked in")
+    check_store(uri, key)
+    try:
+        return MlflowClient(tracking_uri=uri)
+    except MlflowException as err:
+        reason = " ".join(err.message.split()).split(". See ")[0]
+        raise CSRError(f"{key} {uri}: not a store MLflow can read ({reason})") from None
 
 
 @contextmanager
@@ -236,9 +255,7 @@ def loop_runs(tracking_uri: str, experiment: str | None,
     experiment, or the parents of the given runs. Iteration 0 (the base model's evaluation) lives in the
     parent at step 0, iteration k in its nested run."""
     require("mlflow", "reading runs from an MLflow store")
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(tracking_uri=tracking_uri)
+    client = reading_client(tracking_uri)
     if run_ids:
         parents = []
         for run_id in run_ids:
@@ -277,9 +294,8 @@ def download_loop(run_id: str, tracking_uri: str, into: Path, changes: str, metr
     metrics_dir/iter_<k>.json; returns the parent's id (an iteration run's id leads to its parent)."""
     require("mlflow", "reading a run from an MLflow store")
     from mlflow.exceptions import MlflowException
-    from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(tracking_uri=tracking_uri)
+    client = reading_client(tracking_uri)
     try:
         parent_id = client.get_run(run_id).data.tags.get("mlflow.parentRunId", run_id)
         for name in ("config.yaml", "run_info.json"):

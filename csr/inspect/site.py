@@ -238,7 +238,9 @@ def write_site(run_dir: str | Path, out: str | Path | None = None) -> Path:
     directory, or a site csr-inspect wrote before, which is replaced whole."""
     run_dir = Path(run_dir).resolve()
     out = Path(out).resolve() if out is not None else run_dir / "inspect"
-    if not run_dir.is_dir() or (not (run_dir / "iter_1").is_dir() and not (run_dir / "iter_0").is_dir()):
+    if not run_dir.is_dir():
+        raise CSRError(f"{run_dir}: {'a file' if run_dir.exists() else 'no such directory'}; give a csr run directory")
+    if not (run_dir / "iter_1").is_dir() and not (run_dir / "iter_0").is_dir():
         raise CSRError(f"{run_dir} holds no iter_<k>/ directory: not a csr run directory")
     check_out(run_dir, out)
     _config(run_dir)  # a saved config csr would refuse is refused before anything is written

@@ -173,6 +173,9 @@ def claim_out_dir(out: Path) -> None:
     (out / STARTED).touch()
 
 
+MAX_TINY_PROMPTS = 999_999  # six-digit image names
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description="Build tiny random-weight LLaVA and CLIP checkpoints, plus a few prompts and images."
@@ -185,6 +188,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--family", choices=FAMILIES, default="llava",
                         help="the model family; a family other than llava is written to OUT_DIR/<family>")
     args = parser.parse_args(argv)
+    # Checked before anything is written: 0 or fewer prompts made a prompt file csr refuses later, an
+    # enormous count ran until memory ran out, a seed past 64 bits ended in torch's traceback.
+    if not 1 <= args.prompts <= MAX_TINY_PROMPTS:
+        parser.error(f"--prompts {args.prompts}: give 1 to {MAX_TINY_PROMPTS} (the images are named 000000.png ...)")
+    if not 0 <= args.seed < 2**63:
+        parser.error(f"--seed {args.seed}: give an integer from 0 to 2**63 - 1")
     family = get_family(args.family)  # once, at the start: the family of the checkpoint built beside the tiny LLaVA
     try:
         claim_out_dir(Path(args.out_dir))
