@@ -281,6 +281,8 @@ def main(argv: list[str] | None = None) -> None:
     except CSRError as err:
         raise SystemExit(f"csr-inspect: {err}") from None
     except OSError as err:  # a read-only run or output directory, a full disk
+        where = Path(args.out) if args.out else Path(args.run_dir) / "inspect"
+        kept = "an earlier site is kept" if where.exists() else "nothing was written"
         raise SystemExit(f"csr-inspect: cannot write the site {args.out or 'into <run_dir>/inspect'}: "
-                         f"{err.strerror} ({err.filename}); an earlier site is kept: pass a writable --out") from None
+                         f"{err.strerror} ({err.filename}); {kept}: pass a writable --out") from None
     print(f"{out / 'index.html'}")
