@@ -278,6 +278,25 @@ def unknown_key(key: str, leaves: set[str], nodes: set[str]) -> str | None:
     return f"config key {key!r}: not a csr config key{hint} (`csr --help` lists the keys; +{key}=... adds one anyway)"
 
 
+def check_override_grammar(argv: list[str]) -> None:
+    """Each key=value as Hydra's override grammar reads it, or one line saying how to write it: an
+    unquoted value with characters the grammar lacks (run_dir=/runs/ünï) ended in Hydra's lexer error,
+    its traceback pointer and a HYDRA_FULL_ERROR hint."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import OverrideParseException
+
+    parser = OverridesParser.create()
+    for arg in argv:
+        if arg.startswith("-") or "=" not in arg:
+            continue
+        try:
+            parser.parse_overrides([arg])
+        except OverrideParseException:
+            key, _, value = arg.partition("=")
+            raise CSRError(f"override {arg!r}: Hydra's override grammar cannot read the value; quote it: "
+                           f"{key}='{value}' (non-ASCII letters and most punctuation need the quotes)") from None
+
+
 def stage_run_argv(argv: list[str]) -> list[str]:
     """A stage run alone on a csr run directory starts from that run's latest saved config, with the
     command line's overrides on top (csr/run/stage_run.py), unless a config group is named; any run_dir=
@@ -376,6 +395,7 @@ def main() -> None:
                 sys.exit(2)
         launcher = next((a.split("=", 1)[1] for a in argv if a.startswith("hydra/launcher=")), None)
         try:
+            check_override_grammar(argv)
             if launcher:
                 require_launcher(launcher)
         except CSRError as err:

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 from compose_config import compose_config
 from safetensors.torch import load_file, save_file
 
+from csr.cli import check_override_grammar
 from csr.commands.compare_runs import runs_from_mlflow
 from csr.commands.plan import check_args
 from csr.commands.reproduce import stage_source
@@ -121,4 +122,6 @@ CASES: dict[tuple[str, str], Callable[[Ctx], object]] = {
     ("csr-inspect", "a path that does not exist, or a file"): lambda ctx: write_site(ctx.tmp / "no run"),
     ("model.path", "another checkpoint copied over it between two starts of a run"): _swapped_checkpoint,
     ("iteration output", "replaced by hand after the next stage was made from it"): _replaced_output,
+    ("run_dir", "non-ASCII letters, unquoted (run_dir=/runs/ünï)"):
+        lambda ctx: check_override_grammar(["experiment=smoke", f"run_dir={ctx.tmp}/ünï"]),
 }
