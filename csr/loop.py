@@ -376,7 +376,7 @@ class Loop:
         reads_prompts = self.cfg.stage == "search" or self.cfg.stage == "all" and any(
             not is_done(self.iter_dir(k), "search") for k in range(1, self.cfg.iterations + 1))
         prompts = Path(self.cfg.data.prompt_file)
-        if reads_prompts and not prompts.is_file():
+        if reads_prompts and not prompts.exists():  # a directory: load_prompts below says so
             raise CSRError(f"{prompts}: prompt file not found (config key 'data.prompt_file')")
         if reads_prompts:  # and a bad record too (or its counted skip): read it whole now, as the search will
             from csr.data.prompts import load_prompts

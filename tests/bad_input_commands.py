@@ -65,6 +65,13 @@ def _pope_directory(ctx: Ctx) -> object:
     return pope_from_files(str(ctx.tmp / "questions"), str(ctx.tmp / "answers.jsonl"))
 
 
+def _prompts_directory(ctx: Ctx) -> object:
+    from csr.data.prompts import load_prompts
+
+    (ctx.tmp / "prompts.json").mkdir()
+    return load_prompts(str(ctx.tmp / "prompts.json"), str(ctx.images))
+
+
 def _compare_store(ctx: Ctx, uri: str) -> object:
     (ctx.tmp / "garbage.db").write_bytes(bytes(range(256)) * 8)
     return runs_from_mlflow(uri.format(tmp=ctx.tmp), None, ["0123456789abcdef"])
@@ -122,6 +129,7 @@ CASES: dict[tuple[str, str], Callable[[Ctx], object]] = {
     ("csr-inspect", "a path that does not exist, or a file"): lambda ctx: write_site(ctx.tmp / "no run"),
     ("model.path", "another checkpoint copied over it between two starts of a run"): _swapped_checkpoint,
     ("iteration output", "replaced by hand after the next stage was made from it"): _replaced_output,
+    ("prompt file", "a directory"): _prompts_directory,
     ("run_dir", "non-ASCII letters, unquoted (run_dir=/runs/ünï)"):
         lambda ctx: check_override_grammar(["experiment=smoke", f"run_dir={ctx.tmp}/ünï"]),
 }
