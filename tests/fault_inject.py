@@ -99,11 +99,11 @@ def install(fault: Fault) -> None:
     os.replace = replace_file  # every whole-file write and directory swap in csr goes through it
     mark_done = csr.loop.mark_done
 
-    def mark_stage_done(directory, stage, stats):
+    def mark_stage_done(directory, stage, stats, made_from=None):
         where = f"{directory}/{stage}"
         if fault.fires("before_done", where):
             fault.die()
-        mark_done(directory, stage, stats)
+        mark_done(directory, stage, stats, made_from)
         if fault.fires("after_done", where):
             fault.die()
 
