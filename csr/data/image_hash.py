@@ -2,20 +2,10 @@
 
 from __future__ import annotations
 
-import hashlib
-import os
-
+from csr.core.identity import file_sha256
 from csr.data.prompts import resolve_image_path
 
-CHUNK = 1 << 20
-
-
-def file_sha256(path: str | os.PathLike[str]) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
+__all__ = ["file_sha256", "image_sha256"]
 
 
 def image_sha256(image_root: str, rel: str) -> str:
