@@ -17,7 +17,8 @@ from PIL import Image
 from scratch_prompts import Ctx
 
 from csr.core.errors import CSRError
-from csr.data.image_hash import file_sha256, image_sha256
+from csr.core.identity import file_sha256
+from csr.data.image_hash import image_sha256
 from csr.data.prompts import PromptRecord
 from csr.dpo.data import check_images
 from csr.dpo.reference import model_fingerprint, pair_key, reference_settings

@@ -5,8 +5,6 @@ from __future__ import annotations
 from csr.core.identity import file_sha256
 from csr.data.prompts import resolve_image_path
 
-__all__ = ["file_sha256", "image_sha256"]
-
 
 def image_sha256(image_root: str, rel: str) -> str:
     """sha256 of the file `rel` names under `image_root` (the same resolution load_image uses)."""

@@ -9,7 +9,7 @@ import torch
 from torch.utils.data import Dataset
 
 from csr.core.errors import CSRError
-from csr.data.image_hash import file_sha256
+from csr.core.identity import file_sha256
 from csr.data.images import load_image
 from csr.data.prompts import resolve_image_path
 from csr.models.chat import IGNORE
