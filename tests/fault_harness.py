@@ -73,6 +73,17 @@ def _ids(path: Path) -> list[str]:
     return [str(json.loads(line)["id"]) for line in path.read_text().splitlines()]
 
 
+def _stale_marker(root: Path, name: str, made_from: dict | None) -> str | None:
+    """What the stage marker `name` (iter_<k>/<stage>.done.json) was made from that has changed since, if anything."""
+    from csr.run.inputs import stale_input
+
+    parts = Path(name).parts
+    stage = parts[-1].removesuffix(".done.json")
+    if len(parts) != 2 or not parts[0].startswith("iter_") or stage not in STAGES:
+        return None
+    return stale_input(root, int(parts[0].removeprefix("iter_")), stage, made_from)
+
+
 def compare(reference: Path, run: Path) -> tuple[list[str], int, int]:
     """Differences between two run directories, and records lost / duplicated in the JSONL outputs."""
     def files(root: Path) -> set[str]:
@@ -96,7 +107,14 @@ def compare(reference: Path, run: Path) -> tuple[list[str], int, int]:
         # Configs, adapter configs and stage stats name paths inside their own run directory.
         text_a, text_b = a.read_text().replace(str(reference), "RUN"), b.read_text().replace(str(run), "RUN")
         if name.endswith(".done.json") or Path(name).name == "metrics.json":
-            text_a, text_b = (json.dumps(_strip_timings(json.loads(t))) for t in (text_a, text_b))
+            parsed = [json.loads(t) for t in (text_a, text_b)]
+            # A marker's made_from holds content identities, and an adapter's config names its own run
+            # directory: checked within each run (every marker matches what it was made from), not across.
+            for root, content in ((reference, parsed[0]), (run, parsed[1])):
+                stale = _stale_marker(root, name, content.pop("made_from", None)) if isinstance(content, dict) else None
+                if stale is not None:
+                    differences.append(f"{root.name}/{name} was made from {stale} as it no longer is")
+            text_a, text_b = (json.dumps(_strip_timings(c)) for c in parsed)
         if text_a != text_b:
             differences.append(f"content differs in {name}")
         if Path(name).name in JSONL_OUTPUTS:
