@@ -72,6 +72,19 @@ def _prompts_directory(ctx: Ctx) -> object:
     return load_prompts(str(ctx.tmp / "prompts.json"), str(ctx.images))
 
 
+def _image_root_file(ctx: Ctx) -> object:
+    from csr.data.prompts import load_prompts
+
+    prompts = ctx.write([{"id": "two", "image": "good.png", "input": "Describe.\n<image>"}])
+    return load_prompts(prompts, str(ctx.images / "good.png"), on_error=ctx.on_error)
+
+
+def _clip_weights_directory(ctx: Ctx) -> object:
+    from csr.models.clip import load_clip
+
+    return load_clip(ctx.tiny.clip_arch, str(ctx.tmp), ctx.tiny.clip_config)
+
+
 def _compare_store(ctx: Ctx, uri: str) -> object:
     (ctx.tmp / "garbage.db").write_bytes(bytes(range(256)) * 8)
     return runs_from_mlflow(uri.format(tmp=ctx.tmp), None, ["0123456789abcdef"])
@@ -130,6 +143,8 @@ CASES: dict[tuple[str, str], Callable[[Ctx], object]] = {
     ("model.path", "another checkpoint copied over it between two starts of a run"): _swapped_checkpoint,
     ("iteration output", "replaced by hand after the next stage was made from it"): _replaced_output,
     ("prompt file", "a directory"): _prompts_directory,
+    ("data.image_root", "a file, not a directory"): _image_root_file,
+    ("CLIP weights", "a directory"): _clip_weights_directory,
     ("run_dir", "non-ASCII letters, unquoted (run_dir=/runs/ünï)"):
         lambda ctx: check_override_grammar(["experiment=smoke", f"run_dir={ctx.tmp}/ünï"]),
 }

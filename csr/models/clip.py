@@ -69,10 +69,16 @@ def check_offline(cfg: dict, source: str) -> None:
                        "use an architecture with open_clip's own text tower and tokenizer (drop those keys)")
 
 
+def _not_a_file(path: str) -> str:
+    if os.path.isdir(path):
+        return "is a directory; give the file itself (e.g. open_clip_model.safetensors inside it)"
+    return "file not found"
+
+
 def _read_config_json(config_json: str, arch: str) -> None:
     """Check reward.clip.config_json before open_clip registers it: readable JSON, named as the architecture."""
     if not os.path.isfile(config_json):
-        raise CSRError(f"reward.clip.config_json={config_json!r}: file not found")
+        raise CSRError(f"reward.clip.config_json={config_json!r}: {_not_a_file(config_json)}")
     # open_clip registers a config under its file stem, so the stem is the architecture name.
     if Path(config_json).stem != arch:
         raise CSRError(
@@ -113,7 +119,7 @@ def load_clip(
     pretrained = None if weights == RANDOM_WEIGHTS else weights
     # A non-file `pretrained` would be treated as a tag and downloaded; offline we only accept files.
     if pretrained is not None and not os.path.isfile(pretrained):
-        raise CSRError(f"reward.clip.weights={weights!r}: file not found")
+        raise CSRError(f"reward.clip.weights={weights!r}: {_not_a_file(pretrained)}")
     try:
         model, _, preprocess = open_clip.create_model_and_transforms(arch, pretrained=pretrained, device=device)
     except RuntimeError as err:
