@@ -149,7 +149,7 @@ def load_prompts(
         raise CSRError(f"data.limit must be a positive integer or null, got {limit!r}")
     file = Path(path)
     items = _read_list(file)
-    if check_images and Path(image_root).exists() and not Path(image_root).is_dir():
+    if check_images and image_root and Path(image_root).is_file():
         # else every record would be skipped or refused as an image "not found" under it
         raise CSRError(f"data.image_root={str(image_root)!r} is a file, not a directory: give the folder the "
                        f"prompt file's image paths are relative to")
