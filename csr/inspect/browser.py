@@ -107,9 +107,8 @@ class Browser:
     def goto(self, url: str, ready: str = "document.body && document.body.dataset.ready === '1'") -> None:
         """Open `url` and wait until `ready` holds (the inspector's pages set data-ready when drawn)."""
         self.eval("window.__csrOldPage = true")
-        # Page.navigate names no loaderId when only the #fragment changed (the same document): then the
-        # page is loaded again. Asking the page instead races a cross-document navigation not committed yet.
-        if "loaderId" not in self.send("Page.navigate", {"url": url}, session=True):
+        self.send("Page.navigate", {"url": url}, session=True)
+        if self.eval("window.__csrOldPage === true"):  # only the #fragment changed: same document
             self.send("Page.reload", session=True)
         self.wait_for(f"!window.__csrOldPage && document.readyState !== 'loading' && ({ready})")
 
