@@ -336,7 +336,7 @@ class Loop:
 
         k = selection["iteration"]
         d = self.iter_dir(k)
-        checkpoint = self.cfg.model.path if k == 0 else str(d / "merged")
+        checkpoint = self.model_path(k + 1)  # the model iteration k evaluated, as its context's evaluated_path
         failure = None
         for name in selected_only(self.cfg.eval):
             if is_done(d / "eval", f"selected_{name}"):
